@@ -1,0 +1,276 @@
+//! The account: its fields, its balances, and its handler, the only code
+//! that changes a balance.
+//!
+//! Guarantees (the same words are in `docs/ARCHITECTURE.md`):
+//! - balances only change through [`Account::apply`], one event at a time, each
+//!   with the next sequence number (1 for the opening, then gap-free);
+//! - with `debits_must_not_exceed_credits`, `debits_posted + debits_pending`
+//!   never exceeds `credits_posted + overdraft_limit`;
+//! - with `credits_must_not_exceed_debits`, `credits_posted + credits_pending`
+//!   never exceeds `debits_posted`;
+//! - no balance wraps: every sum is checked.
+
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Amount;
+use crate::asset::Asset;
+use crate::ids::{AccountId, TransferId, UserId};
+use crate::rejection::Rejection;
+
+/// Where an account stands in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountStatus {
+    /// Moves money both ways.
+    Active,
+    /// Neither sends nor receives; pending holds may still be voided or expire.
+    Frozen,
+    /// Final: zero balance, nothing pending, nothing moves again.
+    Closed,
+}
+
+/// Balance limits of an account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AccountFlags {
+    /// Debits (posted and pending) may not exceed credits plus the overdraft
+    /// limit: the default for a user's wallet.
+    pub debits_must_not_exceed_credits: bool,
+    /// Credits (posted and pending) may not exceed posted debits.
+    pub credits_must_not_exceed_debits: bool,
+}
+
+impl AccountFlags {
+    /// The flags of a user's wallet: no spending beyond what came in.
+    pub const WALLET: AccountFlags =
+        AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false };
+    /// No limits: the settlement account of an asset, which may go negative.
+    pub const UNLIMITED: AccountFlags =
+        AccountFlags { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: false };
+}
+
+/// The four running totals of an account, TigerBeetle style. Balances are
+/// derived from them, never stored apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Balances {
+    /// Sum of posted debits.
+    pub debits_posted: u128,
+    /// Sum of posted credits.
+    pub credits_posted: u128,
+    /// Sum of debits held by pending transfers.
+    pub debits_pending: u128,
+    /// Sum of credits held by pending transfers.
+    pub credits_pending: u128,
+}
+
+impl Balances {
+    /// Credits minus debits, posted only (may be negative for a settlement account).
+    pub fn posted(&self) -> i128 {
+        signed_difference(self.credits_posted, self.debits_posted)
+    }
+
+    /// What the owner may spend: posted credits minus posted and pending debits.
+    pub fn available(&self) -> i128 {
+        signed_difference(self.credits_posted, self.debits_posted.saturating_add(self.debits_pending))
+    }
+}
+
+fn signed_difference(plus: u128, minus: u128) -> i128 {
+    // Balances are capped far below 2^127 by AMOUNT_MAX per transfer in practice;
+    // saturate rather than wrap if that ever stops holding.
+    if plus >= minus {
+        i128::try_from(plus - minus).unwrap_or(i128::MAX)
+    } else {
+        i128::try_from(minus - plus).map(|v| -v).unwrap_or(i128::MIN)
+    }
+}
+
+/// An account and its balances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The account's id.
+    pub id: AccountId,
+    /// Its owner.
+    pub user_id: UserId,
+    /// The only asset it holds.
+    pub asset: Asset,
+    /// Its limits.
+    pub flags: AccountFlags,
+    /// How far below zero a `debits_must_not_exceed_credits` account may go.
+    pub overdraft_limit: Amount,
+    /// Lifecycle state.
+    pub status: AccountStatus,
+    /// Running totals.
+    pub balances: Balances,
+    /// When it was opened, in ledger milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Sequence number of the last event applied (1 = opened).
+    pub sequence: u64,
+}
+
+/// Which side of a transfer an account is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// The account money leaves.
+    Debit,
+    /// The account money reaches.
+    Credit,
+}
+
+/// One account's share of a transfer: how its totals on `side` move.
+/// Every transfer is exactly two legs of equal amounts, one per side, so the
+/// sum of credits minus debits over all accounts never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Leg {
+    /// The account this leg changes.
+    pub account_id: AccountId,
+    /// The transfer it belongs to.
+    pub transfer_id: TransferId,
+    /// Which totals move.
+    pub side: Side,
+    /// Added to the posted total.
+    pub posted_add: u128,
+    /// Added to the pending total (a new hold).
+    pub pending_add: u128,
+    /// Taken from the pending total (a hold posted, voided or expired).
+    pub pending_sub: u128,
+}
+
+/// What happened to an account, in order: the journal's unit of change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    /// The account was opened (always sequence 1).
+    Opened(Account),
+    /// Its status changed.
+    StatusChanged(AccountStatus),
+    /// A transfer moved its totals.
+    Leg(Leg),
+}
+
+/// Money that prepared but not yet committed legs will move: counted against
+/// limits so that a commit can never break one. Volatile: after a crash
+/// nothing is prepared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Debits (posted or pending) that may still be added.
+    pub debits: u128,
+    /// Credits (posted or pending) that may still be added.
+    pub credits: u128,
+    /// Number of prepared legs on this account.
+    pub legs: u32,
+}
+
+/// Posted amounts reserved on an account by earlier transfers of the same
+/// linked operation, which later transfers of it may rely on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SameOpPosted {
+    /// Posted credits.
+    pub credits: u128,
+    /// Posted debits.
+    pub debits: u128,
+}
+
+impl Account {
+    /// Checks a leg against this account as it would stand with `reserved`
+    /// added, counting `same_op` posted by earlier transfers of the same
+    /// linked operation as done. Changes nothing.
+    pub fn check(&self, leg: &Leg, reserved: &Reserved, same_op: &SameOpPosted) -> Result<(), Rejection> {
+        let adds = leg.posted_add.checked_add(leg.pending_add).ok_or(Rejection::Overflow)?;
+        let is_release_only = adds == 0;
+        match (self.status, leg.side) {
+            (AccountStatus::Closed, Side::Debit) => return Err(Rejection::DebitAccountClosed),
+            (AccountStatus::Closed, Side::Credit) => return Err(Rejection::CreditAccountClosed),
+            (AccountStatus::Frozen, Side::Debit) if !is_release_only => {
+                return Err(Rejection::DebitAccountFrozen)
+            }
+            (AccountStatus::Frozen, Side::Credit) if !is_release_only => {
+                return Err(Rejection::CreditAccountFrozen)
+            }
+            _ => {}
+        }
+        let b = &self.balances;
+        match leg.side {
+            Side::Debit => {
+                let posted = b.debits_posted.checked_add(leg.posted_add).ok_or(Rejection::Overflow)?;
+                let pending = b
+                    .debits_pending
+                    .checked_add(leg.pending_add)
+                    .and_then(|p| p.checked_add(reserved.debits))
+                    .ok_or(Rejection::Overflow)?;
+                let total = posted.checked_add(pending).ok_or(Rejection::Overflow)?;
+                if self.flags.debits_must_not_exceed_credits && adds > 0 {
+                    let ceiling = b
+                        .credits_posted
+                        .saturating_add(same_op.credits)
+                        .saturating_add(self.overdraft_limit.get());
+                    // A posted hold was already counted in debits_pending.
+                    if total.saturating_sub(leg.pending_sub) > ceiling {
+                        return Err(Rejection::InsufficientFunds);
+                    }
+                }
+            }
+            Side::Credit => {
+                let posted = b.credits_posted.checked_add(leg.posted_add).ok_or(Rejection::Overflow)?;
+                let pending = b
+                    .credits_pending
+                    .checked_add(leg.pending_add)
+                    .and_then(|p| p.checked_add(reserved.credits))
+                    .ok_or(Rejection::Overflow)?;
+                let total = posted.checked_add(pending).ok_or(Rejection::Overflow)?;
+                if self.flags.credits_must_not_exceed_debits
+                    && adds > 0
+                    && total.saturating_sub(leg.pending_sub) > b.debits_posted.saturating_add(same_op.debits)
+                {
+                    return Err(Rejection::ExceedsDebits);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one event with its sequence number. The caller checked it
+    /// first; a broken invariant here is a bug, so it panics and the shard's
+    /// supervisor rebuilds the state from durable storage.
+    pub fn apply(&mut self, sequence: u64, event: &AccountEvent) {
+        assert_eq!(sequence, self.sequence + 1, "account {} sequence gap", self.id);
+        match event {
+            AccountEvent::Opened(_) => panic!("account {} opened twice", self.id),
+            AccountEvent::StatusChanged(status) => self.status = *status,
+            AccountEvent::Leg(leg) => {
+                assert_eq!(leg.account_id, self.id);
+                let b = &mut self.balances;
+                let (posted, pending) = match leg.side {
+                    Side::Debit => (&mut b.debits_posted, &mut b.debits_pending),
+                    Side::Credit => (&mut b.credits_posted, &mut b.credits_pending),
+                };
+                *pending = pending
+                    .checked_sub(leg.pending_sub)
+                    .and_then(|p| p.checked_add(leg.pending_add))
+                    .unwrap_or_else(|| panic!("account {} pending total out of range", leg.account_id));
+                *posted = posted
+                    .checked_add(leg.posted_add)
+                    .unwrap_or_else(|| panic!("account {} posted total overflow", leg.account_id));
+            }
+        }
+        self.sequence = sequence;
+        self.assert_limits();
+    }
+
+    /// Asserts the balance guarantees; called after every change and after loading.
+    pub fn assert_limits(&self) {
+        let b = &self.balances;
+        if self.flags.debits_must_not_exceed_credits {
+            assert!(
+                b.debits_posted.saturating_add(b.debits_pending)
+                    <= b.credits_posted.saturating_add(self.overdraft_limit.get()),
+                "account {} debits exceed credits: {b:?}",
+                self.id
+            );
+        }
+        if self.flags.credits_must_not_exceed_debits {
+            assert!(
+                b.credits_posted.saturating_add(b.credits_pending) <= b.debits_posted,
+                "account {} credits exceed debits: {b:?}",
+                self.id
+            );
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Identifiers: accounts, users, transfers, shards, commits.
+//!
+//! Ids are 128-bit integers, never zero, the way TigerBeetle's are: fixed size
+//! keys keep indexes and journal frames small, and a UUID fits one exactly.
+//! The wire format (UUID text) is the API's business, not this module's.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::num::NonZeroU128;
+
+use crate::rejection::InvalidInput;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(NonZeroU128);
+
+        impl $name {
+            /// Builds the id; zero is refused because it means "no id".
+            pub fn new(value: u128) -> Result<Self, InvalidInput> {
+                NonZeroU128::new(value).map($name).ok_or(InvalidInput::ZeroId { what: $what })
+            }
+
+            /// The id as an integer.
+            pub fn get(self) -> u128 {
+                self.0.get()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:032x})", stringify!($name), self.0.get())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:032x}", self.0.get())
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An account's id, chosen by whoever opens it.
+    AccountId, "account_id"
+);
+id_type!(
+    /// A user's id. The settlement accounts belong to [`UserId::SYSTEM`].
+    UserId, "user_id"
+);
+id_type!(
+    /// A transfer's id, supplied by the client; it is also the idempotency key.
+    TransferId, "transfer_id"
+);
+
+impl UserId {
+    /// The owner of the per-asset settlement accounts.
+    pub const SYSTEM: UserId = UserId(NonZeroU128::MIN);
+}
+
+/// Index of a shard: `0..shard_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+/// Id of one coordinated commit (a group of transfers spanning shards).
+/// Unique for the life of a ledger: recovery resumes after the largest seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommitId(pub u64);
+
+/// A stable 64-bit mix of an account id. Shard placement must never change
+/// between builds or platforms, so std's `DefaultHasher` (unspecified, and
+/// seeded differently by some builds) is not used.
+pub fn stable_hash(value: u128) -> u64 {
+    // splitmix64's finaliser over both halves: cheap, well distributed.
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let low = value as u64;
+    let high = (value >> 64) as u64;
+    mix(low ^ mix(high.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+}
+
+impl AccountId {
+    /// The shard that owns this account among `shard_count` shards.
+    pub fn shard(self, shard_count: u16) -> ShardId {
+        ShardId((stable_hash(self.get()) % u64::from(shard_count.max(1))) as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_ids_are_refused() {
+        assert!(AccountId::new(0).is_err());
+        assert!(TransferId::new(0).is_err());
+        assert_eq!(UserId::new(1).ok(), Some(UserId::SYSTEM));
+    }
+
+    #[test]
+    fn placement_is_stable() {
+        // These values pin the hash: changing it would move every account.
+        assert_eq!(stable_hash(1), 11_385_487_063_155_714_807);
+        assert_eq!(AccountId::new(1).map(|id| id.shard(64)), Ok(ShardId((11_385_487_063_155_714_807_u64 % 64) as u16)));
+    }
+
+    #[test]
+    fn placement_spreads() {
+        let mut counts = [0u32; 64];
+        for i in 1..=64_000u128 {
+            if let Ok(id) = AccountId::new(i) {
+                counts[id.shard(64).0 as usize] += 1;
+            }
+        }
+        assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
+    }
+}

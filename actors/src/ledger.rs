@@ -1,0 +1,781 @@
+//! The ledger handle: checks and plans requests, claims their ids, routes
+//! each operation to its shard, and coordinates operations that span shards.
+//!
+//! See `docs/ARCHITECTURE.md`, "Transfers across shards", for the protocol.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
+use crate::actor::{OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg, Shared};
+use crate::amount::Amount;
+use crate::asset::Asset;
+use crate::ids::{stable_hash, AccountId, CommitId, UserId};
+use crate::record::{Clock, Commit, Journal, Record};
+use crate::recovery::Recovered;
+use crate::registry::{Claim, TransferRecord};
+use crate::rejection::Rejection;
+use crate::shard::{HoldChange, IndexedRejection, Planned};
+use crate::transfer::{Transfer, TransferKind, TransferRequest, TransferStatus, BATCH_SIZE_MAX};
+use crate::LedgerError;
+
+/// How a ledger runs.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Number of shards; fixed for the life of the data.
+    pub shard_count: u16,
+    /// Most transfers admitted at once; past it requests get `Overloaded`.
+    pub in_flight_max: usize,
+    /// How long a caller waits for a shard or the journal.
+    pub request_timeout_ms: u64,
+    /// How often due holds are expired.
+    pub expiry_interval_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            shard_count: 64,
+            in_flight_max: 1 << 16,
+            request_timeout_ms: 10_000,
+            expiry_interval_ms: 100,
+        }
+    }
+}
+
+/// What opening an account needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAccount {
+    /// Chosen by the caller.
+    pub id: AccountId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Asset.
+    pub asset: Asset,
+    /// Limits.
+    pub flags: AccountFlags,
+    /// Overdraft allowed below zero (with `debits_must_not_exceed_credits`).
+    pub overdraft_limit: Amount,
+}
+
+/// The outcome of a transfer request that was applied (now or before).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferOutcome {
+    /// The stored transfer and its status.
+    pub record: TransferRecord,
+    /// True when the id had been applied before: nothing moved this time.
+    pub replayed: bool,
+}
+
+/// Result of one transfer request.
+pub type TransferResult = Result<TransferOutcome, Rejection>;
+
+/// An account as read: its fields plus money in flight in prepared legs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountView {
+    /// The account.
+    pub account: Account,
+    /// Money reserved by operations prepared and not yet decided.
+    pub reserved: Reserved,
+}
+
+/// The id of the settlement account of an asset: where deposits come from
+/// and withdrawals go. Derived from the asset so every node agrees.
+pub fn settlement_account_id(asset: &Asset) -> AccountId {
+    let mut key: u128 = u128::from(asset.scale());
+    for byte in asset.code().bytes() {
+        key = key.wrapping_mul(257).wrapping_add(u128::from(byte));
+    }
+    let high = u128::from(stable_hash(key)) << 64;
+    let value = high | u128::from(stable_hash(key ^ 0x005e_771e)) | 1;
+    // Never zero: the low bit is set.
+    AccountId::new(value).unwrap_or_else(|_| unreachable!("low bit set"))
+}
+
+struct Inner {
+    shards: Vec<ActorRef<ShardMsg>>,
+    shared: Arc<Shared>,
+    config: LedgerConfig,
+    admission: Arc<Semaphore>,
+    next_commit_id: AtomicU64,
+    timeout: Duration,
+}
+
+/// A running ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl Ledger {
+    /// Starts the shard actors on recovered state. `completions` are records
+    /// recovery produced; they are journaled before the ledger serves.
+    pub async fn start(
+        recovered: Recovered,
+        completions: Vec<Record>,
+        journal: Arc<dyn Journal>,
+        clock: Arc<dyn Clock>,
+        config: LedgerConfig,
+    ) -> Result<Ledger, LedgerError> {
+        let shared =
+            Arc::new(Shared { journal, registry: recovered.registry, clock, poisoned: Default::default() });
+        for record in completions {
+            let (tx, rx) = oneshot::channel();
+            shared.journal.append(
+                record,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            rx.await.map_err(|_| LedgerError::Unavailable)?.map_err(|_| LedgerError::Unavailable)?;
+        }
+        let mut shards = Vec::with_capacity(recovered.shards.len());
+        for state in recovered.shards {
+            let args = ShardArgs { state, shared: shared.clone() };
+            let (actor, _handle) =
+                Actor::spawn(None, ShardActor, args).await.map_err(|_| LedgerError::Unavailable)?;
+            shards.push(actor);
+        }
+        let inner = Arc::new(Inner {
+            shards,
+            shared,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            admission: Arc::new(Semaphore::new(config.in_flight_max)),
+            next_commit_id: AtomicU64::new(recovered.next_commit_id),
+            config,
+        });
+        let ledger = Ledger { inner };
+        ledger.spawn_expiry();
+        Ok(ledger)
+    }
+
+    fn spawn_expiry(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = Duration::from_millis(self.inner.config.expiry_interval_ms.max(1));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let ledger = Ledger { inner };
+                if ledger.inner.shards.iter().any(|s| s.get_status() != ractor::ActorStatus::Running) {
+                    return;
+                }
+                if let Err(error) = ledger.expire_due().await {
+                    tracing::warn!(%error, "expiring holds failed");
+                }
+            }
+        });
+    }
+
+    /// Stops the shard actors. Records already appended still become durable.
+    pub async fn shutdown(&self) {
+        for shard in &self.inner.shards {
+            shard.stop(None);
+        }
+        for shard in &self.inner.shards {
+            let deadline = tokio::time::Instant::now() + self.inner.timeout;
+            while shard.get_status() != ractor::ActorStatus::Stopped && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.inner.config
+    }
+
+    fn shard_of(&self, account_id: AccountId) -> &ActorRef<ShardMsg> {
+        &self.inner.shards[account_id.shard(self.inner.config.shard_count).0 as usize]
+    }
+
+    fn check_poisoned(&self) -> Result<(), LedgerError> {
+        if self.inner.shared.poisoned.load(Ordering::Relaxed) {
+            Err(LedgerError::Unavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn ask<T: Send + 'static>(
+        &self,
+        shard: &ActorRef<ShardMsg>,
+        message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
+    ) -> Result<T, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        shard.cast(message(tx.into())).map_err(|_| LedgerError::Unavailable)?;
+        match tokio::time::timeout(self.inner.timeout, rx).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(LedgerError::Unavailable),
+            Err(_) => Err(LedgerError::Timeout),
+        }
+    }
+
+    /// Opens an account (idempotent for the same fields).
+    pub async fn open_account(&self, new: NewAccount) -> Result<Account, LedgerError> {
+        self.check_poisoned()?;
+        let account = Account {
+            id: new.id,
+            user_id: new.user_id,
+            asset: new.asset,
+            flags: new.flags,
+            overdraft_limit: new.overdraft_limit,
+            status: AccountStatus::Active,
+            balances: Default::default(),
+            created_at_ms: self.inner.shared.clock.now_ms(),
+            sequence: 1,
+        };
+        let shard = self.shard_of(new.id).clone();
+        self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
+    }
+
+    /// Opens the settlement account of `asset` if it is not open yet.
+    pub async fn ensure_settlement_account(&self, asset: Asset) -> Result<Account, LedgerError> {
+        self.open_account(NewAccount {
+            id: settlement_account_id(&asset),
+            user_id: UserId::SYSTEM,
+            asset,
+            flags: AccountFlags::UNLIMITED,
+            overdraft_limit: Amount::ZERO,
+        })
+        .await
+    }
+
+    /// Freezes, unfreezes or closes an account.
+    pub async fn set_account_status(
+        &self,
+        account_id: AccountId,
+        status: AccountStatus,
+    ) -> Result<Account, LedgerError> {
+        self.check_poisoned()?;
+        let shard = self.shard_of(account_id).clone();
+        self.ask(&shard, |port| ShardMsg::SetStatus(account_id, status, port)).await?
+    }
+
+    /// Reads an account. Sees every acknowledged write.
+    pub async fn account(&self, account_id: AccountId) -> Result<Option<AccountView>, LedgerError> {
+        let shard = self.shard_of(account_id).clone();
+        let found = self.ask(&shard, |port| ShardMsg::GetAccount(account_id, port)).await?;
+        Ok(found.map(|(account, reserved)| AccountView { account, reserved }))
+    }
+
+    /// Every account (small ledgers and tests).
+    pub async fn accounts(&self) -> Result<Vec<Account>, LedgerError> {
+        let mut all = Vec::new();
+        for shard in self.inner.shards.clone() {
+            all.extend(self.ask(&shard, ShardMsg::Dump).await?);
+        }
+        Ok(all)
+    }
+
+    /// A transfer by id, with its current status.
+    pub fn transfer(&self, id: crate::ids::TransferId) -> Option<TransferRecord> {
+        self.inner.shared.registry.get(id)
+    }
+
+    /// Applies one transfer request.
+    pub async fn submit_one(&self, request: TransferRequest) -> Result<TransferResult, LedgerError> {
+        let mut results = self.submit(vec![request], false).await?;
+        Ok(results.pop().unwrap_or(Err(Rejection::BatchSizeOutOfRange)))
+    }
+
+    /// Applies transfer requests: each on its own, or all-or-nothing when
+    /// `linked`. Returns one result per request, in order. Every applied
+    /// transfer is durable before this returns.
+    pub async fn submit(
+        &self,
+        requests: Vec<TransferRequest>,
+        linked: bool,
+    ) -> Result<Vec<TransferResult>, LedgerError> {
+        self.check_poisoned()?;
+        if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
+            return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
+        }
+        let _permit = self
+            .inner
+            .admission
+            .clone()
+            .try_acquire_many_owned(requests.len() as u32)
+            .map_err(|_| LedgerError::Overloaded)?;
+        let now_ms = self.inner.shared.clock.now_ms();
+        let registry = &self.inner.shared.registry;
+
+        let mut results: Vec<Option<TransferResult>> = vec![None; requests.len()];
+        let mut planned: Vec<(usize, Planned)> = Vec::with_capacity(requests.len());
+        let mut claimed = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            if let Err(rejection) = request.check_stateless() {
+                results[index] = Some(Err(rejection));
+                continue;
+            }
+            let request = Arc::new(request);
+            match registry.claim(&request) {
+                Claim::New => {}
+                Claim::Replay(record) => {
+                    results[index] = Some(Ok(TransferOutcome { record, replayed: true }));
+                    continue;
+                }
+                Claim::Conflict => {
+                    results[index] = Some(Err(Rejection::ExistsWithDifferentFields));
+                    continue;
+                }
+                Claim::InFlight => {
+                    results[index] = Some(Err(Rejection::InFlight));
+                    continue;
+                }
+            }
+            match self.plan(&request, now_ms) {
+                Ok(p) => {
+                    claimed.push(request.id());
+                    planned.push((index, p));
+                }
+                Err(rejection) => {
+                    registry.release(request.id());
+                    results[index] = Some(Err(rejection));
+                }
+            }
+        }
+
+        if linked {
+            // A linked batch retried whole gets its first outcomes back.
+            if results.iter().all(|r| matches!(r, Some(Ok(_)))) {
+                return Ok(results.into_iter().flatten().collect());
+            }
+            // Otherwise it fails as a whole at its first failure; a replay
+            // mixed with new transfers counts as a failure.
+            if let Some(first) = results.iter().position(|r| r.is_some()) {
+                let reason = match &results[first] {
+                    Some(Err(rejection)) => *rejection,
+                    _ => Rejection::LinkedTransferFailed,
+                };
+                for id in claimed {
+                    registry.release(id);
+                }
+                return Ok(linked_failure(results.len(), first as u32, reason));
+            }
+        }
+
+        // Group planned transfers into operations.
+        let ops: Vec<(Vec<usize>, Arc<[Planned]>)> = if linked {
+            let (indexes, items): (Vec<usize>, Vec<Planned>) = planned.into_iter().unzip();
+            vec![(indexes, items.into())]
+        } else {
+            planned.into_iter().map(|(index, p)| (vec![index], Arc::from(vec![p]))).collect()
+        };
+        let outcomes = self.run_ops(ops.iter().map(|(_, op)| op.clone()).collect()).await;
+
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                // Unknown outcome: keep claims so the ids cannot be reused
+                // until a restart recovers what was durable.
+                return Err(error);
+            }
+        };
+        for ((indexes, op), outcome) in ops.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    for (index, planned) in indexes.iter().zip(op.iter()) {
+                        if let Some(transfer) = &planned.transfer {
+                            let record = registry.get(transfer.id).unwrap_or_else(|| TransferRecord {
+                                transfer: Arc::new(transfer.clone()),
+                                status: transfer.initial_status(),
+                            });
+                            results[*index] = Some(Ok(TransferOutcome { record, replayed: false }));
+                        }
+                    }
+                }
+                Err((failed, rejection)) => {
+                    for (position, (index, planned)) in indexes.iter().zip(op.iter()).enumerate() {
+                        if let Some(transfer) = &planned.transfer {
+                            registry.release(transfer.id);
+                        }
+                        let reason = if position as u32 == failed {
+                            self.refine(rejection, planned)
+                        } else {
+                            Rejection::LinkedTransferFailed
+                        };
+                        results[*index] = Some(Err(reason));
+                    }
+                }
+            }
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(Rejection::LinkedTransferFailed))).collect())
+    }
+
+    /// A shard that finds no hold reports "not found"; the registry knows why.
+    fn refine(&self, rejection: Rejection, planned: &Planned) -> Rejection {
+        match (rejection, planned.hold) {
+            (Rejection::PendingTransferNotFound, HoldChange::Resolve(resolution)) => {
+                match self.inner.shared.registry.get(resolution.pending_id).map(|r| r.status) {
+                    Some(TransferStatus::Posted) => Rejection::PendingTransferAlreadyPosted,
+                    Some(TransferStatus::Voided) => Rejection::PendingTransferAlreadyVoided,
+                    Some(TransferStatus::Expired) => Rejection::PendingTransferExpired,
+                    _ => rejection,
+                }
+            }
+            _ => rejection,
+        }
+    }
+
+    /// Turns a request into its legs, looking up the pending transfer a post
+    /// or void names.
+    fn plan(&self, request: &Arc<TransferRequest>, now_ms: u64) -> Result<Planned, Rejection> {
+        let transfer_base = |kind, debit, credit, amount, pending_id, expires_at_ms| Transfer {
+            id: request.id(),
+            kind,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount,
+            pending_id,
+            expires_at_ms,
+            timestamp_ms: now_ms,
+            request: (**request).clone(),
+        };
+        match &**request {
+            TransferRequest::Transfer {
+                id, debit_account_id, credit_account_id, amount, pending, ..
+            } => {
+                let (kind, posted, held, hold) = match pending {
+                    None => (TransferKind::Posted, amount.get(), 0, HoldChange::None),
+                    Some(_) => (TransferKind::Pending, 0, amount.get(), HoldChange::Create),
+                };
+                let expires_at_ms = pending
+                    .and_then(|p| p.timeout_seconds)
+                    .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+                let leg = |account_id, side| Leg {
+                    account_id,
+                    transfer_id: *id,
+                    side,
+                    posted_add: posted,
+                    pending_add: held,
+                    pending_sub: 0,
+                };
+                Ok(Planned {
+                    transfer: Some(transfer_base(
+                        kind,
+                        *debit_account_id,
+                        *credit_account_id,
+                        *amount,
+                        None,
+                        expires_at_ms,
+                    )),
+                    legs: [leg(*debit_account_id, Side::Debit), leg(*credit_account_id, Side::Credit)],
+                    hold,
+                })
+            }
+            TransferRequest::PostPending { id, pending_id, amount } => {
+                let pending = self.pending(*pending_id)?;
+                let held = pending.amount;
+                let posted = amount.unwrap_or(held);
+                if posted > held {
+                    return Err(Rejection::ExceedsPendingAmount);
+                }
+                Ok(resolve_plan(
+                    transfer_base(
+                        TransferKind::PostPending,
+                        pending.debit_account_id,
+                        pending.credit_account_id,
+                        posted,
+                        Some(*pending_id),
+                        None,
+                    ),
+                    *id,
+                    &pending,
+                    TransferStatus::Posted,
+                ))
+            }
+            TransferRequest::VoidPending { id, pending_id } => {
+                let pending = self.pending(*pending_id)?;
+                Ok(resolve_plan(
+                    transfer_base(
+                        TransferKind::VoidPending,
+                        pending.debit_account_id,
+                        pending.credit_account_id,
+                        pending.amount,
+                        Some(*pending_id),
+                        None,
+                    ),
+                    *id,
+                    &pending,
+                    TransferStatus::Voided,
+                ))
+            }
+        }
+    }
+
+    fn pending(&self, pending_id: crate::ids::TransferId) -> Result<Arc<Transfer>, Rejection> {
+        let record = self.inner.shared.registry.get(pending_id).ok_or(Rejection::PendingTransferNotFound)?;
+        if record.transfer.kind != TransferKind::Pending {
+            return Err(Rejection::PendingTransferNotPending);
+        }
+        match record.status {
+            TransferStatus::Pending => Ok(record.transfer),
+            TransferStatus::Posted => Err(Rejection::PendingTransferAlreadyPosted),
+            TransferStatus::Voided => Err(Rejection::PendingTransferAlreadyVoided),
+            TransferStatus::Expired => Err(Rejection::PendingTransferExpired),
+        }
+    }
+
+    /// Expires holds whose timeout passed; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, LedgerError> {
+        self.check_poisoned()?;
+        let now_ms = self.inner.shared.clock.now_ms();
+        let mut ops: Vec<Arc<[Planned]>> = Vec::new();
+        for shard in self.inner.shards.clone() {
+            let due =
+                self.ask(&shard, |port| ShardMsg::DueHolds { now_ms, limit: 1024, reply: port }).await?;
+            for hold in due {
+                let leg = |account_id, side| Leg {
+                    account_id,
+                    transfer_id: hold.pending_id,
+                    side,
+                    posted_add: 0,
+                    pending_add: 0,
+                    pending_sub: hold.amount,
+                };
+                ops.push(Arc::from(vec![Planned {
+                    transfer: None,
+                    legs: [
+                        leg(hold.debit_account_id, Side::Debit),
+                        leg(hold.credit_account_id, Side::Credit),
+                    ],
+                    hold: HoldChange::Resolve(crate::record::Resolution {
+                        pending_id: hold.pending_id,
+                        status: TransferStatus::Expired,
+                    }),
+                }]));
+            }
+        }
+        let count = ops.len();
+        if count > 0 {
+            self.run_ops(ops).await?;
+        }
+        Ok(count)
+    }
+
+    /// Runs operations: single-shard ones on their shard, the rest through a
+    /// coordinated commit. One outcome per operation, in order.
+    async fn run_ops(&self, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
+        let shard_count = self.inner.config.shard_count;
+        let mut local: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        let mut spanning: Vec<usize> = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            let mut shards = op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0);
+            let first = shards.next();
+            match first {
+                Some(first) if shards.all(|s| s == first) => local.entry(first).or_default().push(index),
+                _ => spanning.push(index),
+            }
+        }
+        let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+
+        let coordinated = if spanning.is_empty() {
+            None
+        } else {
+            let inner = self.inner.clone();
+            let spanning_ops: Vec<Arc<[Planned]>> = spanning.iter().map(|&i| ops[i].clone()).collect();
+            // Spawned so it runs to the end even if the caller goes away.
+            Some(tokio::spawn(coordinate(inner, spanning_ops)))
+        };
+
+        let mut waiting = Vec::with_capacity(local.len());
+        for (shard, indexes) in &local {
+            let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
+            let (tx, rx) = oneshot::channel();
+            self.inner.shards[*shard as usize]
+                .cast(ShardMsg::Execute(batch, tx.into()))
+                .map_err(|_| LedgerError::Unavailable)?;
+            waiting.push((indexes, rx));
+        }
+        for (indexes, rx) in waiting {
+            let shard_outcomes = match tokio::time::timeout(self.inner.timeout, rx).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(_)) => return Err(LedgerError::Unavailable),
+                Err(_) => return Err(LedgerError::Timeout),
+            };
+            for (index, outcome) in indexes.iter().zip(shard_outcomes) {
+                outcomes[*index] = Some(outcome);
+            }
+        }
+        if let Some(handle) = coordinated {
+            let results = handle.await.map_err(|_| LedgerError::Unavailable)??;
+            for (index, outcome) in spanning.iter().zip(results) {
+                outcomes[*index] = Some(outcome);
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Err((0, Rejection::LinkedTransferFailed)))).collect())
+    }
+}
+
+fn resolve_plan(
+    transfer: Transfer,
+    id: crate::ids::TransferId,
+    pending: &Transfer,
+    status: TransferStatus,
+) -> Planned {
+    let posted = if status == TransferStatus::Posted { transfer.amount.get() } else { 0 };
+    let leg = |account_id, side| Leg {
+        account_id,
+        transfer_id: id,
+        side,
+        posted_add: posted,
+        pending_add: 0,
+        pending_sub: pending.amount.get(),
+    };
+    Planned {
+        legs: [leg(pending.debit_account_id, Side::Debit), leg(pending.credit_account_id, Side::Credit)],
+        hold: HoldChange::Resolve(crate::record::Resolution { pending_id: pending.id, status }),
+        transfer: Some(transfer),
+    }
+}
+
+fn linked_failure(len: usize, failed: u32, reason: Rejection) -> Vec<TransferResult> {
+    (0..len).map(|i| Err(if i as u32 == failed { reason } else { Rejection::LinkedTransferFailed })).collect()
+}
+
+/// Operations of one coordinated commit by shard: (index in the commit, operation).
+type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
+
+/// The coordinator of operations spanning shards: prepare everywhere, decide,
+/// make the decision durable in one commit record, then tell the shards.
+async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
+    let shard_count = inner.config.shard_count;
+    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+    let mut by_shard: ByShard = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let mut shards: Vec<u16> =
+            op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            by_shard.entry(shard).or_default().push((index as u32, op.clone()));
+        }
+    }
+
+    let mut waiting = Vec::with_capacity(by_shard.len());
+    for (shard, shard_ops) in &by_shard {
+        let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
+        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
+        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
+        if inner.shards[*shard as usize].cast(message).is_err() {
+            abort_all(&inner, commit_id, &by_shard);
+            return Err(LedgerError::Unavailable);
+        }
+        waiting.push((indexes, rx));
+    }
+
+    // Combine: the first failure by (transfer index, check order) wins.
+    let mut failures: Vec<Option<IndexedRejection>> = vec![None; ops.len()];
+    let mut assets: Vec<BTreeMap<AccountId, Asset>> = vec![BTreeMap::new(); ops.len()];
+    for (indexes, rx) in waiting {
+        let prepared = match tokio::time::timeout(inner.timeout, rx).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(_)) | Err(_) => {
+                abort_all(&inner, commit_id, &by_shard);
+                return Err(LedgerError::Timeout);
+            }
+        };
+        for (index, outcome) in indexes.into_iter().zip(prepared) {
+            let slot = index as usize;
+            match outcome {
+                Ok(found) => assets[slot].extend(found),
+                Err(failure) => {
+                    failures[slot] = Some(match failures[slot] {
+                        Some(existing) if existing <= failure => existing,
+                        _ => failure,
+                    });
+                }
+            }
+        }
+    }
+    for (slot, op) in ops.iter().enumerate() {
+        for (position, planned) in op.iter().enumerate() {
+            if matches!(planned.hold, HoldChange::Resolve(_)) {
+                continue;
+            }
+            let [debit, credit] = &planned.legs;
+            let (Some(a), Some(b)) =
+                (assets[slot].get(&debit.account_id), assets[slot].get(&credit.account_id))
+            else {
+                continue;
+            };
+            if a != b {
+                let failure = (position as u32, Rejection::AssetMismatch);
+                if failures[slot].is_none_or(|existing| failure < existing) {
+                    failures[slot] = Some(failure);
+                }
+            }
+        }
+    }
+
+    let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
+    if !committed.is_empty() {
+        let mut commit =
+            Commit { commit_id, transfers: Vec::new(), resolutions: Vec::new(), legs: Vec::new() };
+        for &i in &committed {
+            for planned in ops[i].iter() {
+                commit.legs.extend_from_slice(&planned.legs);
+                if let Some(transfer) = &planned.transfer {
+                    commit.transfers.push(transfer.clone());
+                }
+                if let Some(resolution) = planned.resolution() {
+                    commit.resolutions.push(resolution);
+                }
+            }
+        }
+        let transfers = commit.transfers.clone();
+        let resolutions = commit.resolutions.clone();
+        let (tx, rx) = oneshot::channel();
+        inner.shared.journal.append(
+            Record::Commit(commit),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                inner.shared.poison(error);
+                return Err(LedgerError::Unavailable);
+            }
+            Err(_) => {
+                inner.shared.poison(crate::record::JournalError::Closed);
+                return Err(LedgerError::Unavailable);
+            }
+        }
+        for transfer in transfers {
+            inner.shared.registry.complete(Arc::new(transfer));
+        }
+        for resolution in resolutions {
+            inner.shared.registry.resolve(resolution.pending_id, resolution.status);
+        }
+    }
+
+    for (shard, shard_ops) in &by_shard {
+        let (committed, aborted): (Vec<u32>, Vec<u32>) =
+            shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none());
+        // A shard that is gone cannot apply; recovery will, from the commit record.
+        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide { commit_id, committed, aborted });
+    }
+    Ok(failures.into_iter().map(|f| f.map_or(Ok(()), Err)).collect())
+}
+
+fn abort_all(inner: &Inner, commit_id: CommitId, by_shard: &ByShard) {
+    for (shard, shard_ops) in by_shard {
+        let aborted = shard_ops.iter().map(|(i, _)| *i).collect();
+        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide {
+            commit_id,
+            committed: Vec::new(),
+            aborted,
+        });
+    }
+}

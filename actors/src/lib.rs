@@ -1,0 +1,59 @@
+//! # wallet-actors: the ledger's domain and its shard actors
+//!
+//! Everything here is pure or in-memory: no disk, no network, no HTTP.
+//! Storage plugs in through [`record::Journal`]; time through [`record::Clock`].
+//!
+//! Modules, from the smallest piece up:
+//! - [`ids`]: `AccountId`, `UserId`, `TransferId`, `ShardId`, and stable shard placement.
+//! - [`amount`], [`asset`]: money in minor units, and what it is money of.
+//! - [`rejection`]: every named way a command is refused, with stable codes.
+//! - [`account`]: the account, its balances, and its handler (`check`, `apply`),
+//!   the only code that changes a balance.
+//! - [`transfer`]: requests, stored transfers, stateless checks.
+//! - [`record`]: what goes in the journal, and the `Journal` and `Clock` traits.
+//! - [`shard`]: one shard's accounts, holds and reservations, as plain functions.
+//! - [`actor`]: the ractor actor that owns a shard and serializes its messages.
+//! - [`registry`]: transfer ids, for exactly-once and reads by id.
+//! - [`recovery`]: rebuilding shards from journal records.
+//! - [`ledger`]: the handle callers use; routes and coordinates across shards.
+
+pub mod account;
+pub mod actor;
+pub mod amount;
+pub mod asset;
+pub mod ids;
+pub mod ledger;
+pub mod record;
+pub mod recovery;
+pub mod registry;
+pub mod rejection;
+pub mod shard;
+pub mod transfer;
+
+pub use account::{Account, AccountFlags, AccountStatus, Balances};
+pub use amount::Amount;
+pub use asset::Asset;
+pub use ids::{AccountId, ShardId, TransferId, UserId};
+pub use ledger::{
+    settlement_account_id, AccountView, Ledger, LedgerConfig, NewAccount, TransferOutcome, TransferResult,
+};
+pub use rejection::Rejection;
+pub use transfer::{PendingOptions, Transfer, TransferRequest, TransferStatus};
+
+/// Why the ledger could not give a result. [`LedgerError::Rejected`] is a
+/// decided "no"; the others mean the outcome is not known or not attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The command was refused; nothing changed.
+    #[error("rejected: {0}")]
+    Rejected(#[from] Rejection),
+    /// Too much work in flight; nothing was attempted. Retry later.
+    #[error("overloaded")]
+    Overloaded,
+    /// Storage failed or the ledger is stopping; the outcome may be unknown.
+    #[error("unavailable")]
+    Unavailable,
+    /// No answer in time; the outcome is unknown.
+    #[error("timed out")]
+    Timeout,
+}

@@ -1,0 +1,173 @@
+//! Every way a command can be refused, each with a stable code.
+//!
+//! A rejection is a named result, never a panic: the command changed nothing.
+//! The order of the [`Rejection`] variants is the order of the checks, and a
+//! linked batch reports the first failing transfer by that order.
+
+use serde::{Deserialize, Serialize};
+
+/// Input that cannot even be built into a domain value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    /// An id of zero, which means "no id".
+    #[error("{what} must not be zero")]
+    ZeroId {
+        /// Which id.
+        what: &'static str,
+    },
+    /// An amount that is not a string of decimal digits.
+    #[error("amount must be a string of decimal digits in minor units")]
+    MalformedAmount,
+    /// An amount above [`crate::amount::AMOUNT_MAX`].
+    #[error("amount is above the maximum")]
+    AmountTooLarge,
+    /// An asset code or scale out of range.
+    #[error("asset code must be 1-12 of A-Z, 0-9, _ and scale at most 18")]
+    MalformedAsset,
+}
+
+/// Why the ledger refused a transfer or an account command. Each variant has a
+/// stable snake_case [`Rejection::code`]. The declaration order is the check
+/// order; [`Ord`] follows it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, thiserror::Error,
+)]
+pub enum Rejection {
+    /// Another transfer in the same linked batch failed, so this one was not applied.
+    #[error("another transfer in the linked batch failed")]
+    LinkedTransferFailed,
+    /// The transfer id was already used with different fields.
+    #[error("the transfer id was already used with different fields")]
+    ExistsWithDifferentFields,
+    /// The same transfer id is being applied right now by another request.
+    #[error("a transfer with this id is in flight; retry")]
+    InFlight,
+    /// Debit and credit account are the same.
+    #[error("debit and credit account must differ")]
+    SameAccount,
+    /// The amount is zero.
+    #[error("amount must be greater than zero")]
+    ZeroAmount,
+    /// A timeout was given for a transfer that is not pending.
+    #[error("a timeout applies only to pending transfers")]
+    TimeoutReservedForPending,
+    /// The reference is longer than allowed.
+    #[error("reference is too long")]
+    ReferenceTooLong,
+    /// The metadata is larger than allowed.
+    #[error("metadata is too large")]
+    MetadataTooLarge,
+    /// The linked batch has more transfers than allowed, or none.
+    #[error("batch size is out of range")]
+    BatchSizeOutOfRange,
+    /// The pending transfer to post or void does not exist.
+    #[error("pending transfer not found")]
+    PendingTransferNotFound,
+    /// The transfer named as pending is not a pending transfer.
+    #[error("the referenced transfer is not pending")]
+    PendingTransferNotPending,
+    /// The debit account does not exist.
+    #[error("debit account not found")]
+    DebitAccountNotFound,
+    /// The credit account does not exist.
+    #[error("credit account not found")]
+    CreditAccountNotFound,
+    /// Debit and credit account hold different assets.
+    #[error("accounts hold different assets")]
+    AssetMismatch,
+    /// The debit account is closed.
+    #[error("debit account is closed")]
+    DebitAccountClosed,
+    /// The credit account is closed.
+    #[error("credit account is closed")]
+    CreditAccountClosed,
+    /// The debit account is frozen.
+    #[error("debit account is frozen")]
+    DebitAccountFrozen,
+    /// The credit account is frozen.
+    #[error("credit account is frozen")]
+    CreditAccountFrozen,
+    /// The pending transfer was already posted.
+    #[error("pending transfer already posted")]
+    PendingTransferAlreadyPosted,
+    /// The pending transfer was already voided.
+    #[error("pending transfer already voided")]
+    PendingTransferAlreadyVoided,
+    /// The pending transfer already expired.
+    #[error("pending transfer already expired")]
+    PendingTransferExpired,
+    /// Another post or void of the same pending transfer is in flight.
+    #[error("the pending transfer is being posted or voided by another request")]
+    PendingTransferBusy,
+    /// A post asked for more than the pending amount.
+    #[error("amount exceeds the pending amount")]
+    ExceedsPendingAmount,
+    /// A balance would pass `u128`.
+    #[error("a balance would overflow")]
+    Overflow,
+    /// The debit account lacks the funds (credits minus debits, plus any overdraft).
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    /// The credit account's credits would exceed its debits.
+    #[error("credits would exceed debits")]
+    ExceedsDebits,
+    /// The account id is already taken by an account with other fields.
+    #[error("an account with this id exists with different fields")]
+    AccountExists,
+    /// The account is not found (account commands).
+    #[error("account not found")]
+    AccountNotFound,
+    /// The account is closed and cannot change state.
+    #[error("account is closed")]
+    AccountClosed,
+    /// Close asked of an account with a non-zero balance.
+    #[error("account balance is not zero")]
+    AccountBalanceNotZero,
+    /// Close asked of an account with pending transfers.
+    #[error("account has pending transfers")]
+    AccountHasPending,
+    /// The status change is not allowed from the current status.
+    #[error("the account is not in a status that allows this")]
+    InvalidStatusTransition,
+}
+
+impl Rejection {
+    /// A stable snake_case name for clients and metrics.
+    pub fn code(self) -> &'static str {
+        use Rejection::*;
+        match self {
+            LinkedTransferFailed => "linked_transfer_failed",
+            ExistsWithDifferentFields => "exists_with_different_fields",
+            InFlight => "in_flight",
+            SameAccount => "same_account",
+            ZeroAmount => "zero_amount",
+            TimeoutReservedForPending => "timeout_reserved_for_pending",
+            ReferenceTooLong => "reference_too_long",
+            MetadataTooLarge => "metadata_too_large",
+            BatchSizeOutOfRange => "batch_size_out_of_range",
+            PendingTransferNotFound => "pending_transfer_not_found",
+            PendingTransferNotPending => "pending_transfer_not_pending",
+            DebitAccountNotFound => "debit_account_not_found",
+            CreditAccountNotFound => "credit_account_not_found",
+            AssetMismatch => "asset_mismatch",
+            DebitAccountClosed => "debit_account_closed",
+            CreditAccountClosed => "credit_account_closed",
+            DebitAccountFrozen => "debit_account_frozen",
+            CreditAccountFrozen => "credit_account_frozen",
+            PendingTransferAlreadyPosted => "pending_transfer_already_posted",
+            PendingTransferAlreadyVoided => "pending_transfer_already_voided",
+            PendingTransferExpired => "pending_transfer_expired",
+            PendingTransferBusy => "pending_transfer_busy",
+            ExceedsPendingAmount => "exceeds_pending_amount",
+            Overflow => "overflow",
+            InsufficientFunds => "insufficient_funds",
+            ExceedsDebits => "exceeds_debits",
+            AccountExists => "account_exists",
+            AccountNotFound => "account_not_found",
+            AccountClosed => "account_closed",
+            AccountBalanceNotZero => "account_balance_not_zero",
+            AccountHasPending => "account_has_pending",
+            InvalidStatusTransition => "invalid_status_transition",
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! A shard's state: the accounts hashed to it, their pending holds, and the
+//! legs prepared but not yet committed. Pure: no actor, no I/O, so every rule
+//! is testable as a function. [`crate::actor`] wraps it in a ractor actor.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::account::{Account, AccountEvent, AccountStatus, Leg, Reserved, SameOpPosted, Side};
+use crate::asset::Asset;
+use crate::ids::{AccountId, CommitId, ShardId, TransferId};
+use crate::record::{Applied, Commit, Resolution, SequencedEvent};
+use crate::rejection::Rejection;
+use crate::transfer::{Transfer, TransferKind, TransferStatus};
+
+/// A transfer made ready for the shards: its two legs and what it does to holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// The transfer to store; `None` for the expiry of a hold.
+    pub transfer: Option<Transfer>,
+    /// `[debit leg, credit leg]`.
+    pub legs: [Leg; 2],
+    /// What happens to holds.
+    pub hold: HoldChange,
+}
+
+/// What a planned transfer does to pending holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldChange {
+    /// Nothing.
+    None,
+    /// It creates a hold (a pending transfer).
+    Create,
+    /// It ends a hold.
+    Resolve(Resolution),
+}
+
+impl Planned {
+    /// The resolution it carries, if any.
+    pub fn resolution(&self) -> Option<Resolution> {
+        match self.hold {
+            HoldChange::Resolve(resolution) => Some(resolution),
+            _ => None,
+        }
+    }
+}
+
+/// An open hold, owned by the shard of its debit account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The pending transfer.
+    pub pending_id: TransferId,
+    /// Its debit account.
+    pub debit_account_id: AccountId,
+    /// Its credit account.
+    pub credit_account_id: AccountId,
+    /// The amount held.
+    pub amount: u128,
+    /// When it expires by itself.
+    pub expires_at_ms: Option<u64>,
+    /// A post, void or expiry of it is prepared and not yet decided.
+    busy: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    account: Account,
+    reserved: Reserved,
+}
+
+/// The legs of one operation that one shard reserved.
+#[derive(Clone, Debug, Default)]
+pub struct Reservation {
+    legs: Vec<Leg>,
+    busy_holds: Vec<TransferId>,
+    /// Asset of every account of this shard that the operation touches.
+    pub assets: Vec<(AccountId, Asset)>,
+}
+
+/// Posted amounts that earlier transfers of the same operation reserved on
+/// one account: a linked batch may spend what it received earlier in itself.
+#[derive(Clone, Copy, Debug)]
+pub struct SameOp {
+    account_id: AccountId,
+    credits_posted: u128,
+    debits_posted: u128,
+}
+
+impl SameOp {
+    fn as_posted(&self) -> SameOpPosted {
+        SameOpPosted { credits: self.credits_posted, debits: self.debits_posted }
+    }
+}
+
+/// An operation prepared for a coordinated commit, and what it reserved.
+type PreparedOp = (Arc<[Planned]>, Reservation);
+
+/// Where a rejection happened: the transfer's index in its operation, and why.
+pub type IndexedRejection = (u32, Rejection);
+
+/// The state of one shard.
+#[derive(Debug)]
+pub struct ShardState {
+    shard_id: ShardId,
+    shard_count: u16,
+    accounts: HashMap<AccountId, Slot>,
+    holds: HashMap<TransferId, Hold>,
+    expiries: BTreeSet<(u64, TransferId)>,
+    prepared: HashMap<(CommitId, u32), PreparedOp>,
+}
+
+impl ShardState {
+    /// An empty shard.
+    pub fn new(shard_id: ShardId, shard_count: u16) -> Self {
+        ShardState {
+            shard_id,
+            shard_count,
+            accounts: HashMap::new(),
+            holds: HashMap::new(),
+            expiries: BTreeSet::new(),
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// This shard's id.
+    pub fn shard_id(&self) -> ShardId {
+        self.shard_id
+    }
+
+    fn owns(&self, account_id: AccountId) -> bool {
+        account_id.shard(self.shard_count) == self.shard_id
+    }
+
+    /// An account and what its prepared legs reserve.
+    pub fn account(&self, account_id: AccountId) -> Option<(&Account, Reserved)> {
+        self.accounts.get(&account_id).map(|slot| (&slot.account, slot.reserved))
+    }
+
+    /// Every account of the shard.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values().map(|slot| &slot.account)
+    }
+
+    /// Every open hold of the shard.
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    /// Number of operations prepared and not yet decided.
+    pub fn prepared_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// Opens an account. Opening again with the same fields returns the
+    /// existing account and no event (idempotent).
+    pub fn open_account(&mut self, account: Account) -> Result<(Account, Option<SequencedEvent>), Rejection> {
+        if let Some(slot) = self.accounts.get(&account.id) {
+            let existing = &slot.account;
+            let same = existing.user_id == account.user_id
+                && existing.asset == account.asset
+                && existing.flags == account.flags
+                && existing.overdraft_limit == account.overdraft_limit;
+            return if same { Ok((existing.clone(), None)) } else { Err(Rejection::AccountExists) };
+        }
+        let mut opened = account;
+        opened.sequence = 1;
+        opened.status = AccountStatus::Active;
+        opened.balances = Default::default();
+        let event = SequencedEvent {
+            account_id: opened.id,
+            sequence: 1,
+            event: AccountEvent::Opened(opened.clone()),
+        };
+        self.accounts.insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default() });
+        Ok((opened, Some(event)))
+    }
+
+    /// Changes an account's status: active <-> frozen; active or frozen ->
+    /// closed, only at zero balance with nothing pending or in flight.
+    pub fn set_status(
+        &mut self,
+        account_id: AccountId,
+        target: AccountStatus,
+    ) -> Result<(Account, Option<SequencedEvent>), Rejection> {
+        let slot = self.accounts.get_mut(&account_id).ok_or(Rejection::AccountNotFound)?;
+        let current = slot.account.status;
+        if current == target {
+            return Ok((slot.account.clone(), None));
+        }
+        if current == AccountStatus::Closed {
+            return Err(Rejection::AccountClosed);
+        }
+        if target == AccountStatus::Closed {
+            let b = &slot.account.balances;
+            if b.debits_pending != 0 || b.credits_pending != 0 || slot.reserved.legs != 0 {
+                return Err(Rejection::AccountHasPending);
+            }
+            if b.debits_posted != b.credits_posted {
+                return Err(Rejection::AccountBalanceNotZero);
+            }
+        }
+        let sequence = slot.account.sequence + 1;
+        let event = AccountEvent::StatusChanged(target);
+        slot.account.apply(sequence, &event);
+        Ok((slot.account.clone(), Some(SequencedEvent { account_id, sequence, event })))
+    }
+
+    /// Checks an operation's legs that live in this shard, in order, and
+    /// reserves them. All or nothing: on a rejection nothing stays reserved.
+    pub fn reserve(&mut self, op: &[Planned], now_ms: u64) -> Result<Reservation, IndexedRejection> {
+        let mut reservation = Reservation::default();
+        // Credits posted by earlier transfers of the same linked operation may
+        // be spent by later ones; credits of other operations may not.
+        let mut same_op: Vec<SameOp> = Vec::new();
+        for (index, planned) in op.iter().enumerate() {
+            if let Err(rejection) = self.reserve_one(planned, now_ms, &mut reservation, &mut same_op) {
+                self.release(&reservation);
+                return Err((index as u32, rejection));
+            }
+        }
+        Ok(reservation)
+    }
+
+    fn reserve_one(
+        &mut self,
+        planned: &Planned,
+        now_ms: u64,
+        reservation: &mut Reservation,
+        same_op: &mut Vec<SameOp>,
+    ) -> Result<(), Rejection> {
+        let [debit, credit] = &planned.legs;
+        let owns_debit = self.owns(debit.account_id);
+        let owns_credit = self.owns(credit.account_id);
+        // Each side's checks run in their own order; the transfer fails with
+        // the smallest failure by check order, so the outcome is the same
+        // whether both accounts live in this shard or in two.
+        let debit_failure =
+            if owns_debit { self.check_debit_side(planned, now_ms, same_op).err() } else { None };
+        let credit_failure = if owns_credit { self.check_leg(credit, same_op).err() } else { None };
+        let asset_failure = match (owns_debit && owns_credit, planned.hold) {
+            (true, HoldChange::None | HoldChange::Create) => {
+                let debit_asset = self.accounts.get(&debit.account_id).map(|s| s.account.asset);
+                let credit_asset = self.accounts.get(&credit.account_id).map(|s| s.account.asset);
+                match (debit_asset, credit_asset) {
+                    (Some(a), Some(b)) if a != b => Some(Rejection::AssetMismatch),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(failure) = [debit_failure, credit_failure, asset_failure].into_iter().flatten().min() {
+            return Err(failure);
+        }
+        if let (true, HoldChange::Resolve(resolution)) = (owns_debit, planned.hold) {
+            if let Some(hold) = self.holds.get_mut(&resolution.pending_id) {
+                hold.busy = true;
+            }
+            reservation.busy_holds.push(resolution.pending_id);
+        }
+        for (leg, owned) in [(debit, owns_debit), (credit, owns_credit)] {
+            if !owned {
+                continue;
+            }
+            let Some(slot) = self.accounts.get_mut(&leg.account_id) else { continue };
+            let adds = leg.posted_add + leg.pending_add; // bounded by `check`
+            match leg.side {
+                Side::Debit => slot.reserved.debits += adds,
+                Side::Credit => slot.reserved.credits += adds,
+            }
+            slot.reserved.legs += 1;
+            reservation.legs.push(*leg);
+            reservation.assets.push((leg.account_id, slot.account.asset));
+            if leg.posted_add > 0 {
+                let entry = match same_op.iter_mut().position(|e| e.account_id == leg.account_id) {
+                    Some(position) => &mut same_op[position],
+                    None => {
+                        same_op.push(SameOp {
+                            account_id: leg.account_id,
+                            credits_posted: 0,
+                            debits_posted: 0,
+                        });
+                        let last = same_op.len() - 1;
+                        &mut same_op[last]
+                    }
+                };
+                match leg.side {
+                    Side::Debit => entry.debits_posted = entry.debits_posted.saturating_add(leg.posted_add),
+                    Side::Credit => {
+                        entry.credits_posted = entry.credits_posted.saturating_add(leg.posted_add)
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The debit side's checks: the account exists, the hold (for a post,
+    /// void or expiry) is open and matches, then status and balance.
+    fn check_debit_side(&self, planned: &Planned, now_ms: u64, same_op: &[SameOp]) -> Result<(), Rejection> {
+        let debit = &planned.legs[0];
+        if !self.accounts.contains_key(&debit.account_id) {
+            return Err(Rejection::DebitAccountNotFound);
+        }
+        if let HoldChange::Resolve(resolution) = planned.hold {
+            let hold = self.holds.get(&resolution.pending_id).ok_or(Rejection::PendingTransferNotFound)?;
+            if hold.busy {
+                return Err(Rejection::PendingTransferBusy);
+            }
+            let expired = hold.expires_at_ms.is_some_and(|at| at <= now_ms);
+            match resolution.status {
+                TransferStatus::Posted if expired => return Err(Rejection::PendingTransferExpired),
+                TransferStatus::Expired if !expired => return Err(Rejection::PendingTransferNotPending),
+                _ => {}
+            }
+            if debit.pending_sub != hold.amount || debit.posted_add > hold.amount {
+                return Err(Rejection::ExceedsPendingAmount);
+            }
+        }
+        self.check_leg(debit, same_op)
+    }
+
+    fn check_leg(&self, leg: &Leg, same_op: &[SameOp]) -> Result<(), Rejection> {
+        let slot = self.accounts.get(&leg.account_id).ok_or(match leg.side {
+            Side::Debit => Rejection::DebitAccountNotFound,
+            Side::Credit => Rejection::CreditAccountNotFound,
+        })?;
+        let earlier = same_op.iter().find(|e| e.account_id == leg.account_id).copied().unwrap_or(SameOp {
+            account_id: leg.account_id,
+            credits_posted: 0,
+            debits_posted: 0,
+        });
+        slot.account.check(leg, &slot.reserved, &earlier.as_posted())
+    }
+
+    /// Gives back what a reservation held.
+    pub fn release(&mut self, reservation: &Reservation) {
+        for leg in &reservation.legs {
+            if let Some(slot) = self.accounts.get_mut(&leg.account_id) {
+                let adds = leg.posted_add + leg.pending_add;
+                match leg.side {
+                    Side::Debit => slot.reserved.debits -= adds,
+                    Side::Credit => slot.reserved.credits -= adds,
+                }
+                slot.reserved.legs -= 1;
+            }
+        }
+        for pending_id in &reservation.busy_holds {
+            if let Some(hold) = self.holds.get_mut(pending_id) {
+                hold.busy = false;
+            }
+        }
+    }
+
+    /// Reserves and applies an operation whose legs all live in this shard:
+    /// the single-shard fast path. Returns the record to journal.
+    pub fn execute_local(&mut self, op: &[Planned], now_ms: u64) -> Result<Applied, IndexedRejection> {
+        let reservation = self.reserve(op, now_ms)?;
+        self.release(&reservation);
+        let mut applied = Applied::default();
+        for planned in op {
+            for leg in &planned.legs {
+                applied.events.push(self.apply_leg(leg, None));
+            }
+            self.apply_holds(planned);
+            if let Some(transfer) = &planned.transfer {
+                applied.transfers.push(transfer.clone());
+            }
+            if let Some(resolution) = planned.resolution() {
+                applied.resolutions.push(resolution);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Keeps a reservation made for a coordinated commit until it is decided.
+    pub fn hold_prepared(&mut self, key: (CommitId, u32), op: Arc<[Planned]>, reservation: Reservation) {
+        self.prepared.insert(key, (op, reservation));
+    }
+
+    /// Applies this shard's legs of a committed operation. Returns the
+    /// sequence numbers given, in leg order.
+    pub fn commit_prepared(&mut self, key: (CommitId, u32)) -> Vec<u64> {
+        let Some((op, reservation)) = self.prepared.remove(&key) else {
+            return Vec::new();
+        };
+        self.release(&reservation);
+        let mut sequences = Vec::with_capacity(reservation.legs.len());
+        for planned in op.iter() {
+            for leg in &planned.legs {
+                if self.owns(leg.account_id) {
+                    sequences.push(self.apply_leg(leg, None).sequence);
+                }
+            }
+            self.apply_holds(planned);
+        }
+        sequences
+    }
+
+    /// Drops a prepared operation that will not commit.
+    pub fn abort_prepared(&mut self, key: (CommitId, u32)) {
+        if let Some((_, reservation)) = self.prepared.remove(&key) {
+            self.release(&reservation);
+        }
+    }
+
+    /// Applies one leg. With `sequence`, replay: an event the account already
+    /// has is skipped, so replaying over a newer snapshot is harmless.
+    fn apply_leg(&mut self, leg: &Leg, sequence: Option<u64>) -> SequencedEvent {
+        let event = AccountEvent::Leg(*leg);
+        let slot = self
+            .accounts
+            .get_mut(&leg.account_id)
+            .unwrap_or_else(|| panic!("leg for unknown account {}", leg.account_id));
+        let sequence = sequence.unwrap_or(slot.account.sequence + 1);
+        if sequence > slot.account.sequence {
+            slot.account.apply(sequence, &event);
+        }
+        SequencedEvent { account_id: leg.account_id, sequence, event }
+    }
+
+    fn apply_holds(&mut self, planned: &Planned) {
+        let debit_account_id = planned.legs[0].account_id;
+        if !self.owns(debit_account_id) {
+            return;
+        }
+        match (planned.hold, &planned.transfer) {
+            (HoldChange::Create, Some(transfer)) => self.create_hold(transfer),
+            (HoldChange::Resolve(resolution), _) => self.remove_hold(resolution.pending_id),
+            _ => {}
+        }
+    }
+
+    fn create_hold(&mut self, transfer: &Transfer) {
+        if let Some(at) = transfer.expires_at_ms {
+            self.expiries.insert((at, transfer.id));
+        }
+        self.holds.insert(
+            transfer.id,
+            Hold {
+                pending_id: transfer.id,
+                debit_account_id: transfer.debit_account_id,
+                credit_account_id: transfer.credit_account_id,
+                amount: transfer.amount.get(),
+                expires_at_ms: transfer.expires_at_ms,
+                busy: false,
+            },
+        );
+    }
+
+    fn remove_hold(&mut self, pending_id: TransferId) {
+        if let Some(hold) = self.holds.remove(&pending_id) {
+            if let Some(at) = hold.expires_at_ms {
+                self.expiries.remove(&(at, pending_id));
+            }
+        }
+    }
+
+    /// Holds whose timeout has passed and that nothing is resolving, oldest first.
+    pub fn due_holds(&self, now_ms: u64, limit: usize) -> Vec<Hold> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .filter_map(|(_, id)| self.holds.get(id))
+            .filter(|hold| !hold.busy)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Replays an [`Applied`] record (recovery).
+    pub fn replay_applied(&mut self, applied: &Applied) {
+        for sequenced in &applied.events {
+            if !self.owns(sequenced.account_id) {
+                continue;
+            }
+            match &sequenced.event {
+                AccountEvent::Opened(account) => {
+                    self.accounts
+                        .entry(account.id)
+                        .or_insert_with(|| Slot { account: account.clone(), reserved: Reserved::default() });
+                }
+                AccountEvent::StatusChanged(_) => {
+                    if let Some(slot) = self.accounts.get_mut(&sequenced.account_id) {
+                        if sequenced.sequence > slot.account.sequence {
+                            slot.account.apply(sequenced.sequence, &sequenced.event);
+                        }
+                    }
+                }
+                AccountEvent::Leg(leg) => {
+                    self.apply_leg(leg, Some(sequenced.sequence));
+                }
+            }
+        }
+        for transfer in &applied.transfers {
+            if transfer.kind == TransferKind::Pending && self.owns(transfer.debit_account_id) {
+                self.create_hold(transfer);
+            }
+        }
+        for resolution in &applied.resolutions {
+            self.remove_hold(resolution.pending_id);
+        }
+    }
+
+    /// Replays this shard's part of a commit: with `sequences` as recorded
+    /// by [`crate::record::Record::CommitApplied`], or with fresh ones when a
+    /// crash came between the commit and its application. Returns the
+    /// sequences used.
+    pub fn replay_commit(&mut self, commit: &Commit, sequences: Option<&[u64]>) -> Vec<u64> {
+        let mut used = Vec::new();
+        for leg in &commit.legs {
+            if self.owns(leg.account_id) {
+                let sequence = sequences.and_then(|s| s.get(used.len()).copied());
+                used.push(self.apply_leg(leg, sequence).sequence);
+            }
+        }
+        for transfer in &commit.transfers {
+            if transfer.kind == TransferKind::Pending && self.owns(transfer.debit_account_id) {
+                self.create_hold(transfer);
+            }
+        }
+        for resolution in &commit.resolutions {
+            self.remove_hold(resolution.pending_id);
+        }
+        used
+    }
+}

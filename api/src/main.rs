@@ -1,0 +1,2 @@
+//! The wallet binary.
+fn main() {}

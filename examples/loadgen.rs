@@ -1,0 +1,2 @@
+//! Load generator (filled in below).
+fn main() {}

@@ -1,0 +1,79 @@
+//! # wallet-storage: where the ledger's state is made durable
+//!
+//! - [`frame`]: `[len][crc32][version][postcard]` frames, one layout for all files.
+//! - [`journal`]: the group-commit file journal (a dedicated thread, one
+//!   `fdatasync` per batch) and its reader, which cuts torn tails and reports
+//!   any other damage.
+//! - [`embedded`]: the single-node ledger: recover from the data directory,
+//!   then serve.
+
+use std::path::{Path, PathBuf};
+
+pub mod embedded;
+pub mod frame;
+pub mod journal;
+
+pub use embedded::{EmbeddedLedger, EmbeddedOptions};
+pub use journal::{FileJournal, JournalOptions, JournalStats};
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}", op = "I/O on", path = path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A frame's checksum or length is wrong somewhere other than a torn tail.
+    #[error("corrupt data in {path} at byte {offset}", path = path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+    },
+    /// A frame with a valid checksum holds a format version this build does not read.
+    #[error("format version {found} is not supported (this build reads {expected})")]
+    UnsupportedVersion {
+        /// Version found.
+        found: u8,
+        /// Version expected.
+        expected: u8,
+    },
+    /// A frame with a valid checksum does not decode.
+    #[error("a record at byte {offset} does not decode")]
+    Decode {
+        /// Where.
+        offset: u64,
+    },
+    /// A record does not encode.
+    #[error("a record does not encode")]
+    Encode,
+    /// The data directory was made with other settings.
+    #[error("the data directory was created with {found} shards, not {expected}")]
+    ShardCountMismatch {
+        /// Shards the data was made with.
+        found: u16,
+        /// Shards asked for.
+        expected: u16,
+    },
+    /// Another process holds the data directory.
+    #[error("the data directory {path} is in use by another process", path = path.display())]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The ledger did not start.
+    #[error("ledger failed: {0}")]
+    Ledger(#[from] wallet_actors::LedgerError),
+}
+
+impl StorageError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io { path: path.to_path_buf(), source }
+    }
+}

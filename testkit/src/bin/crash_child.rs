@@ -1,0 +1,2 @@
+//! Crash-test child (filled in below).
+fn main() {}

@@ -1,0 +1,3 @@
+//! Integration tests of the ledger on real files: one binary, one module per topic.
+
+mod basics;
