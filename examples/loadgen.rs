@@ -1,2 +1,268 @@
-//! Load generator (filled in below).
-fn main() {}
+//! In-process load generator for the ledger core.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --accounts 100000 --concurrency 256 --duration-s 10 --hot-share 0 --batch 1
+//! ```
+//!
+//! Opens a ledger in a temporary directory (or `--data-dir`), opens and funds
+//! `--accounts` wallets, then runs `--concurrency` clients, each submitting
+//! requests of `--batch` transfers between random accounts (with probability
+//! `--hot-share` one side is the hot account) for `--duration-s` seconds.
+//! Every transfer is durable before its request returns. Ends with one JSON
+//! line: throughput, request latency percentiles, RSS, and with `--restart`
+//! the time to reopen the ledger.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use wallet_actors::{
+    settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,
+    TransferRequest, UserId,
+};
+use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Number of wallet accounts.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Share of transfers that touch the hot account (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
+    /// Transfers per request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Shards.
+    #[arg(long, default_value_t = 64)]
+    shards: u16,
+    /// Data directory (a temporary one when absent).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// After the run, shut down, reopen, and report the time it took.
+    #[arg(long)]
+    restart: bool,
+    /// Skip fdatasync (measures the CPU path only; not durable).
+    #[arg(long)]
+    no_sync: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers).enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+/// A small xorshift generator: a load generator needs speed, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn account_id(n: u64) -> anyhow::Result<AccountId> {
+    Ok(AccountId::new(u128::from(n) + 1_000)?)
+}
+
+fn options(args: &Args) -> EmbeddedOptions {
+    EmbeddedOptions {
+        ledger: LedgerConfig { shard_count: args.shards, ..LedgerConfig::default() },
+        journal: JournalOptions { sync: !args.no_sync, ..JournalOptions::default() },
+        ..EmbeddedOptions::default()
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let temporary = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
+    let node = EmbeddedLedger::open(&dir, options(&args)).await.context("opening the ledger")?;
+    let ledger = node.ledger.clone();
+    let asset = Asset::new("USD", 2)?;
+    ledger.ensure_settlement_account(asset).await?;
+    let settlement = settlement_account_id(&asset);
+
+    // Open and fund the accounts, many at a time so group commit works for us.
+    let setup_started = Instant::now();
+    let gate = Arc::new(Semaphore::new(4096));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..args.accounts {
+        let permit = gate.clone().acquire_owned().await?;
+        let ledger = ledger.clone();
+        let next_id = next_id.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let id = account_id(n)?;
+            let flags = AccountFlags::WALLET;
+            let new =
+                NewAccount { id, user_id: UserId::new(2)?, asset, flags, overdraft_limit: Amount::ZERO };
+            ledger.open_account(new).await?;
+            let fund = TransferRequest::Transfer {
+                id: TransferId::new(u128::from(next_id.fetch_add(1, Ordering::Relaxed)))?,
+                debit_account_id: settlement,
+                credit_account_id: id,
+                amount: Amount::new(1_000_000_000_000)?,
+                pending: None,
+                reference: None,
+                metadata: None,
+            };
+            ledger.submit_one(fund).await?.map_err(|r| anyhow::anyhow!("funding: {r}"))?;
+            anyhow::Ok(())
+        });
+        while tasks.len() > 8192 {
+            if let Some(done) = tasks.join_next().await {
+                done??;
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    let journal = node.journal_stats();
+    let (records_before, syncs_before) =
+        (journal.records.load(Ordering::Relaxed), journal.syncs.load(Ordering::Relaxed));
+
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..args.concurrency {
+        let ledger = ledger.clone();
+        let next_id = next_id.clone();
+        let args = args.clone();
+        clients.spawn(async move {
+            let mut rng =
+                Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
+            while Instant::now() < deadline {
+                let mut batch = Vec::with_capacity(args.batch);
+                for _ in 0..args.batch {
+                    let mut debit = rng.below(args.accounts);
+                    let mut credit = rng.below(args.accounts - 1);
+                    if credit >= debit {
+                        credit += 1;
+                    }
+                    if rng.chance(args.hot_share) {
+                        if rng.below(2) == 0 {
+                            debit = 0;
+                        } else {
+                            credit = 0;
+                        }
+                        if debit == credit {
+                            credit = 1;
+                        }
+                    }
+                    batch.push(TransferRequest::Transfer {
+                        id: TransferId::new(u128::from(next_id.fetch_add(1, Ordering::Relaxed)))?,
+                        debit_account_id: account_id(debit)?,
+                        credit_account_id: account_id(credit)?,
+                        amount: Amount::new(1 + u128::from(rng.below(100)))?,
+                        pending: None,
+                        reference: None,
+                        metadata: None,
+                    });
+                }
+                let sent = Instant::now();
+                match ledger.submit(batch, false).await {
+                    Ok(results) => {
+                        for result in results {
+                            if result.is_ok() {
+                                ok += 1
+                            } else {
+                                rejected += 1
+                            }
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+                histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
+            }
+            anyhow::Ok((histogram, ok, rejected, failed))
+        });
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
+    while let Some(done) = clients.join_next().await {
+        let (h, o, r, f) = done??;
+        histogram.add(h)?;
+        ok += o;
+        rejected += r;
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let records = journal.records.load(Ordering::Relaxed) - records_before;
+    let syncs = (journal.syncs.load(Ordering::Relaxed) - syncs_before).max(1);
+    let rss = rss_bytes();
+
+    let mut restart_ms = None;
+    if args.restart {
+        node.shutdown().await;
+        let reopen_started = Instant::now();
+        let node = EmbeddedLedger::open(&dir, options(&args)).await?;
+        restart_ms = Some(reopen_started.elapsed().as_millis() as u64);
+        node.shutdown().await;
+    } else {
+        node.shutdown().await;
+    }
+
+    let report = serde_json::json!({
+        "accounts": args.accounts,
+        "shards": args.shards,
+        "concurrency": args.concurrency,
+        "batch": args.batch,
+        "hot_share": args.hot_share,
+        "duration_s": elapsed,
+        "durable": !args.no_sync,
+        "transfers_ok": ok,
+        "transfers_rejected": rejected,
+        "requests_failed": failed,
+        "transfers_per_sec": (ok as f64 / elapsed).round(),
+        "requests_per_sec": (histogram.len() as f64 / elapsed).round(),
+        "p50_us": histogram.value_at_quantile(0.50),
+        "p99_us": histogram.value_at_quantile(0.99),
+        "p999_us": histogram.value_at_quantile(0.999),
+        "max_us": histogram.max(),
+        "journal_records_per_sync": (records as f64 / syncs as f64).round(),
+        "rss_bytes": rss,
+        "setup_s": (setup_s * 10.0).round() / 10.0,
+        "restart_ms": restart_ms,
+    });
+    println!("{report}");
+    Ok(())
+}

@@ -9,14 +9,75 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::account::{Account, AccountStatus, Reserved};
 use crate::asset::Asset;
-use crate::ids::{AccountId, CommitId};
-use crate::record::{Applied, Clock, Journal, JournalError, OnDurable, Record};
+use crate::ids::{AccountId, CommitId, ShardId};
+use crate::record::{Applied, Clock, Commit, Journal, JournalError, OnDurable, Record, ShardApplied};
 use crate::registry::TransferRegistry;
+use crate::rejection::Rejection;
 use crate::shard::{Hold, IndexedRejection, Planned, ShardState};
 use crate::LedgerError;
 
+/// How shards reach each other. In the embedded node every shard is a
+/// local actor; cluster mode routes some of them over NATS.
+pub trait ShardRouter: Send + Sync + 'static {
+    /// Delivers `message` to `shard`, in order with earlier messages to it.
+    fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError>;
+}
+
+/// The router of the embedded node: the shards' actor references.
+#[derive(Default)]
+pub struct LocalRouter {
+    shards: std::sync::OnceLock<Vec<ActorRef<ShardMsg>>>,
+}
+
+impl LocalRouter {
+    /// Sets the shards once they are spawned.
+    pub fn set(&self, shards: Vec<ActorRef<ShardMsg>>) {
+        let _ = self.shards.set(shards);
+    }
+}
+
+impl ShardRouter for LocalRouter {
+    fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError> {
+        let actor =
+            self.shards.get().and_then(|s| s.get(shard.0 as usize)).ok_or(LedgerError::Unavailable)?;
+        actor.cast(message).map_err(|_| LedgerError::Unavailable)
+    }
+}
+
+/// Where the outcome of one transfer operation is sent.
+pub type OutcomeSender = tokio::sync::oneshot::Sender<Result<OpOutcome, LedgerError>>;
+
+/// A transfer between two shards, as sent to its debit shard.
+pub struct ChainOp {
+    /// Its commit id.
+    pub commit_id: CommitId,
+    /// The operation (one transfer).
+    pub op: Arc<[Planned]>,
+    /// The shard of its credit account.
+    pub credit_shard: ShardId,
+    /// Where the outcome goes.
+    pub reply: OutcomeSender,
+}
+
+/// A transfer between two shards, reserved by its debit shard, as sent on
+/// to its credit shard.
+pub struct CreditOp {
+    /// Its commit id.
+    pub commit_id: CommitId,
+    /// The operation.
+    pub op: Arc<[Planned]>,
+    /// The shard that reserved the debit side.
+    pub debit_shard: ShardId,
+    /// Assets of the debit side's accounts, for the asset check.
+    pub debit_assets: Vec<(AccountId, Asset)>,
+    /// Where the outcome goes.
+    pub reply: OutcomeSender,
+}
+
 /// What the shards share with the rest of the ledger.
 pub struct Shared {
+    /// How shards reach each other.
+    pub router: Arc<dyn ShardRouter>,
     /// Where records go.
     pub journal: Arc<dyn Journal>,
     /// Transfer ids and outcomes.
@@ -49,9 +110,9 @@ impl Shared {
 
 /// Outcome of one operation of an [`ShardMsg::Execute`].
 pub type OpOutcome = Result<(), IndexedRejection>;
-/// Outcome of one operation of a [`ShardMsg::Prepare`]: the assets of the
-/// shard's accounts it touches, for the coordinator's cross-shard checks.
-pub type PrepareOutcome = Result<Vec<(AccountId, Asset)>, IndexedRejection>;
+/// Outcome of one operation of a [`ShardMsg::Prepare`], with the assets of
+/// the shard's accounts it touches for the coordinator's cross-shard checks.
+pub type PrepareOutcome = (Vec<(AccountId, Asset)>, OpOutcome);
 
 /// What a shard can be asked.
 pub enum ShardMsg {
@@ -81,6 +142,20 @@ pub enum ShardMsg {
         /// Operations to release.
         aborted: Vec<u32>,
     },
+    /// Transfers between two shards, this one holding their debit side:
+    /// reserve, then pass each on to its credit shard.
+    Debit(Vec<ChainOp>),
+    /// Transfers between two shards, this one holding their credit side:
+    /// check, apply, journal the commit; once durable, settle the debit side
+    /// and answer the caller.
+    Credit(Vec<CreditOp>),
+    /// A transfer the debit shard refused: add this shard's checks, so the
+    /// caller hears the first failure by check order, and answer.
+    Refused(Vec<CreditOp>, Vec<IndexedRejection>),
+    /// Apply the reserved debit side of committed transfers.
+    Settle(Vec<CommitId>),
+    /// Release the reserved debit side of transfers the credit side refused.
+    Release(Vec<CommitId>),
     /// Read an account and its reservations.
     GetAccount(AccountId, RpcReplyPort<Option<(Account, Reserved)>>),
     /// Holds whose timeout has passed.
@@ -190,11 +265,13 @@ impl RunningShard {
                 let now_ms = self.shared.clock.now_ms();
                 let outcomes = ops
                     .into_iter()
-                    .map(|(index, op)| {
-                        let reservation = self.state.reserve(&op, now_ms)?;
-                        let assets = reservation.assets.clone();
-                        self.state.hold_prepared((commit_id, index), op, reservation);
-                        Ok(assets)
+                    .map(|(index, op)| match self.state.reserve(&op, now_ms) {
+                        Ok(reservation) => {
+                            let assets = reservation.assets.clone();
+                            self.state.hold_prepared((commit_id, index), op, reservation);
+                            (assets, Ok(()))
+                        }
+                        Err(failure) => (self.state.assets_of(&op), Err(failure)),
                     })
                     .collect();
                 reply(port, outcomes);
@@ -212,6 +289,28 @@ impl RunningShard {
                 }
                 let record = Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
                 self.shared.journal.append(record, self.shared.poison_on_failure());
+            }
+            ShardMsg::Debit(ops) => self.debit(ops),
+            ShardMsg::Credit(ops) => self.credit(ops),
+            ShardMsg::Refused(ops, failures) => {
+                let now_ms = self.shared.clock.now_ms();
+                for (refused, failure) in ops.into_iter().zip(failures) {
+                    let first = self.state.first_failure(&refused.op, &refused.debit_assets, failure, now_ms);
+                    let _ = refused.reply.send(Ok(Err(first)));
+                }
+            }
+            ShardMsg::Settle(commit_ids) => {
+                for commit_id in commit_ids {
+                    let sequences = self.state.commit_prepared((commit_id, 0));
+                    let record =
+                        Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
+                    self.shared.journal.append(record, self.shared.poison_on_failure());
+                }
+            }
+            ShardMsg::Release(commit_ids) => {
+                for commit_id in commit_ids {
+                    self.state.abort_prepared((commit_id, 0));
+                }
             }
             ShardMsg::GetAccount(account_id, port) => {
                 reply(port, self.state.account(account_id).map(|(a, r)| (a.clone(), r)));
@@ -251,7 +350,7 @@ impl RunningShard {
             Box::new(move |result| match result {
                 Ok(()) => {
                     for transfer in transfers {
-                        registry.complete(Arc::new(transfer));
+                        registry.complete(transfer);
                     }
                     for resolution in resolutions {
                         registry.resolve(resolution.pending_id, resolution.status);
@@ -264,6 +363,125 @@ impl RunningShard {
                 }
             }),
         );
+    }
+
+    fn debit(&mut self, ops: Vec<ChainOp>) {
+        let now_ms = self.shared.clock.now_ms();
+        let me = self.state.shard_id();
+        let mut onward: std::collections::BTreeMap<ShardId, Vec<CreditOp>> = Default::default();
+        let mut refused: std::collections::BTreeMap<ShardId, (Vec<CreditOp>, Vec<IndexedRejection>)> =
+            Default::default();
+        for chain in ops {
+            if self.shared.poisoned.load(Ordering::Relaxed) {
+                let _ = chain.reply.send(Err(LedgerError::Unavailable));
+                continue;
+            }
+            match self.state.reserve(&chain.op, now_ms) {
+                Err(rejection) if rejection.1 <= Rejection::DebitAccountNotFound => {
+                    // Nothing the credit side finds can come first.
+                    let _ = chain.reply.send(Ok(Err(rejection)));
+                }
+                Err(rejection) => {
+                    let entry = refused.entry(chain.credit_shard).or_default();
+                    entry.0.push(CreditOp {
+                        commit_id: chain.commit_id,
+                        debit_assets: self.state.assets_of(&chain.op),
+                        op: chain.op,
+                        debit_shard: me,
+                        reply: chain.reply,
+                    });
+                    entry.1.push(rejection);
+                }
+                Ok(reservation) => {
+                    let debit_assets = reservation.assets.clone();
+                    self.state.hold_prepared((chain.commit_id, 0), chain.op.clone(), reservation);
+                    onward.entry(chain.credit_shard).or_default().push(CreditOp {
+                        commit_id: chain.commit_id,
+                        op: chain.op,
+                        debit_shard: me,
+                        debit_assets,
+                        reply: chain.reply,
+                    });
+                }
+            }
+        }
+        for (shard, (ops, failures)) in refused {
+            if let Err(error) = self.shared.router.send(shard, ShardMsg::Refused(ops, failures)) {
+                tracing::error!(%error, shard = shard.0, "credit shard unreachable");
+                self.shared.poison(JournalError::Closed);
+            }
+        }
+        for (shard, credits) in onward {
+            if let Err(error) = self.shared.router.send(shard, ShardMsg::Credit(credits)) {
+                // The message came back undelivered with the error; nothing
+                // can reach the credit shard, so the ledger stops.
+                tracing::error!(%error, shard = shard.0, "credit shard unreachable");
+                self.shared.poison(JournalError::Closed);
+            }
+        }
+    }
+
+    fn credit(&mut self, ops: Vec<CreditOp>) {
+        let now_ms = self.shared.clock.now_ms();
+        let me = self.state.shard_id();
+        for credit in ops {
+            if self.shared.poisoned.load(Ordering::Relaxed) {
+                let _ = credit.reply.send(Err(LedgerError::Unavailable));
+                continue;
+            }
+            match self.state.accept_credit(&credit.op, &credit.debit_assets, now_ms) {
+                Err(rejection) => {
+                    let _ = self
+                        .shared
+                        .router
+                        .send(credit.debit_shard, ShardMsg::Release(vec![credit.commit_id]));
+                    let _ = credit.reply.send(Ok(Err(rejection)));
+                }
+                Ok(sequences) => {
+                    let mut commit = Commit {
+                        commit_id: credit.commit_id,
+                        transfers: Vec::with_capacity(credit.op.len()),
+                        resolutions: Vec::new(),
+                        legs: Vec::with_capacity(credit.op.len() * 2),
+                        applied_by: Some(ShardApplied { shard_id: me, sequences }),
+                    };
+                    for planned in credit.op.iter() {
+                        commit.legs.extend_from_slice(&planned.legs);
+                        if let Some(transfer) = &planned.transfer {
+                            commit.transfers.push(transfer.clone());
+                        }
+                        if let Some(resolution) = planned.resolution() {
+                            commit.resolutions.push(resolution);
+                        }
+                    }
+                    let shared = self.shared.clone();
+                    let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
+                    self.shared.journal.append(
+                        Record::Commit(commit),
+                        Box::new(move |result| match result {
+                            Ok(()) => {
+                                for planned in op.iter() {
+                                    if let Some(transfer) = &planned.transfer {
+                                        shared.registry.complete(transfer.clone());
+                                    }
+                                    if let Some(resolution) = planned.resolution() {
+                                        shared.registry.resolve(resolution.pending_id, resolution.status);
+                                    }
+                                }
+                                // Settle before answering, so that a read the
+                                // caller makes next finds the debit applied.
+                                let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
+                                let _ = port.send(Ok(Ok(())));
+                            }
+                            Err(error) => {
+                                shared.poison(error);
+                                let _ = port.send(Err(LedgerError::Unavailable));
+                            }
+                        }),
+                    );
+                }
+            }
+        }
     }
 
     fn journal_then_reply<T: Send + 'static>(

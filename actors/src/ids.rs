@@ -106,7 +106,10 @@ mod tests {
     fn placement_is_stable() {
         // These values pin the hash: changing it would move every account.
         assert_eq!(stable_hash(1), 11_385_487_063_155_714_807);
-        assert_eq!(AccountId::new(1).map(|id| id.shard(64)), Ok(ShardId((11_385_487_063_155_714_807_u64 % 64) as u16)));
+        assert_eq!(
+            AccountId::new(1).map(|id| id.shard(64)),
+            Ok(ShardId((11_385_487_063_155_714_807_u64 % 64) as u16))
+        );
     }
 
     #[test]

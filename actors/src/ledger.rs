@@ -12,10 +12,12 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
-use crate::actor::{OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg, Shared};
+use crate::actor::{
+    ChainOp, LocalRouter, OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg, Shared,
+};
 use crate::amount::Amount;
 use crate::asset::Asset;
-use crate::ids::{stable_hash, AccountId, CommitId, UserId};
+use crate::ids::{stable_hash, AccountId, CommitId, ShardId, UserId};
 use crate::record::{Clock, Commit, Journal, Record};
 use crate::recovery::Recovered;
 use crate::registry::{Claim, TransferRecord};
@@ -122,8 +124,14 @@ impl Ledger {
         clock: Arc<dyn Clock>,
         config: LedgerConfig,
     ) -> Result<Ledger, LedgerError> {
-        let shared =
-            Arc::new(Shared { journal, registry: recovered.registry, clock, poisoned: Default::default() });
+        let router = Arc::new(LocalRouter::default());
+        let shared = Arc::new(Shared {
+            router: router.clone(),
+            journal,
+            registry: recovered.registry,
+            clock,
+            poisoned: Default::default(),
+        });
         for record in completions {
             let (tx, rx) = oneshot::channel();
             shared.journal.append(
@@ -141,6 +149,7 @@ impl Ledger {
                 Actor::spawn(None, ShardActor, args).await.map_err(|_| LedgerError::Unavailable)?;
             shards.push(actor);
         }
+        router.set(shards.clone());
         let inner = Arc::new(Inner {
             shards,
             shared,
@@ -386,7 +395,7 @@ impl Ledger {
                     for (index, planned) in indexes.iter().zip(op.iter()) {
                         if let Some(transfer) = &planned.transfer {
                             let record = registry.get(transfer.id).unwrap_or_else(|| TransferRecord {
-                                transfer: Arc::new(transfer.clone()),
+                                transfer: transfer.clone(),
                                 status: transfer.initial_status(),
                             });
                             results[*index] = Some(Ok(TransferOutcome { record, replayed: false }));
@@ -460,14 +469,14 @@ impl Ledger {
                     pending_sub: 0,
                 };
                 Ok(Planned {
-                    transfer: Some(transfer_base(
+                    transfer: Some(Arc::new(transfer_base(
                         kind,
                         *debit_account_id,
                         *credit_account_id,
                         *amount,
                         None,
                         expires_at_ms,
-                    )),
+                    ))),
                     legs: [leg(*debit_account_id, Side::Debit), leg(*credit_account_id, Side::Credit)],
                     hold,
                 })
@@ -568,15 +577,34 @@ impl Ledger {
         let shard_count = self.inner.config.shard_count;
         let mut local: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         let mut spanning: Vec<usize> = Vec::new();
+        let mut chained: BTreeMap<u16, Vec<ChainOp>> = BTreeMap::new();
+        let mut chain_waiting = Vec::new();
         for (index, op) in ops.iter().enumerate() {
             let mut shards = op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0);
             let first = shards.next();
             match first {
                 Some(first) if shards.all(|s| s == first) => local.entry(first).or_default().push(index),
+                _ if op.len() == 1 => {
+                    // One transfer between two shards: debit shard, then credit shard.
+                    let debit_shard = op[0].legs[0].account_id.shard(shard_count);
+                    let credit_shard = op[0].legs[1].account_id.shard(shard_count);
+                    let (reply, receiver) = oneshot::channel();
+                    let commit_id = CommitId(self.inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+                    chained.entry(debit_shard.0).or_default().push(ChainOp {
+                        commit_id,
+                        op: op.clone(),
+                        credit_shard,
+                        reply,
+                    });
+                    chain_waiting.push((index, receiver));
+                }
                 _ => spanning.push(index),
             }
         }
         let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+        for (shard, chain_ops) in chained {
+            self.inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
+        }
 
         let coordinated = if spanning.is_empty() {
             None
@@ -606,6 +634,14 @@ impl Ledger {
                 outcomes[*index] = Some(outcome);
             }
         }
+        for (index, receiver) in chain_waiting {
+            let outcome = match tokio::time::timeout(self.inner.timeout, receiver).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(_)) => return Err(LedgerError::Unavailable),
+                Err(_) => return Err(LedgerError::Timeout),
+            };
+            outcomes[index] = Some(outcome);
+        }
         if let Some(handle) = coordinated {
             let results = handle.await.map_err(|_| LedgerError::Unavailable)??;
             for (index, outcome) in spanning.iter().zip(results) {
@@ -634,7 +670,7 @@ fn resolve_plan(
     Planned {
         legs: [leg(pending.debit_account_id, Side::Debit), leg(pending.credit_account_id, Side::Credit)],
         hold: HoldChange::Resolve(crate::record::Resolution { pending_id: pending.id, status }),
-        transfer: Some(transfer),
+        transfer: Some(Arc::new(transfer)),
     }
 }
 
@@ -686,8 +722,10 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
         };
         for (index, outcome) in indexes.into_iter().zip(prepared) {
             let slot = index as usize;
+            let (found, outcome) = outcome;
+            assets[slot].extend(found);
             match outcome {
-                Ok(found) => assets[slot].extend(found),
+                Ok(()) => {}
                 Err(failure) => {
                     failures[slot] = Some(match failures[slot] {
                         Some(existing) if existing <= failure => existing,
@@ -719,8 +757,13 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
 
     let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
     if !committed.is_empty() {
-        let mut commit =
-            Commit { commit_id, transfers: Vec::new(), resolutions: Vec::new(), legs: Vec::new() };
+        let mut commit = Commit {
+            commit_id,
+            transfers: Vec::new(),
+            resolutions: Vec::new(),
+            legs: Vec::new(),
+            applied_by: None,
+        };
         for &i in &committed {
             for planned in ops[i].iter() {
                 commit.legs.extend_from_slice(&planned.legs);
@@ -753,7 +796,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
             }
         }
         for transfer in transfers {
-            inner.shared.registry.complete(Arc::new(transfer));
+            inner.shared.registry.complete(transfer);
         }
         for resolution in resolutions {
             inner.shared.registry.resolve(resolution.pending_id, resolution.status);

@@ -5,6 +5,7 @@
 //!
 //! Modules, from the smallest piece up:
 //! - [`ids`]: `AccountId`, `UserId`, `TransferId`, `ShardId`, and stable shard placement.
+//! - [`hash`]: the hasher of in-memory maps.
 //! - [`amount`], [`asset`]: money in minor units, and what it is money of.
 //! - [`rejection`]: every named way a command is refused, with stable codes.
 //! - [`account`]: the account, its balances, and its handler (`check`, `apply`),
@@ -21,6 +22,7 @@ pub mod account;
 pub mod actor;
 pub mod amount;
 pub mod asset;
+pub mod hash;
 pub mod ids;
 pub mod ledger;
 pub mod record;

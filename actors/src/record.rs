@@ -4,6 +4,8 @@
 //! hear back once the record is durable. The embedded node's journal is a
 //! file (`wallet-storage`); cluster mode adds one on NATS JetStream.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountEvent, Leg};
@@ -61,7 +63,7 @@ pub enum Record {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// New transfers.
-    pub transfers: Vec<Transfer>,
+    pub transfers: Vec<Arc<Transfer>>,
     /// Pending transfers posted, voided or expired.
     pub resolutions: Vec<Resolution>,
     /// Account events, in the order they were applied.
@@ -74,11 +76,24 @@ pub struct Commit {
     /// Its id.
     pub commit_id: CommitId,
     /// New transfers.
-    pub transfers: Vec<Transfer>,
+    pub transfers: Vec<Arc<Transfer>>,
     /// Pending transfers posted, voided or expired.
     pub resolutions: Vec<Resolution>,
     /// Every leg of every transfer, in order.
     pub legs: Vec<Leg>,
+    /// The shard that wrote this record, when it applied its own legs in the
+    /// same step (a transfer between two shards, committed by the credit
+    /// side): that shard needs no [`Record::CommitApplied`].
+    pub applied_by: Option<ShardApplied>,
+}
+
+/// One shard's application of its legs of a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardApplied {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// Sequence numbers given to its legs, in leg order.
+    pub sequences: Vec<u64>,
 }
 
 /// Why a journal could not make a record durable.

@@ -59,7 +59,7 @@ impl Recovery {
                     self.shards[shard.0 as usize].replay_applied(&applied);
                 }
                 for transfer in applied.transfers {
-                    self.registry.complete(Arc::new(transfer));
+                    self.registry.complete(transfer);
                 }
                 for resolution in applied.resolutions {
                     self.registry.resolve(resolution.pending_id, resolution.status);
@@ -68,13 +68,22 @@ impl Recovery {
             Record::Commit(commit) => {
                 self.next_commit_id = self.next_commit_id.max(commit.commit_id.0 + 1);
                 for transfer in &commit.transfers {
-                    self.registry.complete(Arc::new(transfer.clone()));
+                    self.registry.complete(transfer.clone());
                 }
                 for resolution in &commit.resolutions {
                     self.registry.resolve(resolution.pending_id, resolution.status);
                 }
-                let involved = commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
-                self.open_commits.insert(commit.commit_id, (commit, involved));
+                let mut waiting: BTreeSet<ShardId> =
+                    commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
+                if let Some(applied) = &commit.applied_by {
+                    if let Some(shard) = self.shards.get_mut(applied.shard_id.0 as usize) {
+                        shard.replay_commit(&commit, Some(&applied.sequences));
+                    }
+                    waiting.remove(&applied.shard_id);
+                }
+                if !waiting.is_empty() {
+                    self.open_commits.insert(commit.commit_id, (commit, waiting));
+                }
             }
             Record::CommitApplied { commit_id, shard_id, sequences } => {
                 let Some((commit, waiting)) = self.open_commits.get_mut(&commit_id) else {

@@ -3,9 +3,9 @@
 //! Checked before any shard sees a request, so a replay costs one map look-up
 //! and an id can never be applied twice, whatever accounts it names.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::hash::HashMap;
 use crate::ids::{stable_hash, TransferId};
 use crate::transfer::{Transfer, TransferRequest, TransferStatus};
 
@@ -47,7 +47,7 @@ pub struct TransferRegistry {
 
 impl Default for TransferRegistry {
     fn default() -> Self {
-        TransferRegistry { stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect() }
+        TransferRegistry { stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
     }
 }
 

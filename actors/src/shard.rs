@@ -2,11 +2,12 @@
 //! legs prepared but not yet committed. Pure: no actor, no I/O, so every rule
 //! is testable as a function. [`crate::actor`] wraps it in a ractor actor.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::account::{Account, AccountEvent, AccountStatus, Leg, Reserved, SameOpPosted, Side};
 use crate::asset::Asset;
+use crate::hash::HashMap;
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
 use crate::rejection::Rejection;
@@ -16,7 +17,7 @@ use crate::transfer::{Transfer, TransferKind, TransferStatus};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     /// The transfer to store; `None` for the expiry of a hold.
-    pub transfer: Option<Transfer>,
+    pub transfer: Option<Arc<Transfer>>,
     /// `[debit leg, credit leg]`.
     pub legs: [Leg; 2],
     /// What happens to holds.
@@ -114,10 +115,10 @@ impl ShardState {
         ShardState {
             shard_id,
             shard_count,
-            accounts: HashMap::new(),
-            holds: HashMap::new(),
+            accounts: HashMap::default(),
+            holds: HashMap::default(),
             expiries: BTreeSet::new(),
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
         }
     }
 
@@ -369,6 +370,93 @@ impl ShardState {
             }
         }
         Ok(applied)
+    }
+
+    /// Checks this shard's legs of an operation whose other legs another
+    /// shard reserved, including the asset match against `other_assets`.
+    /// On success the legs are reserved.
+    fn reserve_remote(
+        &mut self,
+        op: &[Planned],
+        other_assets: &[(AccountId, Asset)],
+        now_ms: u64,
+    ) -> Result<Reservation, IndexedRejection> {
+        let asset_failure = op.iter().enumerate().find_map(|(index, planned)| {
+            if matches!(planned.hold, HoldChange::Resolve(_)) {
+                return None;
+            }
+            let [debit, credit] = &planned.legs;
+            let asset_of = |id: AccountId| {
+                other_assets
+                    .iter()
+                    .find(|(other, _)| *other == id)
+                    .map(|(_, asset)| *asset)
+                    .or_else(|| self.accounts.get(&id).map(|slot| slot.account.asset))
+            };
+            let (a, b) = (asset_of(debit.account_id)?, asset_of(credit.account_id)?);
+            (a != b).then_some((index as u32, Rejection::AssetMismatch))
+        });
+        let reservation = match self.reserve(op, now_ms) {
+            Err(failure) => return Err(asset_failure.map_or(failure, |asset| asset.min(failure))),
+            Ok(reservation) => reservation,
+        };
+        if let Some(failure) = asset_failure {
+            self.release(&reservation);
+            return Err(failure);
+        }
+        Ok(reservation)
+    }
+
+    /// The credit side of a transfer between two shards, whose debit side
+    /// is reserved already: checks this shard's legs and the assets, then
+    /// applies them at once. Returns the sequence numbers given, in leg order.
+    pub fn accept_credit(
+        &mut self,
+        op: &[Planned],
+        debit_assets: &[(AccountId, Asset)],
+        now_ms: u64,
+    ) -> Result<Vec<u64>, IndexedRejection> {
+        let reservation = self.reserve_remote(op, debit_assets, now_ms)?;
+        self.release(&reservation);
+        let mut sequences = Vec::with_capacity(reservation.legs.len());
+        for planned in op {
+            for leg in &planned.legs {
+                if self.owns(leg.account_id) {
+                    sequences.push(self.apply_leg(leg, None).sequence);
+                }
+            }
+            self.apply_holds(planned);
+        }
+        Ok(sequences)
+    }
+
+    /// The failure this shard's legs would add to `failure`, found by the
+    /// other shard: the smaller one by check order wins, so the outcome does
+    /// not depend on where the accounts live. Changes nothing.
+    pub fn first_failure(
+        &mut self,
+        op: &[Planned],
+        debit_assets: &[(AccountId, Asset)],
+        failure: IndexedRejection,
+        now_ms: u64,
+    ) -> IndexedRejection {
+        match self.reserve_remote(op, debit_assets, now_ms) {
+            Ok(reservation) => {
+                self.release(&reservation);
+                failure
+            }
+            Err(mine) => mine.min(failure),
+        }
+    }
+
+    /// Assets of this shard's accounts that `op` names.
+    pub fn assets_of(&self, op: &[Planned]) -> Vec<(AccountId, Asset)> {
+        op.iter()
+            .flat_map(|planned| planned.legs.iter())
+            .filter_map(|leg| {
+                self.accounts.get(&leg.account_id).map(|slot| (leg.account_id, slot.account.asset))
+            })
+            .collect()
     }
 
     /// Keeps a reservation made for a coordinated commit until it is decided.

@@ -57,6 +57,11 @@ pub struct Model {
 pub type ModelResult = Result<bool, Rejection>;
 
 impl Model {
+    /// An empty model at time `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Model { now_ms, ..Model::default() }
+    }
+
     /// Opens an account (as the engine: idempotent for the same fields).
     pub fn open(&mut self, id: u128, asset: (&str, u8), flags: AccountFlags) -> Result<(), Rejection> {
         let asset = (asset.0.to_string(), asset.1);

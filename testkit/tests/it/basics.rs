@@ -21,8 +21,7 @@ async fn transfers_move_money_and_survive_restart() -> anyhow::Result<()> {
         ledger.open_account(wallet(id, usd())).await?;
     }
     // Fund, then move money within and across shards.
-    let results =
-        ledger.submit((2..=5).map(|id| posted(id * 100, 1, id, 1_000)).collect(), false).await?;
+    let results = ledger.submit((2..=5).map(|id| posted(id * 100, 1, id, 1_000)).collect(), false).await?;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     // Items of one unlinked batch are independent: none sees another's effect.
     let results = ledger.submit(vec![posted(1, 2, 3, 400), posted(3, 5, 2, 1_001)], false).await?;

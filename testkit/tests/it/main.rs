@@ -1,3 +1,4 @@
 //! Integration tests of the ledger on real files: one binary, one module per topic.
 
 mod basics;
+mod model;
