@@ -290,6 +290,11 @@ impl Ledger {
         self.inner.shared.registry.get(id)
     }
 
+    /// Every durable transfer (tests and audits: it copies them all).
+    pub fn transfers(&self) -> Vec<TransferRecord> {
+        self.inner.shared.registry.snapshot()
+    }
+
     /// Applies one transfer request.
     pub async fn submit_one(&self, request: TransferRequest) -> Result<TransferResult, LedgerError> {
         let mut results = self.submit(vec![request], false).await?;

@@ -113,3 +113,19 @@ impl TransferRegistry {
         self.len() == 0
     }
 }
+
+impl TransferRegistry {
+    /// Every durable transfer with its status (tests and audits; takes each
+    /// stripe's lock in turn).
+    pub fn snapshot(&self) -> Vec<TransferRecord> {
+        let mut all = Vec::new();
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            all.extend(stripe.values().filter_map(|entry| match entry {
+                Entry::Done(record) => Some(record.clone()),
+                Entry::InFlight => None,
+            }));
+        }
+        all
+    }
+}

@@ -81,6 +81,25 @@ pub fn decode_at<T: DeserializeOwned>(
     Ok(Decoded::Frame(value, offset + HEADER_LEN + len))
 }
 
+/// Whether any whole, valid frame starts after `offset`: tells damage in the
+/// middle of a file from a torn write at its end. Cheap in both cases: a
+/// torn tail leaves less than a frame to look at, and after damage in the
+/// middle the next valid frame is near.
+pub fn any_frame_after(bytes: &[u8], offset: usize) -> bool {
+    let mut start = offset + 1;
+    while start + HEADER_LEN < bytes.len() {
+        let header = &bytes[start..start + HEADER_LEN];
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let end = start + HEADER_LEN + len;
+        if len > 0 && end <= bytes.len() && crc32fast::hash(&bytes[start + HEADER_LEN..end]) == crc {
+            return true;
+        }
+        start += 1;
+    }
+    false
+}
+
 /// Decodes a buffer holding exactly one frame (a snapshot value).
 pub fn decode_one<T: DeserializeOwned>(bytes: &[u8], version: u8) -> Result<T, StorageError> {
     match decode_at(bytes, 0, version)? {

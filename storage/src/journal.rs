@@ -119,9 +119,10 @@ pub fn read_journal(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Rea
                     offset = next;
                 }
                 Decoded::End => break,
-                Decoded::Invalid { truncated } => {
-                    let rest_is_zero = bytes[offset..].iter().all(|&b| b == 0);
-                    let torn = is_last && (truncated || rest_is_zero || is_last_frame(&bytes, offset));
+                Decoded::Invalid { .. } => {
+                    // A torn write leaves nothing whole after it; a valid
+                    // frame further on means the damage is in the middle.
+                    let torn = is_last && !frame::any_frame_after(&bytes, offset);
                     if !torn {
                         return Err(StorageError::Corrupt { path, offset: offset as u64 });
                     }
@@ -138,14 +139,6 @@ pub fn read_journal(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Rea
         summary.segments += 1;
     }
     Ok(summary)
-}
-
-/// Whether the (invalid) frame at `offset` claims to end exactly at the end
-/// of the file: the last write, torn inside its payload.
-fn is_last_frame(bytes: &[u8], offset: usize) -> bool {
-    let Some(header) = bytes.get(offset..offset + 4) else { return true };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    offset + frame::HEADER_LEN + len >= bytes.len()
 }
 
 impl FileJournal {

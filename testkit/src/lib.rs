@@ -1,10 +1,12 @@
 //! # wallet-testkit: what the test suites share
 //!
+//! - [`crash`]: the crash test's ledger settings and transfer plans.
 //! - [`model`]: a plain, sequential reference model of the ledger's rules,
 //!   written apart from the engine, that property tests compare against.
 //! - helpers here: ids, assets and requests in one line each, and opening a
 //!   ledger in a temporary directory.
 
+pub mod crash;
 pub mod model;
 
 use std::path::Path;

@@ -1,2 +1,55 @@
-//! Crash-test child (filled in below).
-fn main() {}
+//! The child of the crash test: opens a ledger, then applies transfers from
+//! many concurrent clients until it is killed, printing one line per
+//! acknowledged transfer (`ACK <json>`) the moment its result arrives.
+//!
+//! `wallet-crash-child <data-dir> <run-number>`
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use wallet_actors::TransferRequest;
+use wallet_testkit::crash::{self, Plan};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().context("usage: wallet-crash-child <data-dir> <run-number>")?;
+    let run: u64 = args.next().context("run number")?.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let node = crash::open(std::path::Path::new(&dir)).await?;
+        crash::setup(&node.ledger).await?;
+        println!("READY");
+        let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        let mut clients = tokio::task::JoinSet::new();
+        for client in 0..crash::CLIENTS {
+            let ledger = node.ledger.clone();
+            let stdout = stdout.clone();
+            clients.spawn(async move {
+                let mut plan = Plan::new(run, client);
+                loop {
+                    let (requests, linked): (Vec<TransferRequest>, bool) = plan.next_batch();
+                    let Ok(results) = ledger.submit(requests.clone(), linked).await else { continue };
+                    for (request, result) in requests.iter().zip(results) {
+                        if let Ok(outcome) = result {
+                            plan.remember(&outcome);
+                            let line = crash::ack_line(request)?;
+                            let mut out = stdout.lock().map_err(|_| anyhow::anyhow!("stdout lock"))?;
+                            writeln!(out, "{line}")?;
+                            out.flush()?;
+                        }
+                    }
+                }
+                #[allow(unreachable_code)]
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = clients.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,4 +1,6 @@
 //! Integration tests of the ledger on real files: one binary, one module per topic.
 
 mod basics;
+mod crash;
+mod damage;
 mod model;
