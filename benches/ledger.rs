@@ -1,2 +1,169 @@
-//! Criterion benches (filled in below).
-fn main() {}
+//! Criterion benches of the hot paths: checking and applying a transfer
+//! inside a shard, encoding and decoding journal frames, and a durable
+//! journal append round trip.
+//!
+//! `cargo bench -p wallet-testkit --bench ledger`; CI runs it with `-- --test`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use wallet_actors::account::{Leg, Side};
+use wallet_actors::record::{Applied, Journal, Record, SequencedEvent, RECORD_FORMAT_VERSION};
+use wallet_actors::shard::{HoldChange, Planned, ShardState};
+use wallet_actors::transfer::{Transfer, TransferKind};
+use wallet_actors::{Account, AccountEvent, AccountStatus, ShardId};
+use wallet_storage::frame;
+use wallet_storage::{FileJournal, JournalOptions};
+use wallet_testkit::{account, amount, posted, tid, usd, wallet};
+
+fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
+    let request = posted(id, debit, credit, value);
+    let leg = |account_id, side| Leg {
+        account_id: account(account_id),
+        transfer_id: tid(id),
+        side,
+        posted_add: value,
+        pending_add: 0,
+        pending_sub: 0,
+    };
+    Planned {
+        transfer: Some(Arc::new(Transfer {
+            id: tid(id),
+            kind: TransferKind::Posted,
+            debit_account_id: account(debit),
+            credit_account_id: account(credit),
+            amount: amount(value),
+            pending_id: None,
+            expires_at_ms: None,
+            timestamp_ms: 1_700_000_000_000,
+            request,
+        })),
+        legs: [leg(debit, Side::Debit), leg(credit, Side::Credit)],
+        hold: HoldChange::None,
+    }
+}
+
+fn shard_with_accounts(count: u128) -> ShardState {
+    let mut shard = ShardState::new(ShardId(0), 1);
+    for id in 1..=count {
+        let new = wallet(id, usd());
+        let opened = Account {
+            id: new.id,
+            user_id: new.user_id,
+            asset: new.asset,
+            flags: new.flags,
+            overdraft_limit: new.overdraft_limit,
+            status: AccountStatus::Active,
+            balances: Default::default(),
+            created_at_ms: 0,
+            sequence: 1,
+        };
+        let _ = shard.open_account(opened);
+    }
+    // Fund them through one unlimited account so transfers pass.
+    let mut funding = wallet(count + 1, usd());
+    funding.flags = wallet_actors::AccountFlags::UNLIMITED;
+    let _ = shard.open_account(Account {
+        id: funding.id,
+        user_id: funding.user_id,
+        asset: funding.asset,
+        flags: funding.flags,
+        overdraft_limit: funding.overdraft_limit,
+        status: AccountStatus::Active,
+        balances: Default::default(),
+        created_at_ms: 0,
+        sequence: 1,
+    });
+    for id in 1..=count {
+        let _ = shard.execute_local(&[planned(1_000_000 + id, count + 1, id, 1 << 40)], 0);
+    }
+    shard
+}
+
+fn apply_transfer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard");
+    group.throughput(Throughput::Elements(1));
+    let mut shard = shard_with_accounts(10_000);
+    let mut next = 10_000_000u128;
+    group.bench_function("execute_local one transfer, 10k accounts", |b| {
+        b.iter(|| {
+            next += 1;
+            let debit = 1 + next % 10_000;
+            let credit = 1 + (next * 7) % 10_000;
+            let credit = if credit == debit { 1 + (credit % 10_000) } else { credit };
+            let op = [planned(next, debit, credit, 1)];
+            shard.execute_local(&op, 0)
+        })
+    });
+    group.finish();
+}
+
+fn sample_record() -> Record {
+    let p = planned(42, 1, 2, 1050);
+    Record::Applied(Applied {
+        transfers: vec![p.transfer.clone().unwrap_or_else(|| unreachable!())],
+        resolutions: Vec::new(),
+        events: p
+            .legs
+            .iter()
+            .map(|leg| SequencedEvent {
+                account_id: leg.account_id,
+                sequence: 7,
+                event: AccountEvent::Leg(*leg),
+            })
+            .collect(),
+    })
+}
+
+fn encoding(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Elements(1));
+    let record = sample_record();
+    group.bench_function("encode a one-transfer record", |b| {
+        b.iter(|| frame::encode(&record, RECORD_FORMAT_VERSION))
+    });
+    let bytes = frame::encode(&record, RECORD_FORMAT_VERSION).unwrap_or_default();
+    group.bench_function("decode a one-transfer record", |b| {
+        b.iter(|| frame::decode_at::<Record>(&bytes, 0, RECORD_FORMAT_VERSION))
+    });
+    group.finish();
+}
+
+fn journal_append(c: &mut Criterion) {
+    let mut group = c.benchmark_group("journal");
+    group.sample_size(10);
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(journal) = FileJournal::start(dir.path(), JournalOptions::default()) else { return };
+    // 256 appends in flight, waited for together: what group commit buys.
+    group.throughput(Throughput::Elements(256));
+    group.bench_function("256 concurrent durable appends", |b| {
+        b.iter_batched(
+            || (0..256).map(|_| sample_record()).collect::<Vec<_>>(),
+            |records| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                for record in records {
+                    let tx = tx.clone();
+                    journal.append(
+                        record,
+                        Box::new(move |result| {
+                            let _ = tx.send(result);
+                        }),
+                    );
+                }
+                drop(tx);
+                rx.iter().count()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    journal.close();
+}
+
+mod group {
+    #![allow(missing_docs)]
+    use super::*;
+    criterion_group!(benches, apply_transfer, encoding, journal_append);
+}
+use group::benches;
+criterion_main!(benches);

@@ -32,7 +32,7 @@ pub mod rejection;
 pub mod shard;
 pub mod transfer;
 
-pub use account::{Account, AccountFlags, AccountStatus, Balances};
+pub use account::{Account, AccountEvent, AccountFlags, AccountStatus, Balances};
 pub use amount::Amount;
 pub use asset::Asset;
 pub use ids::{AccountId, ShardId, TransferId, UserId};

@@ -54,13 +54,18 @@ pub struct JournalStats {
 }
 
 enum Message {
-    Append(Record, OnDurable),
+    /// An encoded frame, or why it could not be encoded.
+    Append(Result<Vec<u8>, JournalError>, OnDurable),
     Close(mpsc::Sender<()>),
 }
 
+/// A synced batch's callbacks, run on the completion thread so that the
+/// writer can start the next write while callers are woken.
+type Completed = (Result<(), JournalError>, Vec<OnDurable>);
+
 /// The journal. Cheap to share behind an `Arc`.
 pub struct FileJournal {
-    sender: Mutex<Option<Sender<Message>>>,
+    sender: Sender<Message>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<JournalStats>,
 }
@@ -156,7 +161,7 @@ impl FileJournal {
             .name("wallet-journal".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StorageError::io(dir, e))?;
-        Ok(FileJournal { sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)), stats })
+        Ok(FileJournal { sender, thread: Mutex::new(Some(thread)), stats })
     }
 
     /// The thread's counters.
@@ -167,12 +172,9 @@ impl FileJournal {
     /// Makes everything appended so far durable, stops the thread, and
     /// refuses later appends.
     pub fn close(&self) {
-        let sender = self.sender.lock().ok().and_then(|mut s| s.take());
-        if let Some(sender) = sender {
-            let (done, wait) = mpsc::channel();
-            if sender.send(Message::Close(done)).is_ok() {
-                let _ = wait.recv();
-            }
+        let (done, wait) = mpsc::channel();
+        if self.sender.send(Message::Close(done)).is_ok() {
+            let _ = wait.recv();
         }
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
@@ -188,13 +190,12 @@ impl Drop for FileJournal {
 
 impl Journal for FileJournal {
     fn append(&self, record: Record, on_durable: OnDurable) {
-        let sender = self.sender.lock().ok().and_then(|s| s.clone());
-        let Some(sender) = sender else {
-            on_durable(Err(JournalError::Closed));
-            return;
-        };
+        // Encoding here spreads its cost over the callers' threads; the
+        // journal thread only copies, writes and syncs.
+        let frame = frame::encode(&record, RECORD_FORMAT_VERSION)
+            .map_err(|_| JournalError::Io { kind: std::io::ErrorKind::InvalidData });
         if let Err(mpsc::SendError(Message::Append(_, on_durable))) =
-            sender.send(Message::Append(record, on_durable))
+            self.sender.send(Message::Append(frame, on_durable))
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -223,22 +224,36 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Message>) {
+        let (completions, completed) = mpsc::channel::<Completed>();
+        let completer = std::thread::Builder::new().name("wallet-journal-done".into()).spawn(move || {
+            for (result, callbacks) in completed {
+                for on_durable in callbacks {
+                    on_durable(result);
+                }
+            }
+        });
+        let completer = match completer {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the journal's completion thread");
+                self.failed = Some(JournalError::Io { kind: error.kind() });
+                std::thread::spawn(|| {})
+            }
+        };
         let mut buffer: Vec<u8> = Vec::with_capacity(1 << 20);
-        let mut callbacks: Vec<OnDurable> = Vec::with_capacity(4096);
         let mut closing: Option<mpsc::Sender<()>> = None;
         while closing.is_none() {
-            let Ok(first) = receiver.recv() else { return };
+            let Ok(first) = receiver.recv() else { break };
+            let mut callbacks: Vec<OnDurable> = Vec::with_capacity(1024);
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match message {
-                    Message::Append(record, on_durable) => {
-                        if self.failed.is_none() {
-                            if let Err(error) =
-                                frame::encode_into(&record, RECORD_FORMAT_VERSION, &mut buffer)
-                            {
+                    Message::Append(frame, on_durable) => {
+                        match frame {
+                            Ok(frame) => buffer.extend_from_slice(&frame),
+                            Err(error) => {
                                 tracing::error!(%error, "cannot encode a journal record");
-                                self.failed =
-                                    Some(JournalError::Io { kind: std::io::ErrorKind::InvalidData });
+                                self.failed.get_or_insert(error);
                             }
                         }
                         callbacks.push(on_durable);
@@ -251,10 +266,12 @@ impl Writer {
             }
             let result = self.write_batch(&buffer, callbacks.len() as u64);
             buffer.clear();
-            for on_durable in callbacks.drain(..) {
-                on_durable(result);
+            if completions.send((result, callbacks)).is_err() {
+                break;
             }
         }
+        drop(completions);
+        let _ = completer.join();
         if let Some(done) = closing {
             let _ = done.send(());
         }
