@@ -13,7 +13,7 @@ use crate::ids::{AccountId, CommitId, ShardId};
 use crate::record::{Applied, Clock, Commit, Journal, JournalError, OnDurable, Record, ShardApplied};
 use crate::registry::TransferRegistry;
 use crate::rejection::Rejection;
-use crate::shard::{Hold, IndexedRejection, Planned, ShardState};
+use crate::shard::{Captured, Hold, IndexedRejection, Planned, ShardState};
 use crate::LedgerError;
 
 /// How shards reach each other. In the embedded node every shard is a
@@ -156,6 +156,8 @@ pub enum ShardMsg {
     Settle(Vec<CommitId>),
     /// Release the reserved debit side of transfers the credit side refused.
     Release(Vec<CommitId>),
+    /// Send what the shard held back (it sends this to itself).
+    Flush,
     /// Read an account and its reservations.
     GetAccount(AccountId, RpcReplyPort<Option<(Account, Reserved)>>),
     /// Holds whose timeout has passed.
@@ -167,8 +169,10 @@ pub enum ShardMsg {
         /// The holds.
         reply: RpcReplyPort<Vec<Hold>>,
     },
-    /// Every account (for checks and snapshots).
+    /// Every account (for checks).
     Dump(RpcReplyPort<Vec<Account>>),
+    /// What changed since the last capture (for a snapshot).
+    Capture(RpcReplyPort<Captured>),
 }
 
 /// The shard actor. Carries no data; see [`ShardArgs`] and [`ShardState`].
@@ -186,6 +190,30 @@ pub struct ShardArgs {
 pub struct RunningShard {
     state: ShardState,
     shared: Arc<Shared>,
+    myself: Option<ActorRef<ShardMsg>>,
+    outbox: Outbox,
+}
+
+/// Work a shard holds back until it has handled the messages already in
+/// its mailbox: its records go to the journal as one frame, its messages to
+/// each other shard as one message. Under load one flush carries many
+/// transfers; when idle it costs one message to itself.
+#[derive(Default)]
+struct Outbox {
+    records: Vec<(Record, OnDurable)>,
+    credits: std::collections::BTreeMap<ShardId, Vec<CreditOp>>,
+    refused: std::collections::BTreeMap<ShardId, (Vec<CreditOp>, Vec<IndexedRejection>)>,
+    releases: std::collections::BTreeMap<ShardId, Vec<CommitId>>,
+    flush_scheduled: bool,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.credits.is_empty()
+            && self.refused.is_empty()
+            && self.releases.is_empty()
+    }
 }
 
 fn reply<T: Send + 'static>(port: RpcReplyPort<T>, value: T) {
@@ -206,16 +234,30 @@ impl Actor for ShardActor {
         for account in args.state.accounts() {
             account.assert_limits();
         }
-        Ok(RunningShard { state: args.state, shared: args.shared })
+        Ok(RunningShard { state: args.state, shared: args.shared, myself: None, outbox: Outbox::default() })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        running: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // What was held back for a flush still goes out: its callers wait.
+        running.flush();
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         running: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if running.myself.is_none() {
+            running.myself = Some(myself);
+        }
         running.handle(message);
+        running.schedule_flush();
         Ok(())
     }
 }
@@ -288,8 +330,9 @@ impl RunningShard {
                     sequences.extend(self.state.commit_prepared((commit_id, index)));
                 }
                 let record = Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
-                self.shared.journal.append(record, self.shared.poison_on_failure());
+                self.journal(record, self.shared.poison_on_failure());
             }
+            ShardMsg::Flush => self.flush(),
             ShardMsg::Debit(ops) => self.debit(ops),
             ShardMsg::Credit(ops) => self.credit(ops),
             ShardMsg::Refused(ops, failures) => {
@@ -304,7 +347,7 @@ impl RunningShard {
                     let sequences = self.state.commit_prepared((commit_id, 0));
                     let record =
                         Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
-                    self.shared.journal.append(record, self.shared.poison_on_failure());
+                    self.journal(record, self.shared.poison_on_failure());
                 }
             }
             ShardMsg::Release(commit_ids) => {
@@ -319,6 +362,13 @@ impl RunningShard {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
             ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
+            ShardMsg::Capture(port) => {
+                // The snapshot must not be ahead of the journal: everything
+                // captured goes to the journal before the capture's caller
+                // appends its checkpoint marker.
+                self.flush();
+                reply(port, self.state.capture())
+            }
         }
     }
 
@@ -345,7 +395,7 @@ impl RunningShard {
         let shared = self.shared.clone();
         let transfers: Vec<_> = record.transfers.clone();
         let resolutions = record.resolutions.clone();
-        self.shared.journal.append(
+        self.journal(
             Record::Applied(record),
             Box::new(move |result| match result {
                 Ok(()) => {
@@ -406,18 +456,65 @@ impl RunningShard {
             }
         }
         for (shard, (ops, failures)) in refused {
-            if let Err(error) = self.shared.router.send(shard, ShardMsg::Refused(ops, failures)) {
-                tracing::error!(%error, shard = shard.0, "credit shard unreachable");
-                self.shared.poison(JournalError::Closed);
-            }
+            let entry = self.outbox.refused.entry(shard).or_default();
+            entry.0.extend(ops);
+            entry.1.extend(failures);
         }
         for (shard, credits) in onward {
-            if let Err(error) = self.shared.router.send(shard, ShardMsg::Credit(credits)) {
-                // The message came back undelivered with the error; nothing
-                // can reach the credit shard, so the ledger stops.
-                tracing::error!(%error, shard = shard.0, "credit shard unreachable");
-                self.shared.poison(JournalError::Closed);
+            self.outbox.credits.entry(shard).or_default().extend(credits);
+        }
+    }
+
+    /// Queues a record; it reaches the journal at the next flush, in order
+    /// with every other record of this shard.
+    fn journal(&mut self, record: Record, on_durable: OnDurable) {
+        self.outbox.records.push((record, on_durable));
+    }
+
+    fn schedule_flush(&mut self) {
+        if self.outbox.flush_scheduled || self.outbox.is_empty() {
+            return;
+        }
+        match &self.myself {
+            Some(myself) if myself.cast(ShardMsg::Flush).is_ok() => self.outbox.flush_scheduled = true,
+            // Stopping: nothing will handle a Flush, so send now.
+            _ => self.flush(),
+        }
+    }
+
+    fn flush(&mut self) {
+        self.outbox.flush_scheduled = false;
+        let mut records = std::mem::take(&mut self.outbox.records);
+        if records.len() == 1 {
+            if let Some((record, on_durable)) = records.pop() {
+                self.shared.journal.append(record, on_durable);
             }
+        } else if !records.is_empty() {
+            let (records, callbacks): (Vec<Record>, Vec<OnDurable>) = records.into_iter().unzip();
+            self.shared.journal.append(
+                Record::Batch(records),
+                Box::new(move |result| {
+                    for on_durable in callbacks {
+                        on_durable(result);
+                    }
+                }),
+            );
+        }
+        let send = |shard: ShardId, message: ShardMsg, shared: &Shared| {
+            if let Err(error) = shared.router.send(shard, message) {
+                // Nothing can reach that shard, so the ledger stops.
+                tracing::error!(%error, shard = shard.0, "shard unreachable");
+                shared.poison(JournalError::Closed);
+            }
+        };
+        for (shard, (ops, failures)) in std::mem::take(&mut self.outbox.refused) {
+            send(shard, ShardMsg::Refused(ops, failures), &self.shared);
+        }
+        for (shard, credits) in std::mem::take(&mut self.outbox.credits) {
+            send(shard, ShardMsg::Credit(credits), &self.shared);
+        }
+        for (shard, commit_ids) in std::mem::take(&mut self.outbox.releases) {
+            send(shard, ShardMsg::Release(commit_ids), &self.shared);
         }
     }
 
@@ -431,10 +528,9 @@ impl RunningShard {
             }
             match self.state.accept_credit(&credit.op, &credit.debit_assets, now_ms) {
                 Err(rejection) => {
-                    let _ = self
-                        .shared
-                        .router
-                        .send(credit.debit_shard, ShardMsg::Release(vec![credit.commit_id]));
+                    // Sent at the flush; the caller may hear first, which is
+                    // fine: a rejection promises nothing about reads.
+                    self.outbox.releases.entry(credit.debit_shard).or_default().push(credit.commit_id);
                     let _ = credit.reply.send(Ok(Err(rejection)));
                 }
                 Ok(sequences) => {
@@ -456,7 +552,7 @@ impl RunningShard {
                     }
                     let shared = self.shared.clone();
                     let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
-                    self.shared.journal.append(
+                    self.journal(
                         Record::Commit(commit),
                         Box::new(move |result| match result {
                             Ok(()) => {
@@ -485,13 +581,13 @@ impl RunningShard {
     }
 
     fn journal_then_reply<T: Send + 'static>(
-        &self,
+        &mut self,
         record: Record,
         port: RpcReplyPort<Result<T, LedgerError>>,
         value: Result<T, LedgerError>,
     ) {
         let shared = self.shared.clone();
-        self.shared.journal.append(
+        self.journal(
             record,
             Box::new(move |result| match result {
                 Ok(()) => reply(port, value),

@@ -4,3 +4,6 @@
 
 /// A `HashMap` with a seeded foldhash hasher.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A `HashSet` with a seeded foldhash hasher.
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -167,7 +167,7 @@ impl Ledger {
         let weak = Arc::downgrade(&self.inner);
         let interval = Duration::from_millis(self.inner.config.expiry_interval_ms.max(1));
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
@@ -290,7 +290,27 @@ impl Ledger {
         self.inner.shared.registry.get(id)
     }
 
-    /// Every durable transfer (tests and audits: it copies them all).
+    /// What every shard changed since the last capture, for a snapshot.
+    /// Everything journaled before this call is included.
+    pub async fn capture(&self) -> Result<Vec<crate::shard::Captured>, LedgerError> {
+        let mut all = Vec::with_capacity(self.inner.shards.len());
+        for shard in self.inner.shards.clone() {
+            all.push(self.ask(&shard, ShardMsg::Capture).await?);
+        }
+        Ok(all)
+    }
+
+    /// The next coordinated commit id (recorded by snapshots).
+    pub fn next_commit_id(&self) -> u64 {
+        self.inner.next_commit_id.load(Ordering::Relaxed)
+    }
+
+    /// The transfer registry (storage sets its index and evicts from it).
+    pub fn registry(&self) -> &Arc<crate::registry::TransferRegistry> {
+        &self.inner.shared.registry
+    }
+
+    /// Every transfer still in memory (tests and audits: it copies them all).
     pub fn transfers(&self) -> Vec<TransferRecord> {
         self.inner.shared.registry.snapshot()
     }
@@ -344,6 +364,12 @@ impl Ledger {
                 Claim::InFlight => {
                     results[index] = Some(Err(Rejection::InFlight));
                     continue;
+                }
+                Claim::Unavailable => {
+                    for id in claimed {
+                        registry.release(id);
+                    }
+                    return Err(LedgerError::Unavailable);
                 }
             }
             match self.plan(&request, now_ms) {
@@ -539,7 +565,7 @@ impl Ledger {
         }
     }
 
-    /// Expires holds whose timeout passed; returns how many.
+    /// Expires holds whose timeout passed; returns how many it expired.
     pub async fn expire_due(&self) -> Result<usize, LedgerError> {
         self.check_poisoned()?;
         let now_ms = self.inner.shared.clock.now_ms();
@@ -569,11 +595,12 @@ impl Ledger {
                 }]));
             }
         }
-        let count = ops.len();
-        if count > 0 {
-            self.run_ops(ops).await?;
+        if ops.is_empty() {
+            return Ok(0);
         }
-        Ok(count)
+        // A hold another expiry (or a post or void) got to first fails here: fine.
+        let outcomes = self.run_ops(ops).await?;
+        Ok(outcomes.iter().filter(|outcome| outcome.is_ok()).count())
     }
 
     /// Runs operations: single-shard ones on their shard, the rest through a

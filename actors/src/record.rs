@@ -47,6 +47,14 @@ pub enum Record {
     /// and says so with [`Record::CommitApplied`]. Recovery applies any legs a
     /// crash left unapplied.
     Commit(Commit),
+    /// Several records of one shard written as one frame, in order.
+    Batch(Vec<Record>),
+    /// A snapshot is being taken: everything before this record is in it.
+    /// Nothing to apply; it marks the journal for readers.
+    Checkpoint {
+        /// Journal segment from which recovery replays after that snapshot.
+        replay_from_segment: u64,
+    },
     /// One shard applied its legs of a commit, in the commit's leg order,
     /// with these sequence numbers.
     CommitApplied {

@@ -19,6 +19,15 @@ pub struct Recovered {
     pub next_commit_id: u64,
 }
 
+/// A commit some of whose shards had not applied their legs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenCommit {
+    /// The commit record.
+    pub commit: Commit,
+    /// Shards yet to apply their legs.
+    pub waiting: Vec<ShardId>,
+}
+
 /// Replays records into shard states.
 pub struct Recovery {
     shard_count: u16,
@@ -41,6 +50,57 @@ impl Recovery {
             next_commit_id: 1,
             records: 0,
         }
+    }
+
+    /// Starts from a snapshot: accounts, open holds, and commits whose legs
+    /// some shards had not applied when it was taken.
+    pub fn from_snapshot(
+        shard_count: u16,
+        accounts: impl IntoIterator<Item = crate::account::Account>,
+        holds: impl IntoIterator<Item = crate::shard::Hold>,
+        open_commits: Vec<OpenCommit>,
+        next_commit_id: u64,
+    ) -> Self {
+        let mut recovery = Recovery::new(shard_count);
+        let count = recovery.shard_count;
+        for account in accounts {
+            let shard = account.id.shard(count).0 as usize;
+            recovery.shards[shard].load_account(account);
+        }
+        for hold in holds {
+            let shard = hold.debit_account_id.shard(count).0 as usize;
+            recovery.shards[shard].load_hold(hold);
+        }
+        for open in open_commits {
+            recovery.next_commit_id = recovery.next_commit_id.max(open.commit.commit_id.0 + 1);
+            recovery
+                .open_commits
+                .insert(open.commit.commit_id, (open.commit, open.waiting.into_iter().collect()));
+        }
+        recovery.next_commit_id = recovery.next_commit_id.max(next_commit_id);
+        recovery
+    }
+
+    /// Commits some of whose shards have not applied their legs yet.
+    pub fn open_commits(&self) -> Vec<OpenCommit> {
+        self.open_commits
+            .values()
+            .map(|(commit, waiting)| OpenCommit {
+                commit: commit.clone(),
+                waiting: waiting.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// The next coordinated commit id.
+    pub fn next_commit_id(&self) -> u64 {
+        self.next_commit_id
+    }
+
+    /// The registry being rebuilt: storage sets its index before replay, so
+    /// that a replayed post or void of an older hold updates its status.
+    pub fn registry(&self) -> &Arc<TransferRegistry> {
+        &self.registry
     }
 
     /// Number of records applied.
@@ -83,6 +143,13 @@ impl Recovery {
                 }
                 if !waiting.is_empty() {
                     self.open_commits.insert(commit.commit_id, (commit, waiting));
+                }
+            }
+            Record::Checkpoint { .. } => {}
+            Record::Batch(records) => {
+                self.records -= 1;
+                for record in records {
+                    self.apply(record);
                 }
             }
             Record::CommitApplied { commit_id, shard_id, sequences } => {

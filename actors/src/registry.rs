@@ -12,7 +12,7 @@ use crate::transfer::{Transfer, TransferRequest, TransferStatus};
 const STRIPES: usize = 64;
 
 /// A stored transfer and its current status.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferRecord {
     /// The transfer.
     pub transfer: Arc<Transfer>,
@@ -37,17 +37,52 @@ pub enum Claim {
     Conflict,
     /// The id is being applied by another request right now.
     InFlight,
+    /// Storage could not say whether the id was used.
+    Unavailable,
 }
 
-/// The id registry: a striped map so that shards of work do not contend.
-#[derive(Debug)]
+/// Where transfers older than the last snapshot are found: storage keeps
+/// them, so that memory holds only recent ones and "at most once, ever"
+/// still holds.
+pub trait TransferIndex: Send + Sync + 'static {
+    /// The transfer with this id, if storage has it.
+    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError>;
+}
+
+/// The index after shutdown: it knows nothing, so it refuses every look-up.
+struct Detached;
+
+impl TransferIndex for Detached {
+    fn get(&self, _id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
+        Err(TransferIndexError)
+    }
+}
+
+/// The index could not be read: whether the id was used is unknown, so the
+/// request must not go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the transfer index could not be read")]
+pub struct TransferIndexError;
+
+/// The id registry: a striped map so that shards of work do not contend,
+/// in front of the storage's [`TransferIndex`].
 pub struct TransferRegistry {
     stripes: Vec<Mutex<HashMap<TransferId, Entry>>>,
+    index: std::sync::RwLock<Option<Arc<dyn TransferIndex>>>,
+}
+
+impl std::fmt::Debug for TransferRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferRegistry").field("in_memory", &self.len()).finish()
+    }
 }
 
 impl Default for TransferRegistry {
     fn default() -> Self {
-        TransferRegistry { stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
+        TransferRegistry {
+            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect(),
+            index: std::sync::RwLock::new(None),
+        }
     }
 }
 
@@ -58,9 +93,41 @@ impl TransferRegistry {
         self.stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sets where older transfers are looked up.
+    pub fn set_index(&self, index: Arc<dyn TransferIndex>) {
+        if let Ok(mut slot) = self.index.write() {
+            *slot = Some(index);
+        }
+    }
+
+    /// Lets go of the index (at shutdown, so storage can close). From then
+    /// on nothing may be claimed.
+    pub fn detach_index(&self) {
+        if let Ok(mut slot) = self.index.write() {
+            *slot = Some(Arc::new(Detached));
+        }
+    }
+
+    fn lookup_index(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
+        let index = self.index.read().map_err(|_| TransferIndexError)?.clone();
+        match index {
+            Some(index) => index.get(id),
+            None => Ok(None),
+        }
+    }
+
     /// Claims the request's id, or says why not.
     pub fn claim(&self, request: &Arc<TransferRequest>) -> Claim {
         let mut stripe = self.stripe(request.id());
+        if let std::collections::hash_map::Entry::Vacant(slot) = stripe.entry(request.id()) {
+            match self.lookup_index(request.id()) {
+                Ok(Some(record)) => {
+                    slot.insert(Entry::Done(record));
+                }
+                Ok(None) => {}
+                Err(_) => return Claim::Unavailable,
+            }
+        }
         match stripe.get(&request.id()) {
             None => {
                 stripe.insert(request.id(), Entry::InFlight);
@@ -90,8 +157,12 @@ impl TransferRegistry {
 
     /// Moves a pending transfer to its final status.
     pub fn resolve(&self, id: TransferId, status: TransferStatus) {
-        if let Some(Entry::Done(record)) = self.stripe(id).get_mut(&id) {
+        let mut stripe = self.stripe(id);
+        if let Some(Entry::Done(record)) = stripe.get_mut(&id) {
             record.status = status;
+        } else if let Ok(Some(mut record)) = self.lookup_index(id) {
+            record.status = status;
+            stripe.insert(id, Entry::Done(record));
         }
     }
 
@@ -99,7 +170,20 @@ impl TransferRegistry {
     pub fn get(&self, id: TransferId) -> Option<TransferRecord> {
         match self.stripe(id).get(&id) {
             Some(Entry::Done(record)) => Some(record.clone()),
-            _ => None,
+            Some(Entry::InFlight) => None,
+            None => self.lookup_index(id).ok().flatten(),
+        }
+    }
+
+    /// Forgets transfers that storage now holds (after a snapshot), unless
+    /// they changed since: memory stays bounded by what happened lately.
+    pub fn evict(&self, persisted: &[TransferRecord]) {
+        for record in persisted {
+            let id = record.transfer.id;
+            let mut stripe = self.stripe(id);
+            if matches!(stripe.get(&id), Some(Entry::Done(current)) if current.status == record.status) {
+                stripe.remove(&id);
+            }
         }
     }
 

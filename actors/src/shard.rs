@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::account::{Account, AccountEvent, AccountStatus, Leg, Reserved, SameOpPosted, Side};
 use crate::asset::Asset;
-use crate::hash::HashMap;
+use crate::hash::{HashMap, HashSet};
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
 use crate::rejection::Rejection;
@@ -46,7 +46,7 @@ impl Planned {
 }
 
 /// An open hold, owned by the shard of its debit account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     /// The pending transfer.
     pub pending_id: TransferId,
@@ -59,7 +59,20 @@ pub struct Hold {
     /// When it expires by itself.
     pub expires_at_ms: Option<u64>,
     /// A post, void or expiry of it is prepared and not yet decided.
+    #[serde(skip)]
     busy: bool,
+}
+
+/// What changed in a shard since its last capture: the part of a snapshot
+/// that this shard contributes.
+#[derive(Clone, Debug, Default)]
+pub struct Captured {
+    /// Accounts that changed, as they stand now.
+    pub accounts: Vec<Account>,
+    /// Holds created (and still open).
+    pub holds: Vec<Hold>,
+    /// Holds that ended.
+    pub removed_holds: Vec<TransferId>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +120,8 @@ pub struct ShardState {
     holds: HashMap<TransferId, Hold>,
     expiries: BTreeSet<(u64, TransferId)>,
     prepared: HashMap<(CommitId, u32), PreparedOp>,
+    dirty_accounts: HashSet<AccountId>,
+    dirty_holds: HashSet<TransferId>,
 }
 
 impl ShardState {
@@ -119,6 +134,8 @@ impl ShardState {
             holds: HashMap::default(),
             expiries: BTreeSet::new(),
             prepared: HashMap::default(),
+            dirty_accounts: HashSet::default(),
+            dirty_holds: HashSet::default(),
         }
     }
 
@@ -172,6 +189,7 @@ impl ShardState {
             event: AccountEvent::Opened(opened.clone()),
         };
         self.accounts.insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default() });
+        self.dirty_accounts.insert(opened.id);
         Ok((opened, Some(event)))
     }
 
@@ -202,6 +220,7 @@ impl ShardState {
         let sequence = slot.account.sequence + 1;
         let event = AccountEvent::StatusChanged(target);
         slot.account.apply(sequence, &event);
+        self.dirty_accounts.insert(account_id);
         Ok((slot.account.clone(), Some(SequencedEvent { account_id, sequence, event })))
     }
 
@@ -501,6 +520,7 @@ impl ShardState {
         let sequence = sequence.unwrap_or(slot.account.sequence + 1);
         if sequence > slot.account.sequence {
             slot.account.apply(sequence, &event);
+            self.dirty_accounts.insert(leg.account_id);
         }
         SequencedEvent { account_id: leg.account_id, sequence, event }
     }
@@ -518,6 +538,7 @@ impl ShardState {
     }
 
     fn create_hold(&mut self, transfer: &Transfer) {
+        self.dirty_holds.insert(transfer.id);
         if let Some(at) = transfer.expires_at_ms {
             self.expiries.insert((at, transfer.id));
         }
@@ -535,11 +556,43 @@ impl ShardState {
     }
 
     fn remove_hold(&mut self, pending_id: TransferId) {
+        self.dirty_holds.insert(pending_id);
         if let Some(hold) = self.holds.remove(&pending_id) {
             if let Some(at) = hold.expires_at_ms {
                 self.expiries.remove(&(at, pending_id));
             }
         }
+    }
+
+    /// Takes what changed since the last capture, for a snapshot.
+    pub fn capture(&mut self) -> Captured {
+        let mut captured = Captured::default();
+        for account_id in self.dirty_accounts.drain() {
+            if let Some(slot) = self.accounts.get(&account_id) {
+                captured.accounts.push(slot.account.clone());
+            }
+        }
+        for pending_id in self.dirty_holds.drain() {
+            match self.holds.get(&pending_id) {
+                Some(hold) => captured.holds.push(hold.clone()),
+                None => captured.removed_holds.push(pending_id),
+            }
+        }
+        captured
+    }
+
+    /// Loads an account from a snapshot (before any replay).
+    pub fn load_account(&mut self, account: Account) {
+        account.assert_limits();
+        self.accounts.insert(account.id, Slot { account, reserved: Reserved::default() });
+    }
+
+    /// Loads an open hold from a snapshot (before any replay).
+    pub fn load_hold(&mut self, hold: Hold) {
+        if let Some(at) = hold.expires_at_ms {
+            self.expiries.insert((at, hold.pending_id));
+        }
+        self.holds.insert(hold.pending_id, hold);
     }
 
     /// Holds whose timeout has passed and that nothing is resolving, oldest first.
@@ -562,14 +615,16 @@ impl ShardState {
             }
             match &sequenced.event {
                 AccountEvent::Opened(account) => {
-                    self.accounts
-                        .entry(account.id)
-                        .or_insert_with(|| Slot { account: account.clone(), reserved: Reserved::default() });
+                    if let std::collections::hash_map::Entry::Vacant(slot) = self.accounts.entry(account.id) {
+                        slot.insert(Slot { account: account.clone(), reserved: Reserved::default() });
+                        self.dirty_accounts.insert(account.id);
+                    }
                 }
                 AccountEvent::StatusChanged(_) => {
                     if let Some(slot) = self.accounts.get_mut(&sequenced.account_id) {
                         if sequenced.sequence > slot.account.sequence {
                             slot.account.apply(sequenced.sequence, &sequenced.event);
+                            self.dirty_accounts.insert(sequenced.account_id);
                         }
                     }
                 }

@@ -2,21 +2,30 @@
 //!
 //! Layout of the data directory:
 //! - `meta.json`: settings fixed at creation (the shard count);
-//! - `journal/`: the file journal's segments.
+//! - `journal/`: the file journal's segments;
+//! - `snapshot/`: the sled snapshot store (accounts, holds, older transfers);
+//! - `LOCK`: held while a process has the directory open.
 //!
-//! Opening recovers: it reads the journal (cutting a torn tail), replays it
-//! into the shards, completes any commit a crash interrupted, then serves.
+//! Opening recovers: it loads the snapshot, reads the journal from the
+//! snapshot's segment on (cutting a torn tail), replays it into the shards,
+//! completes any commit a crash interrupted, then serves. While serving, a
+//! checkpoint runs whenever a journal segment's worth of records has been
+//! written, and once more at shutdown; see [`EmbeddedLedger::checkpoint`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wallet_actors::record::{Clock, SystemClock};
+use wallet_actors::record::{Clock, Journal, Record, SystemClock};
 use wallet_actors::recovery::Recovery;
-use wallet_actors::{Ledger, LedgerConfig};
+use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 
-use crate::journal::{read_journal, FileJournal, JournalOptions, JournalStats, ReadSummary};
+use crate::journal::{
+    read_journal_from, read_segments, segments, FileJournal, JournalOptions, JournalStats, ReadSummary,
+};
+use crate::scan::SegmentScan;
+use crate::snapshot::{CheckpointMeta, SnapshotStore};
 use crate::StorageError;
 
 /// How to open an embedded ledger.
@@ -28,6 +37,12 @@ pub struct EmbeddedOptions {
     pub journal: JournalOptions,
     /// The clock (tests move it by hand).
     pub clock: Arc<dyn Clock>,
+    /// A checkpoint runs once the journal has grown by this many bytes.
+    pub checkpoint_bytes: u64,
+    /// How often the journal's growth is looked at.
+    pub checkpoint_check_ms: u64,
+    /// sled's cache size.
+    pub snapshot_cache_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -36,6 +51,9 @@ impl Default for EmbeddedOptions {
             ledger: LedgerConfig::default(),
             journal: JournalOptions::default(),
             clock: Arc::new(SystemClock),
+            checkpoint_bytes: 64 << 20,
+            checkpoint_check_ms: 500,
+            snapshot_cache_bytes: 64 << 20,
         }
     }
 }
@@ -52,10 +70,33 @@ pub struct EmbeddedLedger {
     /// The ledger.
     pub ledger: Ledger,
     journal: Arc<FileJournal>,
+    checkpointer: Checkpointer,
     _lock: fs::File,
-    /// What recovery read.
+    /// What recovery read from the journal.
     pub recovered: ReadSummary,
+    /// Accounts loaded from the snapshot.
+    pub snapshot_accounts: usize,
     data_dir: PathBuf,
+    stop_checkpoints: tokio::sync::watch::Sender<bool>,
+    checkpoints: tokio::task::JoinHandle<()>,
+}
+
+/// What one checkpoint did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Accounts written.
+    pub accounts: usize,
+    /// Transfers moved to the on-disk index.
+    pub transfers: usize,
+    /// Journal segments deleted.
+    pub segments_deleted: usize,
+    /// Commits still waiting for a shard.
+    pub open_commits: usize,
+}
+
+fn journal_failed(error: wallet_actors::record::JournalError) -> StorageError {
+    tracing::error!(%error, "journal failed during a checkpoint");
+    StorageError::Ledger(LedgerError::Unavailable)
 }
 
 impl EmbeddedLedger {
@@ -65,14 +106,34 @@ impl EmbeddedLedger {
         let lock = lock_dir(data_dir)?;
         let shard_count = check_meta(data_dir, options.ledger.shard_count)?;
         let journal_dir = data_dir.join("journal");
-        let mut recovery = Recovery::new(shard_count);
-        let summary = read_journal(&journal_dir, |record| recovery.apply(record))?;
+        let snapshot_dir = data_dir.join("snapshot");
+        let cache_bytes = options.snapshot_cache_bytes;
+        let (snapshot, loaded) = tokio::task::spawn_blocking(move || {
+            let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
+            let loaded = store.load()?;
+            Ok::<_, StorageError>((store, loaded))
+        })
+        .await
+        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        let snapshot_accounts = loaded.accounts.len();
+        let meta = loaded.meta.clone().unwrap_or_default();
+        let mut recovery = Recovery::from_snapshot(
+            shard_count,
+            loaded.accounts,
+            loaded.holds,
+            meta.open_commits.clone(),
+            meta.next_commit_id,
+        );
+        recovery.registry().set_index(Arc::new(snapshot.clone()));
+        let summary =
+            read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
         let (recovered, completions) = recovery.finish();
         tracing::info!(
+            snapshot_accounts,
             records = summary.records,
             segments = summary.segments,
             completed_commits = completions.len(),
-            "recovered the journal"
+            "recovered"
         );
         let journal = Arc::new(FileJournal::start(&journal_dir, options.journal.clone())?);
         let ledger = Ledger::start(
@@ -83,13 +144,50 @@ impl EmbeddedLedger {
             options.ledger.clone(),
         )
         .await?;
+        let checkpointer = Checkpointer {
+            ledger: ledger.clone(),
+            journal: journal.clone(),
+            snapshot,
+            meta: Arc::new(tokio::sync::Mutex::new(meta)),
+            journal_dir,
+            shard_count,
+        };
+        let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
+        let checkpoints = spawn_checkpoints(
+            checkpointer.clone(),
+            journal.stats(),
+            options.checkpoint_bytes,
+            options.checkpoint_check_ms,
+            stopped,
+        );
         Ok(EmbeddedLedger {
             ledger,
             journal,
+            checkpointer,
             _lock: lock,
             recovered: summary,
+            snapshot_accounts,
             data_dir: data_dir.to_path_buf(),
+            stop_checkpoints,
+            checkpoints,
         })
+    }
+
+    /// Takes a checkpoint now: snapshot what changed, move older transfers
+    /// to the on-disk index, and delete the journal segments it covers.
+    pub async fn checkpoint(&self) -> Result<CheckpointReport, StorageError> {
+        self.checkpointer.run().await
+    }
+
+    /// Every transfer, in memory or in the on-disk index, with its current
+    /// status (audits and tests: reads them all).
+    pub fn all_transfers(&self) -> Result<Vec<wallet_actors::registry::TransferRecord>, StorageError> {
+        let mut by_id: std::collections::BTreeMap<_, _> =
+            self.checkpointer.snapshot.all_transfers()?.into_iter().map(|r| (r.transfer.id, r)).collect();
+        for record in self.ledger.transfers() {
+            by_id.insert(record.transfer.id, record);
+        }
+        Ok(by_id.into_values().collect())
     }
 
     /// The journal's counters.
@@ -102,11 +200,125 @@ impl EmbeddedLedger {
         &self.data_dir
     }
 
-    /// Stops the shards and makes everything acknowledged durable.
+    /// Stops the shards, makes everything acknowledged durable, and takes a
+    /// last checkpoint so the next start replays little.
     pub async fn shutdown(self) {
+        self.stop(true).await;
+    }
+
+    /// Stops like a crash would, as far as storage can tell: no last
+    /// checkpoint, so the next start replays the journal (tests).
+    pub async fn stop_without_checkpoint(self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(self, checkpoint: bool) {
+        let _ = self.stop_checkpoints.send(true);
+        let _ = self.checkpoints.await;
+        if checkpoint {
+            if let Err(error) = self.checkpointer.run().await {
+                tracing::warn!(%error, "final checkpoint failed; the journal still has everything");
+            }
+        }
         self.ledger.shutdown().await;
+        self.ledger.registry().detach_index();
         let journal = self.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+    }
+}
+
+fn spawn_checkpoints(
+    checkpointer: Checkpointer,
+    stats: Arc<JournalStats>,
+    every_bytes: u64,
+    check_ms: u64,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_bytes = 0u64;
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(check_ms.max(1))) => {}
+            }
+            let bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            if bytes.saturating_sub(last_bytes) < every_bytes {
+                continue;
+            }
+            last_bytes = bytes;
+            if let Err(error) = checkpointer.run().await {
+                tracing::error!(%error, "checkpoint failed");
+            }
+        }
+    })
+}
+
+/// Everything a checkpoint needs; cheap to clone into a task.
+#[derive(Clone)]
+struct Checkpointer {
+    ledger: Ledger,
+    journal: Arc<FileJournal>,
+    snapshot: SnapshotStore,
+    meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
+    journal_dir: PathBuf,
+    shard_count: u16,
+}
+
+impl Checkpointer {
+    /// The checkpoint protocol (see `docs/ARCHITECTURE.md`, "Snapshots"):
+    /// 1. rotate the journal to a new segment `k`: every record already
+    ///    appended is in a segment before `k`;
+    /// 2. capture what every shard changed: it includes all those records;
+    /// 3. append a checkpoint marker and wait until it is durable, so that
+    ///    nothing captured is less durable than the journal;
+    /// 4. read the segments before `k` for the transfers they stored and the
+    ///    commits still waiting for a shard;
+    /// 5. write all of it to sled, meta last, and flush;
+    /// 6. delete the segments before `k`, and drop those transfers from memory.
+    async fn run(&self) -> Result<CheckpointReport, StorageError> {
+        let mut meta = self.meta.lock().await;
+        let journal = self.journal.clone();
+        let segment = tokio::task::spawn_blocking(move || journal.rotate())
+            .await
+            .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
+            .map_err(journal_failed)?;
+        let captured = self.ledger.capture().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.journal.append(
+            Record::Checkpoint { replay_from_segment: segment },
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?.map_err(journal_failed)?;
+
+        let journal_dir = self.journal_dir.clone();
+        let snapshot = self.snapshot.clone();
+        let previous = meta.clone();
+        let next_commit_id = self.ledger.next_commit_id();
+        let shard_count = self.shard_count;
+        let (report, new_meta, transfers) = tokio::task::spawn_blocking(move || {
+            let older: Vec<u64> = segments(&journal_dir)?.into_iter().filter(|&i| i < segment).collect();
+            let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), snapshot.clone());
+            read_segments(&journal_dir, &older, false, |record| scan.apply(record))?;
+            let (transfers, open_commits) = scan.finish()?;
+            let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
+            snapshot.write(&captured, &transfers, &new_meta)?;
+            let segments_deleted = FileJournal::delete_before(&journal_dir, segment)?;
+            let report = CheckpointReport {
+                accounts: captured.iter().map(|c| c.accounts.len()).sum(),
+                transfers: transfers.len(),
+                segments_deleted,
+                open_commits: new_meta.open_commits.len(),
+            };
+            Ok::<_, StorageError>((report, new_meta, transfers))
+        })
+        .await
+        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        self.ledger.registry().evict(&transfers);
+        *meta = new_meta;
+        tracing::info!(?report, "checkpoint");
+        Ok(report)
     }
 }
 

@@ -57,6 +57,10 @@ enum Message {
     /// An encoded frame, or why it could not be encoded.
     Append(Result<Vec<u8>, JournalError>, OnDurable),
     Close(mpsc::Sender<()>),
+    /// Start a new segment; answers with its index. Every record appended
+    /// before this message is in an earlier segment, every later one in it
+    /// or after.
+    Rotate(mpsc::Sender<Result<u64, JournalError>>),
 }
 
 /// A synced batch's callbacks, run on the completion thread so that the
@@ -108,13 +112,33 @@ pub fn segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
 /// Reads every record of the journal in `dir`, in order. A torn write at the
 /// end of the last segment is cut off (the file is truncated there); damage
 /// anywhere else is an error, never skipped.
-pub fn read_journal(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<ReadSummary, StorageError> {
-    let indexes = segments(dir)?;
+pub fn read_journal(dir: &Path, on_record: impl FnMut(Record)) -> Result<ReadSummary, StorageError> {
+    read_journal_from(dir, 0, on_record)
+}
+
+/// Like [`read_journal`], from segment `first_segment` on.
+pub fn read_journal_from(
+    dir: &Path,
+    first_segment: u64,
+    on_record: impl FnMut(Record),
+) -> Result<ReadSummary, StorageError> {
+    let indexes: Vec<u64> = segments(dir)?.into_iter().filter(|&i| i >= first_segment).collect();
+    read_segments(dir, &indexes, true, on_record)
+}
+
+/// Reads the given segments in order. With `cut_torn_tail`, a torn write at
+/// the end of the last one is cut off; otherwise any damage is an error.
+pub fn read_segments(
+    dir: &Path,
+    indexes: &[u64],
+    cut_torn_tail: bool,
+    mut on_record: impl FnMut(Record),
+) -> Result<ReadSummary, StorageError> {
     let mut summary = ReadSummary::default();
     for (position, index) in indexes.iter().enumerate() {
         let path = segment_path(dir, *index);
         let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
-        let is_last = position + 1 == indexes.len();
+        let is_last = cut_torn_tail && position + 1 == indexes.len();
         let mut offset = 0usize;
         loop {
             match frame::decode_at::<Record>(&bytes, offset, RECORD_FORMAT_VERSION)? {
@@ -167,6 +191,26 @@ impl FileJournal {
     /// The thread's counters.
     pub fn stats(&self) -> Arc<JournalStats> {
         self.stats.clone()
+    }
+
+    /// Starts a new segment and returns its index: records appended before
+    /// this call are all in earlier segments.
+    pub fn rotate(&self) -> Result<u64, JournalError> {
+        let (reply, wait) = mpsc::channel();
+        self.sender.send(Message::Rotate(reply)).map_err(|_| JournalError::Closed)?;
+        wait.recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Deletes the segments before `segment` (their records are in a snapshot).
+    pub fn delete_before(dir: &Path, segment: u64) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        for index in segments(dir)?.into_iter().filter(|&i| i < segment) {
+            let path = segment_path(dir, index);
+            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            deleted += 1;
+        }
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))?;
+        Ok(deleted)
     }
 
     /// Makes everything appended so far durable, stops the thread, and
@@ -242,6 +286,7 @@ impl Writer {
         };
         let mut buffer: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut closing: Option<mpsc::Sender<()>> = None;
+        let mut rotating: Option<mpsc::Sender<Result<u64, JournalError>>> = None;
         while closing.is_none() {
             let Ok(first) = receiver.recv() else { break };
             let mut callbacks: Vec<OnDurable> = Vec::with_capacity(1024);
@@ -259,8 +304,9 @@ impl Writer {
                         callbacks.push(on_durable);
                     }
                     Message::Close(done) => closing = Some(done),
+                    Message::Rotate(reply) => rotating = Some(reply),
                 }
-                if closing.is_none() && buffer.len() < self.options.batch_bytes_max {
+                if closing.is_none() && rotating.is_none() && buffer.len() < self.options.batch_bytes_max {
                     next = receiver.try_recv().ok();
                 }
             }
@@ -269,12 +315,33 @@ impl Writer {
             if completions.send((result, callbacks)).is_err() {
                 break;
             }
+            if let Some(reply) = rotating.take() {
+                let _ = reply.send(self.rotate());
+            }
         }
         drop(completions);
         let _ = completer.join();
         if let Some(done) = closing {
             let _ = done.send(());
         }
+    }
+
+    fn rotate(&mut self) -> Result<u64, JournalError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        let result = self.file.sync_data().and_then(|()| {
+            let (file, size) = open_segment(&self.dir, self.index + 1).map_err(std::io::Error::other)?;
+            self.index += 1;
+            self.file = file;
+            self.size = size;
+            Ok(self.index)
+        });
+        result.map_err(|error| {
+            let failure = JournalError::Io { kind: error.kind() };
+            self.failed = Some(failure);
+            failure
+        })
     }
 
     fn write_batch(&mut self, bytes: &[u8], records: u64) -> Result<(), JournalError> {

@@ -4,6 +4,8 @@
 //! - [`journal`]: the group-commit file journal (a dedicated thread, one
 //!   `fdatasync` per batch) and its reader, which cuts torn tails and reports
 //!   any other damage.
+//! - [`snapshot`]: sled snapshots of accounts, holds and older transfers.
+//! - [`scan`]: what a checkpoint reads from the journal segments it retires.
 //! - [`embedded`]: the single-node ledger: recover from the data directory,
 //!   then serve.
 
@@ -12,8 +14,10 @@ use std::path::{Path, PathBuf};
 pub mod embedded;
 pub mod frame;
 pub mod journal;
+pub mod scan;
+pub mod snapshot;
 
-pub use embedded::{EmbeddedLedger, EmbeddedOptions};
+pub use embedded::{CheckpointReport, EmbeddedLedger, EmbeddedOptions};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
 
 /// Why storage failed.

@@ -24,10 +24,15 @@ pub const FUNDING: u128 = 10_000;
 
 /// Opens the crash-test ledger in `dir`.
 pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
+    // Small segments and frequent checkpoints, so kills land during
+    // checkpoints and recovery starts from snapshots.
     let options = EmbeddedOptions {
         ledger: LedgerConfig { shard_count: SHARDS, ..LedgerConfig::default() },
-        journal: JournalOptions::default(),
+        journal: JournalOptions { segment_bytes_max: 256 << 10, ..JournalOptions::default() },
         clock: Arc::new(SystemClock),
+        checkpoint_bytes: 128 << 10,
+        checkpoint_check_ms: 20,
+        snapshot_cache_bytes: 16 << 20,
     };
     Ok(EmbeddedLedger::open(dir, options).await?)
 }

@@ -120,6 +120,7 @@ pub fn test_options(shard_count: u16, clock: Arc<dyn Clock>) -> EmbeddedOptions 
         ledger: LedgerConfig { shard_count, expiry_interval_ms: 20, ..LedgerConfig::default() },
         journal: JournalOptions::default(),
         clock,
+        ..EmbeddedOptions::default()
     }
 }
 

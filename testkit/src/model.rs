@@ -366,6 +366,11 @@ impl Model {
         None
     }
 
+    /// Every transfer id with its status.
+    pub fn statuses(&self) -> Vec<(u128, TransferStatus)> {
+        self.transfers.iter().map(|(id, t)| (*id, t.status)).collect()
+    }
+
     /// Sum of credits minus debits (posted and pending) over all accounts: always zero.
     pub fn net(&self) -> (i128, i128) {
         let posted = self.accounts.values().map(|a| a.credits_posted as i128 - a.debits_posted as i128).sum();

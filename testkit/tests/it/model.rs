@@ -16,14 +16,39 @@ const TRANSFER_IDS: u128 = 48;
 
 #[derive(Clone, Debug)]
 enum Command {
-    Open { id: u128, asset: usize, flags: usize },
-    Transfer { id: u128, debit: u128, credit: u128, amount: u128, hold: Option<Option<u32>> },
-    Post { id: u128, pending_id: u128, amount: Option<u128> },
-    Void { id: u128, pending_id: u128 },
+    Open {
+        id: u128,
+        asset: usize,
+        flags: usize,
+    },
+    Transfer {
+        id: u128,
+        debit: u128,
+        credit: u128,
+        amount: u128,
+        hold: Option<Option<u32>>,
+    },
+    Post {
+        id: u128,
+        pending_id: u128,
+        amount: Option<u128>,
+    },
+    Void {
+        id: u128,
+        pending_id: u128,
+    },
     Linked(Vec<(u128, u128, u128, u128)>),
-    Status { id: u128, status: usize },
-    Advance { seconds: u64 },
+    Status {
+        id: u128,
+        status: usize,
+    },
+    Advance {
+        seconds: u64,
+    },
+    Checkpoint,
     Restart,
+    /// Restart without a clean shutdown (no final checkpoint).
+    Crash,
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -40,7 +65,9 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(Command::Linked),
         1 => (account, 0..3usize).prop_map(|(id, status)| Command::Status { id, status }),
         1 => (1..10u64).prop_map(|seconds| Command::Advance { seconds }),
+        1 => Just(Command::Checkpoint),
         1 => Just(Command::Restart),
+        1 => Just(Command::Crash),
     ]
 }
 
@@ -64,8 +91,10 @@ fn options(clock: Arc<ManualClock>) -> EmbeddedOptions {
     EmbeddedOptions {
         // Expiry runs only when the test says, so the model can follow it.
         ledger: LedgerConfig { shard_count: 4, expiry_interval_ms: 3_600_000, ..LedgerConfig::default() },
-        journal: JournalOptions::default(),
+        // Tiny segments so checkpoints retire some of them.
+        journal: JournalOptions { segment_bytes_max: 2048, ..JournalOptions::default() },
         clock,
+        ..EmbeddedOptions::default()
     }
 }
 
@@ -103,6 +132,10 @@ async fn check_accounts(node: &EmbeddedLedger, model: &Model) -> anyhow::Result<
         anyhow::ensure!(seen == want, "account {}: engine {seen:?}, model {want:?}", account.id.get());
     }
     anyhow::ensure!(accounts.len() == model.accounts.len(), "account count differs");
+    for (id, status) in model.statuses() {
+        let seen = node.ledger.transfer(tid(id)).map(|record| record.status);
+        anyhow::ensure!(seen == Some(status), "transfer {id}: engine {seen:?}, model {status:?}");
+    }
     anyhow::ensure!((posted, pending) == (0, 0), "books do not balance: {posted} posted, {pending} pending");
     Ok(())
 }
@@ -180,8 +213,15 @@ async fn run(commands: Vec<Command>) -> anyhow::Result<()> {
                 let expected = model.expire_due();
                 anyhow::ensure!(engine == expected, "{context}: engine expired {engine}, model {expected}");
             }
+            Command::Checkpoint => {
+                node.checkpoint().await?;
+            }
             Command::Restart => {
                 node.shutdown().await;
+                node = open(dir.path(), options(clock.clone())).await?;
+            }
+            Command::Crash => {
+                node.stop_without_checkpoint().await;
                 node = open(dir.path(), options(clock.clone())).await?;
             }
         }

@@ -1,0 +1,196 @@
+//! sled snapshots: account states, open holds, and the transfer index, as of
+//! a checkpoint; recovery loads them and replays the journal from the
+//! checkpoint's segment on.
+//!
+//! Trees (every value is one checksummed, versioned frame, see [`crate::frame`]):
+//! - `accounts`: account id (16 bytes, big endian) -> `Account`;
+//! - `holds`: pending transfer id -> `Hold`;
+//! - `transfers`: transfer id -> `TransferRecord` (transfers older than the
+//!   checkpoint: the on-disk half of the id registry);
+//! - `meta`: `checkpoint` -> [`CheckpointMeta`].
+//!
+//! A checkpoint writes accounts, holds and transfers first and the meta
+//! last, then flushes; only then are journal segments deleted. Replay skips
+//! account events the snapshot already has (by sequence number), so a crash
+//! anywhere in between leaves a state that recovery completes.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use wallet_actors::recovery::OpenCommit;
+use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
+use wallet_actors::shard::{Captured, Hold};
+use wallet_actors::{Account, TransferId};
+
+use crate::frame;
+use crate::StorageError;
+
+/// Version of snapshot values.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+/// What a checkpoint records besides the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Recovery replays journal segments from this index on.
+    pub replay_from_segment: u64,
+    /// Commits that some shards had not applied in the segments before.
+    pub open_commits: Vec<OpenCommit>,
+    /// The next coordinated commit id.
+    pub next_commit_id: u64,
+}
+
+/// What a snapshot holds, loaded.
+#[derive(Debug, Default)]
+pub struct LoadedSnapshot {
+    /// Every account.
+    pub accounts: Vec<Account>,
+    /// Every open hold.
+    pub holds: Vec<Hold>,
+    /// The last checkpoint, if there was one.
+    pub meta: Option<CheckpointMeta>,
+}
+
+/// The sled snapshot store.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    db: sled::Db,
+    accounts: sled::Tree,
+    holds: sled::Tree,
+    transfers: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StorageError + '_ {
+    move |error| match error {
+        sled::Error::Io(source) => StorageError::io(path, source),
+        sled::Error::Corruption { .. } => StorageError::Corrupt { path: path.to_path_buf(), offset: 0 },
+        other => StorageError::io(path, std::io::Error::other(other.to_string())),
+    }
+}
+
+impl SnapshotStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SnapshotStore, StorageError> {
+        let error = sled_error(path);
+        // The data directory's LOCK keeps other processes out; a sled lock
+        // still held here is this process's previous handle, closing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
+                Ok(db) => break db,
+                // sled reports its lock failure only as text.
+                Err(sled::Error::Io(io))
+                    if io.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(other) => return Err(error(other)),
+            }
+        };
+        Ok(SnapshotStore {
+            accounts: db.open_tree("accounts").map_err(&error)?,
+            holds: db.open_tree("holds").map_err(&error)?,
+            transfers: db.open_tree("transfers").map_err(&error)?,
+            meta: db.open_tree("meta").map_err(&error)?,
+            db,
+        })
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("snapshot")
+    }
+
+    /// Reads the whole snapshot. Any value that fails its checksum is an
+    /// error: a snapshot is never loaded in part.
+    pub fn load(&self) -> Result<LoadedSnapshot, StorageError> {
+        let path = self.path();
+        let error = sled_error(&path);
+        let mut loaded = LoadedSnapshot::default();
+        for item in self.accounts.iter() {
+            let (_, value) = item.map_err(&error)?;
+            loaded.accounts.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+        }
+        for item in self.holds.iter() {
+            let (_, value) = item.map_err(&error)?;
+            loaded.holds.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+        }
+        if let Some(value) = self.meta.get("checkpoint").map_err(&error)? {
+            loaded.meta = Some(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+        }
+        Ok(loaded)
+    }
+
+    /// A transfer stored by an earlier checkpoint.
+    pub fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StorageError> {
+        let path = self.path();
+        match self.transfers.get(id.get().to_be_bytes()).map_err(sled_error(&path))? {
+            Some(value) => Ok(Some(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every transfer in the index (audits and tests: reads them all).
+    pub fn all_transfers(&self) -> Result<Vec<TransferRecord>, StorageError> {
+        let path = self.path();
+        let error = sled_error(&path);
+        let mut all = Vec::new();
+        for item in self.transfers.iter() {
+            let (_, value) = item.map_err(&error)?;
+            all.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+        }
+        Ok(all)
+    }
+
+    /// Writes one checkpoint and makes it durable.
+    pub fn write(
+        &self,
+        captured: &[Captured],
+        transfers: &[TransferRecord],
+        meta: &CheckpointMeta,
+    ) -> Result<(), StorageError> {
+        let path = self.path();
+        let error = sled_error(&path);
+        let mut accounts = sled::Batch::default();
+        let mut holds = sled::Batch::default();
+        for shard in captured {
+            for account in &shard.accounts {
+                accounts.insert(
+                    &account.id.get().to_be_bytes(),
+                    frame::encode(account, SNAPSHOT_FORMAT_VERSION)?,
+                );
+            }
+            for hold in &shard.holds {
+                holds.insert(
+                    &hold.pending_id.get().to_be_bytes(),
+                    frame::encode(hold, SNAPSHOT_FORMAT_VERSION)?,
+                );
+            }
+            for pending_id in &shard.removed_holds {
+                holds.remove(&pending_id.get().to_be_bytes());
+            }
+        }
+        let mut index = sled::Batch::default();
+        for record in transfers {
+            index.insert(
+                &record.transfer.id.get().to_be_bytes(),
+                frame::encode(record, SNAPSHOT_FORMAT_VERSION)?,
+            );
+        }
+        self.accounts.apply_batch(accounts).map_err(&error)?;
+        self.holds.apply_batch(holds).map_err(&error)?;
+        self.transfers.apply_batch(index).map_err(&error)?;
+        self.meta.insert("checkpoint", frame::encode(meta, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
+        self.db.flush().map_err(&error)?;
+        Ok(())
+    }
+}
+
+impl TransferIndex for SnapshotStore {
+    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
+        self.transfer(id).map_err(|error| {
+            tracing::error!(%error, %id, "transfer index read failed");
+            TransferIndexError
+        })
+    }
+}
