@@ -1,2 +1,39 @@
-//! # wallet-api
-//! The HTTP API (axum) and the `wallet` binary: comes with the HTTP API issue.
+//! # wallet-api: the HTTP API (axum) and the `wallet` binary
+//!
+//! `wallet serve` runs the embedded single node: the ledger (see
+//! `wallet-storage`'s `EmbeddedLedger`) and this API in one process.
+//!
+//! Modules:
+//! - [`settings`]: the command line and its `WALLET_*` environment variables.
+//! - [`startup`]: [`Application`]: build from settings, bind, run until shutdown.
+//! - [`routes`]: the router and one module per area (health, users, accounts, money).
+//! - [`wire`]: the JSON types on the wire, converted to domain types with `TryFrom`.
+//! - [`domain`]: values parsed at the edge (email, password, name, UUID ids, timestamps).
+//! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
+//! - [`extract`]: extractors whose failures are problem documents too.
+//! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
+//! - [`rate`]: rate limits per client address, per token, and on logins.
+//! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
+//! - [`users`]: the sled-backed user store.
+//! - [`state`]: what handlers share, and the object-level authorization checks.
+//! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
+
+pub mod auth;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod oidc;
+pub mod openapi;
+pub mod rate;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod users;
+pub mod wire;
+
+pub use error::ApiError;
+pub use settings::{Cli, Command, LogFormat, Settings};
+pub use startup::{Application, StartupError};

@@ -1,2 +1,59 @@
-//! The wallet binary.
-fn main() {}
+//! The `wallet` binary: parses the command line, sets up logging, and runs
+//! the library's [`wallet_api::Application`] until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use wallet_api::{Application, Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = match Cli::load(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(wallet_api::settings::ConfigError::Cli(error)) => error.exit(),
+        Err(error) => return Err(error).context("reading the configuration"),
+    };
+    wallet_api::telemetry::init_tracing(cli.log_format, &cli.log_filter)
+        .map_err(anyhow::Error::msg)
+        .context("setting up logging")?;
+    match cli.command {
+        Command::Serve(settings) => {
+            let data_dir = settings.data_dir.clone();
+            let app = Application::build(settings)
+                .await
+                .with_context(|| format!("starting the node in {}", data_dir.display()))?;
+            if let Some(password) = app.generated_admin_password() {
+                // Shown once: only its hash is stored.
+                println!("generated admin password (shown once): {password}");
+            }
+            app.run_until(shutdown_signal()).await.context("serving")?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

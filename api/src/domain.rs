@@ -1,0 +1,193 @@
+//! The API's own domain values, parsed once at the edge: emails, passwords,
+//! names, UUID ids, and timestamps on the wire.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+use wallet_actors::{AccountId, TransferId, UserId};
+
+use crate::error::ApiError;
+use crate::settings::Secret;
+
+/// Longest email accepted (RFC 5321's path limit).
+pub const EMAIL_LEN_MAX: usize = 254;
+/// Shortest password accepted, in characters.
+pub const PASSWORD_LEN_MIN: usize = 8;
+/// Longest password accepted, in bytes (bounds the hashing work).
+pub const PASSWORD_LEN_MAX: usize = 256;
+/// Longest display name, in characters.
+pub const NAME_LEN_MAX: usize = 100;
+
+/// A normalised (trimmed, lower-case) email address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Checks the shape: one `@`, something on each side, a dot in the domain,
+    /// no spaces or control characters.
+    pub fn parse(text: &str) -> Result<Email, ApiError> {
+        let text = text.trim().to_lowercase();
+        let invalid = || ApiError::InvalidField {
+            code: "invalid_email",
+            detail: "email must look like name@example.com".to_string(),
+        };
+        if text.is_empty() || text.len() > EMAIL_LEN_MAX {
+            return Err(invalid());
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let mut parts = text.split('@');
+        let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        if local.is_empty() || domain.len() < 3 || !domain.contains('.') || domain.starts_with('.') {
+            return Err(invalid());
+        }
+        Ok(Email(text))
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password that meets the length rules. Never shown by `Debug`.
+#[derive(Clone, Debug)]
+pub struct Password(Secret);
+
+impl Password {
+    /// Checks the length.
+    pub fn parse(text: String) -> Result<Password, ApiError> {
+        if text.chars().count() < PASSWORD_LEN_MIN || text.len() > PASSWORD_LEN_MAX {
+            return Err(ApiError::InvalidField {
+                code: "invalid_password",
+                detail: format!(
+                    "password must have at least {PASSWORD_LEN_MIN} characters and at most {PASSWORD_LEN_MAX} bytes"
+                ),
+            });
+        }
+        Ok(Password(Secret::new(text)))
+    }
+
+    /// The password itself.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+/// A display name: trimmed, 1 to [`NAME_LEN_MAX`] characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl UserName {
+    /// Checks it.
+    pub fn parse(text: &str) -> Result<UserName, ApiError> {
+        let text = text.trim();
+        let count = text.chars().count();
+        if count == 0 || count > NAME_LEN_MAX || text.chars().any(char::is_control) {
+            return Err(ApiError::InvalidField {
+                code: "invalid_name",
+                detail: format!("name must have 1 to {NAME_LEN_MAX} characters"),
+            });
+        }
+        Ok(UserName(text.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a UUID from the wire, naming the field when it is not one.
+pub fn parse_uuid(field: &'static str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(text).map_err(|_| ApiError::InvalidId { field })
+}
+
+/// An account id from its UUID text.
+pub fn account_id(field: &'static str, text: &str) -> Result<AccountId, ApiError> {
+    let uuid = parse_uuid(field, text)?;
+    AccountId::new(uuid.as_u128()).map_err(|_| ApiError::InvalidId { field })
+}
+
+/// A transfer id from its UUID text.
+pub fn transfer_id(field: &'static str, text: &str) -> Result<TransferId, ApiError> {
+    let uuid = parse_uuid(field, text)?;
+    TransferId::new(uuid.as_u128()).map_err(|_| ApiError::InvalidId { field })
+}
+
+/// The ledger's owner id of a user: the user's UUID as an integer. User
+/// UUIDs are random (v4), so never zero and never [`UserId::SYSTEM`].
+pub fn ledger_user_id(user: Uuid) -> Result<UserId, ApiError> {
+    UserId::new(user.as_u128()).map_err(|_| ApiError::Internal)
+}
+
+/// A ledger id as UUID text.
+pub fn uuid_text(value: u128) -> String {
+    Uuid::from_u128(value).hyphenated().to_string()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// RFC 3339 UTC text of a time in milliseconds since the Unix epoch,
+/// e.g. `2026-11-26T02:24:52.123Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let millis = ms % 1000;
+    let days = (seconds / 86_400) as i64;
+    let of_day = seconds % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        of_day / 3600,
+        (of_day % 3600) / 60,
+        of_day % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_660_692_000), "2026-11-26T02:38:12.000Z");
+    }
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(Email::parse(" Ada@Example.COM ").ok(), Some(Email("ada@example.com".to_string())));
+        for bad in ["", "ada", "ada@", "@example.com", "a b@example.com", "a@b@example.com", "ada@com"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_uuids() {
+        assert!(account_id("id", "not-a-uuid").is_err());
+        assert!(account_id("id", "00000000-0000-0000-0000-000000000000").is_err());
+        let id = Uuid::new_v4();
+        assert_eq!(account_id("id", &id.to_string()).ok().map(|a| uuid_text(a.get())), Some(id.to_string()));
+    }
+}

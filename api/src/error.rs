@@ -1,0 +1,263 @@
+//! Every way a request fails, and the one place that maps each to an HTTP
+//! status and a stable `code`, sent as `application/problem+json` (RFC 9457).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use wallet_actors::rejection::InvalidInput;
+use wallet_actors::{LedgerError, Rejection};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The ledger refused the command; nothing changed.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// A value could not be built into a domain value.
+    #[error("{field}: {source}")]
+    InvalidInput {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        source: InvalidInput,
+    },
+    /// An id that is not a UUID.
+    #[error("{field} must be a UUID")]
+    InvalidId {
+        /// The request field.
+        field: &'static str,
+    },
+    /// A field that is well-formed JSON but not an acceptable value.
+    #[error("{detail}")]
+    InvalidField {
+        /// Stable code, e.g. `invalid_email`.
+        code: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The body is not the JSON this route takes (syntax, types, unknown or missing fields).
+    #[error("{detail}")]
+    MalformedBody {
+        /// `unknown_field` or `malformed_body`.
+        code: &'static str,
+        /// The parser's words.
+        detail: String,
+    },
+    /// The body is larger than the configured limit.
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    /// The body is not `application/json`.
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// No valid credentials.
+    #[error("{detail}")]
+    Unauthorized {
+        /// Stable code, e.g. `invalid_token`.
+        code: &'static str,
+        /// Why.
+        detail: &'static str,
+    },
+    /// The route exists, but not with this method.
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
+    /// Valid credentials, but not allowed here.
+    #[error("this operation needs the admin role")]
+    Forbidden,
+    /// The thing asked for does not exist, or the caller may not see it.
+    #[error("{what} not found")]
+    NotFound {
+        /// Stable code, e.g. `user_not_found`.
+        code: &'static str,
+        /// What was looked for.
+        what: &'static str,
+    },
+    /// The request conflicts with stored state outside the ledger (e.g. a taken email).
+    #[error("{detail}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What conflicts.
+        detail: &'static str,
+    },
+    /// The client sent too many requests; nothing was attempted.
+    #[error("too many requests; retry after {retry_after_seconds} s")]
+    RateLimited {
+        /// When to retry.
+        retry_after_seconds: u64,
+    },
+    /// Too much work in flight; nothing was attempted.
+    #[error("the ledger is overloaded; retry later")]
+    Overloaded,
+    /// Storage failed or the service is stopping; the outcome may be unknown.
+    #[error("the service is unavailable; the outcome is unknown, retry with the same id")]
+    Unavailable,
+    /// No answer in time; the outcome may be unknown.
+    #[error("timed out; the outcome is unknown, retry with the same id")]
+    Timeout,
+    /// A fault in this service; logged, never detailed to the client.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Rejected(rejection) => ApiError::Rejected(rejection),
+            LedgerError::Overloaded => ApiError::Overloaded,
+            LedgerError::Unavailable => ApiError::Unavailable,
+            LedgerError::Timeout => ApiError::Timeout,
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        ApiError::Rejected(rejection)
+    }
+}
+
+/// The status of a ledger rejection.
+fn rejection_status(rejection: Rejection) -> StatusCode {
+    use Rejection::*;
+    match rejection {
+        // Wrong however the ledger stands: the request itself is invalid.
+        SameAccount
+        | ZeroAmount
+        | TimeoutReservedForPending
+        | ReferenceTooLong
+        | MetadataTooLarge
+        | BatchSizeOutOfRange => StatusCode::BAD_REQUEST,
+        PendingTransferNotFound | DebitAccountNotFound | CreditAccountNotFound | AccountNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        ExistsWithDifferentFields | AccountExists | InFlight | PendingTransferBusy => StatusCode::CONFLICT,
+        LinkedTransferFailed
+        | PendingTransferNotPending
+        | AssetMismatch
+        | DebitAccountClosed
+        | CreditAccountClosed
+        | DebitAccountFrozen
+        | CreditAccountFrozen
+        | PendingTransferAlreadyPosted
+        | PendingTransferAlreadyVoided
+        | PendingTransferExpired
+        | ExceedsPendingAmount
+        | Overflow
+        | InsufficientFunds
+        | ExceedsDebits
+        | AccountClosed
+        | AccountBalanceNotZero
+        | AccountHasPending
+        | InvalidStatusTransition => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+fn invalid_input_code(input: InvalidInput) -> &'static str {
+    match input {
+        InvalidInput::ZeroId { .. } => "invalid_id",
+        InvalidInput::MalformedAmount => "malformed_amount",
+        InvalidInput::AmountTooLarge => "amount_too_large",
+        InvalidInput::MalformedAsset => "malformed_asset",
+    }
+}
+
+impl ApiError {
+    /// The HTTP status and the stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Rejected(rejection) => (rejection_status(*rejection), rejection.code()),
+            ApiError::InvalidInput { source, .. } => (StatusCode::BAD_REQUEST, invalid_input_code(*source)),
+            ApiError::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
+            ApiError::InvalidField { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::MalformedBody { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The problem document of this error.
+    pub fn problem(&self) -> Problem {
+        let (status, code) = self.status_and_code();
+        Problem {
+            kind: format!("urn:wallet:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+        }
+    }
+}
+
+/// An `application/problem+json` body, with our stable `code` added.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:wallet:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// Stable snake_case name, for a program.
+    #[schema(value_type = String)]
+    pub code: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match self {
+            ApiError::Unauthorized { .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after_seconds } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn business_rejections_are_422_and_lookups_404() {
+        let cases = [
+            (Rejection::InsufficientFunds, 422),
+            (Rejection::DebitAccountNotFound, 404),
+            (Rejection::ExistsWithDifferentFields, 409),
+            (Rejection::ZeroAmount, 400),
+        ];
+        for (rejection, status) in cases {
+            let (got, code) = ApiError::Rejected(rejection).status_and_code();
+            assert_eq!(got.as_u16(), status, "{rejection:?}");
+            assert_eq!(code, rejection.code());
+        }
+        let error = ApiError::InvalidInput { field: "amount", source: InvalidInput::MalformedAmount };
+        assert_eq!(error.status_and_code(), (StatusCode::BAD_REQUEST, "malformed_amount"));
+        assert_eq!(ApiError::from(LedgerError::Timeout).status_and_code().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+}

@@ -1,0 +1,68 @@
+//! `GET /healthz` (the process answers), `GET /readyz` (the ledger answers
+//! and shutdown has not started), `GET /metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use wallet_actors::{settlement_account_id, Asset};
+
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+/// Liveness: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process is up"),
+    ),
+)]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: not stopping, and a shard answers a read.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Stopping or the ledger does not answer", body = Problem),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::Unavailable);
+    }
+    let probe = Asset::new("USD", 2).map_err(|_| ApiError::Internal)?;
+    state.ledger.account(settlement_account_id(&probe)).await?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// Prometheus text exposition of every metric.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    ),
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = &state.journal_stats;
+    // The journal keeps its own atomics; they are copied in as counters at scrape time.
+    metrics::counter!("wallet_journal_records_total").absolute(stats.records.load(Ordering::Relaxed));
+    metrics::counter!("wallet_journal_syncs_total").absolute(stats.syncs.load(Ordering::Relaxed));
+    metrics::counter!("wallet_journal_bytes_total").absolute(stats.bytes.load(Ordering::Relaxed));
+    metrics::counter!("wallet_journal_sync_microseconds_total")
+        .absolute(stats.sync_micros.load(Ordering::Relaxed));
+    state.metrics.run_upkeep();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+        .into_response()
+}

@@ -1,0 +1,87 @@
+//! The router: every route, and the layers around them (metrics, tracing,
+//! timeout, body limit). One file per area:
+//! - [`health`] serves `/healthz`, `/readyz`, `/metrics`;
+//! - [`users`] serves `/v1/users`, `/v1/auth/token`, `/v1/auth/refresh`;
+//! - [`accounts`] serves `/v1/accounts`;
+//! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`.
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::rate::RateLayers;
+use crate::state::AppState;
+use crate::telemetry::track_http;
+
+pub mod accounts;
+pub mod health;
+pub mod money;
+pub mod users;
+
+/// Limits the router applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+/// Every route of the API.
+pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
+    let v1 = Router::new()
+        .route("/v1/users", post(users::create_user).layer(rates.login.clone()).get(users::list_users))
+        .route("/v1/users/me", get(users::me).patch(users::update_me))
+        .route("/v1/auth/token", post(users::token).layer(rates.login.clone()))
+        .route("/v1/auth/refresh", post(users::refresh).layer(rates.login))
+        .route("/v1/accounts", post(accounts::create_account).get(accounts::list_accounts))
+        .route("/v1/accounts/{id}", get(accounts::get_account))
+        .route("/v1/accounts/{id}/freeze", post(accounts::freeze))
+        .route("/v1/accounts/{id}/unfreeze", post(accounts::unfreeze))
+        .route("/v1/accounts/{id}/close", post(accounts::close))
+        .route("/v1/deposits", post(money::deposit))
+        .route("/v1/withdrawals", post(money::withdraw))
+        .route("/v1/transfers", post(money::create_transfer))
+        .route("/v1/transfers/batch", post(money::create_batch))
+        .route("/v1/transfers/{id}", get(money::get_transfer))
+        .route("/v1/transfers/{id}/post", post(money::post_pending))
+        .route("/v1/transfers/{id}/void", post(money::void_pending))
+        .layer(rates.per_token)
+        .layer(rates.per_address);
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
+        .merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(limits.request_timeout, timeout))
+        .layer(middleware::from_fn(track_http))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound { code: "route_not_found", what: "route" }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Answers 504 when a request takes too long. The ledger's own timeout is
+/// shorter, so this fires only when something else hangs.
+async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}

@@ -1,0 +1,373 @@
+//! Money: deposits and withdrawals through the asset's settlement account,
+//! transfers (single, batch), posting and voiding holds, reading a transfer.
+//!
+//! The transfer id is the idempotency key: a replay of the same id and body
+//! answers 200 with the first outcome and moves nothing; a new transfer 201.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use uuid::Uuid;
+use wallet_actors::registry::TransferRecord;
+use wallet_actors::transfer::BATCH_SIZE_MAX;
+use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferRequest, TransferResult, UserId};
+
+use crate::auth::Caller;
+use crate::domain::{ledger_user_id, transfer_id};
+use crate::error::{ApiError, Problem};
+use crate::extract::{optional_json, ApiBytes, ApiJson};
+use crate::state::AppState;
+use crate::wire::{
+    parse_amount, BatchBody, BatchItemView, BatchView, MoneyBody, MoneyCommand, PostBody, TransferBody,
+    TransferCommand, TransferView, VoidBody,
+};
+
+fn count(result: &str) {
+    metrics::counter!("wallet_transfers_total", "result" => result.to_string()).increment(1);
+}
+
+/// Turns one ledger result into a response, counting it.
+fn respond(result: TransferResult) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    match result {
+        Ok(outcome) => {
+            let status = if outcome.replayed { StatusCode::OK } else { StatusCode::CREATED };
+            count(if outcome.replayed { "replayed" } else { "applied" });
+            Ok((status, Json(TransferView::from(&outcome.record))))
+        }
+        Err(rejection) => {
+            count(rejection.code());
+            Err(ApiError::Rejected(rejection))
+        }
+    }
+}
+
+/// `POST /v1/deposits`: admin only; from the asset's settlement account.
+#[utoipa::path(
+    post,
+    path = "/v1/deposits",
+    tag = "money",
+    security(("bearer" = [])),
+    request_body = MoneyBody,
+    responses(
+        (status = 201, description = "Applied", body = TransferView),
+        (status = 200, description = "Replay: the first outcome", body = TransferView),
+        (status = 404, body = Problem),
+        (status = 409, description = "exists_with_different_fields", body = Problem),
+        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Admin only", body = Problem),
+    ),
+)]
+pub async fn deposit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<MoneyBody>,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    caller.require_admin()?;
+    let command = MoneyCommand::try_from(body)?;
+    let account =
+        state.visible_account(&caller, command.account_id, Rejection::CreditAccountNotFound).await?;
+    if account.user_id == UserId::SYSTEM {
+        return Err(ApiError::Rejected(Rejection::SameAccount));
+    }
+    state.ensure_settlement_account(account.asset).await?;
+    let request = TransferRequest::Transfer {
+        id: command.id,
+        debit_account_id: settlement_account_id(&account.asset),
+        credit_account_id: account.id,
+        amount: command.amount,
+        pending: None,
+        reference: command.reference,
+        metadata: None,
+    };
+    respond(state.ledger.submit_one(request).await?)
+}
+
+/// `POST /v1/withdrawals`: the owner or an admin; to the asset's settlement account.
+#[utoipa::path(
+    post,
+    path = "/v1/withdrawals",
+    tag = "money",
+    security(("bearer" = [])),
+    request_body = MoneyBody,
+    responses(
+        (status = 201, description = "Applied", body = TransferView),
+        (status = 200, description = "Replay: the first outcome", body = TransferView),
+        (status = 404, body = Problem),
+        (status = 409, description = "exists_with_different_fields", body = Problem),
+        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn withdraw(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<MoneyBody>,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    let command = MoneyCommand::try_from(body)?;
+    let account = state.visible_account(&caller, command.account_id, Rejection::DebitAccountNotFound).await?;
+    if account.user_id == UserId::SYSTEM {
+        return Err(ApiError::Rejected(Rejection::SameAccount));
+    }
+    state.ensure_settlement_account(account.asset).await?;
+    let request = TransferRequest::Transfer {
+        id: command.id,
+        debit_account_id: account.id,
+        credit_account_id: settlement_account_id(&account.asset),
+        amount: command.amount,
+        pending: None,
+        reference: command.reference,
+        metadata: None,
+    };
+    respond(state.ledger.submit_one(request).await?)
+}
+
+/// `POST /v1/transfers`: from one of the caller's accounts to any account.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    tag = "money",
+    security(("bearer" = [])),
+    request_body = TransferBody,
+    responses(
+        (status = 201, description = "Applied", body = TransferView),
+        (status = 200, description = "Replay: the first outcome", body = TransferView),
+        (status = 404, body = Problem),
+        (status = 409, description = "exists_with_different_fields", body = Problem),
+        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn create_transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TransferBody>,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    let command = TransferCommand::try_from(body)?;
+    state.check_owner(&caller, command.from, Rejection::DebitAccountNotFound).await?;
+    respond(state.ledger.submit_one(command.request).await?)
+}
+
+fn batch_error(error: &ApiError) -> BatchItemView {
+    let problem = error.problem();
+    BatchItemView { status: problem.status, transfer: None, error: serde_json::to_value(problem).ok() }
+}
+
+/// `POST /v1/transfers/batch`: a result per transfer; with `atomic`, all or none.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/batch",
+    tag = "money",
+    security(("bearer" = [])),
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "One result per transfer", body = BatchView),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<BatchView>, ApiError> {
+    if body.transfers.is_empty() || body.transfers.len() > BATCH_SIZE_MAX {
+        return Err(ApiError::Rejected(Rejection::BatchSizeOutOfRange));
+    }
+    let total = body.transfers.len();
+    // Parse and authorize every item first: nothing reaches the ledger unchecked.
+    let mut checked: Vec<Result<TransferRequest, ApiError>> = Vec::with_capacity(total);
+    let mut allowed = std::collections::HashMap::new();
+    for item in body.transfers {
+        let command = match TransferCommand::try_from(item) {
+            Ok(command) => command,
+            Err(error) => {
+                checked.push(Err(error));
+                continue;
+            }
+        };
+        let permitted = match allowed.get(&command.from) {
+            Some(permitted) => *permitted,
+            None => {
+                let permitted =
+                    match state.check_owner(&caller, command.from, Rejection::DebitAccountNotFound).await {
+                        Ok(_) => true,
+                        Err(ApiError::Rejected(_)) => false,
+                        Err(other) => return Err(other),
+                    };
+                allowed.insert(command.from, permitted);
+                permitted
+            }
+        };
+        checked.push(if permitted {
+            Ok(command.request)
+        } else {
+            Err(ApiError::Rejected(Rejection::DebitAccountNotFound))
+        });
+    }
+
+    let failed = checked.iter().any(Result::is_err);
+    let mut results: Vec<Option<BatchItemView>> = (0..total).map(|_| None).collect();
+    let mut indexes = Vec::with_capacity(total);
+    let mut requests = Vec::with_capacity(total);
+    for (index, item) in checked.into_iter().enumerate() {
+        match item {
+            Ok(request) if !(body.atomic && failed) => {
+                indexes.push(index);
+                requests.push(request);
+            }
+            Ok(_) => {
+                results[index] = Some(batch_error(&ApiError::Rejected(Rejection::LinkedTransferFailed)));
+            }
+            Err(error) => results[index] = Some(batch_error(&error)),
+        }
+    }
+    if !requests.is_empty() {
+        let outcomes = state.ledger.submit(requests, body.atomic).await?;
+        for (index, outcome) in indexes.into_iter().zip(outcomes) {
+            results[index] = Some(match respond(outcome) {
+                Ok((status, Json(transfer))) => {
+                    BatchItemView { status: status.as_u16(), transfer: Some(transfer), error: None }
+                }
+                Err(error) => batch_error(&error),
+            });
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| batch_error(&ApiError::Rejected(Rejection::LinkedTransferFailed))))
+        .collect();
+    Ok(Json(BatchView { results }))
+}
+
+/// Whether the caller may see or act on a transfer: admin, or owner of either side.
+async fn may_see(state: &AppState, caller: &Caller, record: &TransferRecord) -> Result<bool, ApiError> {
+    if caller.is_admin() {
+        return Ok(true);
+    }
+    let me = ledger_user_id(caller.id())?;
+    for id in [record.transfer.debit_account_id, record.transfer.credit_account_id] {
+        if state.owner_of(id).await? == Some(me) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn visible_transfer(
+    state: &AppState,
+    caller: &Caller,
+    id: TransferId,
+    not_found: ApiError,
+) -> Result<TransferRecord, ApiError> {
+    match state.ledger.transfer(id) {
+        Some(record) if may_see(state, caller, &record).await? => Ok(record),
+        _ => Err(not_found),
+    }
+}
+
+/// `GET /v1/transfers/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/transfers/{id}",
+    tag = "money",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "UUID")),
+    responses(
+        (status = 200, body = TransferView),
+        (status = 404, description = "transfer_not_found", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn get_transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TransferView>, ApiError> {
+    let id = transfer_id("id", &id)?;
+    let not_found = ApiError::NotFound { code: "transfer_not_found", what: "transfer" };
+    let record = visible_transfer(&state, &caller, id, not_found).await?;
+    Ok(Json(TransferView::from(&record)))
+}
+
+/// The id of a post or void when the client sends none: derived from the
+/// pending id, so a retry is a replay and only one resolution can win.
+fn derived_id(pending: TransferId, what: &str) -> Result<TransferId, ApiError> {
+    let id = Uuid::new_v5(&Uuid::from_u128(pending.get()), what.as_bytes());
+    TransferId::new(id.as_u128()).map_err(|_| ApiError::Internal)
+}
+
+/// `POST /v1/transfers/{id}/post` {id?, amount?}: either party or an admin.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/post",
+    tag = "money",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "UUID")),
+    request_body(content = Option<PostBody>),
+    responses(
+        (status = 201, description = "Applied", body = TransferView),
+        (status = 200, description = "Replay: the first outcome", body = TransferView),
+        (status = 404, body = Problem),
+        (status = 409, description = "exists_with_different_fields", body = Problem),
+        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn post_pending(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(pending): Path<String>,
+    ApiBytes(body): ApiBytes,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    let pending_id = transfer_id("id", &pending)?;
+    let body: PostBody = optional_json(&body)?;
+    let id = match &body.id {
+        Some(text) => transfer_id("id", text)?,
+        None => derived_id(pending_id, "post")?,
+    };
+    let amount = body.amount.as_deref().map(|a| parse_amount("amount", a)).transpose()?;
+    visible_transfer(&state, &caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
+        .await?;
+    respond(state.ledger.submit_one(TransferRequest::PostPending { id, pending_id, amount }).await?)
+}
+
+/// `POST /v1/transfers/{id}/void` {id?}: either party or an admin.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/void",
+    tag = "money",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "UUID")),
+    request_body(content = Option<VoidBody>),
+    responses(
+        (status = 201, description = "Applied", body = TransferView),
+        (status = 200, description = "Replay: the first outcome", body = TransferView),
+        (status = 404, body = Problem),
+        (status = 409, description = "exists_with_different_fields", body = Problem),
+        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn void_pending(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(pending): Path<String>,
+    ApiBytes(body): ApiBytes,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    let pending_id = transfer_id("id", &pending)?;
+    let body: VoidBody = optional_json(&body)?;
+    let id = match &body.id {
+        Some(text) => transfer_id("id", text)?,
+        None => derived_id(pending_id, "void")?,
+    };
+    visible_transfer(&state, &caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
+        .await?;
+    respond(state.ledger.submit_one(TransferRequest::VoidPending { id, pending_id }).await?)
+}

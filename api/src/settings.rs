@@ -1,0 +1,303 @@
+//! Configuration: command-line flags, each with a `WALLET_*` environment
+//! variable, and an optional TOML file (`--config`, keys named like the
+//! flags with `_` for `-`). Precedence: flags, then the environment, then
+//! the file, then the defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// The `wallet` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wallet",
+    version,
+    about = "A balance ledger: accounts in any asset, exactly-once transfers."
+)]
+pub struct Cli {
+    /// How logs are written.
+    #[arg(long, env = "WALLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Which logs are written (tracing's `EnvFilter` syntax, e.g. `info,wallet_api=debug`).
+    #[arg(long, env = "WALLET_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+    /// A TOML file of settings, keys named like the flags (`data_dir = "/var/lib/wallet"`).
+    #[arg(long, env = "WALLET_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line or environment is wrong (clap's message).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    /// The file could not be read.
+    #[error("reading {path}: {source}", path = path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("parsing {path}: {detail}", path = path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        detail: String,
+    },
+    /// The file names a setting that does not exist, or gives it a table or array.
+    #[error("{path}: unknown or unusable setting {key:?}", path = path.display())]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+}
+
+impl Cli {
+    /// Parses `args` (with the program name first) and the environment, then
+    /// fills every setting given by neither from the `--config` file.
+    pub fn load<I, T>(args: I) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command().try_get_matches_from(args.clone())?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let Some(path) = cli.config.clone() else { return Ok(cli) };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?;
+        let serve = matches.subcommand_matches("serve");
+        let command = Cli::command();
+        let serve_command = command.find_subcommand("serve");
+        for (key, value) in table {
+            let long = key.replace('_', "-");
+            let known = |c: Option<&clap::Command>| {
+                c.is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some(long.as_str())))
+            };
+            let (in_root, in_serve) = (known(Some(&command)), known(serve_command));
+            let unknown = || ConfigError::UnknownKey { path: path.clone(), key: key.clone() };
+            if long == "config" || !(in_root || in_serve) {
+                return Err(unknown());
+            }
+            let id = key.as_str();
+            let source =
+                if in_root { matches.value_source(id) } else { serve.and_then(|m| m.value_source(id)) };
+            if matches!(source, Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)) {
+                continue;
+            }
+            let value = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(unknown()),
+            };
+            args.push(format!("--{long}={value}").into());
+        }
+        Ok(Cli::try_parse_from(args)?)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the embedded single node: the ledger and the HTTP API in one process.
+    Serve(Settings),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `wallet serve` needs.
+#[derive(Clone, Debug, Args)]
+pub struct Settings {
+    /// Where the journal and the user store live.
+    #[arg(long, env = "WALLET_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on for HTTP (port 0 picks a free port).
+    #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Number of ledger shards; fixed when the data directory is created.
+    #[arg(long, env = "WALLET_SHARDS", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub shards: u16,
+    /// Secret for signing access tokens (HS256, at least 32 bytes). When
+    /// unset, one is generated at first start and kept in the data directory.
+    #[arg(long, env = "WALLET_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// The `iss` claim of access tokens, required on every token.
+    #[arg(long, env = "WALLET_JWT_ISSUER", default_value = "wallet")]
+    pub jwt_issuer: String,
+    /// The `aud` claim of access tokens, required on every token.
+    #[arg(long, env = "WALLET_JWT_AUDIENCE", default_value = "wallet-api")]
+    pub jwt_audience: String,
+    /// `iss` of an external OAuth2/OIDC issuer whose access tokens are accepted too
+    /// (needs `--oidc-audience` and `--oidc-jwks-file`).
+    #[arg(long, env = "WALLET_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` the external issuer's tokens must carry.
+    #[arg(long, env = "WALLET_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The external issuer's public keys (a JWKS file; re-read when a token names an unknown key).
+    #[arg(long, env = "WALLET_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// Lifetime of an access token.
+    #[arg(long, env = "WALLET_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900)]
+    pub access_token_ttl_seconds: u64,
+    /// Lifetime of a refresh token.
+    #[arg(long, env = "WALLET_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_seconds: u64,
+    /// Email of the administrator, created at start if missing.
+    #[arg(long, env = "WALLET_ADMIN_EMAIL", default_value = "admin@wallet.local")]
+    pub admin_email: String,
+    /// Password of the administrator. When unset and the administrator does
+    /// not exist yet, a random one is generated and printed once.
+    #[arg(long, env = "WALLET_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// Largest request body accepted; larger bodies get 413.
+    #[arg(long, env = "WALLET_BODY_LIMIT_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub body_limit_bytes: usize,
+    /// How long a request may take before it gets 504.
+    #[arg(long, env = "WALLET_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests before dropping their connections.
+    #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+    /// How long the ledger waits for a shard or the journal.
+    #[arg(long, env = "WALLET_LEDGER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ledger_timeout_ms: u64,
+    /// Most transfers in flight at once; past it requests get 429.
+    #[arg(long, env = "WALLET_IN_FLIGHT_MAX", default_value_t = 1 << 16)]
+    pub in_flight_max: usize,
+    /// Requests per second allowed from one client address (sustained).
+    #[arg(long, env = "WALLET_RATE_LIMIT_PER_SECOND", default_value_t = 2000.0)]
+    pub rate_limit_per_second: f64,
+    /// Requests one client address may send in a burst.
+    #[arg(long, env = "WALLET_RATE_LIMIT_BURST", default_value_t = 4000)]
+    pub rate_limit_burst: u32,
+    /// Requests per second allowed with one bearer token (sustained).
+    #[arg(long, env = "WALLET_USER_RATE_LIMIT_PER_SECOND", default_value_t = 500.0)]
+    pub user_rate_limit_per_second: f64,
+    /// Requests one bearer token may send in a burst.
+    #[arg(long, env = "WALLET_USER_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub user_rate_limit_burst: u32,
+    /// Sign-ups, logins and refreshes per minute from one client address (sustained).
+    #[arg(long, env = "WALLET_LOGIN_RATE_LIMIT_PER_MINUTE", default_value_t = 10.0)]
+    pub login_rate_limit_per_minute: f64,
+    /// Sign-ups, logins and refreshes one client address may send in a burst.
+    #[arg(long, env = "WALLET_LOGIN_RATE_LIMIT_BURST", default_value_t = 10)]
+    pub login_rate_limit_burst: u32,
+    /// Argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(long, env = "WALLET_PASSWORD_MEMORY_KIB", default_value_t = 19_456, hide = true)]
+    pub password_memory_kib: u32,
+    /// Argon2id iterations (OWASP: 2).
+    #[arg(long, env = "WALLET_PASSWORD_ITERATIONS", default_value_t = 2, hide = true)]
+    pub password_iterations: u32,
+}
+
+impl Settings {
+    /// Settings from flags alone, as `wallet serve ARGS` would read them
+    /// (environment variables still apply to flags not given).
+    pub fn from_args<I, T>(args: I) -> Result<Settings, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let all = ["wallet".into(), "serve".into()].into_iter().chain(args.into_iter().map(Into::into));
+        let cli = Cli::try_parse_from(all.collect::<Vec<std::ffi::OsString>>())?;
+        match cli.command {
+            Command::Serve(settings) => Ok(settings),
+        }
+    }
+}
+
+/// A secret string: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let settings = Settings::from_args(Vec::<String>::new()).map_err(|e| e.to_string());
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.shards, 64);
+    }
+
+    #[test]
+    fn a_config_file_fills_what_flags_and_environment_leave() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("wallet.toml");
+        std::fs::write(&path, "shards = 8\nlisten = \"127.0.0.1:9000\"\nlog_format = \"json\"\n")?;
+        let config = path.to_string_lossy().to_string();
+        let cli = Cli::load(["wallet", "--config", config.as_str(), "serve", "--shards", "16"])?;
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Serve(settings) = cli.command;
+        assert_eq!(settings.shards, 16, "the flag wins");
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:9000");
+
+        std::fs::write(&path, "no_such_setting = 1\n")?;
+        let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("no_such_setting")));
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(..)");
+    }
+}

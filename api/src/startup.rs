@@ -1,0 +1,280 @@
+//! One constructor for `main` and the tests: [`Application::build`] opens the
+//! ledger and the user store, makes sure the admin exists, and binds;
+//! [`Application::run_until`] serves until a shutdown future fires, then
+//! drains in-flight requests and makes the journal durable.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use uuid::Uuid;
+use wallet_actors::LedgerConfig;
+use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
+
+use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
+use crate::domain::{now_ms, Email, Password};
+use crate::error::ApiError;
+use crate::oidc::ExternalIssuer;
+use crate::rate::{Bucket, RateLayers, RateLimits};
+use crate::routes::{router, Limits};
+use crate::settings::Settings;
+use crate::state::AppState;
+use crate::telemetry::prometheus;
+use crate::users::{Role, StoredUser, UserStore, UserStoreError};
+
+/// Why the application could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The ledger's storage did not open.
+    #[error("opening the ledger: {0}")]
+    Storage(#[from] StorageError),
+    /// The user store did not open.
+    #[error("opening the user store: {0}")]
+    Users(#[from] UserStoreError),
+    /// A setting is unusable.
+    #[error("invalid setting {name}: {reason}")]
+    Setting {
+        /// Which.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The administrator could not be set up.
+    #[error("setting up the administrator: {0}")]
+    Admin(ApiError),
+    /// The listening socket could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: axum::Router,
+    state: AppState,
+    embedded: EmbeddedLedger,
+    generated_admin_password: Option<String>,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Opens everything `settings` names and binds the listener (port 0
+    /// picks a free port; see [`Application::port`]).
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        // Bound first: a taken port fails before any data is opened.
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
+        let options = EmbeddedOptions {
+            ledger: LedgerConfig {
+                shard_count: settings.shards,
+                in_flight_max: settings.in_flight_max,
+                request_timeout_ms: settings.ledger_timeout_ms,
+                ..LedgerConfig::default()
+            },
+            ..EmbeddedOptions::default()
+        };
+        let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
+        let users_path: PathBuf = settings.data_dir.join("users.sled");
+        let users = UserStore::open(&users_path)?;
+
+        let secret = match &settings.jwt_secret {
+            Some(secret) if secret.expose().len() >= SECRET_LEN_MIN => secret.expose().as_bytes().to_vec(),
+            Some(_) => {
+                return Err(StartupError::Setting {
+                    name: "jwt_secret",
+                    reason: format!("must have at least {SECRET_LEN_MIN} bytes"),
+                })
+            }
+            None => users.meta_or_insert("jwt_secret", || random_token(32).into_bytes()).await?,
+        };
+        let tokens = Tokens::new(
+            &secret,
+            settings.jwt_issuer.clone(),
+            settings.jwt_audience.clone(),
+            settings.access_token_ttl_seconds,
+            settings.refresh_token_ttl_seconds,
+        );
+        let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
+            .await
+            .map_err(StartupError::Admin)?;
+        let external = match (&settings.oidc_issuer, &settings.oidc_audience, &settings.oidc_jwks_file) {
+            (None, None, None) => None,
+            (Some(issuer), Some(audience), Some(file)) => Some(
+                ExternalIssuer::load(issuer.clone(), audience.clone(), file.clone())
+                    .map_err(|e| StartupError::Setting { name: "oidc_jwks_file", reason: e.to_string() })?,
+            ),
+            _ => {
+                return Err(StartupError::Setting {
+                    name: "oidc",
+                    reason: "--oidc-issuer, --oidc-audience and --oidc-jwks-file go together".into(),
+                })
+            }
+        };
+        let state = AppState::new(
+            embedded.ledger.clone(),
+            users,
+            tokens,
+            passwords,
+            prometheus(),
+            embedded.journal_stats(),
+        );
+        let state = match external {
+            Some(issuer) => state.with_external_issuer(issuer),
+            None => state,
+        };
+        let generated_admin_password = ensure_admin(&state, &settings).await.map_err(StartupError::Admin)?;
+
+        let limits = Limits {
+            body_limit_bytes: settings.body_limit_bytes,
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        };
+        let rates = RateLayers::new(RateLimits {
+            per_address: Bucket {
+                per_second: settings.rate_limit_per_second,
+                burst: settings.rate_limit_burst,
+            },
+            per_token: Bucket {
+                per_second: settings.user_rate_limit_per_second,
+                burst: settings.user_rate_limit_burst,
+            },
+            login: Bucket {
+                per_second: settings.login_rate_limit_per_minute / 60.0,
+                burst: settings.login_rate_limit_burst,
+            },
+        })
+        .ok_or(StartupError::Setting {
+            name: "rate limits",
+            reason: "rates and bursts must be positive".into(),
+        })?;
+        let router = router(state.clone(), limits, rates);
+        let shutdown_grace = Duration::from_millis(settings.shutdown_grace_ms);
+        Ok(Application {
+            listener,
+            address,
+            router,
+            state,
+            embedded,
+            generated_admin_password,
+            shutdown_grace,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The administrator's password if this start generated one: show it
+    /// once, it is not stored anywhere but as a hash.
+    pub fn generated_admin_password(&self) -> Option<&str> {
+        self.generated_admin_password.as_deref()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, finishes
+    /// in-flight requests, stops the ledger and makes the journal and the
+    /// user store durable.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Application { listener, address, router, state, embedded, shutdown_grace, .. } = self;
+        tracing::info!(%address, "serving");
+        let ready = state.ready.clone();
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                ready.store(false, Ordering::Relaxed);
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _ = fired_tx.send(());
+            })
+            .into_future();
+        // Connections that are still busy after the grace period are dropped,
+        // so that a slow client cannot hold the shutdown forever.
+        let grace = shutdown_grace;
+        let deadline = async move {
+            if fired_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = serve => served,
+            () = deadline => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping open connections");
+                Ok(())
+            }
+        };
+        embedded.shutdown().await;
+        let flushed = state.users.flush().await;
+        tracing::info!("stopped; the journal is durable");
+        served.map_err(StartupError::Serve)?;
+        flushed?;
+        Ok(())
+    }
+}
+
+/// Makes sure the configured admin exists with the admin role. Returns the
+/// password when it had to generate one.
+async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Option<String>, ApiError> {
+    let email = Email::parse(&settings.admin_email)?;
+    let configured = settings.admin_password.as_ref().map(|p| p.expose().to_string());
+    match state.users.by_email(email.as_str())? {
+        Some(mut user) => {
+            let mut changed = user.role != Role::Admin;
+            user.role = Role::Admin;
+            if let Some(password) = configured {
+                let matches =
+                    state.passwords.verify(password.clone(), Some(user.password_hash.clone())).await?;
+                if !matches {
+                    user.password_hash = state.passwords.hash(Password::parse(password)?).await?;
+                    changed = true;
+                }
+            }
+            if changed {
+                state.users.update(&user).await?;
+            }
+            Ok(None)
+        }
+        None => {
+            let (password, generated) = match configured {
+                Some(password) => (password, None),
+                None => {
+                    let password = random_token(16);
+                    (password.clone(), Some(password))
+                }
+            };
+            let user = StoredUser {
+                id: Uuid::new_v4(),
+                email: email.as_str().to_string(),
+                name: "Administrator".to_string(),
+                password_hash: state.passwords.hash(Password::parse(password)?).await?,
+                role: Role::Admin,
+                created_at_ms: now_ms(),
+            };
+            state.users.create(&user).await?;
+            Ok(generated)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! What every handler shares, and the checks they share: which accounts a
+//! caller may see, and the settlement account of each asset.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
+use wallet_storage::JournalStats;
+
+use crate::auth::{Caller, Passwords, Tokens};
+use crate::domain::ledger_user_id;
+use crate::error::ApiError;
+use crate::oidc::ExternalIssuer;
+use crate::users::{UserStore, UserStoreError};
+
+/// Most account owners remembered; past it the map starts over.
+pub const OWNER_CACHE_MAX: usize = 1 << 20;
+
+/// Shared state of the running API. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// Users and credentials.
+    pub users: UserStore,
+    /// Token issuing and checking.
+    pub tokens: Arc<Tokens>,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// The Prometheus recorder's handle, for `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The journal's counters, for `/metrics`.
+    pub journal_stats: Arc<JournalStats>,
+    /// An external OIDC issuer whose tokens are accepted too.
+    pub external: Option<Arc<ExternalIssuer>>,
+    /// False once shutdown starts: `/readyz` then says 503.
+    pub ready: Arc<AtomicBool>,
+    /// Assets whose settlement account is known to be open.
+    settled_assets: Arc<Mutex<HashSet<Asset>>>,
+    /// Owners of accounts seen so far. An account's owner never changes, so
+    /// this saves a shard round trip per transfer.
+    owners: Arc<Mutex<HashMap<AccountId, UserId>>>,
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(
+        ledger: Ledger,
+        users: UserStore,
+        tokens: Tokens,
+        passwords: Passwords,
+        metrics: PrometheusHandle,
+        journal_stats: Arc<JournalStats>,
+    ) -> AppState {
+        AppState {
+            ledger,
+            users,
+            tokens: Arc::new(tokens),
+            passwords,
+            metrics,
+            journal_stats,
+            external: None,
+            ready: Arc::new(AtomicBool::new(true)),
+            settled_assets: Arc::default(),
+            owners: Arc::default(),
+        }
+    }
+
+    /// Accepts the tokens of `issuer` too.
+    pub fn with_external_issuer(mut self, issuer: ExternalIssuer) -> AppState {
+        self.external = Some(Arc::new(issuer));
+        self
+    }
+
+    /// Whether the API is taking requests.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// An account the caller may see: their own, or any for an admin.
+    /// Anything else is "not found", so ids of others' accounts leak nothing.
+    pub async fn visible_account(
+        &self,
+        caller: &Caller,
+        id: AccountId,
+        not_found: Rejection,
+    ) -> Result<Account, ApiError> {
+        let view = self.ledger.account(id).await?.ok_or(ApiError::Rejected(not_found))?;
+        if caller.is_admin() || view.account.user_id == ledger_user_id(caller.id())? {
+            Ok(view.account)
+        } else {
+            Err(ApiError::Rejected(not_found))
+        }
+    }
+
+    /// The owner of an account, if it exists.
+    pub async fn owner_of(&self, id: AccountId) -> Result<Option<UserId>, ApiError> {
+        if let Some(owner) = self.owners.lock().ok().and_then(|owners| owners.get(&id).copied()) {
+            return Ok(Some(owner));
+        }
+        let Some(view) = self.ledger.account(id).await? else { return Ok(None) };
+        let owner = view.account.user_id;
+        if let Ok(mut owners) = self.owners.lock() {
+            if owners.len() >= OWNER_CACHE_MAX {
+                owners.clear();
+            }
+            owners.insert(id, owner);
+        }
+        Ok(Some(owner))
+    }
+
+    /// Refuses, as `not_found`, an account the caller may not move money
+    /// from. Admins may use any; whether it exists the ledger says.
+    pub async fn check_owner(
+        &self,
+        caller: &Caller,
+        id: AccountId,
+        not_found: Rejection,
+    ) -> Result<(), ApiError> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        match self.owner_of(id).await? {
+            Some(owner) if owner == ledger_user_id(caller.id())? => Ok(()),
+            _ => Err(ApiError::Rejected(not_found)),
+        }
+    }
+
+    /// Opens the settlement account of `asset` once per process.
+    pub async fn ensure_settlement_account(&self, asset: Asset) -> Result<(), ApiError> {
+        if self.settled_assets.lock().map(|set| set.contains(&asset)).unwrap_or(false) {
+            return Ok(());
+        }
+        self.ledger.ensure_settlement_account(asset).await?;
+        if let Ok(mut set) = self.settled_assets.lock() {
+            set.insert(asset);
+        }
+        Ok(())
+    }
+}
+
+impl From<UserStoreError> for ApiError {
+    fn from(error: UserStoreError) -> Self {
+        match error {
+            UserStoreError::EmailTaken => {
+                ApiError::Conflict { code: "email_taken", detail: "a user with this email already exists" }
+            }
+            other => {
+                tracing::error!(error = %other, "user store failed");
+                ApiError::Unavailable
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The user store: users, their credentials, refresh tokens, and which
+//! accounts each user owns, in `<data-dir>/users.sled`.
+//!
+//! Trees:
+//! - `users`: user UUID (16 bytes) -> [`StoredUser`] as JSON;
+//! - `emails`: normalised email -> user UUID, so an email is taken once;
+//! - `refresh_tokens`: SHA-256 of a refresh token -> [`RefreshRecord`] as JSON
+//!   (the token itself is never stored);
+//! - `owned_accounts`: user UUID ++ account UUID -> empty, to list a user's accounts;
+//! - `meta`: settings kept across restarts (the generated token secret).
+//!
+//! Every write is flushed before the request that made it is answered.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use uuid::Uuid;
+
+/// Most items one listing returns.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// Why the user store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserStoreError {
+    /// sled failed (I/O or corruption).
+    #[error("user store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error("user store: a stored {what} does not decode")]
+    Decode {
+        /// Which kind of value.
+        what: &'static str,
+    },
+    /// The email belongs to another user.
+    #[error("email already registered")]
+    EmailTaken,
+}
+
+impl From<TransactionError<UserStoreError>> for UserStoreError {
+    fn from(error: TransactionError<UserStoreError>) -> Self {
+        match error {
+            TransactionError::Abort(error) => error,
+            TransactionError::Storage(error) => UserStoreError::Sled(error),
+        }
+    }
+}
+
+/// What a user may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads and moves their own accounts.
+    User,
+    /// Everything, including deposits, freezes and other users' accounts.
+    Admin,
+}
+
+/// A user as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredUser {
+    /// Random (v4) id.
+    pub id: Uuid,
+    /// Normalised email, unique.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+    /// When the user signed up (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
+/// A refresh token's record, keyed by the token's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// Whose.
+    pub user_id: Uuid,
+    /// Until when (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct UserStore {
+    db: sled::Db,
+    users: sled::Tree,
+    emails: sled::Tree,
+    refresh_tokens: sled::Tree,
+    owned_accounts: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, UserStoreError> {
+    serde_json::to_vec(value).map_err(|_| UserStoreError::Decode { what })
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Result<T, UserStoreError> {
+    serde_json::from_slice(bytes).map_err(|_| UserStoreError::Decode { what })
+}
+
+impl UserStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<UserStore, UserStoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(UserStore {
+            users: db.open_tree("users")?,
+            emails: db.open_tree("emails")?,
+            refresh_tokens: db.open_tree("refresh_tokens")?,
+            owned_accounts: db.open_tree("owned_accounts")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), UserStoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Adds a user whose email is not taken.
+    pub async fn create(&self, user: &StoredUser) -> Result<(), UserStoreError> {
+        let value = encode(user, "user")?;
+        let id = *user.id.as_bytes();
+        (&self.users, &self.emails).transaction(|(users, emails)| {
+            if emails.get(user.email.as_bytes())?.is_some() {
+                return Err(ConflictableTransactionError::Abort(UserStoreError::EmailTaken));
+            }
+            emails.insert(user.email.as_bytes(), &id[..])?;
+            users.insert(&id[..], value.clone())?;
+            Ok(())
+        })?;
+        self.flush().await
+    }
+
+    /// Adds a user of an external issuer, unless one with its id exists
+    /// (then returns that one). Its email is not indexed: it never logs in
+    /// with a password.
+    pub async fn create_external(&self, user: &StoredUser) -> Result<StoredUser, UserStoreError> {
+        let value = encode(user, "user")?;
+        match self.users.compare_and_swap(user.id.as_bytes(), None as Option<&[u8]>, Some(value))? {
+            Ok(()) => {
+                self.flush().await?;
+                Ok(user.clone())
+            }
+            Err(existing) => match existing.current {
+                Some(bytes) => decode(&bytes, "user"),
+                None => Ok(user.clone()),
+            },
+        }
+    }
+
+    /// Replaces a stored user (same id and email).
+    pub async fn update(&self, user: &StoredUser) -> Result<(), UserStoreError> {
+        self.users.insert(user.id.as_bytes(), encode(user, "user")?)?;
+        self.flush().await
+    }
+
+    /// A user by id.
+    pub fn get(&self, id: Uuid) -> Result<Option<StoredUser>, UserStoreError> {
+        self.users.get(id.as_bytes())?.map(|bytes| decode(&bytes, "user")).transpose()
+    }
+
+    /// A user by normalised email.
+    pub fn by_email(&self, email: &str) -> Result<Option<StoredUser>, UserStoreError> {
+        let Some(id) = self.emails.get(email.as_bytes())? else { return Ok(None) };
+        let id = Uuid::from_slice(&id).map_err(|_| UserStoreError::Decode { what: "email index" })?;
+        self.get(id)
+    }
+
+    /// Users in id order, after `after`, at most `limit`.
+    pub fn list(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<StoredUser>, UserStoreError> {
+        let start = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        let mut found = Vec::new();
+        for entry in self.users.range(start..) {
+            let (key, value) = entry?;
+            if after.is_some_and(|a| key.as_ref() == a.as_bytes()) {
+                continue;
+            }
+            found.push(decode(&value, "user")?);
+            if found.len() >= limit.min(LIST_LIMIT_MAX) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores a refresh token's record under the token's hash.
+    pub async fn put_refresh(&self, token_hash: &[u8], record: &RefreshRecord) -> Result<(), UserStoreError> {
+        self.refresh_tokens.insert(token_hash, encode(record, "refresh token")?)?;
+        self.flush().await
+    }
+
+    /// Removes and returns a refresh token's record: each token is used once.
+    pub async fn take_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>, UserStoreError> {
+        let Some(bytes) = self.refresh_tokens.remove(token_hash)? else { return Ok(None) };
+        self.flush().await?;
+        decode(&bytes, "refresh token").map(Some)
+    }
+
+    /// Records that `user` owns `account` (before the ledger opens it, so a
+    /// crash in between leaves an index entry with no account, which listing skips).
+    pub async fn add_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(user.as_bytes());
+        key.extend_from_slice(account.as_bytes());
+        self.owned_accounts.insert(key, Vec::<u8>::new())?;
+        self.flush().await
+    }
+
+    /// Forgets an index entry whose account was not opened for `user`.
+    pub async fn remove_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(user.as_bytes());
+        key.extend_from_slice(account.as_bytes());
+        self.owned_accounts.remove(key)?;
+        self.flush().await
+    }
+
+    /// Accounts `user` owns, in id order, after `after`, at most `limit`.
+    pub fn owned(&self, user: Uuid, after: Option<Uuid>, limit: usize) -> Result<Vec<Uuid>, UserStoreError> {
+        let mut found = Vec::new();
+        for entry in self.owned_accounts.scan_prefix(user.as_bytes()) {
+            let (key, _) = entry?;
+            let account =
+                Uuid::from_slice(&key[16..]).map_err(|_| UserStoreError::Decode { what: "account index" })?;
+            if after.is_some_and(|a| account <= a) {
+                continue;
+            }
+            found.push(account);
+            if found.len() >= limit.min(LIST_LIMIT_MAX) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// A value kept in the `meta` tree, made by `make` the first time.
+    pub async fn meta_or_insert(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, UserStoreError> {
+        if let Some(value) = self.meta.get(key)? {
+            return Ok(value.to_vec());
+        }
+        let value = make();
+        match self.meta.compare_and_swap(key, None as Option<&[u8]>, Some(value.clone()))? {
+            Ok(()) => {
+                self.flush().await?;
+                Ok(value)
+            }
+            Err(current) => Ok(current.current.map(|v| v.to_vec()).unwrap_or(value)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(email: &str) -> StoredUser {
+        StoredUser {
+            id: Uuid::new_v4(),
+            email: email.to_string(),
+            name: "Ada".to_string(),
+            password_hash: "x".to_string(),
+            role: Role::User,
+            created_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_email_is_taken_once_and_users_survive_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("users.sled");
+        let ada = user("ada@example.com");
+        {
+            let store = UserStore::open(&path)?;
+            store.create(&ada).await?;
+            let again = store.create(&user("ada@example.com")).await;
+            assert!(matches!(again, Err(UserStoreError::EmailTaken)));
+            let account = Uuid::new_v4();
+            store.add_owned(ada.id, account).await?;
+            assert_eq!(store.owned(ada.id, None, 10)?, vec![account]);
+            assert_eq!(store.owned(ada.id, Some(account), 10)?, Vec::<Uuid>::new());
+        }
+        let store = UserStore::open(&path)?;
+        assert_eq!(store.by_email("ada@example.com")?, Some(ada.clone()));
+        assert_eq!(store.list(None, 10)?, vec![ada]);
+        Ok(())
+    }
+}

@@ -1,0 +1,527 @@
+//! Wire types: the JSON the API reads and writes, separate from the domain
+//! types and converted with `TryFrom`. Request types refuse unknown fields,
+//! so a client cannot slip in a balance or an owner. Ids are UUID text,
+//! amounts are strings of integer minor units.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wallet_actors::registry::TransferRecord;
+use wallet_actors::transfer::TransferKind;
+use wallet_actors::{
+    Account, AccountFlags, AccountId, AccountStatus, Amount, PendingOptions, TransferId, TransferRequest,
+    TransferStatus,
+};
+
+use crate::domain::{account_id, rfc3339, transfer_id, uuid_text, Email, Password, UserName};
+use crate::error::ApiError;
+use crate::users::{Role, StoredUser};
+
+/// Parses a wire amount, naming the field when it is wrong.
+pub fn parse_amount(field: &'static str, text: &str) -> Result<Amount, ApiError> {
+    Amount::parse(text).map_err(|source| ApiError::InvalidInput { field, source })
+}
+
+// ---- users and tokens ----
+
+/// `POST /v1/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserBody {
+    /// Login email.
+    pub email: String,
+    /// Password, at least 8 characters.
+    pub password: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// A sign-up, parsed.
+#[derive(Debug)]
+pub struct NewUser {
+    /// Normalised email.
+    pub email: Email,
+    /// Display name.
+    pub name: UserName,
+    /// Password.
+    pub password: Password,
+}
+
+impl TryFrom<NewUserBody> for NewUser {
+    type Error = ApiError;
+
+    fn try_from(body: NewUserBody) -> Result<Self, Self::Error> {
+        Ok(NewUser {
+            email: Email::parse(&body.email)?,
+            name: UserName::parse(&body.name)?,
+            password: Password::parse(body.password)?,
+        })
+    }
+}
+
+/// `PATCH /v1/users/me`: the profile fields a user may change.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserBody {
+    /// New display name.
+    pub name: Option<String>,
+}
+
+/// A user as shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    /// UUID.
+    pub id: String,
+    /// Email.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// `user` or `admin`.
+    pub role: Role,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&StoredUser> for UserView {
+    fn from(user: &StoredUser) -> Self {
+        UserView {
+            id: user.id.to_string(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+            role: user.role,
+            created_at: rfc3339(user.created_at_ms),
+        }
+    }
+}
+
+/// `GET /v1/users` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Most items (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Admin only: whose accounts.
+    pub user_id: Option<String>,
+}
+
+/// A page of items.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/auth/token`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    /// Login email.
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+/// `POST /v1/auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// A refresh token from an earlier token response; each works once.
+    pub refresh_token: String,
+}
+
+/// A token response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// The JWT to send as `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Exchange at `POST /v1/auth/refresh` for a new pair.
+    pub refresh_token: String,
+}
+
+// ---- accounts ----
+
+/// Balance limits on the wire.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsBody {
+    /// No spending beyond credits plus the overdraft limit.
+    #[serde(default)]
+    pub debits_must_not_exceed_credits: bool,
+    /// No credits beyond posted debits.
+    #[serde(default)]
+    pub credits_must_not_exceed_debits: bool,
+}
+
+/// `POST /v1/accounts`. Fields other than `asset` and `scale` are admin only.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccountBody {
+    /// Asset code, e.g. `USD`.
+    pub asset: String,
+    /// Decimal places of the minor unit, e.g. 2.
+    pub scale: u8,
+    /// Admin only: the account's UUID (generated when absent).
+    pub id: Option<String>,
+    /// Admin only: the owner (the caller when absent).
+    pub user_id: Option<String>,
+    /// Admin only: limits (a user's wallet by default).
+    pub flags: Option<FlagsBody>,
+    /// Admin only: overdraft allowed below zero.
+    pub overdraft_limit: Option<String>,
+}
+
+impl From<FlagsBody> for AccountFlags {
+    fn from(flags: FlagsBody) -> Self {
+        AccountFlags {
+            debits_must_not_exceed_credits: flags.debits_must_not_exceed_credits,
+            credits_must_not_exceed_debits: flags.credits_must_not_exceed_debits,
+        }
+    }
+}
+
+/// An account's balances; amounts as strings of minor units.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BalanceView {
+    /// What the owner may spend: posted credits minus posted and pending debits.
+    pub available: String,
+    /// Posted credits minus posted debits.
+    pub posted: String,
+    /// Sum of posted debits.
+    pub debits_posted: String,
+    /// Sum of posted credits.
+    pub credits_posted: String,
+    /// Sum of pending debits.
+    pub debits_pending: String,
+    /// Sum of pending credits.
+    pub credits_pending: String,
+}
+
+/// An account as shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccountView {
+    /// UUID.
+    pub id: String,
+    /// The owner's UUID.
+    pub user_id: String,
+    /// Asset code.
+    pub asset: String,
+    /// Asset scale.
+    pub scale: u8,
+    /// `active`, `frozen` or `closed`.
+    pub status: String,
+    /// Balances.
+    pub balance: BalanceView,
+    /// Overdraft limit.
+    pub overdraft_limit: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+fn status_text(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Frozen => "frozen",
+        AccountStatus::Closed => "closed",
+    }
+}
+
+impl From<&Account> for AccountView {
+    fn from(account: &Account) -> Self {
+        let b = &account.balances;
+        AccountView {
+            id: uuid_text(account.id.get()),
+            user_id: uuid_text(account.user_id.get()),
+            asset: account.asset.code().to_string(),
+            scale: account.asset.scale(),
+            status: status_text(account.status).to_string(),
+            balance: BalanceView {
+                available: b.available().to_string(),
+                posted: b.posted().to_string(),
+                debits_posted: b.debits_posted.to_string(),
+                credits_posted: b.credits_posted.to_string(),
+                debits_pending: b.debits_pending.to_string(),
+                credits_pending: b.credits_pending.to_string(),
+            },
+            overdraft_limit: account.overdraft_limit.to_string(),
+            created_at: rfc3339(account.created_at_ms),
+        }
+    }
+}
+
+// ---- money ----
+
+/// `POST /v1/deposits` and `POST /v1/withdrawals`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyBody {
+    /// Client-chosen UUID; also the idempotency key.
+    pub id: String,
+    /// The account credited (deposit) or debited (withdrawal).
+    pub account_id: String,
+    /// Minor units.
+    pub amount: String,
+    /// Free text.
+    pub reference: Option<String>,
+}
+
+/// A deposit or withdrawal, parsed.
+#[derive(Debug)]
+pub struct MoneyCommand {
+    /// Id.
+    pub id: TransferId,
+    /// Account.
+    pub account_id: AccountId,
+    /// Amount.
+    pub amount: Amount,
+    /// Reference.
+    pub reference: Option<String>,
+}
+
+impl TryFrom<MoneyBody> for MoneyCommand {
+    type Error = ApiError;
+
+    fn try_from(body: MoneyBody) -> Result<Self, Self::Error> {
+        Ok(MoneyCommand {
+            id: transfer_id("id", &body.id)?,
+            account_id: account_id("account_id", &body.account_id)?,
+            amount: parse_amount("amount", &body.amount)?,
+            reference: body.reference,
+        })
+    }
+}
+
+/// `POST /v1/transfers`, and each item of a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    /// Client-chosen UUID; also the idempotency key.
+    pub id: String,
+    /// The account money leaves (must be the caller's).
+    pub from_account_id: String,
+    /// The account money reaches.
+    pub to_account_id: String,
+    /// Minor units.
+    pub amount: String,
+    /// Hold the money instead of moving it; post or void later.
+    #[serde(default)]
+    pub pending: bool,
+    /// For pending transfers: void by itself after this many seconds.
+    pub timeout_seconds: Option<u32>,
+    /// Free text, at most 128 bytes.
+    pub reference: Option<String>,
+    /// Any JSON, at most 1024 bytes once serialised.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A transfer, parsed.
+#[derive(Debug)]
+pub struct TransferCommand {
+    /// Its request to the ledger.
+    pub request: TransferRequest,
+    /// The account debited.
+    pub from: AccountId,
+}
+
+impl TryFrom<TransferBody> for TransferCommand {
+    type Error = ApiError;
+
+    fn try_from(body: TransferBody) -> Result<Self, Self::Error> {
+        let id = transfer_id("id", &body.id)?;
+        let from = account_id("from_account_id", &body.from_account_id)?;
+        let to = account_id("to_account_id", &body.to_account_id)?;
+        let amount = parse_amount("amount", &body.amount)?;
+        let pending = match (body.pending, body.timeout_seconds) {
+            (true, timeout_seconds) => Some(PendingOptions { timeout_seconds }),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::Rejected(wallet_actors::Rejection::TimeoutReservedForPending))
+            }
+        };
+        let metadata = match body.metadata {
+            None => None,
+            Some(value) => Some(serde_json::to_string(&value).map_err(|_| ApiError::MalformedBody {
+                code: "malformed_body",
+                detail: "metadata must be JSON".to_string(),
+            })?),
+        };
+        Ok(TransferCommand {
+            request: TransferRequest::Transfer {
+                id,
+                debit_account_id: from,
+                credit_account_id: to,
+                amount,
+                pending,
+                reference: body.reference,
+                metadata,
+            },
+            from,
+        })
+    }
+}
+
+/// `POST /v1/transfers/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The transfers, at most 8189.
+    pub transfers: Vec<TransferBody>,
+    /// All or nothing.
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+/// One result of a batch: the transfer, or the problem.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchItemView {
+    /// What a single request would have got: 201, 200 (replay) or an error status.
+    pub status: u16,
+    /// The transfer, on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferView>,
+    /// The problem, on failure.
+    #[schema(value_type = Option<crate::error::Problem>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
+/// A batch response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchView {
+    /// One per transfer, in order.
+    pub results: Vec<BatchItemView>,
+}
+
+/// `POST /v1/transfers/{id}/post` (body optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostBody {
+    /// Id of the post (derived from the pending id when absent).
+    pub id: Option<String>,
+    /// How much to post (the whole hold when absent).
+    pub amount: Option<String>,
+}
+
+/// `POST /v1/transfers/{id}/void` (body optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidBody {
+    /// Id of the void (derived from the pending id when absent).
+    pub id: Option<String>,
+}
+
+/// A transfer as shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferView {
+    /// UUID.
+    pub id: String,
+    /// `transfer`, `pending`, `post_pending` or `void_pending`.
+    pub kind: String,
+    /// `posted`, `pending`, `voided` or `expired`.
+    pub status: String,
+    /// Debited account.
+    pub from_account_id: String,
+    /// Credited account.
+    pub to_account_id: String,
+    /// Minor units.
+    pub amount: String,
+    /// For post and void: the pending transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_id: Option<String>,
+    /// For holds with a timeout: when it expires (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Client JSON.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// The wire name of a transfer status.
+pub fn transfer_status_text(status: TransferStatus) -> &'static str {
+    match status {
+        TransferStatus::Posted => "posted",
+        TransferStatus::Pending => "pending",
+        TransferStatus::Voided => "voided",
+        TransferStatus::Expired => "expired",
+    }
+}
+
+impl From<&TransferRecord> for TransferView {
+    fn from(record: &TransferRecord) -> Self {
+        let t = &record.transfer;
+        let kind = match t.kind {
+            TransferKind::Posted => "transfer",
+            TransferKind::Pending => "pending",
+            TransferKind::PostPending => "post_pending",
+            TransferKind::VoidPending => "void_pending",
+        };
+        TransferView {
+            id: uuid_text(t.id.get()),
+            kind: kind.to_string(),
+            status: transfer_status_text(record.status).to_string(),
+            from_account_id: uuid_text(t.debit_account_id.get()),
+            to_account_id: uuid_text(t.credit_account_id.get()),
+            amount: t.amount.to_string(),
+            pending_id: t.pending_id.map(|p| uuid_text(p.get())),
+            expires_at: t.expires_at_ms.map(rfc3339),
+            reference: t.reference().map(str::to_string),
+            metadata: t.metadata().map(|m| {
+                serde_json::from_str(m).unwrap_or_else(|_| serde_json::Value::String(m.to_string()))
+            }),
+            created_at: rfc3339(t.timestamp_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(amount: &str) -> TransferBody {
+        TransferBody {
+            id: uuid::Uuid::new_v4().to_string(),
+            from_account_id: uuid::Uuid::new_v4().to_string(),
+            to_account_id: uuid::Uuid::new_v4().to_string(),
+            amount: amount.to_string(),
+            pending: false,
+            timeout_seconds: None,
+            reference: None,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn malformed_amounts_have_their_codes() {
+        for (amount, code) in
+            [("-1", "malformed_amount"), ("1.5", "malformed_amount"), ("1e3", "malformed_amount")]
+        {
+            let error = TransferCommand::try_from(body(amount)).err().map(|e| e.status_and_code().1);
+            assert_eq!(error, Some(code), "{amount}");
+        }
+        let huge = "9".repeat(39);
+        let error = TransferCommand::try_from(body(&huge)).err().map(|e| e.status_and_code().1);
+        assert_eq!(error, Some("amount_too_large"));
+        assert!(TransferCommand::try_from(body("1050")).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = r#"{"id":"x","from_account_id":"x","to_account_id":"x","amount":"1","balance":"9"}"#;
+        let parsed: Result<TransferBody, _> = serde_json::from_str(text);
+        assert!(parsed.is_err_and(|e| e.to_string().contains("unknown field")));
+    }
+}

@@ -1,0 +1,226 @@
+//! The real `wallet` binary: starts, prints the generated admin password
+//! once, serves, and exits 0 on SIGTERM after making the journal durable.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A running `wallet serve` child process.
+struct Server {
+    child: Child,
+    base: String,
+    /// The password printed at first start, if any.
+    password: Option<String>,
+}
+
+impl Server {
+    /// Starts the binary on `dir` and waits until it logs its address.
+    fn start(dir: &std::path::Path, admin_password: Option<&str>) -> anyhow::Result<Server> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(dir)
+            .env_remove("WALLET_ADMIN_EMAIL")
+            .env("WALLET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match admin_password {
+            Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
+            None => command.env_remove("WALLET_ADMIN_PASSWORD"),
+        };
+        let mut child = command.spawn().context("starting wallet")?;
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+        });
+        std::thread::spawn(move || {
+            BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(lines_tx.send(l)))
+        });
+        let mut address = None;
+        let mut password = None;
+        let found = wait_for(Duration::from_secs(60), || {
+            while let Ok(line) = lines.try_recv() {
+                if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
+                    password = Some(p.trim().to_string());
+                }
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "serving" {
+                        address = event["address"].as_str().map(str::to_string);
+                    }
+                }
+            }
+            // The password line comes before the server serves.
+            address.clone()
+        });
+        let Some(address) = found else {
+            let _ = child.kill();
+            anyhow::bail!("the server did not log its address");
+        };
+        while let Ok(line) = lines.try_recv() {
+            if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
+                password = Some(p.trim().to_string());
+            }
+        }
+        Ok(Server { child, base: format!("http://{address}"), password })
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        match wait_for(Duration::from_secs(30), || self.child.try_wait().ok().flatten()) {
+            Some(exit) => Ok(exit),
+            None => {
+                let _ = self.child.kill();
+                anyhow::bail!("the server did not stop")
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn token(client: &reqwest::Client, base: &str, email: &str, password: &str) -> anyhow::Result<String> {
+    let reply = client
+        .post(format!("{base}/v1/auth/token"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status() == StatusCode::OK, "login: {}", reply.status());
+    let body: serde_json::Value = reply.json().await?;
+    body["access_token"].as_str().map(str::to_string).context("no token")
+}
+
+#[tokio::test]
+async fn serve_then_sigterm_exits_zero() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path(), None)?;
+    let password = server.password.clone().context("no generated admin password was printed")?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    assert_eq!(client.get(format!("{}/healthz", server.base)).send().await?.status(), StatusCode::OK);
+    token(&client, &server.base, "admin@wallet.local", &password).await?;
+    server.signal("-TERM")?;
+    let exit = server.wait()?;
+    assert!(exit.success(), "{exit:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_acknowledged_transfer_survives_kill_9() -> anyhow::Result<()> {
+    const DEPOSIT: u64 = 1_000_000;
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path(), Some("admin-password-1"))?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let base = server.base.clone();
+    let admin = token(&client, &base, "admin@wallet.local", "admin-password-1").await?;
+    let sign_up = json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"});
+    client.post(format!("{base}/v1/users")).json(&sign_up).send().await?;
+    let user = token(&client, &base, "ada@example.com", "correct horse battery").await?;
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        let reply = client
+            .post(format!("{base}/v1/accounts"))
+            .bearer_auth(&user)
+            .json(&json!({"asset": "USD", "scale": 2}))
+            .send()
+            .await?;
+        let body: serde_json::Value = reply.json().await?;
+        accounts.push(body["id"].as_str().context("no account id")?.to_string());
+    }
+    for account in &accounts {
+        let deposit = json!({"id": uuid::Uuid::new_v4().to_string(), "account_id": account, "amount": DEPOSIT.to_string()});
+        let reply =
+            client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
+        assert_eq!(reply.status(), StatusCode::CREATED);
+    }
+
+    // Eight clients transfer until the server dies under them.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut clients = Vec::new();
+    for worker in 0..8usize {
+        let (client, base, user, accounts, acknowledged) =
+            (client.clone(), base.clone(), user.clone(), accounts.clone(), acknowledged.clone());
+        clients.push(tokio::spawn(async move {
+            for round in 0..10_000usize {
+                let from = &accounts[(worker + round) % accounts.len()];
+                let to = &accounts[(worker + round + 1) % accounts.len()];
+                let id = uuid::Uuid::new_v4().to_string();
+                let amount = (1 + round % 7).to_string();
+                let body = json!({"id": id, "from_account_id": from, "to_account_id": to, "amount": amount});
+                match client.post(format!("{base}/v1/transfers")).bearer_auth(&user).json(&body).send().await
+                {
+                    Ok(reply) if reply.status().is_success() => {
+                        if let Ok(mut list) = acknowledged.lock() {
+                            list.push((id, amount));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    while acknowledged.lock().map(|l| l.len()).unwrap_or(0) < 200
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.signal("-KILL")?;
+    server.wait()?;
+    for client in clients {
+        let _ = client.await;
+    }
+    let acknowledged = acknowledged.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(acknowledged.len() >= 200, "only {} transfers before the kill", acknowledged.len());
+
+    let server = Server::start(dir.path(), Some("admin-password-1"))?;
+    let base = server.base.clone();
+    for (id, amount) in &acknowledged {
+        let reply = client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(&user).send().await?;
+        assert_eq!(reply.status(), StatusCode::OK, "acknowledged transfer {id} is lost");
+        let body: serde_json::Value = reply.json().await?;
+        assert_eq!(body["amount"], amount.as_str());
+    }
+    let mut total: i128 = 0;
+    for account in &accounts {
+        let reply = client.get(format!("{base}/v1/accounts/{account}")).bearer_auth(&user).send().await?;
+        let body: serde_json::Value = reply.json().await?;
+        let available: i128 = body["balance"]["available"].as_str().context("no balance")?.parse()?;
+        assert!(available >= 0);
+        total += available;
+    }
+    assert_eq!(total, i128::from(DEPOSIT) * accounts.len() as i128, "the books do not balance");
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The test application: build, serve on port 0, talk JSON, shut down.
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use wallet_api::{Application, Settings, StartupError};
+
+pub const ADMIN_EMAIL: &str = "admin@test.example";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// A running application.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartupError>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A response: status and JSON body (Null when the body is not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+fn settings(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Settings> {
+    let data_dir = dir.to_string_lossy().to_string();
+    let body_limit = BODY_LIMIT_BYTES.to_string();
+    let mut args = vec![
+        "--data-dir",
+        data_dir.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "4",
+        "--admin-email",
+        ADMIN_EMAIL,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--jwt-secret",
+        JWT_SECRET,
+        "--body-limit-bytes",
+        body_limit.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Settings::from_args(args).context("parsing test settings")
+}
+
+impl TestApp {
+    pub async fn spawn() -> anyhow::Result<TestApp> {
+        let dir = tempfile::tempdir().context("making a temp dir")?;
+        TestApp::spawn_in(dir).await
+    }
+
+    /// Starts on `dir`, which may hold data of an earlier run.
+    pub async fn spawn_in(dir: tempfile::TempDir) -> anyhow::Result<TestApp> {
+        TestApp::spawn_with(dir, &[]).await
+    }
+
+    /// Starts on `dir` with extra flags.
+    pub async fn spawn_with(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestApp> {
+        let app = Application::build(settings(dir.path(), extra)?).await.context("building the app")?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder().no_proxy().build().context("building the client")?;
+        let mut test = TestApp {
+            base,
+            client,
+            admin_token: String::new(),
+            shutdown: Some(tx),
+            server: Some(server),
+            dir,
+        };
+        test.admin_token = test.token(ADMIN_EMAIL, ADMIN_PASSWORD).await?;
+        Ok(test)
+    }
+
+    /// Fires the shutdown and waits for a clean stop; returns the data dir.
+    pub async fn stop(mut self) -> anyhow::Result<tempfile::TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.context("joining the server")?.context("the server stopped with an error")?;
+        }
+        let dir = tempfile::tempdir()?;
+        Ok(std::mem::replace(&mut self.dir, dir))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| format!("sending {path}"))?;
+        Reply::read(response).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<Reply> {
+        self.send(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<Reply> {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn token(&self, email: &str, password: &str) -> anyhow::Result<String> {
+        let reply = self.post("/v1/auth/token", None, &json!({"email": email, "password": password})).await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "token: {} {}", reply.status, reply.body);
+        reply.body["access_token"].as_str().map(str::to_string).context("no access_token")
+    }
+
+    /// Signs up a new user; returns (user id, access token).
+    pub async fn user(&self, name: &str) -> anyhow::Result<(String, String)> {
+        let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
+        let password = "correct horse battery";
+        let reply = self
+            .post("/v1/users", None, &json!({"email": email, "password": password, "name": name}))
+            .await?;
+        anyhow::ensure!(reply.status == StatusCode::CREATED, "sign-up: {} {}", reply.status, reply.body);
+        let id = reply.body["id"].as_str().context("no id")?.to_string();
+        Ok((id, self.token(&email, password).await?))
+    }
+
+    /// Opens a USD account for the token's user; returns its id.
+    pub async fn account(&self, token: &str) -> anyhow::Result<String> {
+        let reply = self.post("/v1/accounts", Some(token), &json!({"asset": "USD", "scale": 2})).await?;
+        anyhow::ensure!(reply.status == StatusCode::CREATED, "open: {} {}", reply.status, reply.body);
+        reply.body["id"].as_str().map(str::to_string).context("no id")
+    }
+
+    /// Deposits as the admin.
+    pub async fn deposit(&self, account: &str, amount: &str) -> anyhow::Result<Reply> {
+        let body = json!({"id": Uuid::new_v4().to_string(), "account_id": account, "amount": amount});
+        self.post("/v1/deposits", Some(&self.admin_token), &body).await
+    }
+
+    pub async fn available(&self, token: &str, account: &str) -> anyhow::Result<String> {
+        let reply = self.get(&format!("/v1/accounts/{account}"), Some(token)).await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "read: {} {}", reply.status, reply.body);
+        reply.body["balance"]["available"].as_str().map(str::to_string).context("no balance")
+    }
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = response.bytes().await.context("reading the body")?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply { status, content_type, body })
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// Base64url without padding, as JWTs use.
+pub fn base64url(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}

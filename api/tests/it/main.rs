@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real application on port 0 with a
+//! temporary data directory and talks HTTP over loopback.
+
+mod accounts;
+mod auth;
+mod binary;
+mod helpers;
+mod limits;
+mod money;
+mod oidc;

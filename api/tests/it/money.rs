@@ -1,0 +1,150 @@
+//! Deposits, transfers, replays, conflicts, holds, batches, and the books
+//! surviving a restart.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{new_id, TestApp};
+
+#[tokio::test]
+async fn happy_path_sign_up_open_deposit_transfer_read() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("ada").await?;
+    let first = app.account(&token).await?;
+    let second = app.account(&token).await?;
+
+    let deposit = app.deposit(&first, "1000").await?;
+    assert_eq!(deposit.status, StatusCode::CREATED, "{}", deposit.body);
+    assert_eq!(deposit.body["status"], "posted");
+
+    let transfer_id = new_id();
+    let body = json!({
+        "id": transfer_id, "from_account_id": first, "to_account_id": second, "amount": "250",
+        "reference": "rent", "metadata": {"invoice": 7}
+    });
+    let reply = app.post("/v1/transfers", Some(&token), &body).await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["amount"], "250");
+    assert_eq!(reply.body["metadata"]["invoice"], 7);
+
+    assert_eq!(app.available(&token, &first).await?, "750");
+    assert_eq!(app.available(&token, &second).await?, "250");
+
+    let read = app.get(&format!("/v1/transfers/{transfer_id}"), Some(&token)).await?;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["reference"], "rent");
+
+    let listed = app.get("/v1/accounts", Some(&token)).await?;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(2));
+
+    let withdrawal = json!({"id": new_id(), "account_id": second, "amount": "50"});
+    let reply = app.post("/v1/withdrawals", Some(&token), &withdrawal).await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(app.available(&token, &second).await?, "200");
+
+    let too_much =
+        json!({"id": new_id(), "from_account_id": first, "to_account_id": second, "amount": "751"});
+    let reply = app.post("/v1/transfers", Some(&token), &too_much).await?;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.code(), "insufficient_funds");
+    assert_eq!(app.available(&token, &first).await?, "750", "a rejection changes nothing");
+
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await?.text().await?;
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(metrics.contains("wallet_transfers_total"), "{metrics}");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replays_return_the_first_outcome_and_conflicts_are_409() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("bob").await?;
+    let from = app.account(&token).await?;
+    let to = app.account(&token).await?;
+
+    let deposit = json!({"id": new_id(), "account_id": from, "amount": "500"});
+    let first = app.post("/v1/deposits", Some(&app.admin_token), &deposit).await?;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = app.post("/v1/deposits", Some(&app.admin_token), &deposit).await?;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert_eq!(app.available(&token, &from).await?, "500", "a replay moves nothing");
+
+    let id = new_id();
+    let body = json!({"id": id, "from_account_id": from, "to_account_id": to, "amount": "100"});
+    assert_eq!(app.post("/v1/transfers", Some(&token), &body).await?.status, StatusCode::CREATED);
+    assert_eq!(app.post("/v1/transfers", Some(&token), &body).await?.status, StatusCode::OK);
+    assert_eq!(app.available(&token, &from).await?, "400");
+
+    let changed = json!({"id": id, "from_account_id": from, "to_account_id": to, "amount": "101"});
+    let conflict = app.post("/v1/transfers", Some(&token), &changed).await?;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert_eq!(conflict.code(), "exists_with_different_fields");
+    assert_eq!(conflict.content_type, "application/problem+json");
+    assert_eq!(app.available(&token, &from).await?, "400");
+    Ok(())
+}
+
+#[tokio::test]
+async fn holds_post_and_void_and_batches_are_atomic() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("cy").await?;
+    let from = app.account(&token).await?;
+    let to = app.account(&token).await?;
+    assert_eq!(app.deposit(&from, "1000").await?.status, StatusCode::CREATED);
+
+    let hold = new_id();
+    let body = json!({"id": hold, "from_account_id": from, "to_account_id": to, "amount": "300",
+                      "pending": true, "timeout_seconds": 3600});
+    let reply = app.post("/v1/transfers", Some(&token), &body).await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "pending");
+    assert_eq!(app.available(&token, &from).await?, "700");
+
+    let posted =
+        app.post(&format!("/v1/transfers/{hold}/post"), Some(&token), &json!({"amount": "200"})).await?;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(app.available(&token, &from).await?, "800");
+    assert_eq!(app.available(&token, &to).await?, "200");
+    let void = app.post(&format!("/v1/transfers/{hold}/void"), Some(&token), &json!({})).await?;
+    assert_eq!(void.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(void.code(), "pending_transfer_already_posted");
+
+    let batch = json!({"atomic": true, "transfers": [
+        {"id": new_id(), "from_account_id": from, "to_account_id": to, "amount": "100"},
+        {"id": new_id(), "from_account_id": from, "to_account_id": to, "amount": "100000"}
+    ]});
+    let reply = app.post("/v1/transfers/batch", Some(&token), &batch).await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["results"][0]["error"]["code"], "linked_transfer_failed");
+    assert_eq!(reply.body["results"][1]["error"]["code"], "insufficient_funds");
+    assert_eq!(app.available(&token, &from).await?, "800", "an atomic batch that fails moves nothing");
+
+    let batch = json!({"atomic": false, "transfers": [
+        {"id": new_id(), "from_account_id": from, "to_account_id": to, "amount": "100"},
+        {"id": new_id(), "from_account_id": from, "to_account_id": to, "amount": "100000"}
+    ]});
+    let reply = app.post("/v1/transfers/batch", Some(&token), &batch).await?;
+    assert_eq!(reply.body["results"][0]["status"], 201, "{}", reply.body);
+    assert_eq!(reply.body["results"][1]["status"], 422);
+    assert_eq!(app.available(&token, &from).await?, "700");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_books_and_tokens_survive_a_graceful_restart() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("dee").await?;
+    let account = app.account(&token).await?;
+    assert_eq!(app.deposit(&account, "4200").await?.status, StatusCode::CREATED);
+    let dir = app.stop().await?;
+
+    let app = TestApp::spawn_in(dir).await?;
+    assert_eq!(app.available(&token, &account).await?, "4200");
+    let listed = app.get("/v1/accounts", Some(&token)).await?;
+    assert_eq!(listed.body["items"][0]["id"], account.as_str());
+    app.stop().await?;
+    Ok(())
+}
