@@ -86,17 +86,27 @@ pub struct AccountView {
     pub reserved: Reserved,
 }
 
+/// The top 32 bits of every settlement account id: ids in this range are
+/// reserved for the system (a random UUID lands there once in 2^32).
+pub const SETTLEMENT_ID_PREFIX: u128 = 0xffff_ffff << 96;
+
 /// The id of the settlement account of an asset: where deposits come from
-/// and withdrawals go. Derived from the asset so every node agrees.
+/// and withdrawals go. Derived from the asset so every node agrees, and in
+/// a reserved range so no one else can take it first.
 pub fn settlement_account_id(asset: &Asset) -> AccountId {
     let mut key: u128 = u128::from(asset.scale());
     for byte in asset.code().bytes() {
         key = key.wrapping_mul(257).wrapping_add(u128::from(byte));
     }
-    let high = u128::from(stable_hash(key)) << 64;
-    let value = high | u128::from(stable_hash(key ^ 0x005e_771e)) | 1;
-    // Never zero: the low bit is set.
-    AccountId::new(value).unwrap_or_else(|_| unreachable!("low bit set"))
+    let middle = u128::from(stable_hash(key) as u32) << 64;
+    let low = u128::from(stable_hash(key ^ 0x005e_771e)) | 1;
+    // Never zero: the prefix is set.
+    AccountId::new(SETTLEMENT_ID_PREFIX | middle | low).unwrap_or_else(|_| unreachable!("prefix set"))
+}
+
+/// Whether an id is in the range reserved for settlement accounts.
+pub fn is_reserved_account_id(id: AccountId) -> bool {
+    id.get() & SETTLEMENT_ID_PREFIX == SETTLEMENT_ID_PREFIX
 }
 
 struct Inner {
@@ -231,6 +241,11 @@ impl Ledger {
     /// Opens an account (idempotent for the same fields).
     pub async fn open_account(&self, new: NewAccount) -> Result<Account, LedgerError> {
         self.check_poisoned()?;
+        if is_reserved_account_id(new.id)
+            && (new.id != settlement_account_id(&new.asset) || new.user_id != UserId::SYSTEM)
+        {
+            return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
+        }
         let account = Account {
             id: new.id,
             user_id: new.user_id,

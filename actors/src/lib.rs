@@ -37,7 +37,8 @@ pub use amount::Amount;
 pub use asset::Asset;
 pub use ids::{AccountId, ShardId, TransferId, UserId};
 pub use ledger::{
-    settlement_account_id, AccountView, Ledger, LedgerConfig, NewAccount, TransferOutcome, TransferResult,
+    is_reserved_account_id, settlement_account_id, AccountView, Ledger, LedgerConfig, NewAccount,
+    TransferOutcome, TransferResult,
 };
 pub use rejection::Rejection;
 pub use transfer::{PendingOptions, Transfer, TransferRequest, TransferStatus};

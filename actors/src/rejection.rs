@@ -114,6 +114,9 @@ pub enum Rejection {
     /// The account id is already taken by an account with other fields.
     #[error("an account with this id exists with different fields")]
     AccountExists,
+    /// The account id is in the range reserved for settlement accounts.
+    #[error("the account id is reserved")]
+    ReservedAccountId,
     /// The account is not found (account commands).
     #[error("account not found")]
     AccountNotFound,
@@ -163,6 +166,7 @@ impl Rejection {
             InsufficientFunds => "insufficient_funds",
             ExceedsDebits => "exceeds_debits",
             AccountExists => "account_exists",
+            ReservedAccountId => "reserved_account_id",
             AccountNotFound => "account_not_found",
             AccountClosed => "account_closed",
             AccountBalanceNotZero => "account_balance_not_zero",

@@ -126,7 +126,8 @@ fn rejection_status(rejection: Rejection) -> StatusCode {
         | TimeoutReservedForPending
         | ReferenceTooLong
         | MetadataTooLarge
-        | BatchSizeOutOfRange => StatusCode::BAD_REQUEST,
+        | BatchSizeOutOfRange
+        | ReservedAccountId => StatusCode::BAD_REQUEST,
         PendingTransferNotFound | DebitAccountNotFound | CreditAccountNotFound | AccountNotFound => {
             StatusCode::NOT_FOUND
         }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
 use wallet_actors::{
-    settlement_account_id, AccountFlags, AccountId, AccountStatus, Amount, Asset, NewAccount, Rejection,
+    is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, Asset, NewAccount, Rejection,
 };
 
 use crate::auth::Caller;
@@ -55,10 +55,16 @@ pub async fn create_account(
     };
     let id = match &body.id {
         Some(text) => account_id("id", text)?,
-        None => AccountId::new(Uuid::new_v4().as_u128()).map_err(|_| ApiError::Internal)?,
+        None => loop {
+            // Skip the (2^-32 likely) draw in the reserved range.
+            let id = AccountId::new(Uuid::new_v4().as_u128()).map_err(|_| ApiError::Internal)?;
+            if !is_reserved_account_id(id) {
+                break id;
+            }
+        },
     };
-    if id == settlement_account_id(&asset) {
-        return Err(ApiError::Rejected(Rejection::AccountExists));
+    if is_reserved_account_id(id) {
+        return Err(ApiError::Rejected(Rejection::ReservedAccountId));
     }
     let flags = body.flags.map(AccountFlags::from).unwrap_or(AccountFlags::WALLET);
     let overdraft_limit = match &body.overdraft_limit {

@@ -126,3 +126,21 @@ async fn linked_batches_are_all_or_nothing() -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_ids_are_reserved() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = open(dir.path(), test_options(4, clock())).await?;
+    let settlement = wallet_actors::settlement_account_id(&usd());
+    assert!(wallet_actors::is_reserved_account_id(settlement));
+    let mut squatter = wallet(1, usd());
+    squatter.id = settlement;
+    assert_eq!(
+        node.ledger.open_account(squatter).await,
+        Err(LedgerError::Rejected(Rejection::ReservedAccountId))
+    );
+    let opened = node.ledger.ensure_settlement_account(usd()).await?;
+    assert_eq!(opened.id, settlement);
+    node.shutdown().await;
+    Ok(())
+}
