@@ -61,10 +61,16 @@ struct Args {
     /// Skip fdatasync (measures the CPU path only; not durable).
     #[arg(long)]
     no_sync: bool,
+    /// Take a checkpoint each time the journal grows by this many MiB.
+    #[arg(long, default_value_t = 64)]
+    checkpoint_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers).enable_all().build()?;
     runtime.block_on(run(args))
@@ -103,6 +109,7 @@ fn options(args: &Args) -> EmbeddedOptions {
     EmbeddedOptions {
         ledger: LedgerConfig { shard_count: args.shards, ..LedgerConfig::default() },
         journal: JournalOptions { sync: !args.no_sync, ..JournalOptions::default() },
+        checkpoint_bytes: args.checkpoint_mib << 20,
         ..EmbeddedOptions::default()
     }
 }

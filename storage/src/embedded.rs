@@ -277,6 +277,7 @@ impl Checkpointer {
     /// 6. delete the segments before `k`, and drop those transfers from memory.
     async fn run(&self) -> Result<CheckpointReport, StorageError> {
         let mut meta = self.meta.lock().await;
+        let started = std::time::Instant::now();
         let journal = self.journal.clone();
         let segment = tokio::task::spawn_blocking(move || journal.rotate())
             .await
@@ -302,8 +303,14 @@ impl Checkpointer {
             let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), snapshot.clone());
             read_segments(&journal_dir, &older, false, |record| scan.apply(record))?;
             let (transfers, open_commits) = scan.finish()?;
+            let scanned_ms = started.elapsed().as_millis() as u64;
             let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
             snapshot.write(&captured, &transfers, &new_meta)?;
+            tracing::debug!(
+                scanned_ms,
+                written_ms = started.elapsed().as_millis() as u64,
+                "checkpoint written"
+            );
             let segments_deleted = FileJournal::delete_before(&journal_dir, segment)?;
             let report = CheckpointReport {
                 accounts: captured.iter().map(|c| c.accounts.len()).sum(),
@@ -317,7 +324,7 @@ impl Checkpointer {
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         self.ledger.registry().evict(&transfers);
         *meta = new_meta;
-        tracing::info!(?report, "checkpoint");
+        tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
         Ok(report)
     }
 }

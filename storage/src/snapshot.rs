@@ -142,24 +142,33 @@ impl SnapshotStore {
         Ok(all)
     }
 
-    /// Writes one checkpoint and makes it durable.
+    /// Writes one checkpoint and makes it durable. Written in small
+    /// batches: sled's `apply_batch` blocks every reader of the tree while it
+    /// runs, and the ledger reads the transfer index on the hot path. Nothing
+    /// here needs one atomic batch: replay skips what accounts already have,
+    /// and the meta, written last, is what makes the checkpoint count.
     pub fn write(
         &self,
         captured: &[Captured],
         transfers: &[TransferRecord],
         meta: &CheckpointMeta,
     ) -> Result<(), StorageError> {
+        const CHUNK: usize = 2048;
         let path = self.path();
         let error = sled_error(&path);
-        let mut accounts = sled::Batch::default();
-        let mut holds = sled::Batch::default();
-        for shard in captured {
-            for account in &shard.accounts {
-                accounts.insert(
+        let accounts = captured.iter().flat_map(|shard| shard.accounts.iter());
+        for chunk in chunked(accounts, CHUNK) {
+            let mut batch = sled::Batch::default();
+            for account in chunk {
+                batch.insert(
                     &account.id.get().to_be_bytes(),
                     frame::encode(account, SNAPSHOT_FORMAT_VERSION)?,
                 );
             }
+            self.accounts.apply_batch(batch).map_err(&error)?;
+        }
+        let mut holds = sled::Batch::default();
+        for shard in captured {
             for hold in &shard.holds {
                 holds.insert(
                     &hold.pending_id.get().to_be_bytes(),
@@ -170,20 +179,30 @@ impl SnapshotStore {
                 holds.remove(&pending_id.get().to_be_bytes());
             }
         }
-        let mut index = sled::Batch::default();
-        for record in transfers {
-            index.insert(
-                &record.transfer.id.get().to_be_bytes(),
-                frame::encode(record, SNAPSHOT_FORMAT_VERSION)?,
-            );
-        }
-        self.accounts.apply_batch(accounts).map_err(&error)?;
         self.holds.apply_batch(holds).map_err(&error)?;
-        self.transfers.apply_batch(index).map_err(&error)?;
+        for chunk in transfers.chunks(CHUNK) {
+            let mut batch = sled::Batch::default();
+            for record in chunk {
+                batch.insert(
+                    &record.transfer.id.get().to_be_bytes(),
+                    frame::encode(record, SNAPSHOT_FORMAT_VERSION)?,
+                );
+            }
+            self.transfers.apply_batch(batch).map_err(&error)?;
+        }
+        self.db.flush().map_err(&error)?;
         self.meta.insert("checkpoint", frame::encode(meta, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         self.db.flush().map_err(&error)?;
         Ok(())
     }
+}
+
+fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl Iterator<Item = Vec<&'a T>> {
+    let mut items = items.peekable();
+    std::iter::from_fn(move || {
+        items.peek()?;
+        Some(items.by_ref().take(size).collect())
+    })
 }
 
 impl TransferIndex for SnapshotStore {
