@@ -13,8 +13,19 @@ use crate::ids::{AccountId, CommitId, ShardId};
 use crate::record::{Applied, Clock, Commit, Journal, JournalError, OnDurable, Record, ShardApplied};
 use crate::registry::TransferRegistry;
 use crate::rejection::Rejection;
-use crate::shard::{Captured, Hold, IndexedRejection, Planned, ShardState};
+use crate::shard::{Captured, HistoryEntry, Hold, IndexedRejection, Planned, ShardState};
 use crate::LedgerError;
+
+/// Where account history older than the last snapshot lives.
+pub trait HistoryIndex: Send + Sync + 'static {
+    /// Entries of `account_id` after `after_sequence`, oldest first, at most `limit`.
+    fn history(
+        &self,
+        account_id: AccountId,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, crate::registry::TransferIndexError>;
+}
 
 /// How shards reach each other. In the embedded node every shard is a
 /// local actor; cluster mode routes some of them over NATS.
@@ -84,6 +95,8 @@ pub struct Shared {
     pub registry: Arc<TransferRegistry>,
     /// The ledger's clock.
     pub clock: Arc<dyn Clock>,
+    /// Where history older than the last snapshot is read.
+    pub history: std::sync::RwLock<Option<Arc<dyn HistoryIndex>>>,
     /// Set once a journal write failed: from then on the in-memory state may
     /// be ahead of the durable one, so nothing more is accepted.
     pub poisoned: AtomicBool,
@@ -173,6 +186,19 @@ pub enum ShardMsg {
     Dump(RpcReplyPort<Vec<Account>>),
     /// What changed since the last capture (for a snapshot).
     Capture(RpcReplyPort<Captured>),
+    /// Storage wrote the last capture's history.
+    ForgetFlushedHistory,
+    /// An account's history still in memory.
+    History {
+        /// The account.
+        account_id: AccountId,
+        /// Entries after this sequence number.
+        after_sequence: u64,
+        /// At most this many.
+        limit: usize,
+        /// The entries, oldest first.
+        reply: RpcReplyPort<Vec<HistoryEntry>>,
+    },
 }
 
 /// The shard actor. Carries no data; see [`ShardArgs`] and [`ShardState`].
@@ -362,6 +388,10 @@ impl RunningShard {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
             ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
+            ShardMsg::ForgetFlushedHistory => self.state.forget_flushed_history(),
+            ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
+                reply(port, self.state.recent_history(account_id, after_sequence, limit))
+            }
             ShardMsg::Capture(port) => {
                 // The snapshot must not be ahead of the journal: everything
                 // captured goes to the journal before the capture's caller

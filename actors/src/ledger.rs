@@ -140,6 +140,7 @@ impl Ledger {
             journal,
             registry: recovered.registry,
             clock,
+            history: std::sync::RwLock::new(None),
             poisoned: Default::default(),
         });
         for record in completions {
@@ -313,6 +314,65 @@ impl Ledger {
             all.push(self.ask(&shard, ShardMsg::Capture).await?);
         }
         Ok(all)
+    }
+
+    /// Sets where history older than the last snapshot is read.
+    pub fn set_history_index(&self, index: Arc<dyn crate::actor::HistoryIndex>) {
+        if let Ok(mut slot) = self.inner.shared.history.write() {
+            *slot = Some(index);
+        }
+    }
+
+    /// Lets go of the history index (at shutdown).
+    pub fn detach_history_index(&self) {
+        if let Ok(mut slot) = self.inner.shared.history.write() {
+            *slot = None;
+        }
+    }
+
+    /// Tells every shard that storage wrote the last capture's history.
+    pub fn forget_flushed_history(&self) {
+        for shard in &self.inner.shards {
+            let _ = shard.cast(ShardMsg::ForgetFlushedHistory);
+        }
+    }
+
+    /// An account's history after `after_sequence`, oldest first, at most
+    /// `limit` entries (1 to 1,000), each with the balances right after it.
+    /// Sees every acknowledged write.
+    pub async fn history(
+        &self,
+        account_id: AccountId,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::shard::HistoryEntry>, LedgerError> {
+        let limit = limit.clamp(1, 1000);
+        let shard = self.shard_of(account_id).clone();
+        // Memory first, then storage: an entry that moves between them in
+        // between is then seen twice (and deduplicated), never missed.
+        let mut entries = self
+            .ask(&shard, |port| ShardMsg::History { account_id, after_sequence, limit, reply: port })
+            .await?;
+        let index = self.inner.shared.history.read().map_err(|_| LedgerError::Unavailable)?.clone();
+        if let Some(index) = index {
+            let older =
+                index.history(account_id, after_sequence, limit).map_err(|_| LedgerError::Unavailable)?;
+            entries.extend(older);
+            entries.sort_by_key(|e| e.sequence);
+            entries.dedup_by_key(|e| e.sequence);
+            entries.truncate(limit);
+        }
+        Ok(entries)
+    }
+
+    /// The balances of an account right after its event `sequence`.
+    pub async fn balances_at(
+        &self,
+        account_id: AccountId,
+        sequence: u64,
+    ) -> Result<Option<crate::account::Balances>, LedgerError> {
+        let entries = self.history(account_id, sequence.saturating_sub(1), 1).await?;
+        Ok(entries.into_iter().find(|e| e.sequence == sequence).map(|e| e.balances))
     }
 
     /// The next coordinated commit id (recorded by snapshots).

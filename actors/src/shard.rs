@@ -63,6 +63,30 @@ pub struct Hold {
     busy: bool,
 }
 
+/// One entry of an account's history: an event and the balances right after it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// The account.
+    pub account_id: AccountId,
+    /// The event's sequence number.
+    pub sequence: u64,
+    /// What happened.
+    pub event: HistoryEvent,
+    /// The account's balances after it.
+    pub balances: crate::account::Balances,
+}
+
+/// What a history entry records.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HistoryEvent {
+    /// The account was opened.
+    Opened,
+    /// Its status changed.
+    StatusChanged(AccountStatus),
+    /// A transfer moved its totals.
+    Leg(Leg),
+}
+
 /// What changed in a shard since its last capture: the part of a snapshot
 /// that this shard contributes.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +97,8 @@ pub struct Captured {
     pub holds: Vec<Hold>,
     /// Holds that ended.
     pub removed_holds: Vec<TransferId>,
+    /// History entries since the last capture, to be written to storage.
+    pub history: Vec<HistoryEntry>,
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +148,10 @@ pub struct ShardState {
     prepared: HashMap<(CommitId, u32), PreparedOp>,
     dirty_accounts: HashSet<AccountId>,
     dirty_holds: HashSet<TransferId>,
+    /// History not yet in storage: since the last capture ...
+    history_recent: HashMap<AccountId, Vec<HistoryEntry>>,
+    /// ... and captured but not yet confirmed written.
+    history_flushing: HashMap<AccountId, Vec<HistoryEntry>>,
 }
 
 impl ShardState {
@@ -136,6 +166,8 @@ impl ShardState {
             prepared: HashMap::default(),
             dirty_accounts: HashSet::default(),
             dirty_holds: HashSet::default(),
+            history_recent: HashMap::default(),
+            history_flushing: HashMap::default(),
         }
     }
 
@@ -190,6 +222,7 @@ impl ShardState {
         };
         self.accounts.insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default() });
         self.dirty_accounts.insert(opened.id);
+        self.record_history(opened.id, 1, HistoryEvent::Opened);
         Ok((opened, Some(event)))
     }
 
@@ -220,8 +253,10 @@ impl ShardState {
         let sequence = slot.account.sequence + 1;
         let event = AccountEvent::StatusChanged(target);
         slot.account.apply(sequence, &event);
+        let account = slot.account.clone();
         self.dirty_accounts.insert(account_id);
-        Ok((slot.account.clone(), Some(SequencedEvent { account_id, sequence, event })))
+        self.record_history(account_id, sequence, HistoryEvent::StatusChanged(target));
+        Ok((account, Some(SequencedEvent { account_id, sequence, event })))
     }
 
     /// Checks an operation's legs that live in this shard, in order, and
@@ -521,6 +556,7 @@ impl ShardState {
         if sequence > slot.account.sequence {
             slot.account.apply(sequence, &event);
             self.dirty_accounts.insert(leg.account_id);
+            self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg));
         }
         SequencedEvent { account_id: leg.account_id, sequence, event }
     }
@@ -564,9 +600,43 @@ impl ShardState {
         }
     }
 
+    fn record_history(&mut self, account_id: AccountId, sequence: u64, event: HistoryEvent) {
+        let Some(slot) = self.accounts.get(&account_id) else { return };
+        let entry = HistoryEntry { account_id, sequence, event, balances: slot.account.balances };
+        self.history_recent.entry(account_id).or_default().push(entry);
+    }
+
+    /// History entries of an account after `after_sequence` still held in
+    /// memory (not yet confirmed in storage), oldest first, at most `limit`.
+    pub fn recent_history(
+        &self,
+        account_id: AccountId,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Vec<HistoryEntry> {
+        let flushing = self.history_flushing.get(&account_id).into_iter().flatten();
+        let recent = self.history_recent.get(&account_id).into_iter().flatten();
+        let mut entries: Vec<HistoryEntry> =
+            flushing.chain(recent).filter(|e| e.sequence > after_sequence).cloned().collect();
+        entries.sort_by_key(|e| e.sequence);
+        entries.dedup_by_key(|e| e.sequence);
+        entries.truncate(limit);
+        entries
+    }
+
+    /// Storage has written what the last capture returned: forget it.
+    pub fn forget_flushed_history(&mut self) {
+        self.history_flushing.clear();
+    }
+
     /// Takes what changed since the last capture, for a snapshot.
     pub fn capture(&mut self) -> Captured {
         let mut captured = Captured::default();
+        // A capture whose write never got confirmed is written again.
+        for (account_id, entries) in std::mem::take(&mut self.history_recent) {
+            self.history_flushing.entry(account_id).or_default().extend(entries);
+        }
+        captured.history = self.history_flushing.values().flatten().cloned().collect();
         for account_id in self.dirty_accounts.drain() {
             if let Some(slot) = self.accounts.get(&account_id) {
                 captured.accounts.push(slot.account.clone());
@@ -618,6 +688,7 @@ impl ShardState {
                     if let std::collections::hash_map::Entry::Vacant(slot) = self.accounts.entry(account.id) {
                         slot.insert(Slot { account: account.clone(), reserved: Reserved::default() });
                         self.dirty_accounts.insert(account.id);
+                        self.record_history(account.id, 1, HistoryEvent::Opened);
                     }
                 }
                 AccountEvent::StatusChanged(_) => {
@@ -625,6 +696,13 @@ impl ShardState {
                         if sequenced.sequence > slot.account.sequence {
                             slot.account.apply(sequenced.sequence, &sequenced.event);
                             self.dirty_accounts.insert(sequenced.account_id);
+                            if let AccountEvent::StatusChanged(status) = sequenced.event {
+                                self.record_history(
+                                    sequenced.account_id,
+                                    sequenced.sequence,
+                                    HistoryEvent::StatusChanged(status),
+                                );
+                            }
                         }
                     }
                 }

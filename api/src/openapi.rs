@@ -16,7 +16,8 @@ use crate::routes::{accounts, health, money, users};
     paths(
         health::healthz, health::readyz, health::metrics,
         users::create_user, users::me, users::update_me, users::list_users, users::token, users::refresh,
-        accounts::create_account, accounts::get_account, accounts::list_accounts, accounts::freeze,
+        accounts::create_account, accounts::get_account, accounts::list_accounts, accounts::account_transfers,
+        accounts::freeze,
         accounts::unfreeze, accounts::close,
         money::deposit, money::withdraw, money::create_transfer, money::create_batch, money::get_transfer,
         money::post_pending, money::void_pending,

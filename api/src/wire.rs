@@ -105,6 +105,49 @@ pub struct ListQuery {
     pub user_id: Option<String>,
 }
 
+/// `GET /v1/accounts/{id}/transfers` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Most items (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page (an account sequence number).
+    pub cursor: Option<String>,
+}
+
+/// One transfer in an account's history, with the balance right after it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryItemView {
+    /// The account's event sequence number (gap-free per account).
+    pub sequence: u64,
+    /// `debit` or `credit`: the account's side of the transfer.
+    pub side: String,
+    /// Added to the posted total of that side.
+    pub posted_delta: String,
+    /// Added to the pending total of that side (a new hold).
+    pub pending_added: String,
+    /// Taken from the pending total (a hold posted, voided or expired).
+    pub pending_released: String,
+    /// The account's balance right after this transfer.
+    pub balance: BalanceView,
+    /// The transfer (for an expiry: the pending transfer that expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferView>,
+}
+
+impl From<&wallet_actors::Balances> for BalanceView {
+    fn from(b: &wallet_actors::Balances) -> Self {
+        BalanceView {
+            available: b.available().to_string(),
+            posted: b.posted().to_string(),
+            debits_posted: b.debits_posted.to_string(),
+            credits_posted: b.credits_posted.to_string(),
+            debits_pending: b.debits_pending.to_string(),
+            credits_pending: b.credits_pending.to_string(),
+        }
+    }
+}
+
 /// A page of items.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {

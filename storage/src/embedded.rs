@@ -144,6 +144,7 @@ impl EmbeddedLedger {
             options.ledger.clone(),
         )
         .await?;
+        ledger.set_history_index(Arc::new(snapshot.clone()));
         let checkpointer = Checkpointer {
             ledger: ledger.clone(),
             journal: journal.clone(),
@@ -222,6 +223,7 @@ impl EmbeddedLedger {
         }
         self.ledger.shutdown().await;
         self.ledger.registry().detach_index();
+        self.ledger.detach_history_index();
         let journal = self.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     }
@@ -323,6 +325,7 @@ impl Checkpointer {
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         self.ledger.registry().evict(&transfers);
+        self.ledger.forget_flushed_history();
         *meta = new_meta;
         tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
         Ok(report)

@@ -7,6 +7,8 @@
 //! - `holds`: pending transfer id -> `Hold`;
 //! - `transfers`: transfer id -> `TransferRecord` (transfers older than the
 //!   checkpoint: the on-disk half of the id registry);
+//! - `history`: account id ++ sequence (24 bytes, big endian) -> `HistoryEntry`
+//!   (every account event up to the checkpoint, with the balances after it);
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`].
 //!
 //! A checkpoint writes accounts, holds and transfers first and the meta
@@ -19,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use wallet_actors::recovery::OpenCommit;
 use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
-use wallet_actors::shard::{Captured, Hold};
+use wallet_actors::shard::{Captured, HistoryEntry, Hold};
 use wallet_actors::{Account, TransferId};
 
 use crate::frame;
@@ -57,7 +59,15 @@ pub struct SnapshotStore {
     accounts: sled::Tree,
     holds: sled::Tree,
     transfers: sled::Tree,
+    history: sled::Tree,
     meta: sled::Tree,
+}
+
+fn history_key(account_id: wallet_actors::AccountId, sequence: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&account_id.get().to_be_bytes());
+    key[16..].copy_from_slice(&sequence.to_be_bytes());
+    key
 }
 
 fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StorageError + '_ {
@@ -92,6 +102,7 @@ impl SnapshotStore {
             accounts: db.open_tree("accounts").map_err(&error)?,
             holds: db.open_tree("holds").map_err(&error)?,
             transfers: db.open_tree("transfers").map_err(&error)?,
+            history: db.open_tree("history").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
             db,
         })
@@ -190,6 +201,17 @@ impl SnapshotStore {
             }
             self.transfers.apply_batch(batch).map_err(&error)?;
         }
+        let history = captured.iter().flat_map(|shard| shard.history.iter());
+        for chunk in chunked(history, CHUNK) {
+            let mut batch = sled::Batch::default();
+            for entry in chunk {
+                batch.insert(
+                    &history_key(entry.account_id, entry.sequence),
+                    frame::encode(entry, SNAPSHOT_FORMAT_VERSION)?,
+                );
+            }
+            self.history.apply_batch(batch).map_err(&error)?;
+        }
         self.db.flush().map_err(&error)?;
         self.meta.insert("checkpoint", frame::encode(meta, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         self.db.flush().map_err(&error)?;
@@ -203,6 +225,27 @@ fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl I
         items.peek()?;
         Some(items.by_ref().take(size).collect())
     })
+}
+
+impl wallet_actors::actor::HistoryIndex for SnapshotStore {
+    fn history(
+        &self,
+        account_id: wallet_actors::AccountId,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, TransferIndexError> {
+        let start = history_key(account_id, after_sequence.saturating_add(1));
+        let end = history_key(account_id, u64::MAX);
+        let mut entries = Vec::new();
+        for item in self.history.range(start..=end).take(limit) {
+            let (_, value) = item.map_err(|_| TransferIndexError)?;
+            entries.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
+                tracing::error!(%error, %account_id, "history entry does not decode");
+                TransferIndexError
+            })?);
+        }
+        Ok(entries)
+    }
 }
 
 impl TransferIndex for SnapshotStore {

@@ -14,7 +14,9 @@ use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
-use crate::wire::{parse_amount, AccountView, ListQuery, NewAccountBody, Page};
+use crate::wire::{
+    parse_amount, AccountView, HistoryItemView, HistoryQuery, ListQuery, NewAccountBody, Page, TransferView,
+};
 
 /// `POST /v1/accounts`.
 #[utoipa::path(
@@ -234,4 +236,58 @@ pub async fn close(
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
     set_status(&state, &caller, &id, AccountStatus::Closed).await
+}
+
+/// `GET /v1/accounts/{id}/transfers`: the account's transfers, oldest first,
+/// each with the balance right after it; paged by account sequence number.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/transfers",
+    tag = "accounts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "UUID"), HistoryQuery),
+    responses(
+        (status = 200, body = Page<HistoryItemView>),
+        (status = 404, description = "account_not_found", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn account_transfers(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<Page<HistoryItemView>>, ApiError> {
+    let id = account_id("id", &id)?;
+    state.visible_account(&caller, id, Rejection::AccountNotFound).await?;
+    let after = match query.cursor.as_deref() {
+        Some(text) => text.parse::<u64>().map_err(|_| ApiError::InvalidField {
+            code: "invalid_cursor",
+            detail: "cursor must be the next_cursor of a previous page".into(),
+        })?,
+        None => 0,
+    };
+    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
+    let entries = state.ledger.history(id, after, limit).await?;
+    let next_cursor =
+        (entries.len() == limit).then(|| entries.last().map(|e| e.sequence.to_string())).flatten();
+    let mut items = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let wallet_actors::shard::HistoryEvent::Leg(leg) = &entry.event else { continue };
+        let side = match leg.side {
+            wallet_actors::account::Side::Debit => "debit",
+            wallet_actors::account::Side::Credit => "credit",
+        };
+        items.push(HistoryItemView {
+            sequence: entry.sequence,
+            side: side.to_string(),
+            posted_delta: leg.posted_add.to_string(),
+            pending_added: leg.pending_add.to_string(),
+            pending_released: leg.pending_sub.to_string(),
+            balance: (&entry.balances).into(),
+            transfer: state.ledger.transfer(leg.transfer_id).as_ref().map(TransferView::from),
+        });
+    }
+    Ok(Json(Page { items, next_cursor }))
 }

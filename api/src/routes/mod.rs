@@ -42,6 +42,7 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .route("/v1/auth/refresh", post(users::refresh).layer(rates.login))
         .route("/v1/accounts", post(accounts::create_account).get(accounts::list_accounts))
         .route("/v1/accounts/{id}", get(accounts::get_account))
+        .route("/v1/accounts/{id}/transfers", get(accounts::account_transfers))
         .route("/v1/accounts/{id}/freeze", post(accounts::freeze))
         .route("/v1/accounts/{id}/unfreeze", post(accounts::unfreeze))
         .route("/v1/accounts/{id}/close", post(accounts::close))

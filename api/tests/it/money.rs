@@ -148,3 +148,50 @@ async fn the_books_and_tokens_survive_a_graceful_restart() -> anyhow::Result<()>
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn history_pages_with_the_running_balance() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("hedy").await?;
+    let (_, other) = app.user("mallory").await?;
+    let first = app.account(&token).await?;
+    let second = app.account(&token).await?;
+    app.deposit(&first, "1000").await?;
+    for amount in ["100", "200", "300"] {
+        let body =
+            json!({"id": new_id(), "from_account_id": first, "to_account_id": second, "amount": amount});
+        let reply = app.post("/v1/transfers", Some(&token), &body).await?;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    // Page by two: deposit, 100, then 200, 300.
+    let page = app.get(&format!("/v1/accounts/{first}/transfers?limit=2"), Some(&token)).await?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let items = page.body["items"].as_array().cloned().unwrap_or_default();
+    let available: Vec<_> = items.iter().map(|i| i["balance"]["available"].clone()).collect();
+    // The first event of an account is its opening, which is not a transfer.
+    assert!(available.len() <= 2, "{}", page.body);
+    let mut all = available;
+    let mut cursor = page.body["next_cursor"].as_str().map(str::to_string);
+    while let Some(next) = cursor {
+        let page =
+            app.get(&format!("/v1/accounts/{first}/transfers?limit=2&cursor={next}"), Some(&token)).await?;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        all.extend(
+            page.body["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|i| i["balance"]["available"].clone()),
+        );
+        cursor = page.body["next_cursor"].as_str().map(str::to_string);
+    }
+    assert_eq!(all, vec![json!("1000"), json!("900"), json!("700"), json!("400")]);
+    // Someone else's account is not found.
+    let reply = app.get(&format!("/v1/accounts/{first}/transfers"), Some(&other)).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = app.get(&format!("/v1/accounts/{first}/transfers?cursor=x"), Some(&token)).await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    app.stop().await?;
+    Ok(())
+}

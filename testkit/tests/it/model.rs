@@ -132,6 +132,35 @@ async fn check_accounts(node: &EmbeddedLedger, model: &Model) -> anyhow::Result<
         anyhow::ensure!(seen == want, "account {}: engine {seen:?}, model {want:?}", account.id.get());
     }
     anyhow::ensure!(accounts.len() == model.accounts.len(), "account count differs");
+    // History: every event once, in order, each with the balances after it.
+    for account in &accounts {
+        let history = node.ledger.history(account.id, 0, 1000).await?;
+        let sequences: Vec<u64> = history.iter().map(|e| e.sequence).collect();
+        let expected: Vec<u64> = (1..=account.sequence).collect();
+        anyhow::ensure!(sequences == expected, "account {} history {sequences:?}", account.id.get());
+        let mut running = wallet_actors::Balances::default();
+        for entry in &history {
+            if let wallet_actors::shard::HistoryEvent::Leg(leg) = &entry.event {
+                let (posted, pending) = match leg.side {
+                    wallet_actors::account::Side::Debit => {
+                        (&mut running.debits_posted, &mut running.debits_pending)
+                    }
+                    wallet_actors::account::Side::Credit => {
+                        (&mut running.credits_posted, &mut running.credits_pending)
+                    }
+                };
+                *posted += leg.posted_add;
+                *pending = *pending + leg.pending_add - leg.pending_sub;
+            }
+            anyhow::ensure!(
+                entry.balances == running,
+                "account {} entry {}",
+                account.id.get(),
+                entry.sequence
+            );
+        }
+        anyhow::ensure!(running == account.balances, "account {} history does not add up", account.id.get());
+    }
     for (id, status) in model.statuses() {
         let seen = node.ledger.transfer(tid(id)).map(|record| record.status);
         anyhow::ensure!(seen == Some(status), "transfer {id}: engine {seen:?}, model {status:?}");
