@@ -64,6 +64,9 @@ struct Args {
     /// Take a checkpoint each time the journal grows by this many MiB.
     #[arg(long, default_value_t = 64)]
     checkpoint_mib: u64,
+    /// sled's cache, in MiB.
+    #[arg(long, default_value_t = 64)]
+    snapshot_cache_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +113,7 @@ fn options(args: &Args) -> EmbeddedOptions {
         ledger: LedgerConfig { shard_count: args.shards, ..LedgerConfig::default() },
         journal: JournalOptions { sync: !args.no_sync, ..JournalOptions::default() },
         checkpoint_bytes: args.checkpoint_mib << 20,
+        snapshot_cache_bytes: args.snapshot_cache_mib << 20,
         ..EmbeddedOptions::default()
     }
 }

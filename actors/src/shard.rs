@@ -97,8 +97,10 @@ pub struct Captured {
     pub holds: Vec<Hold>,
     /// Holds that ended.
     pub removed_holds: Vec<TransferId>,
-    /// History entries since the last capture, to be written to storage.
-    pub history: Vec<HistoryEntry>,
+    /// History entries since the last confirmed capture, by account, to be
+    /// written to storage (shared with the shard, which still serves reads
+    /// from it until storage confirms).
+    pub history: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -151,7 +153,7 @@ pub struct ShardState {
     /// History not yet in storage: since the last capture ...
     history_recent: HashMap<AccountId, Vec<HistoryEntry>>,
     /// ... and captured but not yet confirmed written.
-    history_flushing: HashMap<AccountId, Vec<HistoryEntry>>,
+    history_flushing: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
 }
 
 impl ShardState {
@@ -167,7 +169,7 @@ impl ShardState {
             dirty_accounts: HashSet::default(),
             dirty_holds: HashSet::default(),
             history_recent: HashMap::default(),
-            history_flushing: HashMap::default(),
+            history_flushing: Arc::default(),
         }
     }
 
@@ -626,17 +628,23 @@ impl ShardState {
 
     /// Storage has written what the last capture returned: forget it.
     pub fn forget_flushed_history(&mut self) {
-        self.history_flushing.clear();
+        self.history_flushing = Arc::default();
     }
 
     /// Takes what changed since the last capture, for a snapshot.
     pub fn capture(&mut self) -> Captured {
         let mut captured = Captured::default();
-        // A capture whose write never got confirmed is written again.
-        for (account_id, entries) in std::mem::take(&mut self.history_recent) {
-            self.history_flushing.entry(account_id).or_default().extend(entries);
+        let recent = std::mem::take(&mut self.history_recent);
+        if self.history_flushing.is_empty() {
+            self.history_flushing = Arc::new(recent);
+        } else {
+            // A capture whose write never got confirmed is written again.
+            let flushing = Arc::make_mut(&mut self.history_flushing);
+            for (account_id, entries) in recent {
+                flushing.entry(account_id).or_default().extend(entries);
+            }
         }
-        captured.history = self.history_flushing.values().flatten().cloned().collect();
+        captured.history = self.history_flushing.clone();
         for account_id in self.dirty_accounts.drain() {
             if let Some(slot) = self.accounts.get(&account_id) {
                 captured.accounts.push(slot.account.clone());

@@ -201,7 +201,7 @@ impl SnapshotStore {
             }
             self.transfers.apply_batch(batch).map_err(&error)?;
         }
-        let history = captured.iter().flat_map(|shard| shard.history.iter());
+        let history = captured.iter().flat_map(|shard| shard.history.values().flatten());
         for chunk in chunked(history, CHUNK) {
             let mut batch = sled::Batch::default();
             for entry in chunk {
