@@ -1,0 +1,193 @@
+//! HTTP load generator: transfers through the real API over loopback.
+//!
+//! ```sh
+//! cargo run --release -p wallet-api --example http_loadgen -- --accounts 1000 --concurrency 64 --duration-s 10 --batch 1
+//! ```
+//!
+//! Starts `wallet serve`'s application in process on a temporary data
+//! directory and port 0 (rate limits raised), signs in as the admin, opens
+//! and funds `--accounts` accounts, then runs `--concurrency` connections
+//! for `--duration-s` seconds, each posting `POST /v1/transfers` (`--batch
+//! 1`) or `POST /v1/transfers/batch` with `--batch` transfers, and prints
+//! one JSON line. Every transfer counted was durable before its response.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use wallet_api::{Application, Settings};
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Accounts to move money between.
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Connections sending at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Transfers per request (1: `POST /v1/transfers`; more: the batch endpoint).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Shards of the ledger.
+    #[arg(long, default_value_t = 64)]
+    shards: u16,
+}
+
+const ADMIN_EMAIL: &str = "admin@loadgen.example";
+const ADMIN_PASSWORD: &str = "loadgen-admin-password";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let response = client.post(url).bearer_auth(token).json(body).send().await?;
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_string_lossy().to_string();
+    let shards = args.shards.to_string();
+    let settings = Settings::from_args([
+        "--data-dir",
+        data_dir.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        shards.as_str(),
+        "--admin-email",
+        ADMIN_EMAIL,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--jwt-secret",
+        "http-loadgen-secret-0123456789abcdef",
+        "--rate-limit-per-second",
+        "10000000",
+        "--rate-limit-burst",
+        "10000000",
+        "--user-rate-limit-per-second",
+        "10000000",
+        "--user-rate-limit-burst",
+        "10000000",
+    ])
+    .context("settings")?;
+    let app = Application::build(settings).await.context("starting the application")?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build()?;
+
+    let login = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD});
+    let token: Value = client.post(format!("{base}/v1/auth/token")).json(&login).send().await?.json().await?;
+    let token = Arc::new(token["access_token"].as_str().context("no token")?.to_string());
+
+    let mut accounts = Vec::with_capacity(args.accounts);
+    for _ in 0..args.accounts {
+        let (status, body) =
+            post(&client, format!("{base}/v1/accounts"), &token, &json!({"asset": "USD", "scale": 2}))
+                .await?;
+        anyhow::ensure!(status == 201, "opening an account: {status} {body}");
+        let id = body["id"].as_str().context("account id")?.to_string();
+        let deposit = json!({"id": Uuid::new_v4(), "account_id": id, "amount": "100000000000"});
+        let (status, body) = post(&client, format!("{base}/v1/deposits"), &token, &deposit).await?;
+        anyhow::ensure!(status == 201, "deposit: {status} {body}");
+        accounts.push(id);
+    }
+    let accounts = Arc::new(accounts);
+
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let (client, base, token, accounts, args) =
+            (client.clone(), base.clone(), token.clone(), accounts.clone(), args.clone());
+        tasks.spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut state = (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = |n: usize| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % n as u64) as usize
+            };
+            while Instant::now() < deadline {
+                let mut transfers = Vec::with_capacity(args.batch);
+                for _ in 0..args.batch {
+                    let from = next(accounts.len());
+                    let to = (from + 1 + next(accounts.len() - 1)) % accounts.len();
+                    transfers.push(json!({
+                        "id": Uuid::new_v4(), "from_account_id": accounts[from],
+                        "to_account_id": accounts[to], "amount": "1",
+                    }));
+                }
+                let sent = Instant::now();
+                let result = if args.batch == 1 {
+                    post(&client, format!("{base}/v1/transfers"), &token, &transfers[0]).await
+                } else {
+                    let body = json!({"transfers": transfers, "atomic": false});
+                    post(&client, format!("{base}/v1/transfers/batch"), &token, &body).await
+                };
+                histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
+                match result {
+                    Ok((201, _)) if args.batch == 1 => ok += 1,
+                    Ok((status, body)) if args.batch > 1 && status < 300 => {
+                        let items = body["results"].as_array().or_else(|| body["items"].as_array());
+                        ok += items.map_or(0, |items| {
+                            items
+                                .iter()
+                                .filter(|i| i["status"] == "posted" || i["transfer"].is_object())
+                                .count()
+                        }) as u64;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            anyhow::Ok((histogram, ok, failed))
+        });
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(done) = tasks.join_next().await {
+        let (h, o, f) = done??;
+        histogram.add(h)?;
+        ok += o;
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    server.await??;
+    println!(
+        "{}",
+        json!({
+            "accounts": args.accounts, "concurrency": args.concurrency, "batch": args.batch,
+            "duration_s": elapsed, "requests_per_sec": (histogram.len() as f64 / elapsed).round(),
+            "transfers_per_sec": (ok as f64 / elapsed).round(), "requests_failed": failed,
+            "p50_us": histogram.value_at_quantile(0.5), "p99_us": histogram.value_at_quantile(0.99),
+            "p999_us": histogram.value_at_quantile(0.999),
+        })
+    );
+    Ok(())
+}
