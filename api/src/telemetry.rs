@@ -16,6 +16,9 @@ use crate::settings::LogFormat;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Journal batch sizes, in records per sync.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
+
 /// Installs the global tracing subscriber. Fails if one is installed already.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
@@ -36,6 +39,12 @@ pub fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new();
             let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+                Ok(with_buckets) => with_buckets,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let batch_sizes =
+                metrics_exporter_prometheus::Matcher::Full("wallet_journal_batch_records".into());
+            let builder = match builder.set_buckets_for_metric(batch_sizes, BATCH_BUCKETS) {
                 Ok(with_buckets) => with_buckets,
                 Err(_) => PrometheusBuilder::new(),
             };

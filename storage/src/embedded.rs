@@ -327,6 +327,8 @@ impl Checkpointer {
         self.ledger.registry().evict(&transfers);
         self.ledger.forget_flushed_history();
         *meta = new_meta;
+        metrics::counter!("wallet_checkpoints_total").increment(1);
+        metrics::histogram!("wallet_checkpoint_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
         Ok(report)
     }

@@ -354,6 +354,7 @@ impl Writer {
         let result = self.write_and_sync(bytes);
         match result {
             Ok(()) => {
+                metrics::histogram!("wallet_journal_batch_records").record(records as f64);
                 self.stats.records.fetch_add(records, Ordering::Relaxed);
                 self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(())
@@ -380,7 +381,9 @@ impl Writer {
         if self.options.sync {
             let started = Instant::now();
             self.file.sync_data()?;
-            self.stats.sync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let elapsed = started.elapsed();
+            metrics::histogram!("wallet_journal_fsync_seconds").record(elapsed.as_secs_f64());
+            self.stats.sync_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -55,6 +55,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     ),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!("wallet_shard_actors").set(f64::from(state.ledger.config().shard_count));
     let stats = &state.journal_stats;
     // The journal keeps its own atomics; they are copied in as counters at scrape time.
     metrics::counter!("wallet_journal_records_total").absolute(stats.records.load(Ordering::Relaxed));

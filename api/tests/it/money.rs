@@ -53,6 +53,9 @@ async fn happy_path_sign_up_open_deposit_transfer_read() -> anyhow::Result<()> {
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await?.text().await?;
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains("wallet_transfers_total"), "{metrics}");
+    assert!(metrics.contains("wallet_journal_fsync_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("wallet_journal_batch_records_bucket"), "{metrics}");
+    assert!(metrics.contains("wallet_shard_actors"), "{metrics}");
     app.stop().await?;
     Ok(())
 }
