@@ -7,8 +7,10 @@
 //! - `holds`: pending transfer id -> `Hold`;
 //! - `transfers`: transfer id -> `TransferRecord` (transfers older than the
 //!   checkpoint: the on-disk half of the id registry);
-//! - `history`: account id ++ sequence (24 bytes, big endian) -> `HistoryEntry`
-//!   (every account event up to the checkpoint, with the balances after it);
+//! - `history`: account id ++ first sequence (24 bytes, big endian) -> the
+//!   account's `HistoryEntry`s of one checkpoint, in order (every account
+//!   event up to the checkpoint, with the balances after it). One value per
+//!   account per checkpoint, not per event: sled's cost is per entry.
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`].
 //!
 //! A checkpoint writes accounts, holds and transfers first and the meta
@@ -201,13 +203,14 @@ impl SnapshotStore {
             }
             self.transfers.apply_batch(batch).map_err(&error)?;
         }
-        let history = captured.iter().flat_map(|shard| shard.history.values().flatten());
-        for chunk in chunked(history, CHUNK) {
+        let history = captured.iter().flat_map(|shard| shard.history.iter());
+        for chunk in chunked_pairs(history, CHUNK) {
             let mut batch = sled::Batch::default();
-            for entry in chunk {
+            for (account_id, entries) in chunk {
+                let Some(first) = entries.first() else { continue };
                 batch.insert(
-                    &history_key(entry.account_id, entry.sequence),
-                    frame::encode(entry, SNAPSHOT_FORMAT_VERSION)?,
+                    &history_key(*account_id, first.sequence),
+                    frame::encode(entries, SNAPSHOT_FORMAT_VERSION)?,
                 );
             }
             self.history.apply_batch(batch).map_err(&error)?;
@@ -217,6 +220,17 @@ impl SnapshotStore {
         self.db.flush().map_err(&error)?;
         Ok(())
     }
+}
+
+fn chunked_pairs<'a, K: 'a, V: 'a>(
+    items: impl Iterator<Item = (&'a K, &'a V)>,
+    size: usize,
+) -> impl Iterator<Item = Vec<(&'a K, &'a V)>> {
+    let mut items = items.peekable();
+    std::iter::from_fn(move || {
+        items.peek()?;
+        Some(items.by_ref().take(size).collect())
+    })
 }
 
 fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl Iterator<Item = Vec<&'a T>> {
@@ -234,16 +248,32 @@ impl wallet_actors::actor::HistoryIndex for SnapshotStore {
         after_sequence: u64,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, TransferIndexError> {
-        let start = history_key(account_id, after_sequence.saturating_add(1));
+        let wanted = after_sequence.saturating_add(1);
+        // Start at the chunk that holds `wanted` (the last one starting at or
+        // before it), then read on until `limit` entries.
+        let start = match self
+            .history
+            .range(history_key(account_id, 0)..=history_key(account_id, wanted))
+            .next_back()
+        {
+            Some(item) => item.map_err(|_| TransferIndexError)?.0.to_vec(),
+            None => history_key(account_id, wanted).to_vec(),
+        };
         let end = history_key(account_id, u64::MAX);
         let mut entries = Vec::new();
-        for item in self.history.range(start..=end).take(limit) {
+        for item in self.history.range(start..=end.to_vec()) {
             let (_, value) = item.map_err(|_| TransferIndexError)?;
-            entries.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
-                tracing::error!(%error, %account_id, "history entry does not decode");
-                TransferIndexError
-            })?);
+            let chunk: Vec<HistoryEntry> =
+                frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
+                    tracing::error!(%error, %account_id, "history chunk does not decode");
+                    TransferIndexError
+                })?;
+            entries.extend(chunk.into_iter().filter(|e| e.sequence >= wanted));
+            if entries.len() >= limit {
+                break;
+            }
         }
+        entries.truncate(limit);
         Ok(entries)
     }
 }
