@@ -10,10 +10,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::account::{Account, AccountStatus, Reserved};
 use crate::asset::Asset;
 use crate::ids::{AccountId, CommitId, ShardId};
-use crate::record::{Applied, Clock, Commit, Journal, JournalError, OnDurable, Record, ShardApplied};
+use crate::record::{Applied, Clock, Journal, JournalError, OnDurable, Record, ShardApplied};
 use crate::registry::TransferRegistry;
 use crate::rejection::Rejection;
-use crate::shard::{Captured, HistoryEntry, Hold, IndexedRejection, Planned, ShardState};
+use crate::shard::{commit_record, Captured, HistoryEntry, Hold, IndexedRejection, Planned, ShardState};
 use crate::LedgerError;
 
 /// Where account history older than the last snapshot lives.
@@ -429,12 +429,7 @@ impl RunningShard {
             Record::Applied(record),
             Box::new(move |result| match result {
                 Ok(()) => {
-                    for transfer in transfers {
-                        registry.complete(transfer);
-                    }
-                    for resolution in resolutions {
-                        registry.resolve(resolution.pending_id, resolution.status);
-                    }
+                    registry.record_durable(&transfers, &resolutions);
                     reply(port, Ok(outcomes));
                 }
                 Err(error) => {
@@ -564,36 +559,19 @@ impl RunningShard {
                     let _ = credit.reply.send(Ok(Err(rejection)));
                 }
                 Ok(sequences) => {
-                    let mut commit = Commit {
-                        commit_id: credit.commit_id,
-                        transfers: Vec::with_capacity(credit.op.len()),
-                        resolutions: Vec::new(),
-                        legs: Vec::with_capacity(credit.op.len() * 2),
-                        applied_by: Some(ShardApplied { shard_id: me, sequences }),
-                    };
-                    for planned in credit.op.iter() {
-                        commit.legs.extend_from_slice(&planned.legs);
-                        if let Some(transfer) = &planned.transfer {
-                            commit.transfers.push(transfer.clone());
-                        }
-                        if let Some(resolution) = planned.resolution() {
-                            commit.resolutions.push(resolution);
-                        }
-                    }
+                    let applied_by = Some(ShardApplied { shard_id: me, sequences });
+                    let commit = commit_record(credit.commit_id, credit.op.iter(), applied_by);
                     let shared = self.shared.clone();
                     let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
                     self.journal(
                         Record::Commit(commit),
                         Box::new(move |result| match result {
                             Ok(()) => {
-                                for planned in op.iter() {
-                                    if let Some(transfer) = &planned.transfer {
-                                        shared.registry.complete(transfer.clone());
-                                    }
-                                    if let Some(resolution) = planned.resolution() {
-                                        shared.registry.resolve(resolution.pending_id, resolution.status);
-                                    }
-                                }
+                                let resolutions: Vec<_> = op.iter().filter_map(Planned::resolution).collect();
+                                shared.registry.record_durable(
+                                    op.iter().filter_map(|p| p.transfer.as_ref()),
+                                    &resolutions,
+                                );
                                 // Settle before answering, so that a read the
                                 // caller makes next finds the debit applied.
                                 let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));

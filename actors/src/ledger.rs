@@ -18,7 +18,7 @@ use crate::actor::{
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{stable_hash, AccountId, CommitId, ShardId, UserId};
-use crate::record::{Clock, Commit, Journal, Record};
+use crate::record::{Clock, Journal, Record};
 use crate::recovery::Recovered;
 use crate::registry::{Claim, TransferRecord};
 use crate::rejection::Rejection;
@@ -864,24 +864,8 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
 
     let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
     if !committed.is_empty() {
-        let mut commit = Commit {
-            commit_id,
-            transfers: Vec::new(),
-            resolutions: Vec::new(),
-            legs: Vec::new(),
-            applied_by: None,
-        };
-        for &i in &committed {
-            for planned in ops[i].iter() {
-                commit.legs.extend_from_slice(&planned.legs);
-                if let Some(transfer) = &planned.transfer {
-                    commit.transfers.push(transfer.clone());
-                }
-                if let Some(resolution) = planned.resolution() {
-                    commit.resolutions.push(resolution);
-                }
-            }
-        }
+        let commit =
+            crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
         let transfers = commit.transfers.clone();
         let resolutions = commit.resolutions.clone();
         let (tx, rx) = oneshot::channel();
@@ -902,12 +886,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
                 return Err(LedgerError::Unavailable);
             }
         }
-        for transfer in transfers {
-            inner.shared.registry.complete(transfer);
-        }
-        for resolution in resolutions {
-            inner.shared.registry.resolve(resolution.pending_id, resolution.status);
-        }
+        inner.shared.registry.record_durable(&transfers, &resolutions);
     }
 
     for (shard, shard_ops) in &by_shard {

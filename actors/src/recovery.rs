@@ -118,21 +118,11 @@ impl Recovery {
                     let shard = first.account_id.shard(self.shard_count);
                     self.shards[shard.0 as usize].replay_applied(&applied);
                 }
-                for transfer in applied.transfers {
-                    self.registry.complete(transfer);
-                }
-                for resolution in applied.resolutions {
-                    self.registry.resolve(resolution.pending_id, resolution.status);
-                }
+                self.registry.record_durable(&applied.transfers, &applied.resolutions);
             }
             Record::Commit(commit) => {
                 self.next_commit_id = self.next_commit_id.max(commit.commit_id.0 + 1);
-                for transfer in &commit.transfers {
-                    self.registry.complete(transfer.clone());
-                }
-                for resolution in &commit.resolutions {
-                    self.registry.resolve(resolution.pending_id, resolution.status);
-                }
+                self.registry.record_durable(&commit.transfers, &commit.resolutions);
                 let mut waiting: BTreeSet<ShardId> =
                     commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
                 if let Some(applied) = &commit.applied_by {

@@ -155,6 +155,20 @@ impl TransferRegistry {
         self.stripe(transfer.id).insert(transfer.id, Entry::Done(TransferRecord { transfer, status }));
     }
 
+    /// Records what durable records hold: new transfers, then resolutions.
+    pub fn record_durable<'a>(
+        &self,
+        transfers: impl IntoIterator<Item = &'a Arc<Transfer>>,
+        resolutions: impl IntoIterator<Item = &'a crate::record::Resolution>,
+    ) {
+        for transfer in transfers {
+            self.complete(transfer.clone());
+        }
+        for resolution in resolutions {
+            self.resolve(resolution.pending_id, resolution.status);
+        }
+    }
+
     /// Moves a pending transfer to its final status.
     pub fn resolve(&self, id: TransferId, status: TransferStatus) {
         let mut stripe = self.stripe(id);

@@ -45,6 +45,27 @@ impl Planned {
     }
 }
 
+/// The commit record of planned transfers: their transfers, resolutions and
+/// every leg, in order.
+pub fn commit_record<'a>(
+    commit_id: CommitId,
+    planned: impl IntoIterator<Item = &'a Planned>,
+    applied_by: Option<crate::record::ShardApplied>,
+) -> Commit {
+    let mut commit =
+        Commit { commit_id, transfers: Vec::new(), resolutions: Vec::new(), legs: Vec::new(), applied_by };
+    for planned in planned {
+        commit.legs.extend_from_slice(&planned.legs);
+        if let Some(transfer) = &planned.transfer {
+            commit.transfers.push(transfer.clone());
+        }
+        if let Some(resolution) = planned.resolution() {
+            commit.resolutions.push(resolution);
+        }
+    }
+    commit
+}
+
 /// An open hold, owned by the shard of its debit account.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
