@@ -553,7 +553,7 @@ impl Ledger {
             pending_id,
             expires_at_ms,
             timestamp_ms: now_ms,
-            request: (**request).clone(),
+            request: request.clone(),
         };
         match &**request {
             TransferRequest::Transfer {

@@ -134,7 +134,7 @@ impl TransferRegistry {
                 Claim::New
             }
             Some(Entry::InFlight) => Claim::InFlight,
-            Some(Entry::Done(record)) if record.transfer.request == **request => {
+            Some(Entry::Done(record)) if *record.transfer.request == **request => {
                 Claim::Replay(record.clone())
             }
             Some(Entry::Done(_)) => Claim::Conflict,

@@ -1,6 +1,8 @@
 //! Transfers: what a client asks for ([`TransferRequest`]), what the ledger
 //! stores ([`Transfer`]), and the stateless first checks.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
@@ -157,14 +159,15 @@ pub struct Transfer {
     pub expires_at_ms: Option<u64>,
     /// When the ledger accepted it (ms since the Unix epoch).
     pub timestamp_ms: u64,
-    /// The request as the client sent it, to recognise replays.
-    pub request: TransferRequest,
+    /// The request as the client sent it, to recognise replays (shared,
+    /// not copied, from the caller's request).
+    pub request: Arc<TransferRequest>,
 }
 
 impl Transfer {
     /// The client's reference, if any.
     pub fn reference(&self) -> Option<&str> {
-        match &self.request {
+        match &*self.request {
             TransferRequest::Transfer { reference, .. } => reference.as_deref(),
             _ => None,
         }
@@ -172,7 +175,7 @@ impl Transfer {
 
     /// The client's metadata, if any.
     pub fn metadata(&self) -> Option<&str> {
-        match &self.request {
+        match &*self.request {
             TransferRequest::Transfer { metadata, .. } => metadata.as_deref(),
             _ => None,
         }

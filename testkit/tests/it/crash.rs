@@ -83,7 +83,7 @@ async fn verify(
     for (id, request) in acknowledged {
         let record = by_id.get(id).ok_or_else(|| anyhow::anyhow!("acknowledged transfer {id} is missing"))?;
         anyhow::ensure!(
-            record.transfer.request == *request,
+            *record.transfer.request == *request,
             "transfer {id} differs from what was acknowledged"
         );
     }
