@@ -102,6 +102,7 @@ fn journal_failed(error: wallet_actors::record::JournalError) -> StorageError {
 impl EmbeddedLedger {
     /// Opens (creating if needed) the ledger stored in `data_dir`.
     pub async fn open(data_dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedLedger, StorageError> {
+        let started = std::time::Instant::now();
         fs::create_dir_all(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
         let lock = lock_dir(data_dir)?;
         let shard_count = check_meta(data_dir, options.ledger.shard_count)?;
@@ -109,13 +110,17 @@ impl EmbeddedLedger {
         let snapshot_dir = data_dir.join("snapshot");
         let cache_bytes = options.snapshot_cache_bytes;
         let (snapshot, loaded) = tokio::task::spawn_blocking(move || {
+            let opening = std::time::Instant::now();
             let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
+            let opened_ms = opening.elapsed().as_millis() as u64;
             let loaded = store.load()?;
+            tracing::debug!(opened_ms, read_ms = opening.elapsed().as_millis() as u64, "snapshot read");
             Ok::<_, StorageError>((store, loaded))
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         let snapshot_accounts = loaded.accounts.len();
+        let loaded_ms = started.elapsed().as_millis() as u64;
         let meta = loaded.meta.clone().unwrap_or_default();
         let mut recovery = Recovery::from_snapshot(
             shard_count,
@@ -129,6 +134,8 @@ impl EmbeddedLedger {
             read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
         let (recovered, completions) = recovery.finish();
         tracing::info!(
+            loaded_ms,
+            replayed_ms = started.elapsed().as_millis() as u64,
             snapshot_accounts,
             records = summary.records,
             segments = summary.segments,
