@@ -15,8 +15,6 @@ pub const REFERENCE_LEN_MAX: usize = 128;
 pub const METADATA_LEN_MAX: usize = 1024;
 /// Most transfers in one request or linked batch (TigerBeetle's batch size).
 pub const BATCH_SIZE_MAX: usize = 8189;
-/// Longest pending timeout, in seconds (about 136 years: any u32).
-pub const TIMEOUT_SECONDS_MAX: u32 = u32::MAX;
 
 /// What a client asks the ledger to do with money. The `id` is also the
 /// idempotency key: the same id with the same request returns the first
@@ -83,7 +81,6 @@ impl TransferRequest {
                 debit_account_id,
                 credit_account_id,
                 amount,
-                pending,
                 reference,
                 metadata,
                 ..
@@ -94,7 +91,6 @@ impl TransferRequest {
                 if amount.is_zero() {
                     return Err(Rejection::ZeroAmount);
                 }
-                let _ = pending;
                 if reference.as_ref().is_some_and(|r| r.len() > REFERENCE_LEN_MAX) {
                     return Err(Rejection::ReferenceTooLong);
                 }
