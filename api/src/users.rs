@@ -105,7 +105,7 @@ fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Resul
 impl UserStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<UserStore, UserStoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = wallet_storage::snapshot::open_sled(&sled::Config::new().path(path))?;
         Ok(UserStore {
             users: db.open_tree("users")?,
             emails: db.open_tree("emails")?,

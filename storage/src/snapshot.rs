@@ -80,26 +80,30 @@ fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StorageError + '_ {
     }
 }
 
+/// Opens a sled database, waiting up to 10 s for its lock. The data
+/// directory's `LOCK` keeps other processes out, so a sled lock still held
+/// is this process's previous handle, whose threads are still closing.
+pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match config.open() {
+            // sled reports its lock failure only as text.
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SnapshotStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SnapshotStore, StorageError> {
         let error = sled_error(path);
-        // The data directory's LOCK keeps other processes out; a sled lock
-        // still held here is this process's previous handle, closing.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = loop {
-            match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
-                Ok(db) => break db,
-                // sled reports its lock failure only as text.
-                Err(sled::Error::Io(io))
-                    if io.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(other) => return Err(error(other)),
-            }
-        };
+        let db = open_sled(&sled::Config::new().path(path).cache_capacity(cache_bytes)).map_err(&error)?;
         Ok(SnapshotStore {
             accounts: db.open_tree("accounts").map_err(&error)?,
             holds: db.open_tree("holds").map_err(&error)?,

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
+use wallet_actors::account::Side;
 use wallet_actors::registry::TransferRecord;
 use wallet_actors::transfer::BATCH_SIZE_MAX;
 use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferRequest, TransferResult, UserId};
@@ -65,17 +66,36 @@ pub async fn deposit(
     ApiJson(body): ApiJson<MoneyBody>,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     caller.require_admin()?;
+    settle(&state, &caller, body, Side::Credit).await
+}
+
+/// A deposit credits the account from its asset's settlement account; a
+/// withdrawal debits it to there.
+async fn settle(
+    state: &AppState,
+    caller: &Caller,
+    body: MoneyBody,
+    side: Side,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let command = MoneyCommand::try_from(body)?;
-    let account =
-        state.visible_account(&caller, command.account_id, Rejection::CreditAccountNotFound).await?;
+    let not_found = match side {
+        Side::Credit => Rejection::CreditAccountNotFound,
+        Side::Debit => Rejection::DebitAccountNotFound,
+    };
+    let account = state.visible_account(caller, command.account_id, not_found).await?;
     if account.user_id == UserId::SYSTEM {
         return Err(ApiError::Rejected(Rejection::SameAccount));
     }
     state.ensure_settlement_account(account.asset).await?;
+    let settlement = settlement_account_id(&account.asset);
+    let (debit_account_id, credit_account_id) = match side {
+        Side::Credit => (settlement, account.id),
+        Side::Debit => (account.id, settlement),
+    };
     let request = TransferRequest::Transfer {
         id: command.id,
-        debit_account_id: settlement_account_id(&account.asset),
-        credit_account_id: account.id,
+        debit_account_id,
+        credit_account_id,
         amount: command.amount,
         pending: None,
         reference: command.reference,
@@ -106,22 +126,7 @@ pub async fn withdraw(
     caller: Caller,
     ApiJson(body): ApiJson<MoneyBody>,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    let command = MoneyCommand::try_from(body)?;
-    let account = state.visible_account(&caller, command.account_id, Rejection::DebitAccountNotFound).await?;
-    if account.user_id == UserId::SYSTEM {
-        return Err(ApiError::Rejected(Rejection::SameAccount));
-    }
-    state.ensure_settlement_account(account.asset).await?;
-    let request = TransferRequest::Transfer {
-        id: command.id,
-        debit_account_id: account.id,
-        credit_account_id: settlement_account_id(&account.asset),
-        amount: command.amount,
-        pending: None,
-        reference: command.reference,
-        metadata: None,
-    };
-    respond(state.ledger.submit_one(request).await?)
+    settle(&state, &caller, body, Side::Debit).await
 }
 
 /// `POST /v1/transfers`: from one of the caller's accounts to any account.
