@@ -11,7 +11,7 @@ use wallet_actors::account::{Leg, Side};
 use wallet_actors::record::{Applied, Journal, Record, SequencedEvent, RECORD_FORMAT_VERSION};
 use wallet_actors::shard::{HoldChange, Planned, ShardState};
 use wallet_actors::transfer::{Transfer, TransferKind};
-use wallet_actors::{Account, AccountEvent, AccountStatus, ShardId};
+use wallet_actors::{AccountEvent, ShardId};
 use wallet_storage::frame;
 use wallet_storage::{FileJournal, JournalOptions};
 use wallet_testkit::{account, amount, posted, tid, usd, wallet};
@@ -46,34 +46,12 @@ fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
 fn shard_with_accounts(count: u128) -> ShardState {
     let mut shard = ShardState::new(ShardId(0), 1);
     for id in 1..=count {
-        let new = wallet(id, usd());
-        let opened = Account {
-            id: new.id,
-            user_id: new.user_id,
-            asset: new.asset,
-            flags: new.flags,
-            overdraft_limit: new.overdraft_limit,
-            status: AccountStatus::Active,
-            balances: Default::default(),
-            created_at_ms: 0,
-            sequence: 1,
-        };
-        let _ = shard.open_account(opened);
+        let _ = shard.open_account(wallet(id, usd()).opened_at(0));
     }
     // Fund them through one unlimited account so transfers pass.
     let mut funding = wallet(count + 1, usd());
     funding.flags = wallet_actors::AccountFlags::UNLIMITED;
-    let _ = shard.open_account(Account {
-        id: funding.id,
-        user_id: funding.user_id,
-        asset: funding.asset,
-        flags: funding.flags,
-        overdraft_limit: funding.overdraft_limit,
-        status: AccountStatus::Active,
-        balances: Default::default(),
-        created_at_ms: 0,
-        sequence: 1,
-    });
+    let _ = shard.open_account(funding.opened_at(0));
     for id in 1..=count {
         let _ = shard.execute_local(&[planned(1_000_000 + id, count + 1, id, 1 << 40)], 0);
     }

@@ -65,6 +65,24 @@ pub struct NewAccount {
     pub overdraft_limit: Amount,
 }
 
+impl NewAccount {
+    /// The account as it stands when opened at `created_at_ms`: active,
+    /// zero balances, sequence 1.
+    pub fn opened_at(self, created_at_ms: u64) -> Account {
+        Account {
+            id: self.id,
+            user_id: self.user_id,
+            asset: self.asset,
+            flags: self.flags,
+            overdraft_limit: self.overdraft_limit,
+            status: AccountStatus::Active,
+            balances: Default::default(),
+            created_at_ms,
+            sequence: 1,
+        }
+    }
+}
+
 /// The outcome of a transfer request that was applied (now or before).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferOutcome {
@@ -247,18 +265,8 @@ impl Ledger {
         {
             return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
         }
-        let account = Account {
-            id: new.id,
-            user_id: new.user_id,
-            asset: new.asset,
-            flags: new.flags,
-            overdraft_limit: new.overdraft_limit,
-            status: AccountStatus::Active,
-            balances: Default::default(),
-            created_at_ms: self.inner.shared.clock.now_ms(),
-            sequence: 1,
-        };
         let shard = self.shard_of(new.id).clone();
+        let account = new.opened_at(self.inner.shared.clock.now_ms());
         self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
     }
 

@@ -332,14 +332,29 @@ pub async fn post_pending(
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let pending_id = transfer_id("id", &pending)?;
     let body: PostBody = optional_json(&body)?;
-    let id = match &body.id {
-        Some(text) => transfer_id("id", text)?,
-        None => derived_id(pending_id, "post")?,
-    };
+    let id = resolution_id(pending_id, body.id.as_deref(), "post")?;
     let amount = body.amount.as_deref().map(|a| parse_amount("amount", a)).transpose()?;
-    visible_transfer(&state, &caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
+    resolve(&state, &caller, TransferRequest::PostPending { id, pending_id, amount }, pending_id).await
+}
+
+/// The id of a post or void: the client's, or one derived from the pending id.
+fn resolution_id(pending_id: TransferId, given: Option<&str>, what: &str) -> Result<TransferId, ApiError> {
+    match given {
+        Some(text) => transfer_id("id", text),
+        None => derived_id(pending_id, what),
+    }
+}
+
+/// Posts or voids a pending transfer the caller can see.
+async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    request: TransferRequest,
+    pending_id: TransferId,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    visible_transfer(state, caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
         .await?;
-    respond(state.ledger.submit_one(TransferRequest::PostPending { id, pending_id, amount }).await?)
+    respond(state.ledger.submit_one(request).await?)
 }
 
 /// `POST /v1/transfers/{id}/void` {id?}: either party or an admin.
@@ -368,11 +383,6 @@ pub async fn void_pending(
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let pending_id = transfer_id("id", &pending)?;
     let body: VoidBody = optional_json(&body)?;
-    let id = match &body.id {
-        Some(text) => transfer_id("id", text)?,
-        None => derived_id(pending_id, "void")?,
-    };
-    visible_transfer(&state, &caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
-        .await?;
-    respond(state.ledger.submit_one(TransferRequest::VoidPending { id, pending_id }).await?)
+    let id = resolution_id(pending_id, body.id.as_deref(), "void")?;
+    resolve(&state, &caller, TransferRequest::VoidPending { id, pending_id }, pending_id).await
 }
