@@ -36,6 +36,7 @@ fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
             pending_id: None,
             expires_at_ms: None,
             timestamp_ms: 1_700_000_000_000,
+            review: None,
             request: Arc::new(request),
         })),
         legs: [leg(debit, Side::Debit), leg(credit, Side::Credit)],

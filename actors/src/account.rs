@@ -104,6 +104,8 @@ pub struct Account {
     pub created_at_ms: u64,
     /// Sequence number of the last event applied (1 = opened).
     pub sequence: u64,
+    /// Recent debits, for velocity rules (empty for settlement accounts).
+    pub debit_window: crate::risk::DebitWindow,
 }
 
 /// Which side of a transfer an account is on.
@@ -156,6 +158,9 @@ pub struct Reserved {
     pub credits: u128,
     /// Number of prepared legs on this account.
     pub legs: u32,
+    /// Prepared new debits (not posts of holds): count and sum, which
+    /// velocity rules count as if applied.
+    pub new_debits: (u32, u128),
 }
 
 /// Posted amounts reserved on an account by earlier transfers of the same
@@ -166,6 +171,14 @@ pub struct SameOpPosted {
     pub credits: u128,
     /// Posted debits.
     pub debits: u128,
+}
+
+impl Leg {
+    /// Whether this leg is a new debit (a posted transfer or a new hold), the
+    /// kind velocity rules count; the post of a hold was counted when held.
+    pub fn is_new_debit(&self) -> bool {
+        self.side == Side::Debit && self.pending_sub == 0 && (self.posted_add > 0 || self.pending_add > 0)
+    }
 }
 
 impl Account {

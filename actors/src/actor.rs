@@ -184,6 +184,8 @@ pub enum ShardMsg {
     },
     /// Every account (for checks).
     Dump(RpcReplyPort<Vec<Account>>),
+    /// Replace the risk rules; answers once they are in force.
+    SetRules(Arc<crate::risk::RuleSet>, RpcReplyPort<()>),
     /// What changed since the last capture (for a snapshot).
     Capture(RpcReplyPort<Captured>),
     /// Storage wrote the last capture's history.
@@ -388,6 +390,10 @@ impl RunningShard {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
             ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
+            ShardMsg::SetRules(rules, port) => {
+                self.state.set_rules(rules);
+                reply(port, ());
+            }
             ShardMsg::ForgetFlushedHistory => self.state.forget_flushed_history(),
             ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
                 reply(port, self.state.recent_history(account_id, after_sequence, limit))

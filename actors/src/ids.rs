@@ -55,6 +55,11 @@ id_type!(
     TransferId, "transfer_id"
 );
 
+id_type!(
+    /// A risk rule's id.
+    RuleId, "rule_id"
+);
+
 impl UserId {
     /// The owner of the per-asset settlement accounts.
     pub const SYSTEM: UserId = UserId(NonZeroU128::MIN);

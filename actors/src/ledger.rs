@@ -22,6 +22,7 @@ use crate::record::{Clock, Journal, Record};
 use crate::recovery::Recovered;
 use crate::registry::{Claim, TransferRecord};
 use crate::rejection::Rejection;
+use crate::risk::{Decision, DecisionIndex, DecisionLog, RiskHit, Rule, RuleSet};
 use crate::shard::{HoldChange, IndexedRejection, Planned};
 use crate::transfer::{Transfer, TransferKind, TransferRequest, TransferStatus, BATCH_SIZE_MAX};
 use crate::LedgerError;
@@ -79,6 +80,7 @@ impl NewAccount {
             balances: Default::default(),
             created_at_ms,
             sequence: 1,
+            debit_window: Default::default(),
         }
     }
 }
@@ -134,6 +136,8 @@ struct Inner {
     admission: Arc<Semaphore>,
     next_commit_id: AtomicU64,
     timeout: Duration,
+    rules: std::sync::RwLock<Arc<RuleSet>>,
+    decisions: DecisionLog,
 }
 
 /// A running ledger. Cheap to clone.
@@ -186,6 +190,8 @@ impl Ledger {
             admission: Arc::new(Semaphore::new(config.in_flight_max)),
             next_commit_id: AtomicU64::new(recovered.next_commit_id),
             config,
+            rules: Default::default(),
+            decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
         });
         let ledger = Ledger { inner };
         ledger.spawn_expiry();
@@ -322,6 +328,84 @@ impl Ledger {
             all.push(self.ask(&shard, ShardMsg::Capture).await?);
         }
         Ok(all)
+    }
+
+    /// Replaces the risk rules. Once this returns, every transfer is checked
+    /// against them. Rules are configuration, kept by the caller (the API
+    /// stores them with its users); the ledger keeps what they decided.
+    pub async fn set_rules(&self, rules: Vec<Rule>) -> Result<(), LedgerError> {
+        let rules = Arc::new(RuleSet::new(rules));
+        if let Ok(mut slot) = self.inner.rules.write() {
+            *slot = rules.clone();
+        }
+        for shard in self.inner.shards.clone() {
+            let rules = rules.clone();
+            self.ask(&shard, |port| ShardMsg::SetRules(rules, port)).await?;
+        }
+        Ok(())
+    }
+
+    /// The risk rules in force, in check order.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.inner.rules.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Risk decisions after `after_id`, of `account_id` when given, oldest
+    /// first, at most `limit`. Sees every acknowledged decision.
+    pub fn decisions(
+        &self,
+        account_id: Option<AccountId>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Decision>, LedgerError> {
+        self.inner.decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
+    }
+
+    /// Sets (or, with `None`, lets go of) where older decisions are read.
+    pub fn set_decision_index(&self, index: Option<Arc<dyn DecisionIndex>>) {
+        self.inner.decisions.set_index(index);
+    }
+
+    /// Decisions held in memory, for a snapshot.
+    pub fn recent_decisions(&self) -> Vec<Decision> {
+        self.inner.decisions.recent()
+    }
+
+    /// Storage has every decision up to `up_to_id`.
+    pub fn forget_decisions_up_to(&self, up_to_id: u64) {
+        self.inner.decisions.forget_up_to(up_to_id);
+    }
+
+    /// Journals decisions and waits until they are durable.
+    async fn record_decisions(&self, decisions: Vec<Decision>) -> Result<(), LedgerError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let shared = self.inner.shared.clone();
+        let inner = Arc::downgrade(&self.inner);
+        self.inner.decisions.number(decisions, |numbered| {
+            let record = Record::Decisions(numbered.clone());
+            shared.clone().journal.append(
+                record,
+                Box::new(move |result| {
+                    match result {
+                        Ok(()) => {
+                            if let Some(inner) = inner.upgrade() {
+                                inner.decisions.durable(&numbered);
+                            }
+                        }
+                        Err(error) => shared.poison(error),
+                    }
+                    let _ = tx.send(result);
+                }),
+            );
+        });
+        match tokio::time::timeout(self.inner.timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(_) => Err(LedgerError::Unavailable),
+            Err(_) => Err(LedgerError::Timeout),
+        }
     }
 
     /// Sets where history older than the last snapshot is read.
@@ -493,16 +577,52 @@ impl Ledger {
         } else {
             planned.into_iter().map(|(index, p)| (vec![index], Arc::from(vec![p]))).collect()
         };
-        let outcomes = self.run_ops(ops.iter().map(|(_, op)| op.clone()).collect()).await;
-
-        let outcomes = match outcomes {
-            Ok(outcomes) => outcomes,
-            Err(error) => {
-                // Unknown outcome: keep claims so the ids cannot be reused
-                // until a restart recovers what was durable.
-                return Err(error);
+        // Unknown outcome on error: claims are kept so the ids cannot be
+        // reused until a restart recovers what was durable.
+        let mut ops = ops;
+        let mut outcomes = self.run_ops(ops.iter().map(|(_, op)| op.clone()).collect()).await?;
+        // A review rule answers "hold it": that transfer becomes a review
+        // hold and its operation runs again. Each round turns one more
+        // transfer of an operation into a hold, so this ends.
+        let mut reviewed: Vec<(usize, usize, RiskHit)> = Vec::new();
+        loop {
+            let mut again = Vec::new();
+            for (position, outcome) in outcomes.iter().enumerate() {
+                if let Err((failed, Rejection::RiskReview(hit))) = outcome {
+                    let (_, op) = &mut ops[position];
+                    let mut items = op.to_vec();
+                    let failed = *failed as usize;
+                    let Some(item) = items.get(failed).and_then(|p| review_hold(p, *hit, now_ms)) else {
+                        continue;
+                    };
+                    items[failed] = item;
+                    *op = items.into();
+                    reviewed.push((position, failed, *hit));
+                    again.push(position);
+                }
             }
-        };
+            if again.is_empty() {
+                break;
+            }
+            let rerun = self.run_ops(again.iter().map(|&position| ops[position].1.clone()).collect()).await?;
+            for (position, outcome) in again.into_iter().zip(rerun) {
+                outcomes[position] = outcome;
+            }
+        }
+        let mut decisions = Vec::new();
+        for (position, item, hit) in reviewed {
+            if let (Ok(()), Some(planned)) = (&outcomes[position], ops[position].1.get(item)) {
+                decisions.push(decision(planned, hit, now_ms));
+            }
+        }
+        for ((_, op), outcome) in ops.iter().zip(&outcomes) {
+            if let Err((failed, rejection)) = outcome {
+                if let (Some(hit), Some(planned)) = (rejection.risk_hit(), op.get(*failed as usize)) {
+                    decisions.push(decision(planned, hit, now_ms));
+                }
+            }
+        }
+        self.record_decisions(decisions).await?;
         for ((indexes, op), outcome) in ops.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
@@ -561,6 +681,7 @@ impl Ledger {
             pending_id,
             expires_at_ms,
             timestamp_ms: now_ms,
+            review: None,
             request: request.clone(),
         };
         match &**request {
@@ -786,6 +907,38 @@ fn resolve_plan(
         legs: [leg(pending.debit_account_id, Side::Debit), leg(pending.credit_account_id, Side::Credit)],
         hold: HoldChange::Resolve(crate::record::Resolution { pending_id: pending.id, status }),
         transfer: Some(Arc::new(transfer)),
+    }
+}
+
+/// A transfer turned into a hold for review by `hit`'s rule: its money is
+/// held, not moved, and the hold voids itself only if the rule says so.
+fn review_hold(planned: &Planned, hit: RiskHit, now_ms: u64) -> Option<Planned> {
+    let transfer = planned.transfer.as_ref()?;
+    if transfer.review.is_some() || !matches!(planned.hold, HoldChange::None | HoldChange::Create) {
+        return None;
+    }
+    let mut held = (**transfer).clone();
+    held.kind = TransferKind::Pending;
+    held.review = Some(hit.rule_id);
+    held.expires_at_ms = hit.timeout_seconds.map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+    let mut legs = planned.legs;
+    for leg in &mut legs {
+        leg.pending_add += leg.posted_add;
+        leg.posted_add = 0;
+    }
+    Some(Planned { transfer: Some(Arc::new(held)), legs, hold: HoldChange::Create })
+}
+
+/// The decision to keep for a transfer a rule vetoed or held.
+fn decision(planned: &Planned, hit: RiskHit, now_ms: u64) -> Decision {
+    Decision {
+        id: 0,
+        at_ms: now_ms,
+        transfer_id: planned.legs[0].transfer_id,
+        account_id: planned.legs[0].account_id,
+        rule_id: hit.rule_id,
+        kind: hit.kind,
+        outcome: hit.action,
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`rejection`]: every named way a command is refused, with stable codes.
 //! - [`account`]: the account, its balances, and its handler (`check`, `apply`),
 //!   the only code that changes a balance.
+//! - [`risk`]: risk rules checked with the debit, and velocity windows.
 //! - [`transfer`]: requests, stored transfers, stateless checks.
 //! - [`record`]: what goes in the journal, and the `Journal` and `Clock` traits.
 //! - [`shard`]: one shard's accounts, holds and reservations, as plain functions.
@@ -29,6 +30,7 @@ pub mod record;
 pub mod recovery;
 pub mod registry;
 pub mod rejection;
+pub mod risk;
 pub mod shard;
 pub mod transfer;
 

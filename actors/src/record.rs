@@ -13,7 +13,7 @@ use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+pub const RECORD_FORMAT_VERSION: u8 = 2;
 
 /// One event of one account, with its gap-free sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub enum Record {
         /// Journal segment from which recovery replays after that snapshot.
         replay_from_segment: u64,
     },
+    /// Risk rules vetoed transfers or held them for review. Changes no
+    /// balance; kept for audit.
+    Decisions(Vec<crate::risk::Decision>),
     /// One shard applied its legs of a commit, in the commit's leg order,
     /// with these sequence numbers.
     CommitApplied {
@@ -166,6 +169,11 @@ impl ManualClock {
     /// Moves it forward.
     pub fn advance_ms(&self, by_ms: u64) {
         self.0.fetch_add(by_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sets it.
+    pub fn set_ms(&self, now_ms: u64) {
+        self.0.store(now_ms, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -17,6 +17,10 @@ pub struct Recovered {
     pub registry: Arc<TransferRegistry>,
     /// The next coordinated commit id to use.
     pub next_commit_id: u64,
+    /// Risk decisions found in the journal (newer than the snapshot's).
+    pub decisions: Vec<crate::risk::Decision>,
+    /// The next decision id: storage raises it past the snapshot's.
+    pub next_decision_id: u64,
 }
 
 /// A commit some of whose shards had not applied their legs.
@@ -36,6 +40,7 @@ pub struct Recovery {
     open_commits: BTreeMap<CommitId, (Commit, BTreeSet<ShardId>)>,
     next_commit_id: u64,
     records: u64,
+    decisions: Vec<crate::risk::Decision>,
 }
 
 impl Recovery {
@@ -49,6 +54,7 @@ impl Recovery {
             open_commits: BTreeMap::new(),
             next_commit_id: 1,
             records: 0,
+            decisions: Vec::new(),
         }
     }
 
@@ -136,6 +142,7 @@ impl Recovery {
                 }
             }
             Record::Checkpoint { .. } => {}
+            Record::Decisions(decisions) => self.decisions.extend(decisions),
             Record::Batch(records) => {
                 self.records -= 1;
                 for record in records {
@@ -168,8 +175,13 @@ impl Recovery {
                 completions.push(Record::CommitApplied { commit_id, shard_id, sequences });
             }
         }
-        let recovered =
-            Recovered { shards: self.shards, registry: self.registry, next_commit_id: self.next_commit_id };
+        let recovered = Recovered {
+            shards: self.shards,
+            registry: self.registry,
+            next_commit_id: self.next_commit_id,
+            next_decision_id: self.decisions.iter().map(|d| d.id + 1).max().unwrap_or(1),
+            decisions: self.decisions,
+        };
         (recovered, completions)
     }
 }

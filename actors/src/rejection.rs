@@ -111,6 +111,22 @@ pub enum Rejection {
     /// The credit account's credits would exceed its debits.
     #[error("credits would exceed debits")]
     ExceedsDebits,
+    /// A `blocked_account` risk rule names the debit or credit account.
+    #[error("a risk rule blocks this account")]
+    RiskBlockedAccount(crate::risk::RiskHit),
+    /// A `new_account_limit` risk rule caps what this young account may send.
+    #[error("a risk rule limits transfers from new accounts")]
+    RiskNewAccountLimit(crate::risk::RiskHit),
+    /// A `max_amount` risk rule caps one transfer.
+    #[error("a risk rule caps the amount of one transfer")]
+    RiskMaxAmountExceeded(crate::risk::RiskHit),
+    /// A `velocity_count` or `velocity_amount` risk rule caps debits in a window.
+    #[error("a risk rule caps debits within a time window")]
+    RiskVelocityExceeded(crate::risk::RiskHit),
+    /// A `review` risk rule matched: the ledger turns the transfer into a
+    /// review hold and applies it again; callers never see this.
+    #[error("a risk rule holds the transfer for review")]
+    RiskReview(crate::risk::RiskHit),
     /// The account id is already taken by an account with other fields.
     #[error("an account with this id exists with different fields")]
     AccountExists,
@@ -135,6 +151,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The risk rule behind a risk rejection.
+    pub fn risk_hit(self) -> Option<crate::risk::RiskHit> {
+        use Rejection::*;
+        match self {
+            RiskBlockedAccount(hit)
+            | RiskNewAccountLimit(hit)
+            | RiskMaxAmountExceeded(hit)
+            | RiskVelocityExceeded(hit)
+            | RiskReview(hit) => Some(hit),
+            _ => None,
+        }
+    }
+
     /// A stable snake_case name for clients and metrics.
     pub fn code(self) -> &'static str {
         use Rejection::*;
@@ -165,6 +194,11 @@ impl Rejection {
             Overflow => "overflow",
             InsufficientFunds => "insufficient_funds",
             ExceedsDebits => "exceeds_debits",
+            RiskBlockedAccount(_) => "risk_blocked_account",
+            RiskNewAccountLimit(_) => "risk_new_account_limit",
+            RiskMaxAmountExceeded(_) => "risk_max_amount_exceeded",
+            RiskVelocityExceeded(_) => "risk_velocity_exceeded",
+            RiskReview(_) => "risk_review",
             AccountExists => "account_exists",
             ReservedAccountId => "reserved_account_id",
             AccountNotFound => "account_not_found",

@@ -11,6 +11,7 @@ use crate::hash::{HashMap, HashSet};
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
 use crate::rejection::Rejection;
+use crate::risk::{Debit, RuleSet};
 use crate::transfer::{Transfer, TransferKind, TransferStatus};
 
 /// A transfer made ready for the shards: its two legs and what it does to holds.
@@ -175,6 +176,8 @@ pub struct ShardState {
     history_recent: HashMap<AccountId, Vec<HistoryEntry>>,
     /// ... and captured but not yet confirmed written.
     history_flushing: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
+    /// Risk rules checked with every new debit.
+    rules: Arc<RuleSet>,
 }
 
 impl ShardState {
@@ -191,7 +194,13 @@ impl ShardState {
             dirty_holds: HashSet::default(),
             history_recent: HashMap::default(),
             history_flushing: Arc::default(),
+            rules: Arc::default(),
         }
+    }
+
+    /// Replaces the risk rules; the next debit is checked against these.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules = rules;
     }
 
     /// This shard's id.
@@ -344,6 +353,11 @@ impl ShardState {
                 Side::Debit => slot.reserved.debits += adds,
                 Side::Credit => slot.reserved.credits += adds,
             }
+            if leg.is_new_debit() {
+                let (count, sum) = &mut slot.reserved.new_debits;
+                *count += 1;
+                *sum = sum.saturating_add(adds);
+            }
             slot.reserved.legs += 1;
             reservation.legs.push(*leg);
             reservation.assets.push((leg.account_id, slot.account.asset));
@@ -393,7 +407,28 @@ impl ShardState {
                 return Err(Rejection::ExceedsPendingAmount);
             }
         }
-        self.check_leg(debit, same_op)
+        self.check_leg(debit, same_op)?;
+        self.check_risk(planned, now_ms)
+    }
+
+    /// The risk rules, last: a transfer that fails anyway fails for that
+    /// reason, and a review hold is only made of one that would succeed.
+    fn check_risk(&self, planned: &Planned, now_ms: u64) -> Result<(), Rejection> {
+        let (Some(transfer), false) = (&planned.transfer, self.rules.is_empty()) else { return Ok(()) };
+        let debit = &planned.legs[0];
+        if !debit.is_new_debit() {
+            return Ok(());
+        }
+        let Some(slot) = self.accounts.get(&debit.account_id) else { return Ok(()) };
+        let hit = self.rules.check(&Debit {
+            account: &slot.account,
+            credit_account_id: planned.legs[1].account_id,
+            amount: debit.posted_add + debit.pending_add,
+            now_ms,
+            in_flight: slot.reserved.new_debits,
+            under_review: transfer.review.is_some(),
+        });
+        hit.map_or(Ok(()), |hit| Err(hit.rejection()))
     }
 
     fn check_leg(&self, leg: &Leg, same_op: &[SameOp]) -> Result<(), Rejection> {
@@ -418,6 +453,11 @@ impl ShardState {
                     Side::Debit => slot.reserved.debits -= adds,
                     Side::Credit => slot.reserved.credits -= adds,
                 }
+                if leg.is_new_debit() {
+                    let (count, sum) = &mut slot.reserved.new_debits;
+                    *count -= 1;
+                    *sum -= adds;
+                }
                 slot.reserved.legs -= 1;
             }
         }
@@ -435,8 +475,9 @@ impl ShardState {
         self.release(&reservation);
         let mut applied = Applied::default();
         for planned in op {
+            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
-                applied.events.push(self.apply_leg(leg, None));
+                applied.events.push(self.apply_leg(leg, None, at_ms));
             }
             self.apply_holds(planned);
             if let Some(transfer) = &planned.transfer {
@@ -497,9 +538,10 @@ impl ShardState {
         self.release(&reservation);
         let mut sequences = Vec::with_capacity(reservation.legs.len());
         for planned in op {
+            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, None).sequence);
+                    sequences.push(self.apply_leg(leg, None, at_ms).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -550,9 +592,10 @@ impl ShardState {
         self.release(&reservation);
         let mut sequences = Vec::with_capacity(reservation.legs.len());
         for planned in op.iter() {
+            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, None).sequence);
+                    sequences.push(self.apply_leg(leg, None, at_ms).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -569,7 +612,7 @@ impl ShardState {
 
     /// Applies one leg. With `sequence`, replay: an event the account already
     /// has is skipped, so replaying over a newer snapshot is harmless.
-    fn apply_leg(&mut self, leg: &Leg, sequence: Option<u64>) -> SequencedEvent {
+    fn apply_leg(&mut self, leg: &Leg, sequence: Option<u64>, at_ms: u64) -> SequencedEvent {
         let event = AccountEvent::Leg(*leg);
         let slot = self
             .accounts
@@ -578,6 +621,9 @@ impl ShardState {
         let sequence = sequence.unwrap_or(slot.account.sequence + 1);
         if sequence > slot.account.sequence {
             slot.account.apply(sequence, &event);
+            if leg.is_new_debit() && slot.account.user_id != crate::ids::UserId::SYSTEM {
+                slot.account.debit_window.record(at_ms, leg.posted_add + leg.pending_add);
+            }
             self.dirty_accounts.insert(leg.account_id);
             self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg));
         }
@@ -708,6 +754,7 @@ impl ShardState {
 
     /// Replays an [`Applied`] record (recovery).
     pub fn replay_applied(&mut self, applied: &Applied) {
+        let mut times = TransferTimes::new(&applied.transfers);
         for sequenced in &applied.events {
             if !self.owns(sequenced.account_id) {
                 continue;
@@ -736,7 +783,8 @@ impl ShardState {
                     }
                 }
                 AccountEvent::Leg(leg) => {
-                    self.apply_leg(leg, Some(sequenced.sequence));
+                    let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
+                    self.apply_leg(leg, Some(sequenced.sequence), at_ms);
                 }
             }
         }
@@ -756,10 +804,12 @@ impl ShardState {
     /// sequences used.
     pub fn replay_commit(&mut self, commit: &Commit, sequences: Option<&[u64]>) -> Vec<u64> {
         let mut used = Vec::new();
+        let mut times = TransferTimes::new(&commit.transfers);
         for leg in &commit.legs {
             if self.owns(leg.account_id) {
                 let sequence = sequences.and_then(|s| s.get(used.len()).copied());
-                used.push(self.apply_leg(leg, sequence).sequence);
+                let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
+                used.push(self.apply_leg(leg, sequence, at_ms).sequence);
             }
         }
         for transfer in &commit.transfers {
@@ -771,5 +821,36 @@ impl ShardState {
             self.remove_hold(resolution.pending_id);
         }
         used
+    }
+}
+
+/// When a planned transfer was accepted (0 for the expiry of a hold, which
+/// no velocity rule counts).
+fn timestamp_of(planned: &Planned) -> u64 {
+    planned.transfer.as_ref().map_or(0, |t| t.timestamp_ms)
+}
+
+/// Finds the timestamps of a record's transfers for its legs. Legs come in
+/// the order of their transfers, so a cursor that moves forward finds each
+/// in one step; a full search is the fallback.
+struct TransferTimes<'a> {
+    transfers: &'a [Arc<Transfer>],
+    cursor: usize,
+}
+
+impl<'a> TransferTimes<'a> {
+    fn new(transfers: &'a [Arc<Transfer>]) -> Self {
+        TransferTimes { transfers, cursor: 0 }
+    }
+
+    fn of(&mut self, id: TransferId) -> u64 {
+        let ahead = self.transfers[self.cursor..].iter().position(|t| t.id == id).map(|p| p + self.cursor);
+        match ahead.or_else(|| self.transfers.iter().position(|t| t.id == id)) {
+            Some(position) => {
+                self.cursor = position;
+                self.transfers[position].timestamp_ms
+            }
+            None => 0,
+        }
     }
 }

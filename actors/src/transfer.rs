@@ -155,6 +155,9 @@ pub struct Transfer {
     pub expires_at_ms: Option<u64>,
     /// When the ledger accepted it (ms since the Unix epoch).
     pub timestamp_ms: u64,
+    /// For a hold made by a `review` risk rule: that rule. Only an admin
+    /// may post or void such a hold.
+    pub review: Option<crate::ids::RuleId>,
     /// The request as the client sent it, to recognise replays (shared,
     /// not copied, from the caller's request).
     pub request: Arc<TransferRequest>,

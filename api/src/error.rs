@@ -149,7 +149,13 @@ fn rejection_status(rejection: Rejection) -> StatusCode {
         | AccountClosed
         | AccountBalanceNotZero
         | AccountHasPending
-        | InvalidStatusTransition => StatusCode::UNPROCESSABLE_ENTITY,
+        | InvalidStatusTransition
+        | RiskBlockedAccount(_)
+        | RiskNewAccountLimit(_)
+        | RiskMaxAmountExceeded(_)
+        | RiskVelocityExceeded(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // Never reaches a client: the ledger turns it into a review hold.
+        RiskReview(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -195,6 +201,12 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             code,
+            rule_id: match self {
+                ApiError::Rejected(rejection) => {
+                    rejection.risk_hit().map(|hit| crate::domain::uuid_text(hit.rule_id.get()))
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -214,6 +226,9 @@ pub struct Problem {
     /// Stable snake_case name, for a program.
     #[schema(value_type = String)]
     pub code: &'static str,
+    /// For a risk rejection: the rule that vetoed the transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {

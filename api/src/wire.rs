@@ -491,6 +491,13 @@ pub struct TransferView {
     pub metadata: Option<serde_json::Value>,
     /// RFC 3339.
     pub created_at: String,
+    /// True for a hold a risk rule made for review: only an admin may post
+    /// or void it.
+    #[serde(default)]
+    pub review: bool,
+    /// For a review hold: the rule that asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
 }
 
 /// The wire name of a transfer status.
@@ -526,6 +533,8 @@ impl From<&TransferRecord> for TransferView {
                 serde_json::from_str(m).unwrap_or_else(|_| serde_json::Value::String(m.to_string()))
             }),
             created_at: rfc3339(t.timestamp_ms),
+            review: t.review.is_some(),
+            rule_id: t.review.map(|r| uuid_text(r.get())),
         }
     }
 }

@@ -132,7 +132,8 @@ impl EmbeddedLedger {
         recovery.registry().set_index(Arc::new(snapshot.clone()));
         let summary =
             read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
-        let (recovered, completions) = recovery.finish();
+        let (mut recovered, completions) = recovery.finish();
+        recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
         tracing::info!(
             loaded_ms,
             replayed_ms = started.elapsed().as_millis() as u64,
@@ -152,6 +153,7 @@ impl EmbeddedLedger {
         )
         .await?;
         ledger.set_history_index(Arc::new(snapshot.clone()));
+        ledger.set_decision_index(Some(Arc::new(snapshot.clone())));
         let checkpointer = Checkpointer {
             ledger: ledger.clone(),
             journal: journal.clone(),
@@ -231,6 +233,7 @@ impl EmbeddedLedger {
         self.ledger.shutdown().await;
         self.ledger.registry().detach_index();
         self.ledger.detach_history_index();
+        self.ledger.set_decision_index(None);
         let journal = self.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     }
@@ -302,6 +305,9 @@ impl Checkpointer {
         );
         rx.await.map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?.map_err(journal_failed)?;
 
+        // Every decision journaled before the marker is durable, so in memory.
+        let decisions = self.ledger.recent_decisions();
+        let last_decision_id = decisions.last().map_or(0, |d| d.id);
         let journal_dir = self.journal_dir.clone();
         let snapshot = self.snapshot.clone();
         let previous = meta.clone();
@@ -314,7 +320,7 @@ impl Checkpointer {
             let (transfers, open_commits) = scan.finish()?;
             let scanned_ms = started.elapsed().as_millis() as u64;
             let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
-            snapshot.write(&captured, &transfers, &new_meta)?;
+            snapshot.write(&captured, &transfers, &decisions, &new_meta)?;
             tracing::debug!(
                 scanned_ms,
                 written_ms = started.elapsed().as_millis() as u64,
@@ -333,6 +339,7 @@ impl Checkpointer {
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         self.ledger.registry().evict(&transfers);
         self.ledger.forget_flushed_history();
+        self.ledger.forget_decisions_up_to(last_decision_id);
         *meta = new_meta;
         metrics::counter!("wallet_checkpoints_total").increment(1);
         metrics::histogram!("wallet_checkpoint_seconds").record(started.elapsed().as_secs_f64());

@@ -11,6 +11,8 @@
 //!   account's `HistoryEntry`s of one checkpoint, in order (every account
 //!   event up to the checkpoint, with the balances after it). One value per
 //!   account per checkpoint, not per event: sled's cost is per entry.
+//! - `decisions`: decision id (8 bytes, big endian) -> risk `Decision`;
+//!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`].
 //!
 //! A checkpoint writes accounts, holds and transfers first and the meta
@@ -23,6 +25,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use wallet_actors::recovery::OpenCommit;
 use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
+use wallet_actors::risk::Decision;
 use wallet_actors::shard::{Captured, HistoryEntry, Hold};
 use wallet_actors::{Account, TransferId};
 
@@ -30,7 +33,7 @@ use crate::frame;
 use crate::StorageError;
 
 /// Version of snapshot values.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// What a checkpoint records besides the state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +65,8 @@ pub struct SnapshotStore {
     holds: sled::Tree,
     transfers: sled::Tree,
     history: sled::Tree,
+    decisions: sled::Tree,
+    decisions_by_account: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -70,6 +75,10 @@ fn history_key(account_id: wallet_actors::AccountId, sequence: u64) -> [u8; 24] 
     key[..16].copy_from_slice(&account_id.get().to_be_bytes());
     key[16..].copy_from_slice(&sequence.to_be_bytes());
     key
+}
+
+fn decision_key(account_id: wallet_actors::AccountId, id: u64) -> [u8; 24] {
+    history_key(account_id, id)
 }
 
 fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StorageError + '_ {
@@ -109,6 +118,8 @@ impl SnapshotStore {
             holds: db.open_tree("holds").map_err(&error)?,
             transfers: db.open_tree("transfers").map_err(&error)?,
             history: db.open_tree("history").map_err(&error)?,
+            decisions: db.open_tree("decisions").map_err(&error)?,
+            decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
             db,
         })
@@ -147,6 +158,25 @@ impl SnapshotStore {
         }
     }
 
+    /// The largest decision id stored, 0 when none.
+    pub fn last_decision_id(&self) -> Result<u64, StorageError> {
+        let path = self.path();
+        match self.decisions.last().map_err(sled_error(&path))? {
+            Some((key, _)) => Ok(key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    fn decision(&self, id: u64) -> Result<Option<Decision>, TransferIndexError> {
+        match self.decisions.get(id.to_be_bytes()).map_err(|_| TransferIndexError)? {
+            Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
+                tracing::error!(%error, id, "decision does not decode");
+                TransferIndexError
+            }),
+            None => Ok(None),
+        }
+    }
+
     /// Every transfer in the index (audits and tests: reads them all).
     pub fn all_transfers(&self) -> Result<Vec<TransferRecord>, StorageError> {
         let path = self.path();
@@ -168,6 +198,7 @@ impl SnapshotStore {
         &self,
         captured: &[Captured],
         transfers: &[TransferRecord],
+        decisions: &[Decision],
         meta: &CheckpointMeta,
     ) -> Result<(), StorageError> {
         const CHUNK: usize = 2048;
@@ -218,6 +249,16 @@ impl SnapshotStore {
                 );
             }
             self.history.apply_batch(batch).map_err(&error)?;
+        }
+        for chunk in decisions.chunks(CHUNK) {
+            let mut batch = sled::Batch::default();
+            let mut by_account = sled::Batch::default();
+            for decision in chunk {
+                batch.insert(&decision.id.to_be_bytes(), frame::encode(decision, SNAPSHOT_FORMAT_VERSION)?);
+                by_account.insert(&decision_key(decision.account_id, decision.id), &[]);
+            }
+            self.decisions.apply_batch(batch).map_err(&error)?;
+            self.decisions_by_account.apply_batch(by_account).map_err(&error)?;
         }
         self.db.flush().map_err(&error)?;
         self.meta.insert("checkpoint", frame::encode(meta, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
@@ -279,6 +320,40 @@ impl wallet_actors::actor::HistoryIndex for SnapshotStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+}
+
+impl wallet_actors::risk::DecisionIndex for SnapshotStore {
+    fn decisions(
+        &self,
+        account_id: Option<wallet_actors::AccountId>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Decision>, TransferIndexError> {
+        let mut found = Vec::new();
+        let from = after_id.saturating_add(1);
+        match account_id {
+            None => {
+                for item in self.decisions.range(from.to_be_bytes()..).take(limit) {
+                    let (_, value) = item.map_err(|_| TransferIndexError)?;
+                    found.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
+                        tracing::error!(%error, "decision does not decode");
+                        TransferIndexError
+                    })?);
+                }
+            }
+            Some(account_id) => {
+                let range = decision_key(account_id, from)..=decision_key(account_id, u64::MAX);
+                for item in self.decisions_by_account.range(range).take(limit) {
+                    let (key, _) = item.map_err(|_| TransferIndexError)?;
+                    let id = key.get(16..24).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                    if let Some(decision) = id.map(|id| self.decision(id)).transpose()?.flatten() {
+                        found.push(decision);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -1,0 +1,283 @@
+//! Risk rules on a real data directory: each kind at its limit, window
+//! edges, scopes, review holds, decisions, concurrency and restarts.
+
+use std::sync::Arc;
+
+use wallet_actors::record::{Clock, ManualClock};
+use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleKindCode, RuleScope};
+use wallet_actors::{Ledger, Rejection, TransferStatus};
+use wallet_testkit::*;
+
+const START_MS: u64 = 1_700_000_000_000;
+
+fn rule(id: u128, kind: RuleKind, scope: RuleScope, action: RuleAction) -> Rule {
+    Rule {
+        id: RuleId::new(id).unwrap_or_else(|_| unreachable!()),
+        name: format!("rule {id}"),
+        kind,
+        scope,
+        action,
+        timeout_seconds: None,
+    }
+}
+
+fn rule_id(n: u128) -> RuleId {
+    RuleId::new(n).unwrap_or_else(|_| unreachable!())
+}
+
+/// A ledger with a funded source (account 1, 1,000,000) and wallets 2..=9.
+async fn funded(
+    dir: &std::path::Path,
+    clock: Arc<ManualClock>,
+) -> anyhow::Result<(wallet_storage::EmbeddedLedger, Ledger)> {
+    let node = open(dir, test_options(4, clock)).await?;
+    let ledger = node.ledger.clone();
+    let mut settlement = unlimited(100, usd());
+    settlement.user_id = wallet_actors::UserId::SYSTEM;
+    ledger.open_account(settlement).await?;
+    for id in 1..=9 {
+        ledger.open_account(wallet(id, usd())).await?;
+    }
+    ledger.submit_one(posted(1_000_000, 100, 1, 1_000_000)).await??;
+    Ok((node, ledger))
+}
+
+fn code(result: &wallet_actors::TransferResult) -> &'static str {
+    match result {
+        Ok(outcome) if outcome.record.transfer.review.is_some() => "review",
+        Ok(_) => "ok",
+        Err(rejection) => rejection.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_just_inside_and_just_outside() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+    let global = RuleScope::Global;
+    ledger
+        .set_rules(vec![
+            rule(
+                1,
+                RuleKind::MaxAmount { asset: "USD".into(), amount: amount(500) },
+                global,
+                RuleAction::Reject,
+            ),
+            rule(2, RuleKind::BlockedAccount { account_ids: vec![account(9)] }, global, RuleAction::Reject),
+            // Another asset's limit does not apply to USD accounts.
+            rule(
+                3,
+                RuleKind::MaxAmount { asset: "EUR".into(), amount: amount(1) },
+                global,
+                RuleAction::Reject,
+            ),
+        ])
+        .await?;
+    let results = ledger
+        .submit(
+            vec![posted(1, 1, 2, 500), posted(2, 1, 2, 501), posted(3, 1, 9, 1), posted(4, 100, 9, 5_000)],
+            false,
+        )
+        .await?;
+    let codes: Vec<_> = results.iter().map(code).collect();
+    // The settlement account (deposits) is never checked.
+    assert_eq!(codes, ["ok", "risk_max_amount_exceeded", "risk_blocked_account", "ok"]);
+    assert_eq!(results[1].as_ref().err().and_then(|r| r.risk_hit()).map(|h| h.rule_id), Some(rule_id(1)));
+    // A blocked account cannot send either.
+    assert_eq!(code(&ledger.submit_one(posted(5, 9, 2, 1)).await?), "risk_blocked_account");
+
+    // New accounts: account 8 opened at START_MS; a limit for its first hour.
+    let new_limit = RuleKind::NewAccountLimit { seconds: 3_600, asset: "USD".into(), amount: amount(100) };
+    ledger.set_rules(vec![rule(4, new_limit, global, RuleAction::Reject)]).await?;
+    ledger.submit_one(posted(6, 100, 8, 1_000)).await??;
+    assert_eq!(code(&ledger.submit_one(posted(7, 8, 2, 100)).await?), "ok");
+    assert_eq!(code(&ledger.submit_one(posted(8, 8, 2, 101)).await?), "risk_new_account_limit");
+    clock.advance_ms(3_599_999);
+    assert_eq!(code(&ledger.submit_one(posted(9, 8, 2, 101)).await?), "risk_new_account_limit");
+    clock.advance_ms(1);
+    assert_eq!(code(&ledger.submit_one(posted(10, 8, 2, 101)).await?), "ok");
+
+    // Velocity: at most 3 debits and 300 within 60 s.
+    ledger
+        .set_rules(vec![
+            rule(5, RuleKind::VelocityCount { window_seconds: 60, count: 3 }, global, RuleAction::Reject),
+            rule(
+                6,
+                RuleKind::VelocityAmount { asset: "USD".into(), window_seconds: 60, amount: amount(300) },
+                global,
+                RuleAction::Reject,
+            ),
+        ])
+        .await?;
+    let window_start = clock.now_ms();
+    assert_eq!(window_start % 1_000, 0, "the edges below assume a whole second");
+    // A transfer that fails anyway fails for its own reason.
+    assert_eq!(code(&ledger.submit_one(posted(20, 3, 2, 1)).await?), "insufficient_funds");
+    ledger.submit_one(posted(21, 100, 3, 10_000)).await??;
+    assert_eq!(code(&ledger.submit_one(posted(22, 3, 2, 100)).await?), "ok");
+    assert_eq!(code(&ledger.submit_one(posted(23, 3, 2, 199)).await?), "ok");
+    assert_eq!(code(&ledger.submit_one(posted(24, 3, 2, 2)).await?), "risk_velocity_exceeded"); // 301
+    assert_eq!(code(&ledger.submit_one(posted(25, 3, 2, 1)).await?), "ok"); // 300, third debit
+    assert_eq!(code(&ledger.submit_one(posted(26, 3, 2, 1)).await?), "risk_velocity_exceeded"); // fourth
+                                                                                                // Refused debits do not count; a window later, all is forgotten.
+    clock.set_ms(window_start + 60_999);
+    assert_eq!(code(&ledger.submit_one(posted(27, 3, 2, 1)).await?), "risk_velocity_exceeded");
+    clock.set_ms(window_start + 61_000);
+    assert_eq!(code(&ledger.submit_one(posted(28, 3, 2, 300)).await?), "ok");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_match_through_the_debited_account_and_its_owner() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock).await?;
+    let mut other = wallet(20, usd());
+    other.user_id = user(3);
+    ledger.open_account(other).await?;
+    let funding = vec![posted(1, 1, 2, 1_000), posted(2, 1, 3, 1_000), posted(3, 1, 20, 1_000)];
+    ledger.submit(funding, false).await?;
+    let cap = |scope| {
+        rule(1, RuleKind::MaxAmount { asset: "USD".into(), amount: amount(10) }, scope, RuleAction::Reject)
+    };
+    let refused = "risk_max_amount_exceeded";
+    for (round, (scope, expected)) in [
+        (RuleScope::Global, [refused, refused, refused]),
+        (RuleScope::User(user(2)), [refused, refused, "ok"]),
+        (RuleScope::Account(account(2)), [refused, "ok", "ok"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ledger.set_rules(vec![cap(scope)]).await?;
+        let base = 100 * (round as u128 + 1);
+        let requests = vec![posted(base, 2, 3, 11), posted(base + 1, 3, 2, 11), posted(base + 2, 20, 2, 11)];
+        let results = ledger.submit(requests, false).await?;
+        let codes: Vec<_> = results.iter().map(code).collect();
+        assert_eq!(codes, expected, "{scope:?}");
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_rules_make_holds_and_every_decision_is_kept() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+    let big = RuleKind::MaxAmount { asset: "USD".into(), amount: amount(1_000) };
+    let huge = RuleKind::MaxAmount { asset: "USD".into(), amount: amount(100_000) };
+    let mut review = rule(1, big, RuleScope::Global, RuleAction::Review);
+    review.timeout_seconds = Some(60);
+    ledger.set_rules(vec![review, rule(2, huge, RuleScope::Global, RuleAction::Reject)]).await?;
+
+    // Above 1,000: held for review; above 100,000: refused (reject first).
+    let held = ledger.submit_one(posted(1, 1, 2, 5_000)).await??;
+    assert_eq!(held.record.status, TransferStatus::Pending);
+    assert_eq!(held.record.transfer.review, Some(rule_id(1)));
+    assert_eq!(code(&ledger.submit_one(posted(2, 1, 3, 200_000)).await?), "risk_max_amount_exceeded");
+    let view = ledger.account(account(1)).await?.map(|v| v.account.balances);
+    assert_eq!(view.map(|b| (b.debits_posted, b.debits_pending)), Some((0, 5_000)));
+    // A replay gets the hold back; posting it moves the money.
+    assert!(ledger.submit_one(posted(1, 1, 2, 5_000)).await??.replayed);
+    ledger.submit_one(post(3, 1, None)).await??;
+    let balances = ledger.account(account(2)).await?.map(|v| v.account.balances.posted());
+    assert_eq!(balances, Some(5_000));
+    // Another review hold expires after the rule's timeout.
+    ledger.submit_one(posted(4, 1, 2, 2_000)).await??;
+    clock.advance_ms(61_000);
+    while ledger.transfer(tid(4)).map(|r| r.status) == Some(TransferStatus::Pending) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(ledger.transfer(tid(4)).map(|r| r.status), Some(TransferStatus::Expired));
+
+    let decisions = ledger.decisions(None, 0, 100)?;
+    let summary: Vec<_> =
+        decisions.iter().map(|d| (d.id, d.transfer_id.get(), d.kind, d.outcome, d.rule_id)).collect();
+    assert_eq!(
+        summary,
+        [
+            (1, 1, RuleKindCode::MaxAmount, RuleAction::Review, rule_id(1)),
+            (2, 2, RuleKindCode::MaxAmount, RuleAction::Reject, rule_id(2)),
+            (3, 4, RuleKindCode::MaxAmount, RuleAction::Review, rule_id(1)),
+        ]
+    );
+    assert_eq!(ledger.decisions(Some(account(1)), 1, 1)?.first().map(|d| d.id), Some(2));
+    assert!(ledger.decisions(Some(account(2)), 0, 10)?.is_empty());
+
+    // Decisions survive a checkpoint and a restart without one.
+    node.checkpoint().await?;
+    assert_eq!(code(&ledger.submit_one(posted(5, 1, 2, 300_000)).await?), "risk_max_amount_exceeded");
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(4, clock)).await?;
+    let after: Vec<_> =
+        node.ledger.decisions(None, 0, 100)?.iter().map(|d| (d.id, d.transfer_id.get())).collect();
+    assert_eq!(after, [(1, 1), (2, 2), (3, 4), (4, 5)]);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_debits_meet_the_window_exactly_and_a_crash_forgets_none() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+    let ten = rule(
+        1,
+        RuleKind::VelocityCount { window_seconds: 60, count: 10 },
+        RuleScope::Global,
+        RuleAction::Reject,
+    );
+    ledger.set_rules(vec![ten.clone()]).await?;
+    // 64 at once from account 1 to accounts in every shard, some in its own.
+    let tasks: Vec<_> = (0..64u128)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.submit_one(posted(i + 1, 1, 2 + i % 8, 1)).await })
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for task in tasks {
+        *codes.entry(code(&task.await??)).or_insert(0) += 1;
+    }
+    assert_eq!(codes, [("ok", 10), ("risk_velocity_exceeded", 54)].into_iter().collect());
+    // A linked batch counts its own earlier transfers.
+    ledger.submit_one(posted(99, 100, 2, 100)).await??;
+    ledger
+        .set_rules(vec![rule(
+            2,
+            RuleKind::VelocityCount { window_seconds: 60, count: 2 },
+            RuleScope::Global,
+            RuleAction::Reject,
+        )])
+        .await?;
+    let linked =
+        ledger.submit(vec![posted(100, 2, 3, 1), posted(101, 2, 4, 1), posted(102, 2, 5, 1)], true).await?;
+    assert_eq!(linked[2], Err(Rejection::RiskVelocityExceeded(rule_hit(2))));
+
+    // kill -9 as far as storage can tell: the window is rebuilt from the journal.
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(4, clock.clone())).await?;
+    node.ledger.set_rules(vec![ten.clone()]).await?;
+    assert_eq!(code(&node.ledger.submit_one(posted(200, 1, 2, 1)).await?), "risk_velocity_exceeded");
+    // And from a snapshot.
+    node.shutdown().await;
+    let node = open(dir.path(), test_options(4, clock.clone())).await?;
+    node.ledger.set_rules(vec![ten]).await?;
+    assert_eq!(code(&node.ledger.submit_one(posted(201, 1, 2, 1)).await?), "risk_velocity_exceeded");
+    clock.advance_ms(61_000);
+    assert_eq!(code(&node.ledger.submit_one(posted(202, 1, 2, 1)).await?), "ok");
+    node.shutdown().await;
+    Ok(())
+}
+
+fn rule_hit(id: u128) -> wallet_actors::risk::RiskHit {
+    wallet_actors::risk::RiskHit {
+        rule_id: rule_id(id),
+        kind: RuleKindCode::VelocityCount,
+        action: RuleAction::Reject,
+        timeout_seconds: None,
+    }
+}
