@@ -26,6 +26,8 @@ pub struct ModelAccount {
     pub credits_pending: u128,
     /// Events applied.
     pub sequence: u64,
+    /// When each new debit (posted transfer or hold) was applied.
+    pub debit_times_ms: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,42 @@ pub struct Model {
     transfers: BTreeMap<u128, ModelTransfer>,
     /// Model time.
     pub now_ms: u64,
+    /// The risk rules in force.
+    pub rules: ModelRules,
+}
+
+/// The two risk rules the model knows, both global, both `reject`: rule 1
+/// caps one USD transfer, rule 2 caps debits per account within a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelRules {
+    /// `max_amount` of USD, rule id 1.
+    pub max_usd: Option<u128>,
+    /// `velocity_count` (window_seconds, count), rule id 2.
+    pub velocity: Option<(u32, u32)>,
+}
+
+impl ModelRules {
+    /// The same rules for the engine.
+    pub fn to_rules(self) -> Vec<wallet_actors::risk::Rule> {
+        use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
+        let rule = |id: u128, kind| Rule {
+            id: RuleId::new(id).unwrap_or_else(|_| unreachable!()),
+            name: format!("model rule {id}"),
+            kind,
+            scope: RuleScope::Global,
+            action: RuleAction::Reject,
+            timeout_seconds: None,
+        };
+        let mut rules = Vec::new();
+        if let Some(limit) = self.max_usd {
+            let amount = wallet_actors::Amount::new(limit).unwrap_or_default();
+            rules.push(rule(1, RuleKind::MaxAmount { asset: "USD".into(), amount }));
+        }
+        if let Some((window_seconds, count)) = self.velocity {
+            rules.push(rule(2, RuleKind::VelocityCount { window_seconds, count }));
+        }
+        rules
+    }
 }
 
 /// A model result: `Ok(replayed)` or a rejection.
@@ -83,6 +121,7 @@ impl Model {
                 debits_pending: 0,
                 credits_pending: 0,
                 sequence: 1,
+                debit_times_ms: Vec::new(),
             },
         );
         Ok(())
@@ -208,7 +247,13 @@ impl Model {
                 {
                     return Err(failure);
                 }
+                // Risk rules come last, in kind order: max_amount, then velocity.
+                if let Some(failure) = self.risk_failure(debit, value) {
+                    return Err(failure);
+                }
+                let now_ms = self.now_ms;
                 if let Some(a) = self.accounts.get_mut(&debit) {
+                    a.debit_times_ms.push(now_ms);
                     if held {
                         a.debits_pending += value
                     } else {
@@ -362,6 +407,30 @@ impl Model {
             && a.credits_posted + a.credits_pending + value > a.debits_posted
         {
             return Some(Rejection::ExceedsDebits);
+        }
+        None
+    }
+
+    fn risk_failure(&self, debit: u128, value: u128) -> Option<Rejection> {
+        use wallet_actors::risk::{RiskHit, RuleAction, RuleId, RuleKindCode};
+        let account = self.accounts.get(&debit)?;
+        let hit = |id: u128, kind| RiskHit {
+            rule_id: RuleId::new(id).unwrap_or_else(|_| unreachable!()),
+            kind,
+            action: RuleAction::Reject,
+            timeout_seconds: None,
+        };
+        if self.rules.max_usd.is_some_and(|limit| account.asset.0 == "USD" && value > limit) {
+            return Some(Rejection::RiskMaxAmountExceeded(hit(1, RuleKindCode::MaxAmount)));
+        }
+        if let Some((window_seconds, count)) = self.rules.velocity {
+            // Model time moves in whole seconds, where the engine's one-second
+            // buckets make the window exactly "at most window_seconds ago".
+            let window_ms = u64::from(window_seconds) * 1000;
+            let seen = account.debit_times_ms.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
+            if seen as u64 + 1 > u64::from(count) {
+                return Some(Rejection::RiskVelocityExceeded(hit(2, RuleKindCode::VelocityCount)));
+            }
         }
         None
     }

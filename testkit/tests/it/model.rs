@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use wallet_actors::record::ManualClock;
 use wallet_actors::{AccountFlags, AccountStatus, Asset, LedgerConfig, LedgerError, NewAccount, Rejection};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
-use wallet_testkit::model::{Model, ModelResult};
+use wallet_testkit::model::{Model, ModelResult, ModelRules};
 use wallet_testkit::*;
 
 const ACCOUNTS: u128 = 8;
@@ -45,6 +45,8 @@ enum Command {
     Advance {
         seconds: u64,
     },
+    /// Replace the risk rules.
+    Rules(ModelRules),
     Checkpoint,
     Restart,
     /// Restart without a clean shutdown (no final checkpoint).
@@ -65,6 +67,9 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(Command::Linked),
         1 => (account, 0..3usize).prop_map(|(id, status)| Command::Status { id, status }),
         1 => (1..10u64).prop_map(|seconds| Command::Advance { seconds }),
+        1 => (1..4u64).prop_map(|seconds| Command::Advance { seconds }),
+        2 => (proptest::option::of(50..400u128), proptest::option::of((1..4u32, 1..4u32)))
+            .prop_map(|(max_usd, velocity)| Command::Rules(ModelRules { max_usd, velocity })),
         1 => Just(Command::Checkpoint),
         1 => Just(Command::Restart),
         1 => Just(Command::Crash),
@@ -242,16 +247,23 @@ async fn run(commands: Vec<Command>) -> anyhow::Result<()> {
                 let expected = model.expire_due();
                 anyhow::ensure!(engine == expected, "{context}: engine expired {engine}, model {expected}");
             }
+            Command::Rules(rules) => {
+                node.ledger.set_rules(rules.to_rules()).await?;
+                model.rules = rules;
+            }
             Command::Checkpoint => {
                 node.checkpoint().await?;
             }
+            // Rules are configuration the API keeps; the windows are ledger state.
             Command::Restart => {
                 node.shutdown().await;
                 node = open(dir.path(), options(clock.clone())).await?;
+                node.ledger.set_rules(model.rules.to_rules()).await?;
             }
             Command::Crash => {
                 node.stop_without_checkpoint().await;
                 node = open(dir.path(), options(clock.clone())).await?;
+                node.ledger.set_rules(model.rules.to_rules()).await?;
             }
         }
         check_accounts(&node, &model).await.map_err(|e| e.context(context.clone()))?;
