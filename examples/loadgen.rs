@@ -27,6 +27,7 @@ use wallet_actors::{
     settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,
     TransferRequest, UserId,
 };
+use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 #[derive(Parser, Debug, Clone)]
@@ -67,6 +68,35 @@ struct Args {
     /// sled's cache, in MiB.
     #[arg(long, default_value_t = 64)]
     snapshot_cache_mib: u64,
+    /// Put five global risk rules in force during the run (one of each
+    /// kind, with limits the load never reaches), to measure their cost.
+    #[arg(long)]
+    rules: bool,
+}
+
+/// One rule of each kind, global, that the load never violates: every
+/// transfer pays for every check, none is refused.
+fn five_rules() -> anyhow::Result<Vec<Rule>> {
+    let usd = || "USD".to_string();
+    let kinds = [
+        RuleKind::MaxAmount { asset: usd(), amount: Amount::new(1 << 60)? },
+        RuleKind::VelocityCount { window_seconds: 60, count: u32::MAX },
+        RuleKind::VelocityAmount { asset: usd(), window_seconds: 86_400, amount: Amount::new(1 << 90)? },
+        RuleKind::BlockedAccount { account_ids: vec![AccountId::new(u128::MAX - 7)?] },
+        RuleKind::NewAccountLimit { seconds: 3_600, asset: usd(), amount: Amount::new(1 << 60)? },
+    ];
+    let mut rules = Vec::new();
+    for (n, kind) in kinds.into_iter().enumerate() {
+        rules.push(Rule {
+            id: RuleId::new(n as u128 + 1)?,
+            name: format!("loadgen rule {}", n + 1),
+            kind,
+            scope: RuleScope::Global,
+            action: RuleAction::Reject,
+            timeout_seconds: None,
+        });
+    }
+    Ok(rules)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,6 +195,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         done??;
     }
     let setup_s = setup_started.elapsed().as_secs_f64();
+    if args.rules {
+        ledger.set_rules(five_rules()?).await?;
+    }
     let journal = node.journal_stats();
     let (records_before, syncs_before) =
         (journal.records.load(Ordering::Relaxed), journal.syncs.load(Ordering::Relaxed));
@@ -258,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "batch": args.batch,
         "hot_share": args.hot_share,
+        "rules": if args.rules { 5 } else { 0 },
         "duration_s": elapsed,
         "durable": !args.no_sync,
         "transfers_ok": ok,
