@@ -23,11 +23,11 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
+use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,
     TransferRequest, UserId,
 };
-use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 #[derive(Parser, Debug, Clone)]

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use wallet_actors::rejection::InvalidInput;
+use wallet_actors::risk::RuleError;
 use wallet_actors::{LedgerError, Rejection};
 
 /// Why a request failed.
@@ -27,6 +28,9 @@ pub enum ApiError {
         /// The request field.
         field: &'static str,
     },
+    /// A risk rule whose parameters are out of range.
+    #[error("{0}")]
+    InvalidRule(RuleError),
     /// A field that is well-formed JSON but not an acceptable value.
     #[error("{detail}")]
     InvalidField {
@@ -168,6 +172,18 @@ fn invalid_input_code(input: InvalidInput) -> &'static str {
     }
 }
 
+/// One code per way a rule can be out of range, named like the variant.
+fn rule_error_code(error: &RuleError) -> &'static str {
+    match error {
+        RuleError::WindowOutOfRange => "window_out_of_range",
+        RuleError::ZeroSeconds => "zero_seconds",
+        RuleError::BlockedAccountsOutOfRange => "blocked_accounts_out_of_range",
+        RuleError::NameOutOfRange => "name_out_of_range",
+        RuleError::MalformedAsset => "malformed_asset",
+        RuleError::TimeoutOutOfRange => "timeout_out_of_range",
+    }
+}
+
 impl ApiError {
     /// The HTTP status and the stable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -175,6 +191,7 @@ impl ApiError {
             ApiError::Rejected(rejection) => (rejection_status(*rejection), rejection.code()),
             ApiError::InvalidInput { source, .. } => (StatusCode::BAD_REQUEST, invalid_input_code(*source)),
             ApiError::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
+            ApiError::InvalidRule(error) => (StatusCode::BAD_REQUEST, rule_error_code(error)),
             ApiError::InvalidField { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::MalformedBody { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

@@ -6,7 +6,7 @@
 //! Modules:
 //! - [`settings`]: the command line and its `WALLET_*` environment variables.
 //! - [`startup`]: [`Application`]: build from settings, bind, run until shutdown.
-//! - [`routes`]: the router and one module per area (health, users, accounts, money).
+//! - [`routes`]: the router and one module per area (health, users, accounts, money, risk).
 //! - [`wire`]: the JSON types on the wire, converted to domain types with `TryFrom`.
 //! - [`domain`]: values parsed at the edge (email, password, name, UUID ids, timestamps).
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
@@ -15,7 +15,8 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
 //! - [`rate`]: rate limits per client address, per token, and on logins.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
-//! - [`users`]: the sled-backed user store.
+//! - [`users`]: the sled-backed user store (users, tokens, owned accounts, risk rules).
+//! - [`risk`]: risk rules kept for the ledger: stored, configured defaults, handed over.
 //! - [`state`]: what handlers share, and the object-level authorization checks.
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
 
@@ -26,6 +27,7 @@ pub mod extract;
 pub mod oidc;
 pub mod openapi;
 pub mod rate;
+pub mod risk;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, health, money, users};
+use crate::routes::{accounts, health, money, risk, users};
 
 /// The API's OpenAPI description.
 #[derive(OpenApi)]
@@ -21,6 +21,8 @@ use crate::routes::{accounts, health, money, users};
         accounts::unfreeze, accounts::close,
         money::deposit, money::withdraw, money::create_transfer, money::create_batch, money::get_transfer,
         money::post_pending, money::void_pending,
+        risk::create_rule, risk::list_rules, risk::get_rule, risk::replace_rule, risk::delete_rule,
+        risk::list_decisions,
     ),
     modifiers(&BearerAuth),
 )]

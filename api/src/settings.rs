@@ -2,6 +2,12 @@
 //! variable, and an optional TOML file (`--config`, keys named like the
 //! flags with `_` for `-`). Precedence: flags, then the environment, then
 //! the file, then the defaults.
+//!
+//! The file alone may also hold default risk rules, as `[[risk_rules]]`
+//! tables in the shape `POST /v1/risk/rules` takes ([`RuleBody`]). At start,
+//! each one whose name no stored rule has is created (see [`crate::risk`]):
+//! an operator starts with rules in place, and later edits through the API
+//! persist, since a configured rule that exists by name is left alone.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,12 +17,31 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::wire::RuleBody;
+
+/// Shown at the end of `wallet --help` and `wallet serve --help`.
+const CONFIG_HELP: &str = "\
+Configuration file (--config): keys named like the flags, plus default risk rules
+as [[risk_rules]] tables in the shape POST /v1/risk/rules takes. At start, each
+configured rule whose name no stored rule has is created; later API edits persist
+(a configured rule deleted through the API comes back unless it leaves the file).
+
+    data_dir = \"/var/lib/wallet\"
+
+    [[risk_rules]]
+    name = \"ten a minute\"
+    kind = \"velocity_count\"         # or max_amount, velocity_amount, blocked_account, new_account_limit
+    scope = { type = \"global\" }     # or { type = \"user\", user_id = \"...\" }, { type = \"account\", account_id = \"...\" }
+    action = \"reject\"               # or \"review\" (then timeout_seconds may be set)
+    parameters = { window_seconds = 60, count = 10 }";
+
 /// The `wallet` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "wallet",
     version,
-    about = "A balance ledger: accounts in any asset, exactly-once transfers."
+    about = "A balance ledger: accounts in any asset, exactly-once transfers.",
+    after_long_help = CONFIG_HELP
 )]
 pub struct Cli {
     /// How logs are written.
@@ -25,7 +50,8 @@ pub struct Cli {
     /// Which logs are written (tracing's `EnvFilter` syntax, e.g. `info,wallet_api=debug`).
     #[arg(long, env = "WALLET_LOG", default_value = "info", global = true)]
     pub log_filter: String,
-    /// A TOML file of settings, keys named like the flags (`data_dir = "/var/lib/wallet"`).
+    /// A TOML file of settings, keys named like the flags (`data_dir = "/var/lib/wallet"`),
+    /// and default risk rules (`[[risk_rules]]`; see the end of `--help`).
     #[arg(long, env = "WALLET_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -50,6 +76,14 @@ pub enum ConfigError {
     /// The file is not valid TOML.
     #[error("parsing {path}: {detail}", path = path.display())]
     Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        detail: String,
+    },
+    /// A `[[risk_rules]]` table is not a rule body.
+    #[error("{path}: risk_rules: {detail}", path = path.display())]
+    RiskRules {
         /// The file.
         path: PathBuf,
         /// The parser's words.
@@ -84,7 +118,14 @@ impl Cli {
         let serve = matches.subcommand_matches("serve");
         let command = Cli::command();
         let serve_command = command.find_subcommand("serve");
+        let mut risk_rules = Vec::new();
         for (key, value) in table {
+            if key == "risk_rules" {
+                risk_rules = value
+                    .try_into::<Vec<RuleBody>>()
+                    .map_err(|e| ConfigError::RiskRules { path: path.clone(), detail: e.to_string() })?;
+                continue;
+            }
             let long = key.replace('_', "-");
             let known = |c: Option<&clap::Command>| {
                 c.is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some(long.as_str())))
@@ -109,7 +150,11 @@ impl Cli {
             };
             args.push(format!("--{long}={value}").into());
         }
-        Ok(Cli::try_parse_from(args)?)
+        let mut cli = Cli::try_parse_from(args)?;
+        match &mut cli.command {
+            Command::Serve(settings) => settings.risk_rules = risk_rules,
+        }
+        Ok(cli)
     }
 }
 
@@ -117,6 +162,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the embedded single node: the ledger and the HTTP API in one process.
+    #[command(after_long_help = CONFIG_HELP)]
     Serve(Settings),
 }
 
@@ -214,6 +260,10 @@ pub struct Settings {
     /// Argon2id iterations (OWASP: 2).
     #[arg(long, env = "WALLET_PASSWORD_ITERATIONS", default_value_t = 2, hide = true)]
     pub password_iterations: u32,
+    /// Default risk rules: the configuration file's `[[risk_rules]]` (no flag
+    /// or variable sets them). Created at start unless a stored rule has the name.
+    #[arg(skip)]
+    pub risk_rules: Vec<RuleBody>,
 }
 
 impl Settings {
@@ -293,6 +343,27 @@ mod tests {
         std::fs::write(&path, "no_such_setting = 1\n")?;
         let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("no_such_setting")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_config_file_may_hold_default_risk_rules() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("wallet.toml");
+        let rule = "[[risk_rules]]\nname = \"ten a minute\"\nkind = \"velocity_count\"\n\
+                    scope = { type = \"global\" }\naction = \"reject\"\n\
+                    parameters = { window_seconds = 60, count = 10 }\n";
+        std::fs::write(&path, format!("shards = 8\n{rule}"))?;
+        let config = path.to_string_lossy().to_string();
+        let Command::Serve(settings) = Cli::load(["wallet", "--config", config.as_str(), "serve"])?.command;
+        assert_eq!(settings.shards, 8);
+        assert_eq!(settings.risk_rules.len(), 1);
+        let parsed = settings.risk_rules[0].clone().into_rule(wallet_actors::risk::RuleId::new(1)?);
+        assert!(parsed.is_ok_and(|r| r.name == "ten a minute"));
+
+        std::fs::write(&path, rule.replace("name =", "title ="))?;
+        let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("risk_rules")), "an unknown field is refused");
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! One constructor for `main` and the tests: [`Application::build`] opens the
-//! ledger and the user store, makes sure the admin exists, and binds;
+//! ledger and the user store, makes sure the admin exists, puts the risk
+//! rules in force, and binds;
 //! [`Application::run_until`] serves until a shutdown future fires, then
 //! drains in-flight requests and makes the journal durable.
 
@@ -19,6 +20,7 @@ use crate::domain::{now_ms, Email, Password};
 use crate::error::ApiError;
 use crate::oidc::ExternalIssuer;
 use crate::rate::{Bucket, RateLayers, RateLimits};
+use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -45,6 +47,9 @@ pub enum StartupError {
     /// The administrator could not be set up.
     #[error("setting up the administrator: {0}")]
     Admin(ApiError),
+    /// The stored or configured risk rules could not be put in force.
+    #[error("putting the risk rules in force: {0}")]
+    Rules(#[from] RuleStartError),
     /// The listening socket could not be bound.
     #[error("binding {address}: {source}")]
     Bind {
@@ -139,6 +144,8 @@ impl Application {
             None => state,
         };
         let generated_admin_password = ensure_admin(&state, &settings).await.map_err(StartupError::Admin)?;
+        // Before serving: no transfer may pass unchecked by a stored rule.
+        crate::risk::start(&state, &settings.risk_rules).await?;
 
         let limits = Limits {
             body_limit_bytes: settings.body_limit_bytes,

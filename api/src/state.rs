@@ -37,6 +37,10 @@ pub struct AppState {
     pub external: Option<Arc<ExternalIssuer>>,
     /// False once shutdown starts: `/readyz` then says 503.
     pub ready: Arc<AtomicBool>,
+    /// Held while risk rules change: each change writes the store, then
+    /// hands the whole set to the ledger, and two changes interleaved could
+    /// leave the ledger without one of them.
+    pub rule_changes: Arc<tokio::sync::Mutex<()>>,
     /// Assets whose settlement account is known to be open.
     settled_assets: Arc<Mutex<HashSet<Asset>>>,
     /// Owners of accounts seen so far. An account's owner never changes, so
@@ -63,6 +67,7 @@ impl AppState {
             journal_stats,
             external: None,
             ready: Arc::new(AtomicBool::new(true)),
+            rule_changes: Arc::default(),
             settled_assets: Arc::default(),
             owners: Arc::default(),
         }

@@ -7,7 +7,9 @@
 //! - `refresh_tokens`: SHA-256 of a refresh token -> [`RefreshRecord`] as JSON
 //!   (the token itself is never stored);
 //! - `owned_accounts`: user UUID ++ account UUID -> empty, to list a user's accounts;
-//! - `meta`: settings kept across restarts (the generated token secret).
+//! - `meta`: settings kept across restarts (the generated token secret);
+//! - `risk_rules`: rule UUID (16 bytes) -> [`StoredRule`] as JSON. The ledger
+//!   checks risk rules but does not keep them: they are configuration, kept here.
 //!
 //! Every write is flushed before the request that made it is answered.
 
@@ -83,6 +85,19 @@ pub struct RefreshRecord {
     pub expires_at_ms: u64,
 }
 
+/// A risk rule as stored: the body the API (or the configuration) took,
+/// so that a stored rule is parsed and checked at each start exactly like a
+/// new one ([`crate::wire::RuleBody::into_rule`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    /// Random (v4) id, the ledger's rule id.
+    pub id: Uuid,
+    /// When the rule was created (ms since the Unix epoch); a replacement keeps it.
+    pub created_at_ms: u64,
+    /// The rule.
+    pub rule: crate::wire::RuleBody,
+}
+
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct UserStore {
@@ -92,6 +107,7 @@ pub struct UserStore {
     refresh_tokens: sled::Tree,
     owned_accounts: sled::Tree,
     meta: sled::Tree,
+    risk_rules: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, UserStoreError> {
@@ -112,6 +128,7 @@ impl UserStore {
             refresh_tokens: db.open_tree("refresh_tokens")?,
             owned_accounts: db.open_tree("owned_accounts")?,
             meta: db.open_tree("meta")?,
+            risk_rules: db.open_tree("risk_rules")?,
             db,
         })
     }
@@ -237,6 +254,35 @@ impl UserStore {
             }
         }
         Ok(found)
+    }
+
+    /// Every stored risk rule, in id order. Their number is bounded by
+    /// [`crate::risk::RULES_MAX`], checked when one is added.
+    pub fn rules(&self) -> Result<Vec<StoredRule>, UserStoreError> {
+        self.risk_rules.iter().values().map(|value| decode(&value?, "risk rule")).collect()
+    }
+
+    /// How many risk rules are stored.
+    pub fn rule_count(&self) -> usize {
+        self.risk_rules.len()
+    }
+
+    /// A risk rule by id.
+    pub fn rule(&self, id: Uuid) -> Result<Option<StoredRule>, UserStoreError> {
+        self.risk_rules.get(id.as_bytes())?.map(|bytes| decode(&bytes, "risk rule")).transpose()
+    }
+
+    /// Adds or replaces a risk rule.
+    pub async fn put_rule(&self, rule: &StoredRule) -> Result<(), UserStoreError> {
+        self.risk_rules.insert(rule.id.as_bytes(), encode(rule, "risk rule")?)?;
+        self.flush().await
+    }
+
+    /// Removes a risk rule; false when there was none.
+    pub async fn remove_rule(&self, id: Uuid) -> Result<bool, UserStoreError> {
+        let removed = self.risk_rules.remove(id.as_bytes())?.is_some();
+        self.flush().await?;
+        Ok(removed)
     }
 
     /// A value kept in the `meta` tree, made by `make` the first time.

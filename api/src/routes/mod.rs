@@ -3,7 +3,8 @@
 //! - [`health`] serves `/healthz`, `/readyz`, `/metrics`;
 //! - [`users`] serves `/v1/users`, `/v1/auth/token`, `/v1/auth/refresh`;
 //! - [`accounts`] serves `/v1/accounts`;
-//! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`.
+//! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`;
+//! - [`risk`] serves `/v1/risk/rules`, `/v1/risk/decisions`.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::telemetry::track_http;
 pub mod accounts;
 pub mod health;
 pub mod money;
+pub mod risk;
 pub mod users;
 
 /// Limits the router applies.
@@ -53,6 +55,9 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .route("/v1/transfers/{id}", get(money::get_transfer))
         .route("/v1/transfers/{id}/post", post(money::post_pending))
         .route("/v1/transfers/{id}/void", post(money::void_pending))
+        .route("/v1/risk/rules", post(risk::create_rule).get(risk::list_rules))
+        .route("/v1/risk/rules/{id}", get(risk::get_rule).put(risk::replace_rule).delete(risk::delete_rule))
+        .route("/v1/risk/decisions", get(risk::list_decisions))
         .layer(rates.per_token)
         .layer(rates.per_address);
     Router::new()

@@ -27,8 +27,31 @@ fn count(result: &str) {
     metrics::counter!("wallet_transfers_total", "result" => result.to_string()).increment(1);
 }
 
+/// Counts what a risk rule decided in a result: a veto, or a review hold
+/// made now (a replay decided nothing new).
+fn count_risk(state: &AppState, result: &TransferResult) {
+    let (kind, outcome) = match result {
+        Err(rejection) => match rejection.risk_hit() {
+            Some(hit) => (hit.kind.as_str(), "reject"),
+            None => return,
+        },
+        Ok(outcome) if !outcome.replayed => match outcome.record.transfer.review {
+            Some(rule_id) => {
+                // The hold names only its rule; a rule deleted since is "unknown".
+                let rules = state.ledger.rules();
+                let kind = rules.rules().iter().find(|rule| rule.id == rule_id).map(|rule| rule.kind.code());
+                (kind.map_or("unknown", |kind| kind.as_str()), "review")
+            }
+            None => return,
+        },
+        Ok(_) => return,
+    };
+    metrics::counter!("wallet_risk_decisions_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
 /// Turns one ledger result into a response, counting it.
-fn respond(result: TransferResult) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+fn respond(state: &AppState, result: TransferResult) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    count_risk(state, &result);
     match result {
         Ok(outcome) => {
             let status = if outcome.replayed { StatusCode::OK } else { StatusCode::CREATED };
@@ -101,7 +124,7 @@ async fn settle(
         reference: command.reference,
         metadata: None,
     };
-    respond(state.ledger.submit_one(request).await?)
+    respond(state, state.ledger.submit_one(request).await?)
 }
 
 /// `POST /v1/withdrawals`: the owner or an admin; to the asset's settlement account.
@@ -153,7 +176,7 @@ pub async fn create_transfer(
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let command = TransferCommand::try_from(body)?;
     state.check_owner(&caller, command.from, Rejection::DebitAccountNotFound).await?;
-    respond(state.ledger.submit_one(command.request).await?)
+    respond(&state, state.ledger.submit_one(command.request).await?)
 }
 
 fn batch_error(error: &ApiError) -> BatchItemView {
@@ -233,7 +256,7 @@ pub async fn create_batch(
     if !requests.is_empty() {
         let outcomes = state.ledger.submit(requests, body.atomic).await?;
         for (index, outcome) in indexes.into_iter().zip(outcomes) {
-            results[index] = Some(match respond(outcome) {
+            results[index] = Some(match respond(&state, outcome) {
                 Ok((status, Json(transfer))) => {
                     BatchItemView { status: status.as_u16(), transfer: Some(transfer), error: None }
                 }
@@ -306,7 +329,8 @@ fn derived_id(pending: TransferId, what: &str) -> Result<TransferId, ApiError> {
     TransferId::new(id.as_u128()).map_err(|_| ApiError::Internal)
 }
 
-/// `POST /v1/transfers/{id}/post` {id?, amount?}: either party or an admin.
+/// `POST /v1/transfers/{id}/post` {id?, amount?}: either party or an admin;
+/// only an admin for a review hold.
 #[utoipa::path(
     post,
     path = "/v1/transfers/{id}/post",
@@ -322,6 +346,7 @@ fn derived_id(pending: TransferId, what: &str) -> Result<TransferId, ApiError> {
         (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
         (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A review hold: admin only", body = Problem),
     ),
 )]
 pub async fn post_pending(
@@ -345,19 +370,25 @@ fn resolution_id(pending_id: TransferId, given: Option<&str>, what: &str) -> Res
     }
 }
 
-/// Posts or voids a pending transfer the caller can see.
+/// Posts or voids a pending transfer the caller can see. A hold a risk rule
+/// made for review is for an admin to decide: its owner gets 403.
 async fn resolve(
     state: &AppState,
     caller: &Caller,
     request: TransferRequest,
     pending_id: TransferId,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    visible_transfer(state, caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
-        .await?;
-    respond(state.ledger.submit_one(request).await?)
+    let pending =
+        visible_transfer(state, caller, pending_id, ApiError::Rejected(Rejection::PendingTransferNotFound))
+            .await?;
+    if pending.transfer.review.is_some() {
+        caller.require_admin()?;
+    }
+    respond(state, state.ledger.submit_one(request).await?)
 }
 
-/// `POST /v1/transfers/{id}/void` {id?}: either party or an admin.
+/// `POST /v1/transfers/{id}/void` {id?}: either party or an admin; only an
+/// admin for a review hold.
 #[utoipa::path(
     post,
     path = "/v1/transfers/{id}/void",
@@ -373,6 +404,7 @@ async fn resolve(
         (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
         (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A review hold: admin only", body = Problem),
     ),
 )]
 pub async fn void_pending(

@@ -1,4 +1,10 @@
-//! The test application: build, serve on port 0, talk JSON, shut down.
+//! The test application: build, serve on port 0, talk JSON, shut down;
+//! and the real `wallet` binary as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::StatusCode;
@@ -206,4 +212,115 @@ pub fn base64url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A running `wallet serve` child process: the real binary.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    /// The password printed at first start, if any.
+    pub password: Option<String>,
+}
+
+impl Server {
+    /// Starts the binary on `dir` and waits until it logs its address.
+    pub fn start(dir: &std::path::Path, admin_password: Option<&str>) -> anyhow::Result<Server> {
+        Server::start_with(dir, admin_password, &[])
+    }
+
+    /// Starts the binary on `dir` with extra `serve` flags.
+    pub fn start_with(
+        dir: &std::path::Path,
+        admin_password: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env_remove("WALLET_ADMIN_EMAIL")
+            .env("WALLET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match admin_password {
+            Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
+            None => command.env_remove("WALLET_ADMIN_PASSWORD"),
+        };
+        let mut child = command.spawn().context("starting wallet")?;
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+        });
+        std::thread::spawn(move || {
+            BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(lines_tx.send(l)))
+        });
+        let mut address = None;
+        let mut password = None;
+        let found = wait_for(Duration::from_secs(60), || {
+            while let Ok(line) = lines.try_recv() {
+                if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
+                    password = Some(p.trim().to_string());
+                }
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "serving" {
+                        address = event["address"].as_str().map(str::to_string);
+                    }
+                }
+            }
+            // The password line comes before the server serves.
+            address.clone()
+        });
+        let Some(address) = found else {
+            let _ = child.kill();
+            anyhow::bail!("the server did not log its address");
+        };
+        while let Ok(line) = lines.try_recv() {
+            if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
+                password = Some(p.trim().to_string());
+            }
+        }
+        Ok(Server { child, base: format!("http://{address}"), password })
+    }
+
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    pub fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        match wait_for(Duration::from_secs(30), || self.child.try_wait().ok().flatten()) {
+            Some(exit) => Ok(exit),
+            None => {
+                let _ = self.child.kill();
+                anyhow::bail!("the server did not stop")
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -8,3 +8,4 @@ mod helpers;
 mod limits;
 mod money;
 mod oidc;
+mod risk;
