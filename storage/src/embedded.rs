@@ -3,7 +3,8 @@
 //! Layout of the data directory:
 //! - `meta.json`: settings fixed at creation (the shard count);
 //! - `journal/`: the file journal's segments;
-//! - `snapshot/`: the sled snapshot store (accounts, holds, older transfers);
+//! - `snapshot/`: the sled snapshot store (accounts, holds, history, decisions);
+//! - `index/`: the transfers of retired journal segments, in sorted runs;
 //! - `LOCK`: held while a process has the directory open.
 //!
 //! Opening recovers: it loads the snapshot, reads the journal from the
@@ -24,6 +25,7 @@ use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 use crate::journal::{
     read_journal_from, read_segments, segments, FileJournal, JournalOptions, JournalStats, ReadSummary,
 };
+use crate::runs::TransferRuns;
 use crate::scan::SegmentScan;
 use crate::snapshot::{CheckpointMeta, SnapshotStore};
 use crate::StorageError;
@@ -108,14 +110,22 @@ impl EmbeddedLedger {
         let shard_count = check_meta(data_dir, options.ledger.shard_count)?;
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshot");
+        let index_dir = data_dir.join("index");
         let cache_bytes = options.snapshot_cache_bytes;
-        let (snapshot, loaded) = tokio::task::spawn_blocking(move || {
+        let (snapshot, loaded, runs) = tokio::task::spawn_blocking(move || {
             let opening = std::time::Instant::now();
             let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
             let opened_ms = opening.elapsed().as_millis() as u64;
             let loaded = store.load()?;
-            tracing::debug!(opened_ms, read_ms = opening.elapsed().as_millis() as u64, "snapshot read");
-            Ok::<_, StorageError>((store, loaded))
+            let read_ms = opening.elapsed().as_millis() as u64;
+            let runs = TransferRuns::open(&index_dir)?;
+            tracing::debug!(
+                opened_ms,
+                read_ms,
+                index_ms = opening.elapsed().as_millis() as u64,
+                "snapshot read"
+            );
+            Ok::<_, StorageError>((store, loaded, Arc::new(runs)))
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
@@ -129,7 +139,7 @@ impl EmbeddedLedger {
             meta.open_commits.clone(),
             meta.next_commit_id,
         );
-        recovery.registry().set_index(Arc::new(snapshot.clone()));
+        recovery.registry().set_index(runs.clone());
         let summary =
             read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
         let (mut recovered, completions) = recovery.finish();
@@ -158,6 +168,7 @@ impl EmbeddedLedger {
             ledger: ledger.clone(),
             journal: journal.clone(),
             snapshot,
+            runs,
             meta: Arc::new(tokio::sync::Mutex::new(meta)),
             journal_dir,
             shard_count,
@@ -193,7 +204,7 @@ impl EmbeddedLedger {
     /// status (audits and tests: reads them all).
     pub fn all_transfers(&self) -> Result<Vec<wallet_actors::registry::TransferRecord>, StorageError> {
         let mut by_id: std::collections::BTreeMap<_, _> =
-            self.checkpointer.snapshot.all_transfers()?.into_iter().map(|r| (r.transfer.id, r)).collect();
+            self.checkpointer.runs.all()?.into_iter().map(|r| (r.transfer.id, r)).collect();
         for record in self.ledger.transfers() {
             by_id.insert(record.transfer.id, record);
         }
@@ -271,6 +282,7 @@ struct Checkpointer {
     ledger: Ledger,
     journal: Arc<FileJournal>,
     snapshot: SnapshotStore,
+    runs: Arc<TransferRuns>,
     meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     journal_dir: PathBuf,
     shard_count: u16,
@@ -310,19 +322,26 @@ impl Checkpointer {
         let last_decision_id = decisions.last().map_or(0, |d| d.id);
         let journal_dir = self.journal_dir.clone();
         let snapshot = self.snapshot.clone();
+        let runs = self.runs.clone();
         let previous = meta.clone();
         let next_commit_id = self.ledger.next_commit_id();
         let shard_count = self.shard_count;
         let (report, new_meta, transfers) = tokio::task::spawn_blocking(move || {
             let older: Vec<u64> = segments(&journal_dir)?.into_iter().filter(|&i| i < segment).collect();
-            let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), snapshot.clone());
+            let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
             read_segments(&journal_dir, &older, false, |record| scan.apply(record))?;
             let (transfers, open_commits) = scan.finish()?;
             let scanned_ms = started.elapsed().as_millis() as u64;
             let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
-            snapshot.write(&captured, &transfers, &decisions, &new_meta)?;
+            // The index first: until the meta names the new segment, the
+            // journal still has these transfers, so a crash in between only
+            // makes the next checkpoint write them again (the newest wins).
+            runs.add(transfers.clone())?;
+            let indexed_ms = started.elapsed().as_millis() as u64;
+            snapshot.write(&captured, &decisions, &new_meta)?;
             tracing::debug!(
                 scanned_ms,
+                indexed_ms,
                 written_ms = started.elapsed().as_millis() as u64,
                 "checkpoint written"
             );

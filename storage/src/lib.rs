@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub mod embedded;
 pub mod frame;
 pub mod journal;
+pub mod runs;
 pub mod scan;
 pub mod snapshot;
 

@@ -11,7 +11,7 @@ use wallet_actors::recovery::OpenCommit;
 use wallet_actors::registry::TransferRecord;
 use wallet_actors::{Transfer, TransferId};
 
-use crate::snapshot::SnapshotStore;
+use crate::runs::TransferRuns;
 use crate::StorageError;
 
 /// Folds records, in journal order, into what the snapshot needs.
@@ -19,13 +19,13 @@ pub struct SegmentScan {
     open: BTreeMap<CommitId, (Commit, BTreeSet<ShardId>)>,
     transfers: BTreeMap<TransferId, TransferRecord>,
     resolutions: Vec<Resolution>,
-    snapshot: SnapshotStore,
+    index: Arc<TransferRuns>,
     shard_count: u16,
 }
 
 impl SegmentScan {
     /// Starts from the commits the previous checkpoint left open.
-    pub fn new(shard_count: u16, open: Vec<OpenCommit>, snapshot: SnapshotStore) -> Self {
+    pub fn new(shard_count: u16, open: Vec<OpenCommit>, index: Arc<TransferRuns>) -> Self {
         SegmentScan {
             open: open
                 .into_iter()
@@ -33,7 +33,7 @@ impl SegmentScan {
                 .collect(),
             transfers: BTreeMap::new(),
             resolutions: Vec::new(),
-            snapshot,
+            index,
             shard_count,
         }
     }
@@ -87,7 +87,7 @@ impl SegmentScan {
     /// and the commits still open.
     pub fn finish(mut self) -> Result<(Vec<TransferRecord>, Vec<OpenCommit>), StorageError> {
         for resolution in std::mem::take(&mut self.resolutions) {
-            if let Some(mut record) = self.snapshot.transfer(resolution.pending_id)? {
+            if let Some(mut record) = self.index.get(resolution.pending_id)? {
                 record.status = resolution.status;
                 self.transfers.insert(resolution.pending_id, record);
             }

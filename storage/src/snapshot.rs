@@ -1,12 +1,10 @@
-//! sled snapshots: account states, open holds, and the transfer index, as of
+//! sled snapshots: account states, open holds, history and risk decisions, as of
 //! a checkpoint; recovery loads them and replays the journal from the
 //! checkpoint's segment on.
 //!
 //! Trees (every value is one checksummed, versioned frame, see [`crate::frame`]):
 //! - `accounts`: account id (16 bytes, big endian) -> `Account`;
 //! - `holds`: pending transfer id -> `Hold`;
-//! - `transfers`: transfer id -> `TransferRecord` (transfers older than the
-//!   checkpoint: the on-disk half of the id registry);
 //! - `history`: account id ++ first sequence (24 bytes, big endian) -> the
 //!   account's `HistoryEntry`s of one checkpoint, in order (every account
 //!   event up to the checkpoint, with the balances after it). One value per
@@ -15,7 +13,9 @@
 //!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`].
 //!
-//! A checkpoint writes accounts, holds and transfers first and the meta
+//! Transfers of retired segments are not here but in [`crate::runs`].
+//!
+//! A checkpoint writes accounts, holds, history and decisions first and the meta
 //! last, then flushes; only then are journal segments deleted. Replay skips
 //! account events the snapshot already has (by sequence number), so a crash
 //! anywhere in between leaves a state that recovery completes.
@@ -24,10 +24,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use wallet_actors::recovery::OpenCommit;
-use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
+use wallet_actors::registry::TransferIndexError;
 use wallet_actors::risk::Decision;
 use wallet_actors::shard::{Captured, HistoryEntry, Hold};
-use wallet_actors::{Account, TransferId};
+use wallet_actors::Account;
 
 use crate::frame;
 use crate::StorageError;
@@ -63,7 +63,6 @@ pub struct SnapshotStore {
     db: sled::Db,
     accounts: sled::Tree,
     holds: sled::Tree,
-    transfers: sled::Tree,
     history: sled::Tree,
     decisions: sled::Tree,
     decisions_by_account: sled::Tree,
@@ -116,7 +115,6 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             accounts: db.open_tree("accounts").map_err(&error)?,
             holds: db.open_tree("holds").map_err(&error)?,
-            transfers: db.open_tree("transfers").map_err(&error)?,
             history: db.open_tree("history").map_err(&error)?,
             decisions: db.open_tree("decisions").map_err(&error)?,
             decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
@@ -149,15 +147,6 @@ impl SnapshotStore {
         Ok(loaded)
     }
 
-    /// A transfer stored by an earlier checkpoint.
-    pub fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StorageError> {
-        let path = self.path();
-        match self.transfers.get(id.get().to_be_bytes()).map_err(sled_error(&path))? {
-            Some(value) => Ok(Some(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?)),
-            None => Ok(None),
-        }
-    }
-
     /// The largest decision id stored, 0 when none.
     pub fn last_decision_id(&self) -> Result<u64, StorageError> {
         let path = self.path();
@@ -177,27 +166,14 @@ impl SnapshotStore {
         }
     }
 
-    /// Every transfer in the index (audits and tests: reads them all).
-    pub fn all_transfers(&self) -> Result<Vec<TransferRecord>, StorageError> {
-        let path = self.path();
-        let error = sled_error(&path);
-        let mut all = Vec::new();
-        for item in self.transfers.iter() {
-            let (_, value) = item.map_err(&error)?;
-            all.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
-        }
-        Ok(all)
-    }
-
     /// Writes one checkpoint and makes it durable. Written in small
     /// batches: sled's `apply_batch` blocks every reader of the tree while it
-    /// runs, and the ledger reads the transfer index on the hot path. Nothing
+    /// runs, and history reads go to these trees while the ledger serves. Nothing
     /// here needs one atomic batch: replay skips what accounts already have,
     /// and the meta, written last, is what makes the checkpoint count.
     pub fn write(
         &self,
         captured: &[Captured],
-        transfers: &[TransferRecord],
         decisions: &[Decision],
         meta: &CheckpointMeta,
     ) -> Result<(), StorageError> {
@@ -228,16 +204,6 @@ impl SnapshotStore {
             }
         }
         self.holds.apply_batch(holds).map_err(&error)?;
-        for chunk in transfers.chunks(CHUNK) {
-            let mut batch = sled::Batch::default();
-            for record in chunk {
-                batch.insert(
-                    &record.transfer.id.get().to_be_bytes(),
-                    frame::encode(record, SNAPSHOT_FORMAT_VERSION)?,
-                );
-            }
-            self.transfers.apply_batch(batch).map_err(&error)?;
-        }
         let history = captured.iter().flat_map(|shard| shard.history.iter());
         for chunk in chunked_pairs(history, CHUNK) {
             let mut batch = sled::Batch::default();
@@ -354,14 +320,5 @@ impl wallet_actors::risk::DecisionIndex for SnapshotStore {
             }
         }
         Ok(found)
-    }
-}
-
-impl TransferIndex for SnapshotStore {
-    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
-        self.transfer(id).map_err(|error| {
-            tracing::error!(%error, %id, "transfer index read failed");
-            TransferIndexError
-        })
     }
 }

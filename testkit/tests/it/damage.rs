@@ -98,3 +98,47 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_transfer_index_never_lets_an_id_apply_twice() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = open(dir.path(), test_options(4, Arc::new(ManualClock::new(1)))).await?;
+    node.ledger.open_account(unlimited(1, usd())).await?;
+    node.ledger.open_account(wallet(2, usd())).await?;
+    for id in 1..=40 {
+        node.ledger.submit_one(posted(id, 1, 2, 10)).await??;
+    }
+    // The checkpoint moves the transfers out of the journal into an index run.
+    node.checkpoint().await?;
+    node.shutdown().await;
+    let run = std::fs::read_dir(dir.path().join("index"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "run"))
+        .ok_or_else(|| anyhow::anyhow!("no index run"))?;
+    let original = std::fs::read(&run)?;
+    for position in (0..original.len()).step_by(11) {
+        let mut bytes = original.clone();
+        bytes[position] ^= 0x55;
+        std::fs::write(&run, &bytes)?;
+        let options = test_options(4, Arc::new(ManualClock::new(1)));
+        let node = match wallet_storage::EmbeddedLedger::open(dir.path(), options).await {
+            // Damage in the footer stops the open.
+            Err(StorageError::Corrupt { .. }) | Err(StorageError::Decode { .. }) => continue,
+            Err(other) => panic!("flip at {position}: {other}"),
+            Ok(node) => node,
+        };
+        // Damage in a block: each id is either recognised or refused, never
+        // applied again.
+        for id in 1..=40 {
+            match node.ledger.submit_one(posted(id, 1, 2, 10)).await {
+                Ok(Ok(outcome)) => assert!(outcome.replayed, "flip at {position}: id {id} applied twice"),
+                Err(wallet_actors::LedgerError::Unavailable) => {}
+                other => panic!("flip at {position}: id {id}: {other:?}"),
+            }
+        }
+        let balance = node.ledger.account(account(2)).await?.map(|v| v.account.balances.credits_posted);
+        assert_eq!(balance, Some(400), "flip at {position}");
+        node.stop_without_checkpoint().await;
+    }
+    Ok(())
+}
