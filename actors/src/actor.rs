@@ -113,6 +113,16 @@ impl Shared {
         })
     }
 
+    /// Marks the ledger failed because a passivated account could not be
+    /// read back: answers about it could be wrong, so none are given.
+    pub fn poison_on_read(&self) {
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                "reading an account from the snapshot failed; the ledger refuses writes until restarted"
+            );
+        }
+    }
+
     /// Marks the ledger failed.
     pub fn poison(&self, error: JournalError) {
         if !self.poisoned.swap(true, Ordering::SeqCst) {
@@ -182,14 +192,18 @@ pub enum ShardMsg {
         /// The holds.
         reply: RpcReplyPort<Vec<Hold>>,
     },
-    /// Every account (for checks).
+    /// Every resident account (for checks).
     Dump(RpcReplyPort<Vec<Account>>),
+    /// How many accounts are resident.
+    Resident(RpcReplyPort<usize>),
     /// Replace the risk rules; answers once they are in force.
     SetRules(Arc<crate::risk::RuleSet>, RpcReplyPort<()>),
     /// What changed since the last capture (for a snapshot).
     Capture(RpcReplyPort<Captured>),
-    /// Storage wrote the last capture's history.
-    ForgetFlushedHistory,
+    /// Storage wrote the last capture (history included): forget the
+    /// history it held, and passivate accounts untouched for this many
+    /// snapshots (none when `None`).
+    ForgetFlushedHistory(Option<u64>),
     /// An account's history still in memory.
     History {
         /// The account.
@@ -303,7 +317,31 @@ impl RunningShard {
         }
     }
 
+    /// Makes the accounts a message names resident. A read that fails
+    /// poisons the ledger: the message is then refused like any other.
+    fn activate_for(&mut self, message: &ShardMsg) {
+        let result = match message {
+            ShardMsg::OpenAccount(account, _) => self.state.activate(account.id),
+            ShardMsg::SetStatus(account_id, _, _) | ShardMsg::GetAccount(account_id, _) => {
+                self.state.activate(*account_id)
+            }
+            ShardMsg::Execute(ops, _) => ops.iter().try_for_each(|op| self.state.activate_op(op)),
+            ShardMsg::Prepare { ops, .. } => ops.iter().try_for_each(|(_, op)| self.state.activate_op(op)),
+            ShardMsg::Debit(ops) => ops.iter().try_for_each(|chain| self.state.activate_op(&chain.op)),
+            ShardMsg::Credit(ops) | ShardMsg::Refused(ops, _) => {
+                ops.iter().try_for_each(|credit| self.state.activate_op(&credit.op))
+            }
+            // Accounts with reserved legs are never passivated; the rest
+            // name no account or read only what is resident.
+            _ => Ok(()),
+        };
+        if result.is_err() {
+            self.shared.poison_on_read();
+        }
+    }
+
     fn handle(&mut self, message: ShardMsg) {
+        self.activate_for(&message);
         match message {
             ShardMsg::OpenAccount(account, port) => {
                 let Some(port) = self.refuse_if_poisoned(port) else { return };
@@ -390,11 +428,18 @@ impl RunningShard {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
             ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
+            ShardMsg::Resident(port) => reply(port, self.state.resident()),
             ShardMsg::SetRules(rules, port) => {
                 self.state.set_rules(rules);
                 reply(port, ());
             }
-            ShardMsg::ForgetFlushedHistory => self.state.forget_flushed_history(),
+            ShardMsg::ForgetFlushedHistory(idle_epochs) => {
+                self.state.forget_flushed_history();
+                if let Some(idle_epochs) = idle_epochs {
+                    let passivated = self.state.passivate_idle(idle_epochs);
+                    metrics::counter!("wallet_passivations_total").increment(passivated as u64);
+                }
+            }
             ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
                 reply(port, self.state.recent_history(account_id, after_sequence, limit))
             }

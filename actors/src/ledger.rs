@@ -38,6 +38,10 @@ pub struct LedgerConfig {
     pub request_timeout_ms: u64,
     /// How often due holds are expired.
     pub expiry_interval_ms: u64,
+    /// Accounts not named by any message during this many snapshots are
+    /// passivated (dropped from memory, read back from the snapshot when
+    /// next named); `None` keeps every account resident.
+    pub passivate_after_snapshots: Option<u64>,
 }
 
 impl Default for LedgerConfig {
@@ -47,6 +51,7 @@ impl Default for LedgerConfig {
             in_flight_max: 1 << 16,
             request_timeout_ms: 10_000,
             expiry_interval_ms: 100,
+            passivate_after_snapshots: Some(1),
         }
     }
 }
@@ -138,6 +143,8 @@ struct Inner {
     timeout: Duration,
     rules: std::sync::RwLock<Arc<RuleSet>>,
     decisions: DecisionLog,
+    /// Emptied at shutdown, so the snapshot store can close.
+    account_source: std::sync::RwLock<Option<Arc<dyn crate::shard::AccountSource>>>,
 }
 
 /// A running ledger. Cheap to clone.
@@ -192,6 +199,7 @@ impl Ledger {
             config,
             rules: Default::default(),
             decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
+            account_source: std::sync::RwLock::new(recovered.account_source),
         });
         let ledger = Ledger { inner };
         ledger.spawn_expiry();
@@ -306,13 +314,29 @@ impl Ledger {
         Ok(found.map(|(account, reserved)| AccountView { account, reserved }))
     }
 
-    /// Every account (small ledgers and tests).
-    pub async fn accounts(&self) -> Result<Vec<Account>, LedgerError> {
-        let mut all = Vec::new();
+    /// How many accounts are in memory (the others are passivated).
+    pub async fn resident_accounts(&self) -> Result<usize, LedgerError> {
+        let mut total = 0;
         for shard in self.inner.shards.clone() {
-            all.extend(self.ask(&shard, ShardMsg::Dump).await?);
+            total += self.ask(&shard, ShardMsg::Resident).await?;
         }
-        Ok(all)
+        Ok(total)
+    }
+
+    /// Every account, resident or passivated (small ledgers and tests).
+    pub async fn accounts(&self) -> Result<Vec<Account>, LedgerError> {
+        let mut all: BTreeMap<AccountId, Account> = BTreeMap::new();
+        let source = self.inner.account_source.read().ok().and_then(|s| s.clone());
+        if let Some(source) = source {
+            let stored = source.all().map_err(|_| LedgerError::Unavailable)?;
+            all.extend(stored.into_iter().map(|account| (account.id, account)));
+        }
+        // Resident accounts are at least as new as their snapshot.
+        for shard in self.inner.shards.clone() {
+            let resident = self.ask(&shard, ShardMsg::Dump).await?;
+            all.extend(resident.into_iter().map(|account| (account.id, account)));
+        }
+        Ok(all.into_values().collect())
     }
 
     /// A transfer by id, with its current status.
@@ -415,9 +439,13 @@ impl Ledger {
         }
     }
 
-    /// Lets go of the history index (at shutdown).
+    /// Lets go of the history index and the account source (at shutdown,
+    /// after the shards stopped), so storage can close.
     pub fn detach_history_index(&self) {
         if let Ok(mut slot) = self.inner.shared.history.write() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.inner.account_source.write() {
             *slot = None;
         }
     }
@@ -425,7 +453,8 @@ impl Ledger {
     /// Tells every shard that storage wrote the last capture's history.
     pub fn forget_flushed_history(&self) {
         for shard in &self.inner.shards {
-            let _ = shard.cast(ShardMsg::ForgetFlushedHistory);
+            let idle = self.inner.config.passivate_after_snapshots;
+            let _ = shard.cast(ShardMsg::ForgetFlushedHistory(idle));
         }
     }
 

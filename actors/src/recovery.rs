@@ -21,6 +21,8 @@ pub struct Recovered {
     pub decisions: Vec<crate::risk::Decision>,
     /// The next decision id: storage raises it past the snapshot's.
     pub next_decision_id: u64,
+    /// Where passivated accounts are read back from, if anywhere.
+    pub account_source: Option<Arc<dyn crate::shard::AccountSource>>,
 }
 
 /// A commit some of whose shards had not applied their legs.
@@ -41,6 +43,9 @@ pub struct Recovery {
     next_commit_id: u64,
     records: u64,
     decisions: Vec<crate::risk::Decision>,
+    /// The first account that could not be read back from the source.
+    load_failed: Option<crate::registry::TransferIndexError>,
+    source: Option<Arc<dyn crate::shard::AccountSource>>,
 }
 
 impl Recovery {
@@ -55,6 +60,8 @@ impl Recovery {
             next_commit_id: 1,
             records: 0,
             decisions: Vec::new(),
+            load_failed: None,
+            source: None,
         }
     }
 
@@ -109,6 +116,20 @@ impl Recovery {
         &self.registry
     }
 
+    /// Accounts need not be loaded up front: each is read from `source`
+    /// when a record or, later, a message names it.
+    pub fn set_account_source(&mut self, source: Arc<dyn crate::shard::AccountSource>) {
+        for shard in &mut self.shards {
+            shard.set_source(source.clone());
+        }
+        self.source = Some(source);
+    }
+
+    /// Accounts read back from the source so far.
+    pub fn activated(&self) -> u64 {
+        self.shards.iter().map(|s| s.activated()).sum()
+    }
+
     /// Number of records applied.
     pub fn records(&self) -> u64 {
         self.records
@@ -122,7 +143,9 @@ impl Recovery {
                 // An Applied record comes from one shard: route by its first event.
                 if let Some(first) = applied.events.first() {
                     let shard = first.account_id.shard(self.shard_count);
-                    self.shards[shard.0 as usize].replay_applied(&applied);
+                    if let Err(error) = self.shards[shard.0 as usize].replay_applied(&applied) {
+                        self.load_failed.get_or_insert(error);
+                    }
                 }
                 self.registry.record_durable(&applied.transfers, &applied.resolutions);
             }
@@ -133,7 +156,9 @@ impl Recovery {
                     commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
                 if let Some(applied) = &commit.applied_by {
                     if let Some(shard) = self.shards.get_mut(applied.shard_id.0 as usize) {
-                        shard.replay_commit(&commit, Some(&applied.sequences));
+                        if let Err(error) = shard.replay_commit(&commit, Some(&applied.sequences)) {
+                            self.load_failed.get_or_insert(error);
+                        }
                     }
                     waiting.remove(&applied.shard_id);
                 }
@@ -155,7 +180,9 @@ impl Recovery {
                     return;
                 };
                 if let Some(shard) = self.shards.get_mut(shard_id.0 as usize) {
-                    shard.replay_commit(commit, Some(&sequences));
+                    if let Err(error) = shard.replay_commit(commit, Some(&sequences)) {
+                        self.load_failed.get_or_insert(error);
+                    }
                 }
                 waiting.remove(&shard_id);
                 if waiting.is_empty() {
@@ -167,11 +194,17 @@ impl Recovery {
 
     /// Completes commits a crash interrupted and returns the recovered state
     /// with the records that say so, to be journaled before serving.
-    pub fn finish(mut self) -> (Recovered, Vec<Record>) {
+    ///
+    /// Fails if an account could not be read back from the source: the
+    /// state would be incomplete.
+    pub fn finish(mut self) -> Result<(Recovered, Vec<Record>), crate::registry::TransferIndexError> {
+        if let Some(error) = self.load_failed {
+            return Err(error);
+        }
         let mut completions = Vec::new();
         for (commit_id, (commit, waiting)) in std::mem::take(&mut self.open_commits) {
             for shard_id in waiting {
-                let sequences = self.shards[shard_id.0 as usize].replay_commit(&commit, None);
+                let sequences = self.shards[shard_id.0 as usize].replay_commit(&commit, None)?;
                 completions.push(Record::CommitApplied { commit_id, shard_id, sequences });
             }
         }
@@ -181,7 +214,8 @@ impl Recovery {
             next_commit_id: self.next_commit_id,
             next_decision_id: self.decisions.iter().map(|d| d.id + 1).max().unwrap_or(1),
             decisions: self.decisions,
+            account_source: self.source,
         };
-        (recovered, completions)
+        Ok((recovered, completions))
     }
 }

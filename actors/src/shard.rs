@@ -10,6 +10,7 @@ use crate::asset::Asset;
 use crate::hash::{HashMap, HashSet};
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
+use crate::registry::TransferIndexError;
 use crate::rejection::Rejection;
 use crate::risk::{Debit, RuleSet};
 use crate::transfer::{Transfer, TransferKind, TransferStatus};
@@ -129,6 +130,27 @@ pub struct Captured {
 struct Slot {
     account: Account,
     reserved: Reserved,
+    /// The shard's epoch when a message last named this account.
+    touched: u64,
+}
+
+#[derive(Clone)]
+struct Source(Arc<dyn AccountSource>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountSource")
+    }
+}
+
+/// Where passivated accounts are read back from: the snapshot store. Reads
+/// are synchronous and short (a key look-up); a failed read poisons the
+/// ledger, as a failed journal write does.
+pub trait AccountSource: Send + Sync + 'static {
+    /// The account as of the last snapshot, if it is there.
+    fn load(&self, account_id: AccountId) -> Result<Option<Account>, TransferIndexError>;
+    /// Every account in the snapshot (audits and tests: reads them all).
+    fn all(&self) -> Result<Vec<Account>, TransferIndexError>;
 }
 
 /// The legs of one operation that one shard reserved.
@@ -178,6 +200,13 @@ pub struct ShardState {
     history_flushing: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
     /// Risk rules checked with every new debit.
     rules: Arc<RuleSet>,
+    /// Where passivated accounts come back from; `None`: all are resident.
+    source: Option<Source>,
+    /// Counts snapshots written; an account untouched for some epochs may
+    /// be passivated.
+    epoch: u64,
+    /// Accounts activated from the source.
+    activated: u64,
 }
 
 impl ShardState {
@@ -195,7 +224,78 @@ impl ShardState {
             history_recent: HashMap::default(),
             history_flushing: Arc::default(),
             rules: Arc::default(),
+            source: None,
+            epoch: 0,
+            activated: 0,
         }
+    }
+
+    /// Sets where passivated accounts are read back from. With a source,
+    /// accounts need not be resident: [`ShardState::activate`] loads one
+    /// when a message names it.
+    pub fn set_source(&mut self, source: Arc<dyn AccountSource>) {
+        self.source = Some(Source(source));
+    }
+
+    /// Makes an account of this shard resident if it exists, and marks it
+    /// touched. Every entry point that names accounts calls this first.
+    pub fn activate(&mut self, account_id: AccountId) -> Result<(), TransferIndexError> {
+        if !self.owns(account_id) {
+            return Ok(());
+        }
+        if let Some(slot) = self.accounts.get_mut(&account_id) {
+            slot.touched = self.epoch;
+            return Ok(());
+        }
+        let Some(Source(source)) = &self.source else { return Ok(()) };
+        if let Some(account) = source.load(account_id)? {
+            account.assert_limits();
+            self.activated += 1;
+            self.accounts
+                .insert(account_id, Slot { account, reserved: Reserved::default(), touched: self.epoch });
+        }
+        Ok(())
+    }
+
+    /// Activates every account an operation names.
+    pub fn activate_op(&mut self, op: &[Planned]) -> Result<(), TransferIndexError> {
+        for planned in op {
+            for leg in &planned.legs {
+                self.activate(leg.account_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of accounts activated from the source so far.
+    pub fn activated(&self) -> u64 {
+        self.activated
+    }
+
+    /// Number of resident accounts.
+    pub fn resident(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// A snapshot has been written: passivates accounts that are in it
+    /// unchanged, have nothing reserved, and were not touched in the last
+    /// `idle_epochs` epochs. Returns how many. Needs a source.
+    pub fn passivate_idle(&mut self, idle_epochs: u64) -> usize {
+        self.epoch += 1;
+        if self.source.is_none() {
+            return 0;
+        }
+        let before = self.accounts.len();
+        let epoch = self.epoch;
+        let dirty = &self.dirty_accounts;
+        let recent = &self.history_recent;
+        self.accounts.retain(|id, slot| {
+            slot.reserved.legs != 0
+                || slot.touched + idle_epochs >= epoch
+                || dirty.contains(id)
+                || recent.contains_key(id)
+        });
+        before - self.accounts.len()
     }
 
     /// Replaces the risk rules; the next debit is checked against these.
@@ -252,7 +352,9 @@ impl ShardState {
             sequence: 1,
             event: AccountEvent::Opened(opened.clone()),
         };
-        self.accounts.insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default() });
+        let touched = self.epoch;
+        self.accounts
+            .insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default(), touched });
         self.dirty_accounts.insert(opened.id);
         self.record_history(opened.id, 1, HistoryEvent::Opened);
         Ok((opened, Some(event)))
@@ -729,7 +831,8 @@ impl ShardState {
     /// Loads an account from a snapshot (before any replay).
     pub fn load_account(&mut self, account: Account) {
         account.assert_limits();
-        self.accounts.insert(account.id, Slot { account, reserved: Reserved::default() });
+        let touched = self.epoch;
+        self.accounts.insert(account.id, Slot { account, reserved: Reserved::default(), touched });
     }
 
     /// Loads an open hold from a snapshot (before any replay).
@@ -753,16 +856,22 @@ impl ShardState {
     }
 
     /// Replays an [`Applied`] record (recovery).
-    pub fn replay_applied(&mut self, applied: &Applied) {
+    pub fn replay_applied(&mut self, applied: &Applied) -> Result<(), TransferIndexError> {
         let mut times = TransferTimes::new(&applied.transfers);
         for sequenced in &applied.events {
             if !self.owns(sequenced.account_id) {
                 continue;
             }
+            // A passivated account's snapshot is newer than its opening.
+            self.activate(sequenced.account_id)?;
             match &sequenced.event {
                 AccountEvent::Opened(account) => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = self.accounts.entry(account.id) {
-                        slot.insert(Slot { account: account.clone(), reserved: Reserved::default() });
+                        slot.insert(Slot {
+                            account: account.clone(),
+                            reserved: Reserved::default(),
+                            touched: self.epoch,
+                        });
                         self.dirty_accounts.insert(account.id);
                         self.record_history(account.id, 1, HistoryEvent::Opened);
                     }
@@ -796,17 +905,23 @@ impl ShardState {
         for resolution in &applied.resolutions {
             self.remove_hold(resolution.pending_id);
         }
+        Ok(())
     }
 
     /// Replays this shard's part of a commit: with `sequences` as recorded
     /// by [`crate::record::Record::CommitApplied`], or with fresh ones when a
     /// crash came between the commit and its application. Returns the
     /// sequences used.
-    pub fn replay_commit(&mut self, commit: &Commit, sequences: Option<&[u64]>) -> Vec<u64> {
+    pub fn replay_commit(
+        &mut self,
+        commit: &Commit,
+        sequences: Option<&[u64]>,
+    ) -> Result<Vec<u64>, TransferIndexError> {
         let mut used = Vec::new();
         let mut times = TransferTimes::new(&commit.transfers);
         for leg in &commit.legs {
             if self.owns(leg.account_id) {
+                self.activate(leg.account_id)?;
                 let sequence = sequences.and_then(|s| s.get(used.len()).copied());
                 let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
                 used.push(self.apply_leg(leg, sequence, at_ms).sequence);
@@ -820,7 +935,7 @@ impl ShardState {
         for resolution in &commit.resolutions {
             self.remove_hold(resolution.pending_id);
         }
-        used
+        Ok(used)
     }
 }
 

@@ -76,7 +76,8 @@ pub struct EmbeddedLedger {
     _lock: fs::File,
     /// What recovery read from the journal.
     pub recovered: ReadSummary,
-    /// Accounts loaded from the snapshot.
+    /// Accounts recovery read back from the snapshot (those the journal
+    /// tail names; the others stay on disk until first named).
     pub snapshot_accounts: usize,
     data_dir: PathBuf,
     stop_checkpoints: tokio::sync::watch::Sender<bool>,
@@ -129,20 +130,23 @@ impl EmbeddedLedger {
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
-        let snapshot_accounts = loaded.accounts.len();
         let loaded_ms = started.elapsed().as_millis() as u64;
         let meta = loaded.meta.clone().unwrap_or_default();
         let mut recovery = Recovery::from_snapshot(
             shard_count,
-            loaded.accounts,
+            Vec::new(),
             loaded.holds,
             meta.open_commits.clone(),
             meta.next_commit_id,
         );
         recovery.registry().set_index(runs.clone());
+        recovery.set_account_source(Arc::new(snapshot.clone()));
         let summary =
             read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
-        let (mut recovered, completions) = recovery.finish();
+        let snapshot_accounts = recovery.activated() as usize;
+        let (mut recovered, completions) = recovery
+            .finish()
+            .map_err(|_| StorageError::Corrupt { path: data_dir.join("snapshot"), offset: 0 })?;
         recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
         tracing::info!(
             loaded_ms,

@@ -49,8 +49,6 @@ pub struct CheckpointMeta {
 /// What a snapshot holds, loaded.
 #[derive(Debug, Default)]
 pub struct LoadedSnapshot {
-    /// Every account.
-    pub accounts: Vec<Account>,
     /// Every open hold.
     pub holds: Vec<Hold>,
     /// The last checkpoint, if there was one.
@@ -127,16 +125,14 @@ impl SnapshotStore {
         std::path::PathBuf::from("snapshot")
     }
 
-    /// Reads the whole snapshot. Any value that fails its checksum is an
-    /// error: a snapshot is never loaded in part.
+    /// Reads what recovery needs up front: open holds and the meta.
+    /// Accounts are read one by one when first named
+    /// ([`wallet_actors::shard::AccountSource`]). Any value that fails its
+    /// checksum is an error: a snapshot is never loaded in part.
     pub fn load(&self) -> Result<LoadedSnapshot, StorageError> {
         let path = self.path();
         let error = sled_error(&path);
         let mut loaded = LoadedSnapshot::default();
-        for item in self.accounts.iter() {
-            let (_, value) = item.map_err(&error)?;
-            loaded.accounts.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
-        }
         for item in self.holds.iter() {
             let (_, value) = item.map_err(&error)?;
             loaded.holds.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
@@ -286,6 +282,28 @@ impl wallet_actors::actor::HistoryIndex for SnapshotStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+}
+
+impl wallet_actors::shard::AccountSource for SnapshotStore {
+    fn load(&self, account_id: wallet_actors::AccountId) -> Result<Option<Account>, TransferIndexError> {
+        let value = self.accounts.get(account_id.get().to_be_bytes()).map_err(|_| TransferIndexError)?;
+        match value {
+            None => Ok(None),
+            Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
+                tracing::error!(%error, %account_id, "a snapshot account does not decode");
+                TransferIndexError
+            }),
+        }
+    }
+
+    fn all(&self) -> Result<Vec<Account>, TransferIndexError> {
+        let mut all = Vec::new();
+        for item in self.accounts.iter() {
+            let (_, value) = item.map_err(|_| TransferIndexError)?;
+            all.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|_| TransferIndexError)?);
+        }
+        Ok(all)
     }
 }
 

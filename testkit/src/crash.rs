@@ -27,7 +27,13 @@ pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
     // Small segments and frequent checkpoints, so kills land during
     // checkpoints and recovery starts from snapshots.
     let options = EmbeddedOptions {
-        ledger: LedgerConfig { shard_count: SHARDS, ..LedgerConfig::default() },
+        // Every clean account leaves memory at each snapshot, so restarts
+        // and reads exercise activation from the snapshot.
+        ledger: LedgerConfig {
+            shard_count: SHARDS,
+            passivate_after_snapshots: Some(0),
+            ..LedgerConfig::default()
+        },
         journal: JournalOptions { segment_bytes_max: 256 << 10, ..JournalOptions::default() },
         clock: Arc::new(SystemClock),
         checkpoint_bytes: 128 << 10,

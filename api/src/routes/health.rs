@@ -56,6 +56,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("wallet_shard_actors").set(f64::from(state.ledger.config().shard_count));
+    // Accounts are virtual actors: resident ones are the active actors.
+    if let Ok(resident) = state.ledger.resident_accounts().await {
+        metrics::gauge!("wallet_accounts_resident").set(resident as f64);
+    }
     let stats = &state.journal_stats;
     // The journal keeps its own atomics; they are copied in as counters at scrape time.
     metrics::counter!("wallet_journal_records_total").absolute(stats.records.load(Ordering::Relaxed));

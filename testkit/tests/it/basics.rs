@@ -144,3 +144,41 @@ async fn settlement_ids_are_reserved() -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_accounts_passivate_and_come_back_when_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = clock();
+    let node = open(dir.path(), test_options(4, clock.clone())).await?;
+    let ledger = node.ledger.clone();
+    ledger.open_account(unlimited(1, usd())).await?;
+    for id in 2..=9 {
+        ledger.open_account(wallet(id, usd())).await?;
+        ledger.submit_one(posted(id, 1, id, 100)).await??;
+    }
+    ledger.submit_one(pending(50, 2, 3, 40, None)).await??;
+    assert_eq!(ledger.resident_accounts().await?, 9);
+    // The snapshot has them all; untouched since, they leave memory (the
+    // tests passivate after every snapshot).
+    node.checkpoint().await?;
+    while ledger.resident_accounts().await? > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Named again, each comes back as it was: balances, holds, history.
+    let account_2 = ledger.account(account(2)).await?.map(|v| v.account.balances);
+    assert_eq!(account_2.map(|b| (b.credits_posted, b.debits_pending)), Some((100, 40)));
+    ledger.submit_one(post(51, 50, Some(30))).await??;
+    ledger.submit_one(posted(52, 4, 5, 100)).await??;
+    assert_eq!(ledger.submit_one(posted(53, 4, 5, 1)).await?, Err(Rejection::InsufficientFunds));
+    assert_eq!(ledger.history(account(4), 0, 10).await?.len(), 3);
+    assert_eq!(ledger.resident_accounts().await?, 4);
+    assert_eq!(ledger.accounts().await?.len(), 9);
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(4, clock)).await?;
+    // Recovery read back only the accounts the journal tail names.
+    assert_eq!(node.snapshot_accounts, 4);
+    let balances: Vec<i128> = node.ledger.accounts().await?.iter().map(|a| a.balances.posted()).collect();
+    assert_eq!(balances, vec![-800, 70, 130, 0, 200, 100, 100, 100, 100]);
+    node.shutdown().await;
+    Ok(())
+}

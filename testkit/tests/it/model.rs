@@ -95,7 +95,13 @@ fn status(index: usize) -> AccountStatus {
 fn options(clock: Arc<ManualClock>) -> EmbeddedOptions {
     EmbeddedOptions {
         // Expiry runs only when the test says, so the model can follow it.
-        ledger: LedgerConfig { shard_count: 4, expiry_interval_ms: 3_600_000, ..LedgerConfig::default() },
+        // Passivation after every snapshot: checkpoints drop every clean account.
+        ledger: LedgerConfig {
+            shard_count: 4,
+            expiry_interval_ms: 3_600_000,
+            passivate_after_snapshots: Some(0),
+            ..LedgerConfig::default()
+        },
         // Tiny segments so checkpoints retire some of them.
         journal: JournalOptions { segment_bytes_max: 2048, ..JournalOptions::default() },
         clock,
