@@ -59,6 +59,14 @@ struct Args {
     /// After the run, shut down, reopen, and report the time it took.
     #[arg(long)]
     restart: bool,
+    /// Only open the ledger in `--data-dir` (made by an earlier run), read
+    /// one account, and report the time to serve and the RSS, in a fresh
+    /// process: what a restart costs.
+    #[arg(long)]
+    open_only: bool,
+    /// Passivate accounts not named during this many snapshots (-1: never).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    passivate_after_snapshots: i64,
     /// Skip fdatasync (measures the CPU path only; not durable).
     #[arg(long)]
     no_sync: bool,
@@ -140,7 +148,11 @@ fn account_id(n: u64) -> anyhow::Result<AccountId> {
 
 fn options(args: &Args) -> EmbeddedOptions {
     EmbeddedOptions {
-        ledger: LedgerConfig { shard_count: args.shards, ..LedgerConfig::default() },
+        ledger: LedgerConfig {
+            shard_count: args.shards,
+            passivate_after_snapshots: u64::try_from(args.passivate_after_snapshots).ok(),
+            ..LedgerConfig::default()
+        },
         journal: JournalOptions { sync: !args.no_sync, ..JournalOptions::default() },
         checkpoint_bytes: args.checkpoint_mib << 20,
         snapshot_cache_bytes: args.snapshot_cache_mib << 20,
@@ -148,7 +160,29 @@ fn options(args: &Args) -> EmbeddedOptions {
     }
 }
 
+async fn open_only(args: &Args) -> anyhow::Result<()> {
+    let dir = args.data_dir.clone().context("--open-only needs --data-dir")?;
+    let started = Instant::now();
+    let node = EmbeddedLedger::open(&dir, options(args)).await.context("opening the ledger")?;
+    let found = node.ledger.account(account_id(0)?).await?.is_some();
+    let open_ms = started.elapsed().as_millis() as u64;
+    let resident = node.ledger.resident_accounts().await?;
+    let report = serde_json::json!({
+        "open_ms": open_ms,
+        "account_found": found,
+        "resident_accounts": resident,
+        "accounts_read_by_recovery": node.snapshot_accounts,
+        "rss_bytes": rss_bytes(),
+    });
+    node.shutdown().await;
+    println!("{report}");
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.open_only {
+        return open_only(&args).await;
+    }
     let temporary = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
     let node = EmbeddedLedger::open(&dir, options(&args)).await.context("opening the ledger")?;
