@@ -38,6 +38,10 @@ pub struct LedgerConfig {
     pub request_timeout_ms: u64,
     /// How often due holds are expired.
     pub expiry_interval_ms: u64,
+    /// Most transfers kept in memory until a snapshot takes them: past it,
+    /// new requests get `Overloaded` until snapshots catch up, so memory
+    /// stays bounded when storage is slower than the traffic.
+    pub unsnapshotted_transfers_max: usize,
     /// Accounts not named by any message during this many snapshots are
     /// passivated (dropped from memory, read back from the snapshot when
     /// next named); `None` keeps every account resident.
@@ -52,6 +56,7 @@ impl Default for LedgerConfig {
             request_timeout_ms: 10_000,
             expiry_interval_ms: 100,
             passivate_after_snapshots: Some(1),
+            unsnapshotted_transfers_max: 2_000_000,
         }
     }
 }
@@ -528,6 +533,10 @@ impl Ledger {
         self.check_poisoned()?;
         if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
             return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
+        }
+        if self.inner.shared.registry.recorded() >= self.inner.config.unsnapshotted_transfers_max {
+            metrics::counter!("wallet_overloaded_total", "reason" => "snapshot_behind").increment(1);
+            return Err(LedgerError::Overloaded);
         }
         let _permit = self
             .inner

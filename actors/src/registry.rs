@@ -69,6 +69,8 @@ pub struct TransferIndexError;
 pub struct TransferRegistry {
     stripes: Vec<Mutex<HashMap<TransferId, Entry>>>,
     index: std::sync::RwLock<Option<Arc<dyn TransferIndex>>>,
+    /// Transfers recorded and not yet evicted (approximate: for admission).
+    recorded: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for TransferRegistry {
@@ -82,6 +84,7 @@ impl Default for TransferRegistry {
         TransferRegistry {
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect(),
             index: std::sync::RwLock::new(None),
+            recorded: Default::default(),
         }
     }
 }
@@ -152,7 +155,11 @@ impl TransferRegistry {
     /// Records a durable transfer.
     pub fn complete(&self, transfer: Arc<Transfer>) {
         let status = transfer.initial_status();
-        self.stripe(transfer.id).insert(transfer.id, Entry::Done(TransferRecord { transfer, status }));
+        let previous =
+            self.stripe(transfer.id).insert(transfer.id, Entry::Done(TransferRecord { transfer, status }));
+        if !matches!(previous, Some(Entry::Done(_))) {
+            self.recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Records what durable records hold: new transfers, then resolutions.
@@ -197,8 +204,19 @@ impl TransferRegistry {
             let mut stripe = self.stripe(id);
             if matches!(stripe.get(&id), Some(Entry::Done(current)) if current.status == record.status) {
                 stripe.remove(&id);
+                let _ = self.recorded.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| Some(n.saturating_sub(1)),
+                );
             }
         }
+    }
+
+    /// Transfers recorded since they were last moved to storage (about):
+    /// what a snapshot has yet to take out of memory.
+    pub fn recorded(&self) -> usize {
+        self.recorded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of ids known.

@@ -120,10 +120,10 @@ pub struct Captured {
     pub holds: Vec<Hold>,
     /// Holds that ended.
     pub removed_holds: Vec<TransferId>,
-    /// History entries since the last confirmed capture, by account, to be
-    /// written to storage (shared with the shard, which still serves reads
-    /// from it until storage confirms).
-    pub history: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
+    /// History entries since the last confirmed capture, in the order they
+    /// happened, to be written to storage (shared with the shard, which
+    /// still serves reads from it until storage confirms).
+    pub history: Arc<Vec<HistoryEntry>>,
 }
 
 #[derive(Clone, Debug)]
@@ -195,9 +195,12 @@ pub struct ShardState {
     dirty_accounts: HashSet<AccountId>,
     dirty_holds: HashSet<TransferId>,
     /// History not yet in storage: since the last capture ...
-    history_recent: HashMap<AccountId, Vec<HistoryEntry>>,
+    /// (One flat list per shard: a map of per-account lists cost an
+    /// allocation of four entries per account touched, gigabytes at a
+    /// million accounts.)
+    history_recent: Vec<HistoryEntry>,
     /// ... and captured but not yet confirmed written.
-    history_flushing: Arc<HashMap<AccountId, Vec<HistoryEntry>>>,
+    history_flushing: Arc<Vec<HistoryEntry>>,
     /// Risk rules checked with every new debit.
     rules: Arc<RuleSet>,
     /// Where passivated accounts come back from; `None`: all are resident.
@@ -221,7 +224,7 @@ impl ShardState {
             prepared: HashMap::default(),
             dirty_accounts: HashSet::default(),
             dirty_holds: HashSet::default(),
-            history_recent: HashMap::default(),
+            history_recent: Vec::new(),
             history_flushing: Arc::default(),
             rules: Arc::default(),
             source: None,
@@ -287,13 +290,11 @@ impl ShardState {
         }
         let before = self.accounts.len();
         let epoch = self.epoch;
+        // An account with history not yet in storage changed since the
+        // capture, so it is dirty too.
         let dirty = &self.dirty_accounts;
-        let recent = &self.history_recent;
         self.accounts.retain(|id, slot| {
-            slot.reserved.legs != 0
-                || slot.touched + idle_epochs >= epoch
-                || dirty.contains(id)
-                || recent.contains_key(id)
+            slot.reserved.legs != 0 || slot.touched + idle_epochs >= epoch || dirty.contains(id)
         });
         before - self.accounts.len()
     }
@@ -774,7 +775,7 @@ impl ShardState {
     fn record_history(&mut self, account_id: AccountId, sequence: u64, event: HistoryEvent) {
         let Some(slot) = self.accounts.get(&account_id) else { return };
         let entry = HistoryEntry { account_id, sequence, event, balances: slot.account.balances };
-        self.history_recent.entry(account_id).or_default().push(entry);
+        self.history_recent.push(entry);
     }
 
     /// History entries of an account after `after_sequence` still held in
@@ -785,10 +786,13 @@ impl ShardState {
         after_sequence: u64,
         limit: usize,
     ) -> Vec<HistoryEntry> {
-        let flushing = self.history_flushing.get(&account_id).into_iter().flatten();
-        let recent = self.history_recent.get(&account_id).into_iter().flatten();
-        let mut entries: Vec<HistoryEntry> =
-            flushing.chain(recent).filter(|e| e.sequence > after_sequence).cloned().collect();
+        let mut entries: Vec<HistoryEntry> = self
+            .history_flushing
+            .iter()
+            .chain(&self.history_recent)
+            .filter(|e| e.account_id == account_id && e.sequence > after_sequence)
+            .cloned()
+            .collect();
         entries.sort_by_key(|e| e.sequence);
         entries.dedup_by_key(|e| e.sequence);
         entries.truncate(limit);
@@ -808,10 +812,7 @@ impl ShardState {
             self.history_flushing = Arc::new(recent);
         } else {
             // A capture whose write never got confirmed is written again.
-            let flushing = Arc::make_mut(&mut self.history_flushing);
-            for (account_id, entries) in recent {
-                flushing.entry(account_id).or_default().extend(entries);
-            }
+            Arc::make_mut(&mut self.history_flushing).extend(recent);
         }
         captured.history = self.history_flushing.clone();
         for account_id in self.dirty_accounts.drain() {

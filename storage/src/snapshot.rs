@@ -200,18 +200,26 @@ impl SnapshotStore {
             }
         }
         self.holds.apply_batch(holds).map_err(&error)?;
-        let history = captured.iter().flat_map(|shard| shard.history.iter());
-        for chunk in chunked_pairs(history, CHUNK) {
-            let mut batch = sled::Batch::default();
-            for (account_id, entries) in chunk {
-                let Some(first) = entries.first() else { continue };
-                batch.insert(
-                    &history_key(*account_id, first.sequence),
-                    frame::encode(entries, SNAPSHOT_FORMAT_VERSION)?,
-                );
+        // One value per account per checkpoint: its entries, in order.
+        let mut history: Vec<&HistoryEntry> =
+            captured.iter().flat_map(|shard| shard.history.iter()).collect();
+        history.sort_by_key(|e| (e.account_id, e.sequence));
+        let per_account = history.chunk_by(|a, b| a.account_id == b.account_id);
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for entries in per_account {
+            let Some(first) = entries.first() else { continue };
+            batch.insert(
+                &history_key(first.account_id, first.sequence),
+                frame::encode(&entries, SNAPSHOT_FORMAT_VERSION)?,
+            );
+            in_batch += 1;
+            if in_batch == CHUNK {
+                self.history.apply_batch(std::mem::take(&mut batch)).map_err(&error)?;
+                in_batch = 0;
             }
-            self.history.apply_batch(batch).map_err(&error)?;
         }
+        self.history.apply_batch(batch).map_err(&error)?;
         for chunk in decisions.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
             let mut by_account = sled::Batch::default();
@@ -227,17 +235,6 @@ impl SnapshotStore {
         self.db.flush().map_err(&error)?;
         Ok(())
     }
-}
-
-fn chunked_pairs<'a, K: 'a, V: 'a>(
-    items: impl Iterator<Item = (&'a K, &'a V)>,
-    size: usize,
-) -> impl Iterator<Item = Vec<(&'a K, &'a V)>> {
-    let mut items = items.peekable();
-    std::iter::from_fn(move || {
-        items.peek()?;
-        Some(items.by_ref().take(size).collect())
-    })
 }
 
 fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl Iterator<Item = Vec<&'a T>> {

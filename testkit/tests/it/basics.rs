@@ -182,3 +182,26 @@ async fn idle_accounts_passivate_and_come_back_when_named() -> anyhow::Result<()
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_bounded_when_snapshots_fall_behind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = test_options(4, clock());
+    options.ledger.unsnapshotted_transfers_max = 10;
+    options.checkpoint_bytes = u64::MAX; // no snapshot unless asked
+    let node = open(dir.path(), options).await?;
+    let ledger = node.ledger.clone();
+    ledger.open_account(unlimited(1, usd())).await?;
+    ledger.open_account(wallet(2, usd())).await?;
+    for id in 1..=10 {
+        ledger.submit_one(posted(id, 1, 2, 1)).await??;
+    }
+    // Ten transfers wait for a snapshot: the next request is refused,
+    // changing nothing, until one takes them out of memory.
+    assert_eq!(ledger.submit_one(posted(11, 1, 2, 1)).await, Err(LedgerError::Overloaded));
+    node.checkpoint().await?;
+    ledger.submit_one(posted(11, 1, 2, 1)).await??;
+    assert!(ledger.submit_one(posted(3, 1, 2, 1)).await??.replayed);
+    node.shutdown().await;
+    Ok(())
+}
