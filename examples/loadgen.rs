@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     open_only: bool,
     /// Passivate accounts not named during this many snapshots (-1: never).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     passivate_after_snapshots: i64,
     /// Skip fdatasync (measures the CPU path only; not durable).
     #[arg(long)]

@@ -55,7 +55,7 @@ impl Default for LedgerConfig {
             in_flight_max: 1 << 16,
             request_timeout_ms: 10_000,
             expiry_interval_ms: 100,
-            passivate_after_snapshots: Some(1),
+            passivate_after_snapshots: Some(8),
             unsnapshotted_transfers_max: 2_000_000,
         }
     }

@@ -20,6 +20,7 @@
 //! account events the snapshot already has (by sequence number), so a crash
 //! anywhere in between leaves a state that recovery completes.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -201,13 +202,17 @@ impl SnapshotStore {
         }
         self.holds.apply_batch(holds).map_err(&error)?;
         // One value per account per checkpoint: its entries, in order.
-        let mut history: Vec<&HistoryEntry> =
-            captured.iter().flat_map(|shard| shard.history.iter()).collect();
-        history.sort_by_key(|e| (e.account_id, e.sequence));
-        let per_account = history.chunk_by(|a, b| a.account_id == b.account_id);
+        // Written in hash order, not key order: batches of neighbouring keys
+        // rewrote the same sled leaves over and over, and a large one
+        // deadlocked sled 0.34 here (the batch, holding sled's global lock,
+        // waited on a log flush that waited on that lock).
+        let mut per_account: HashMap<wallet_actors::AccountId, Vec<&HistoryEntry>> = HashMap::new();
+        for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
+            per_account.entry(entry.account_id).or_default().push(entry);
+        }
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
-        for entries in per_account {
+        for entries in per_account.values() {
             let Some(first) = entries.first() else { continue };
             batch.insert(
                 &history_key(first.account_id, first.sequence),
