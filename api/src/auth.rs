@@ -255,7 +255,7 @@ impl FromRequestParts<AppState> for Caller {
         // Our tokens are HS256 and only HS256; an external issuer's are asymmetric.
         if token_header.alg != Algorithm::HS256 {
             let external = state.external.as_ref().ok_or_else(invalid)?;
-            let claims = external.verify(token, &token_header)?;
+            let claims = external.verify(token, &token_header).await?;
             let user = external_user(state, external, claims).await?;
             return Ok(Caller { user });
         }

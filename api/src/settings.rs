@@ -199,15 +199,26 @@ pub struct Settings {
     #[arg(long, env = "WALLET_JWT_AUDIENCE", default_value = "wallet-api")]
     pub jwt_audience: String,
     /// `iss` of an external OAuth2/OIDC issuer whose access tokens are accepted too
-    /// (needs `--oidc-audience` and `--oidc-jwks-file`).
+    /// (needs `--oidc-audience`, and `--oidc-jwks-url` or `--oidc-jwks-file`).
     #[arg(long, env = "WALLET_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// The `aud` the external issuer's tokens must carry.
     #[arg(long, env = "WALLET_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
-    /// The external issuer's public keys (a JWKS file; re-read when a token names an unknown key).
+    /// The external issuer's public keys as a JWKS file, re-read when a token names an
+    /// unknown key (at most every 30 s). Give this or `--oidc-jwks-url`, not both.
     #[arg(long, env = "WALLET_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<PathBuf>,
+    /// The external issuer's JWKS URL (http or https; its `jwks_uri`). Fetched at start (the
+    /// start fails if it cannot be), every `--oidc-jwks-refresh-seconds`, and when a token
+    /// names an unknown key (at most every 10 s); a fetch has a 5 s timeout and a 1 MiB cap,
+    /// and a failed one keeps the keys held. Give this or `--oidc-jwks-file`, not both.
+    #[arg(long, env = "WALLET_OIDC_JWKS_URL", value_parser = http_url)]
+    pub oidc_jwks_url: Option<reqwest::Url>,
+    /// How often the keys at `--oidc-jwks-url` are fetched again in the background.
+    #[arg(long, env = "WALLET_OIDC_JWKS_REFRESH_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub oidc_jwks_refresh_seconds: u64,
     /// Lifetime of an access token.
     #[arg(long, env = "WALLET_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900)]
     pub access_token_ttl_seconds: u64,
@@ -279,6 +290,15 @@ impl Settings {
         match cli.command {
             Command::Serve(settings) => Ok(settings),
         }
+    }
+}
+
+/// An absolute `http` or `https` URL.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the scheme must be http or https, not {other}")),
     }
 }
 

@@ -18,7 +18,7 @@ use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
 use crate::domain::{now_ms, Email, Password};
 use crate::error::ApiError;
-use crate::oidc::ExternalIssuer;
+use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
@@ -85,6 +85,8 @@ impl Application {
         let address = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
+        // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
+        let external = external_issuer(&settings).await?;
         let options = EmbeddedOptions {
             ledger: LedgerConfig {
                 shard_count: settings.shards,
@@ -118,19 +120,6 @@ impl Application {
         let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
             .await
             .map_err(StartupError::Admin)?;
-        let external = match (&settings.oidc_issuer, &settings.oidc_audience, &settings.oidc_jwks_file) {
-            (None, None, None) => None,
-            (Some(issuer), Some(audience), Some(file)) => Some(
-                ExternalIssuer::load(issuer.clone(), audience.clone(), file.clone())
-                    .map_err(|e| StartupError::Setting { name: "oidc_jwks_file", reason: e.to_string() })?,
-            ),
-            _ => {
-                return Err(StartupError::Setting {
-                    name: "oidc",
-                    reason: "--oidc-issuer, --oidc-audience and --oidc-jwks-file go together".into(),
-                })
-            }
-        };
         let state = AppState::new(
             embedded.ledger.clone(),
             users,
@@ -207,6 +196,7 @@ impl Application {
     ) -> Result<(), StartupError> {
         let Application { listener, address, router, state, embedded, shutdown_grace, .. } = self;
         tracing::info!(%address, "serving");
+        let jwks_refresh = state.external.clone().and_then(|external| external.spawn_refresh());
         let ready = state.ready.clone();
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -233,6 +223,9 @@ impl Application {
                 Ok(())
             }
         };
+        if let Some(task) = jwks_refresh {
+            task.abort();
+        }
         embedded.shutdown().await;
         let flushed = state.users.flush().await;
         tracing::info!("stopped; the journal is durable");
@@ -240,6 +233,36 @@ impl Application {
         flushed?;
         Ok(())
     }
+}
+
+/// The external issuer the settings name, if any, with its keys loaded:
+/// `--oidc-issuer` and `--oidc-audience` go together, with exactly one of
+/// `--oidc-jwks-url` and `--oidc-jwks-file`.
+async fn external_issuer(settings: &Settings) -> Result<Option<ExternalIssuer>, StartupError> {
+    let setting = |reason: &str| StartupError::Setting { name: "oidc", reason: reason.into() };
+    let keys_given = settings.oidc_jwks_file.is_some() || settings.oidc_jwks_url.is_some();
+    let (issuer, audience) = match (&settings.oidc_issuer, &settings.oidc_audience) {
+        (None, None) if !keys_given => return Ok(None),
+        (Some(issuer), Some(audience)) => (issuer.clone(), audience.clone()),
+        _ => {
+            return Err(setting(
+                "--oidc-issuer and --oidc-audience go together, with --oidc-jwks-url or --oidc-jwks-file",
+            ))
+        }
+    };
+    let (source, name) = match (&settings.oidc_jwks_file, &settings.oidc_jwks_url) {
+        (Some(file), None) => (JwksSource::File(file.clone()), "oidc_jwks_file"),
+        (None, Some(url)) => {
+            let refresh_interval = Duration::from_secs(settings.oidc_jwks_refresh_seconds);
+            (JwksSource::Url { url: url.clone(), refresh_interval }, "oidc_jwks_url")
+        }
+        (Some(_), Some(_)) => return Err(setting("give --oidc-jwks-url or --oidc-jwks-file, not both")),
+        (None, None) => {
+            return Err(setting("--oidc-issuer needs the issuer's keys: --oidc-jwks-url or --oidc-jwks-file"))
+        }
+    };
+    let opened = ExternalIssuer::open(issuer, audience, source).await;
+    opened.map(Some).map_err(|e| StartupError::Setting { name, reason: e.to_string() })
 }
 
 /// Makes sure the configured admin exists with the admin role. Returns the
