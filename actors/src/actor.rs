@@ -246,6 +246,10 @@ struct Outbox {
     credits: std::collections::BTreeMap<ShardId, Vec<CreditOp>>,
     refused: std::collections::BTreeMap<ShardId, (Vec<CreditOp>, Vec<IndexedRejection>)>,
     releases: std::collections::BTreeMap<ShardId, Vec<CommitId>>,
+    /// Answers to callers whose transfer this shard refused: sent after
+    /// the releases, so that the debit shard frees the reservation before
+    /// anything the caller does next can reach it.
+    after_releases: Vec<(OutcomeSender, OpOutcome)>,
     flush_scheduled: bool,
 }
 
@@ -255,6 +259,7 @@ impl Outbox {
             && self.credits.is_empty()
             && self.refused.is_empty()
             && self.releases.is_empty()
+            && self.after_releases.is_empty()
     }
 }
 
@@ -592,6 +597,9 @@ impl RunningShard {
         for (shard, commit_ids) in std::mem::take(&mut self.outbox.releases) {
             send(shard, ShardMsg::Release(commit_ids), &self.shared);
         }
+        for (reply, outcome) in std::mem::take(&mut self.outbox.after_releases) {
+            let _ = reply.send(Ok(outcome));
+        }
     }
 
     fn credit(&mut self, ops: Vec<CreditOp>) {
@@ -604,10 +612,11 @@ impl RunningShard {
             }
             match self.state.accept_credit(&credit.op, &credit.debit_assets, now_ms) {
                 Err(rejection) => {
-                    // Sent at the flush; the caller may hear first, which is
-                    // fine: a rejection promises nothing about reads.
+                    // The release goes out at the flush, and the answer right
+                    // after it: a caller who closes the debit account next
+                    // must not find the refused transfer still reserved.
                     self.outbox.releases.entry(credit.debit_shard).or_default().push(credit.commit_id);
-                    let _ = credit.reply.send(Ok(Err(rejection)));
+                    self.outbox.after_releases.push((credit.reply, Err(rejection)));
                 }
                 Ok(sequences) => {
                     let applied_by = Some(ShardApplied { shard_id: me, sequences });

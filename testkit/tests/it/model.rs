@@ -311,3 +311,48 @@ fn rejections_are_named() {
         assert!(rejection.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
     }
 }
+
+/// Found by the property test in CI: a transfer refused by its credit shard
+/// left its debit reservation in place until the release arrived, and a
+/// close of the debit account right after it saw "pending".
+#[test]
+fn a_close_right_after_a_refused_transfer_sees_no_reservation() -> anyhow::Result<()> {
+    let commands = vec![
+        Command::Linked(vec![(11, 3, 4, 93), (39, 8, 1, 181), (8, 5, 1, 160)]),
+        Command::Transfer { id: 26, debit: 4, credit: 8, amount: 315, hold: Some(Some(7)) },
+        Command::Advance { seconds: 5 },
+        Command::Void { id: 10, pending_id: 33 },
+        Command::Void { id: 33, pending_id: 17 },
+        Command::Restart,
+        Command::Crash,
+        Command::Transfer { id: 45, debit: 8, credit: 1, amount: 2, hold: Some(Some(7)) },
+        Command::Transfer { id: 32, debit: 5, credit: 6, amount: 9, hold: Some(Some(5)) },
+        Command::Transfer { id: 39, debit: 8, credit: 6, amount: 240, hold: Some(Some(6)) },
+        Command::Linked(vec![(33, 7, 1, 58), (41, 4, 8, 41)]),
+        Command::Advance { seconds: 3 },
+        Command::Post { id: 22, pending_id: 44, amount: None },
+        Command::Transfer { id: 36, debit: 4, credit: 1, amount: 46, hold: None },
+        Command::Transfer { id: 36, debit: 2, credit: 7, amount: 285, hold: None },
+        Command::Checkpoint,
+        Command::Checkpoint,
+        Command::Linked(vec![(44, 6, 7, 196), (43, 5, 3, 67), (12, 4, 5, 53)]),
+        Command::Transfer { id: 44, debit: 4, credit: 8, amount: 27, hold: None },
+        Command::Transfer { id: 18, debit: 4, credit: 8, amount: 6, hold: Some(Some(1)) },
+        Command::Transfer { id: 21, debit: 5, credit: 3, amount: 77, hold: None },
+        Command::Transfer { id: 48, debit: 4, credit: 3, amount: 156, hold: Some(Some(7)) },
+        Command::Linked(vec![(2, 3, 6, 39), (8, 2, 2, 32)]),
+        Command::Crash,
+        Command::Rules(ModelRules { max_usd: None, velocity: Some((3, 2)) }),
+        Command::Transfer { id: 44, debit: 5, credit: 1, amount: 18, hold: None },
+        Command::Linked(vec![(18, 5, 4, 33), (8, 6, 4, 180)]),
+        Command::Void { id: 2, pending_id: 45 },
+        Command::Open { id: 3, asset: 1, flags: 1 },
+        Command::Transfer { id: 15, debit: 3, credit: 2, amount: 308, hold: None },
+        Command::Status { id: 3, status: 2 },
+        Command::Void { id: 10, pending_id: 29 },
+        Command::Advance { seconds: 1 },
+        Command::Checkpoint,
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(commands))
+}
