@@ -261,14 +261,7 @@ pub async fn account_transfers(
 ) -> Result<Json<Page<HistoryItemView>>, ApiError> {
     let id = account_id("id", &id)?;
     state.visible_account(&caller, id, Rejection::AccountNotFound).await?;
-    let after = match query.cursor.as_deref() {
-        Some(text) => text.parse::<u64>().map_err(|_| ApiError::InvalidField {
-            code: "invalid_cursor",
-            detail: "cursor must be the next_cursor of a previous page".into(),
-        })?,
-        None => 0,
-    };
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
+    let (after, limit) = crate::routes::users::numbered_page(query.cursor.as_deref(), query.limit)?;
     let entries = state.ledger.history(id, after, limit).await?;
     let next_cursor =
         (entries.len() == limit).then(|| entries.last().map(|e| e.sequence.to_string())).flatten();

@@ -11,7 +11,6 @@ use crate::domain::{account_id, parse_uuid};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::risk;
-use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
 use crate::wire::{DecisionQuery, DecisionView, Page, RuleBody, RuleView};
 
@@ -166,14 +165,7 @@ pub async fn list_decisions(
 ) -> Result<Json<Page<DecisionView>>, ApiError> {
     caller.require_admin()?;
     let account = query.account_id.as_deref().map(|text| account_id("account_id", text)).transpose()?;
-    let after = match query.cursor.as_deref() {
-        Some(text) => text.parse::<u64>().map_err(|_| ApiError::InvalidField {
-            code: "invalid_cursor",
-            detail: "cursor must be the next_cursor of a previous page".into(),
-        })?,
-        None => 0,
-    };
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
+    let (after, limit) = crate::routes::users::numbered_page(query.cursor.as_deref(), query.limit)?;
     let decisions = state.ledger.decisions(account, after, limit)?;
     let next_cursor =
         (decisions.len() == limit).then(|| decisions.last().map(|d| d.id.to_string())).flatten();

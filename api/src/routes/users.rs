@@ -19,6 +19,20 @@ use crate::wire::{
 /// Default page size of listings.
 pub const PAGE_SIZE_DEFAULT: usize = 100;
 
+/// The position after which a page of a numbered list (history by
+/// sequence, decisions by id) starts, and its size: `cursor` is the
+/// `next_cursor` of the previous page.
+pub fn numbered_page(cursor: Option<&str>, limit: Option<usize>) -> Result<(u64, usize), ApiError> {
+    let after = match cursor {
+        Some(text) => text.parse::<u64>().map_err(|_| ApiError::InvalidField {
+            code: "invalid_cursor",
+            detail: "cursor must be the next_cursor of a previous page".into(),
+        })?,
+        None => 0,
+    };
+    Ok((after, limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX)))
+}
+
 /// `POST /v1/users`: anyone may sign up, as a user.
 #[utoipa::path(
     post,
