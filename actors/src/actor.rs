@@ -97,12 +97,59 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Where history older than the last snapshot is read.
     pub history: std::sync::RwLock<Option<Arc<dyn HistoryIndex>>>,
-    /// Set once a journal write failed: from then on the in-memory state may
+    /// Set once this generation of shards failed (a journal write, a
+    /// snapshot read, a shard crashed): from then on the in-memory state may
     /// be ahead of the durable one, so nothing more is accepted.
     pub poisoned: AtomicBool,
+    /// Why it failed, set once, before `failed` is woken.
+    pub failure: std::sync::OnceLock<Failure>,
+    /// Woken when it fails (shared by every generation of the ledger).
+    pub failed: Arc<tokio::sync::Notify>,
+    /// Set while the shards are stopped on purpose: their ends are not failures.
+    pub stopping: AtomicBool,
+}
+
+/// Why a generation of shards stopped serving. Every kind leaves the
+/// durable state whole; all but a journal failure are mended by rebuilding
+/// the shards from it ([`crate::Ledger::restart`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// A journal write or sync failed: whether a record is durable is unknown.
+    #[error("journal failed: {0}")]
+    Journal(JournalError),
+    /// A passivated account could not be read back from the snapshot.
+    #[error("reading an account from the snapshot failed")]
+    SnapshotRead,
+    /// A shard actor panicked or stopped (a broken invariant).
+    #[error("shard {} crashed", .0.0)]
+    ShardCrashed(ShardId),
+    /// A shard could not be sent a message.
+    #[error("shard {} unreachable", .0.0)]
+    ShardUnreachable(ShardId),
 }
 
 impl Shared {
+    /// Shared state of a new generation of shards.
+    pub fn new(
+        router: Arc<dyn ShardRouter>,
+        journal: Arc<dyn Journal>,
+        registry: Arc<TransferRegistry>,
+        clock: Arc<dyn Clock>,
+        failed: Arc<tokio::sync::Notify>,
+    ) -> Shared {
+        Shared {
+            router,
+            journal,
+            registry,
+            clock,
+            history: std::sync::RwLock::new(None),
+            poisoned: AtomicBool::new(false),
+            failure: std::sync::OnceLock::new(),
+            failed,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
     /// A durable-callback that poisons the ledger if the write failed.
     pub fn poison_on_failure(self: &Arc<Self>) -> OnDurable {
         let shared = self.clone();
@@ -116,18 +163,123 @@ impl Shared {
     /// Marks the ledger failed because a passivated account could not be
     /// read back: answers about it could be wrong, so none are given.
     pub fn poison_on_read(&self) {
-        if !self.poisoned.swap(true, Ordering::SeqCst) {
-            tracing::error!(
-                "reading an account from the snapshot failed; the ledger refuses writes until restarted"
-            );
-        }
+        self.fail(Failure::SnapshotRead);
     }
 
-    /// Marks the ledger failed.
+    /// Marks the ledger failed because a journal write failed.
     pub fn poison(&self, error: JournalError) {
+        self.fail(Failure::Journal(error));
+    }
+
+    /// Marks this generation failed (the first failure is the one kept) and
+    /// wakes whoever supervises the ledger.
+    pub fn fail(&self, failure: Failure) {
         if !self.poisoned.swap(true, Ordering::SeqCst) {
-            tracing::error!(%error, "journal failed; the ledger refuses writes until restarted");
+            let _ = self.failure.set(failure);
+            tracing::error!(%failure, "the ledger refuses work until its shards are rebuilt from durable state");
+            self.failed.notify_one();
         }
+    }
+}
+
+/// Closes a generation's way to the journal: once [`JournalGate::close`]
+/// returns, nothing that generation still has in flight (a shard's last
+/// flush, a coordinator's commit) can reach the journal, so a rebuild that
+/// reads the journal after a barrier sees everything the old generation
+/// will ever have written.
+pub struct JournalGate {
+    journal: Arc<dyn Journal>,
+    open: std::sync::RwLock<bool>,
+}
+
+impl JournalGate {
+    /// An open gate in front of `journal`.
+    pub fn new(journal: Arc<dyn Journal>) -> JournalGate {
+        JournalGate { journal, open: std::sync::RwLock::new(true) }
+    }
+
+    /// Refuses every later append; waits for appends under way to be queued.
+    pub fn close(&self) {
+        *self.open.write().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+    }
+}
+
+impl Journal for JournalGate {
+    fn append(&self, record: Record, on_durable: OnDurable) {
+        let open = self.open.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *open {
+            self.journal.append(record, on_durable);
+        } else {
+            drop(open);
+            on_durable(Err(JournalError::Closed));
+        }
+    }
+}
+
+/// What the shard supervisor is told.
+pub enum SupervisorMsg {
+    /// The shards it supervises, in shard order.
+    Shards(Vec<ractor::ActorId>),
+}
+
+/// The supervisor of one generation of shards: a shard that panics or
+/// stops while the ledger is not stopping fails the generation, which wakes
+/// the ledger's owner to rebuild the shards from durable state.
+pub struct ShardSupervisor;
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    shared: Arc<Shared>,
+    shards: Vec<ractor::ActorId>,
+}
+
+impl Actor for ShardSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SupervisorState { shared, shards: Vec::new() })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Shards(shards) => state.shards = shards,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: ractor::SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match &event {
+            ractor::SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            ractor::SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        if state.shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let id = cell.get_id();
+        let shard = state.shards.iter().position(|s| *s == id).unwrap_or(0);
+        let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+        tracing::error!(shard = shard.0, %reason, "shard actor ended");
+        state.shared.fail(Failure::ShardCrashed(shard));
+        Ok(())
     }
 }
 
@@ -196,6 +348,9 @@ pub enum ShardMsg {
     Dump(RpcReplyPort<Vec<Account>>),
     /// How many accounts are resident.
     Resident(RpcReplyPort<usize>),
+    /// Panics the shard, as a broken invariant would (crash tests).
+    #[cfg(feature = "fault-injection")]
+    Crash,
     /// Replace the risk rules; answers once they are in force.
     SetRules(Arc<crate::risk::RuleSet>, RpcReplyPort<()>),
     /// What changed since the last capture (for a snapshot).
@@ -434,6 +589,8 @@ impl RunningShard {
             }
             ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
             ShardMsg::Resident(port) => reply(port, self.state.resident()),
+            #[cfg(feature = "fault-injection")]
+            ShardMsg::Crash => panic!("shard crash injected by a test"),
             ShardMsg::SetRules(rules, port) => {
                 self.state.set_rules(rules);
                 reply(port, ());
@@ -585,7 +742,7 @@ impl RunningShard {
             if let Err(error) = shared.router.send(shard, message) {
                 // Nothing can reach that shard, so the ledger stops.
                 tracing::error!(%error, shard = shard.0, "shard unreachable");
-                shared.poison(JournalError::Closed);
+                shared.fail(Failure::ShardUnreachable(shard));
             }
         };
         for (shard, (ops, failures)) in std::mem::take(&mut self.outbox.refused) {

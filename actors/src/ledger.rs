@@ -4,16 +4,18 @@
 //! See `docs/ARCHITECTURE.md`, "Transfers across shards", for the protocol.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
 use crate::actor::{
-    ChainOp, LocalRouter, OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg, Shared,
+    ChainOp, Failure, JournalGate, LocalRouter, OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg,
+    ShardSupervisor, Shared, SupervisorMsg,
 };
 use crate::amount::Amount;
 use crate::asset::Asset;
@@ -139,23 +141,132 @@ pub fn is_reserved_account_id(id: AccountId) -> bool {
     id.get() & SETTLEMENT_ID_PREFIX == SETTLEMENT_ID_PREFIX
 }
 
+/// One generation of shards and what they share. A rebuild after a
+/// failure ([`Ledger::restart`]) replaces it whole.
 struct Inner {
     shards: Vec<ActorRef<ShardMsg>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    gate: Arc<JournalGate>,
     shared: Arc<Shared>,
     config: LedgerConfig,
-    admission: Arc<Semaphore>,
     next_commit_id: AtomicU64,
     timeout: Duration,
-    rules: std::sync::RwLock<Arc<RuleSet>>,
     decisions: DecisionLog,
     /// Emptied at shutdown, so the snapshot store can close.
     account_source: std::sync::RwLock<Option<Arc<dyn crate::shard::AccountSource>>>,
 }
 
-/// A running ledger. Cheap to clone.
+/// What every generation of a ledger shares.
+struct Base {
+    config: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    /// Woken when a generation fails.
+    failed: Arc<Notify>,
+    rules: std::sync::RwLock<Arc<RuleSet>>,
+    admission: Arc<Semaphore>,
+}
+
+/// The current generation and what all of them share.
+struct Cell {
+    current: ArcSwap<Inner>,
+    base: Base,
+    /// Set by [`Ledger::shutdown`]: background tasks end.
+    stopped: AtomicBool,
+    /// How many times the shards were rebuilt.
+    rebuilds: AtomicU64,
+}
+
+/// A running ledger. Cheap to clone; every clone sees the same shards,
+/// also after they are rebuilt.
 #[derive(Clone)]
 pub struct Ledger {
-    inner: Arc<Inner>,
+    cell: Arc<Cell>,
+}
+
+/// Starts one generation of shards on recovered state, supervised.
+async fn spawn_generation(
+    recovered: Recovered,
+    completions: Vec<Record>,
+    journal: Arc<dyn Journal>,
+    cell: &Base,
+) -> Result<Inner, LedgerError> {
+    let router = Arc::new(LocalRouter::default());
+    let gate = Arc::new(JournalGate::new(journal));
+    let shared = Arc::new(Shared::new(
+        router.clone(),
+        gate.clone(),
+        recovered.registry,
+        cell.clock.clone(),
+        cell.failed.clone(),
+    ));
+    let timeout = Duration::from_millis(cell.config.request_timeout_ms);
+    for record in completions {
+        let (tx, rx) = oneshot::channel();
+        shared.journal.append(
+            record,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.map_err(|_| LedgerError::Unavailable)?.map_err(|_| LedgerError::Unavailable)?;
+    }
+    let (supervisor, _) =
+        Actor::spawn(None, ShardSupervisor, shared.clone()).await.map_err(|_| LedgerError::Unavailable)?;
+    let mut shards = Vec::with_capacity(recovered.shards.len());
+    for state in recovered.shards {
+        let args = ShardArgs { state, shared: shared.clone() };
+        match Actor::spawn_linked(None, ShardActor, args, supervisor.get_cell()).await {
+            Ok((actor, _)) => shards.push(actor),
+            Err(error) => {
+                tracing::error!(%error, "a shard did not start");
+                stop_shards(&shared, &shards, &supervisor, timeout).await;
+                return Err(LedgerError::Unavailable);
+            }
+        }
+    }
+    router.set(shards.clone());
+    let _ = supervisor.cast(SupervisorMsg::Shards(shards.iter().map(|s| s.get_id()).collect()));
+    let rules = cell.rules.read().map(|r| r.clone()).unwrap_or_default();
+    for shard in &shards {
+        let (tx, rx) = oneshot::channel();
+        let sent = shard.cast(ShardMsg::SetRules(rules.clone(), tx.into()));
+        if sent.is_err() || tokio::time::timeout(timeout, rx).await.map(|r| r.is_err()).unwrap_or(true) {
+            stop_shards(&shared, &shards, &supervisor, timeout).await;
+            return Err(LedgerError::Unavailable);
+        }
+    }
+    Ok(Inner {
+        shards,
+        supervisor,
+        gate,
+        shared,
+        timeout,
+        next_commit_id: AtomicU64::new(recovered.next_commit_id),
+        config: cell.config.clone(),
+        decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
+        account_source: std::sync::RwLock::new(recovered.account_source),
+    })
+}
+
+/// Stops a generation's shards on purpose and waits (up to `timeout` each)
+/// until they have.
+async fn stop_shards(
+    shared: &Shared,
+    shards: &[ActorRef<ShardMsg>],
+    supervisor: &ActorRef<SupervisorMsg>,
+    timeout: Duration,
+) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    for shard in shards {
+        shard.stop(None);
+    }
+    for shard in shards {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while shard.get_status() != ractor::ActorStatus::Stopped && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    supervisor.stop(None);
 }
 
 impl Ledger {
@@ -168,61 +279,45 @@ impl Ledger {
         clock: Arc<dyn Clock>,
         config: LedgerConfig,
     ) -> Result<Ledger, LedgerError> {
-        let router = Arc::new(LocalRouter::default());
-        let shared = Arc::new(Shared {
-            router: router.clone(),
-            journal,
-            registry: recovered.registry,
-            clock,
-            history: std::sync::RwLock::new(None),
-            poisoned: Default::default(),
-        });
-        for record in completions {
-            let (tx, rx) = oneshot::channel();
-            shared.journal.append(
-                record,
-                Box::new(move |result| {
-                    let _ = tx.send(result);
-                }),
-            );
-            rx.await.map_err(|_| LedgerError::Unavailable)?.map_err(|_| LedgerError::Unavailable)?;
-        }
-        let mut shards = Vec::with_capacity(recovered.shards.len());
-        for state in recovered.shards {
-            let args = ShardArgs { state, shared: shared.clone() };
-            let (actor, _handle) =
-                Actor::spawn(None, ShardActor, args).await.map_err(|_| LedgerError::Unavailable)?;
-            shards.push(actor);
-        }
-        router.set(shards.clone());
-        let inner = Arc::new(Inner {
-            shards,
-            shared,
-            timeout: Duration::from_millis(config.request_timeout_ms),
+        let base = Base {
             admission: Arc::new(Semaphore::new(config.in_flight_max)),
-            next_commit_id: AtomicU64::new(recovered.next_commit_id),
             config,
+            clock,
+            failed: Arc::new(Notify::new()),
             rules: Default::default(),
-            decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
-            account_source: std::sync::RwLock::new(recovered.account_source),
-        });
-        let ledger = Ledger { inner };
+        };
+        let inner = spawn_generation(recovered, completions, journal, &base).await?;
+        let cell = Cell {
+            current: ArcSwap::from_pointee(inner),
+            base,
+            stopped: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
+        };
+        let ledger = Ledger { cell: Arc::new(cell) };
         ledger.spawn_expiry();
         Ok(ledger)
     }
 
+    /// The current generation of shards.
+    fn inner(&self) -> Arc<Inner> {
+        self.cell.current.load_full()
+    }
+
     fn spawn_expiry(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let interval = Duration::from_millis(self.inner.config.expiry_interval_ms.max(1));
+        let weak = Arc::downgrade(&self.cell);
+        let interval = Duration::from_millis(self.cell.base.config.expiry_interval_ms.max(1));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let ledger = Ledger { inner };
-                if ledger.inner.shards.iter().any(|s| s.get_status() != ractor::ActorStatus::Running) {
+                let Some(cell) = weak.upgrade() else { return };
+                if cell.stopped.load(Ordering::SeqCst) {
                     return;
+                }
+                let ledger = Ledger { cell };
+                if ledger.check_poisoned().is_err() {
+                    continue; // waiting for a rebuild
                 }
                 if let Err(error) = ledger.expire_due().await {
                     tracing::warn!(%error, "expiring holds failed");
@@ -233,29 +328,95 @@ impl Ledger {
 
     /// Stops the shard actors. Records already appended still become durable.
     pub async fn shutdown(&self) {
-        for shard in &self.inner.shards {
-            shard.stop(None);
-        }
-        for shard in &self.inner.shards {
-            let deadline = tokio::time::Instant::now() + self.inner.timeout;
-            while shard.get_status() != ractor::ActorStatus::Stopped && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        self.cell.stopped.store(true, Ordering::SeqCst);
+        let inner = self.inner();
+        stop_shards(&inner.shared, &inner.shards, &inner.supervisor, inner.timeout).await;
+    }
+
+    /// Waits until the current generation of shards fails, and says why.
+    /// The owner of the storage then rebuilds them: [`Ledger::halt`], make
+    /// the journal's queue durable, recover from storage, [`Ledger::restart`].
+    pub async fn failed(&self) -> Failure {
+        loop {
+            let notified = self.cell.base.failed.notified();
+            if let Some(failure) = self.inner().shared.failure.get() {
+                return *failure;
             }
+            notified.await;
+        }
+    }
+
+    /// Stops the current generation of shards for a rebuild: it refuses
+    /// work, its shards stop, and once this returns nothing it still has in
+    /// flight can reach the journal. Its callers whose outcome was not yet
+    /// durable get `unavailable` (retrying with the same id is safe).
+    pub async fn halt(&self) {
+        let inner = self.inner();
+        inner.shared.poisoned.store(true, Ordering::SeqCst);
+        inner.gate.close();
+        stop_shards(&inner.shared, &inner.shards, &inner.supervisor, inner.timeout).await;
+    }
+
+    /// Replaces the halted shards by new ones started on `recovered` (state
+    /// read back from storage after [`Ledger::halt`]), keeping the rules and
+    /// the history and decision indexes. Every clone of this ledger serves
+    /// from the new shards once this returns.
+    pub async fn restart(
+        &self,
+        recovered: Recovered,
+        completions: Vec<Record>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<(), LedgerError> {
+        let old = self.inner();
+        let inner = spawn_generation(recovered, completions, journal, &self.cell.base).await?;
+        let history = old.shared.history.read().ok().and_then(|h| h.clone());
+        if let Ok(mut slot) = inner.shared.history.write() {
+            *slot = history;
+        }
+        inner.decisions.set_index(old.decisions.index());
+        self.cell.current.store(Arc::new(inner));
+        // The old generation lets go of storage, which must be able to close.
+        if let Ok(mut slot) = old.shared.history.write() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = old.account_source.write() {
+            *slot = None;
+        }
+        old.decisions.set_index(None);
+        self.cell.rebuilds.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!("wallet_shard_rebuilds_total").increment(1);
+        Ok(())
+    }
+
+    /// How many times the shards were rebuilt since the ledger started.
+    pub fn rebuilds(&self) -> u64 {
+        self.cell.rebuilds.load(Ordering::SeqCst)
+    }
+
+    /// Whether the shards serve (false between a failure and its rebuild).
+    pub fn is_serving(&self) -> bool {
+        self.check_poisoned().is_ok() && !self.cell.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Panics a shard, as a broken invariant would (crash tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn crash_shard(&self, shard: ShardId) {
+        if let Some(actor) = self.inner().shards.get(shard.0 as usize) {
+            let _ = actor.cast(ShardMsg::Crash);
         }
     }
 
     /// The configuration it runs with.
     pub fn config(&self) -> &LedgerConfig {
-        &self.inner.config
+        &self.cell.base.config
     }
 
-    fn shard_of(&self, account_id: AccountId) -> &ActorRef<ShardMsg> {
-        &self.inner.shards[account_id.shard(self.inner.config.shard_count).0 as usize]
+    fn shard_of(&self, account_id: AccountId) -> ActorRef<ShardMsg> {
+        self.inner().shards[account_id.shard(self.cell.base.config.shard_count).0 as usize].clone()
     }
 
     fn check_poisoned(&self) -> Result<(), LedgerError> {
-        if self.inner.shared.poisoned.load(Ordering::Relaxed) {
+        if self.cell.current.load().shared.poisoned.load(Ordering::Relaxed) {
             Err(LedgerError::Unavailable)
         } else {
             Ok(())
@@ -269,7 +430,8 @@ impl Ledger {
     ) -> Result<T, LedgerError> {
         let (tx, rx) = oneshot::channel();
         shard.cast(message(tx.into())).map_err(|_| LedgerError::Unavailable)?;
-        match tokio::time::timeout(self.inner.timeout, rx).await {
+        match tokio::time::timeout(Duration::from_millis(self.cell.base.config.request_timeout_ms), rx).await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(LedgerError::Unavailable),
             Err(_) => Err(LedgerError::Timeout),
@@ -285,7 +447,7 @@ impl Ledger {
             return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
         }
         let shard = self.shard_of(new.id).clone();
-        let account = new.opened_at(self.inner.shared.clock.now_ms());
+        let account = new.opened_at(self.inner().shared.clock.now_ms());
         self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
     }
 
@@ -322,7 +484,7 @@ impl Ledger {
     /// How many accounts are in memory (the others are passivated).
     pub async fn resident_accounts(&self) -> Result<usize, LedgerError> {
         let mut total = 0;
-        for shard in self.inner.shards.clone() {
+        for shard in self.inner().shards.clone() {
             total += self.ask(&shard, ShardMsg::Resident).await?;
         }
         Ok(total)
@@ -331,13 +493,13 @@ impl Ledger {
     /// Every account, resident or passivated (small ledgers and tests).
     pub async fn accounts(&self) -> Result<Vec<Account>, LedgerError> {
         let mut all: BTreeMap<AccountId, Account> = BTreeMap::new();
-        let source = self.inner.account_source.read().ok().and_then(|s| s.clone());
+        let source = self.inner().account_source.read().ok().and_then(|s| s.clone());
         if let Some(source) = source {
             let stored = source.all().map_err(|_| LedgerError::Unavailable)?;
             all.extend(stored.into_iter().map(|account| (account.id, account)));
         }
         // Resident accounts are at least as new as their snapshot.
-        for shard in self.inner.shards.clone() {
+        for shard in self.inner().shards.clone() {
             let resident = self.ask(&shard, ShardMsg::Dump).await?;
             all.extend(resident.into_iter().map(|account| (account.id, account)));
         }
@@ -346,14 +508,14 @@ impl Ledger {
 
     /// A transfer by id, with its current status.
     pub fn transfer(&self, id: crate::ids::TransferId) -> Option<TransferRecord> {
-        self.inner.shared.registry.get(id)
+        self.inner().shared.registry.get(id)
     }
 
     /// What every shard changed since the last capture, for a snapshot.
     /// Everything journaled before this call is included.
     pub async fn capture(&self) -> Result<Vec<crate::shard::Captured>, LedgerError> {
-        let mut all = Vec::with_capacity(self.inner.shards.len());
-        for shard in self.inner.shards.clone() {
+        let mut all = Vec::with_capacity(self.inner().shards.len());
+        for shard in self.inner().shards.clone() {
             all.push(self.ask(&shard, ShardMsg::Capture).await?);
         }
         Ok(all)
@@ -364,10 +526,10 @@ impl Ledger {
     /// stores them with its users); the ledger keeps what they decided.
     pub async fn set_rules(&self, rules: Vec<Rule>) -> Result<(), LedgerError> {
         let rules = Arc::new(RuleSet::new(rules));
-        if let Ok(mut slot) = self.inner.rules.write() {
+        if let Ok(mut slot) = self.cell.base.rules.write() {
             *slot = rules.clone();
         }
-        for shard in self.inner.shards.clone() {
+        for shard in self.inner().shards.clone() {
             let rules = rules.clone();
             self.ask(&shard, |port| ShardMsg::SetRules(rules, port)).await?;
         }
@@ -376,7 +538,7 @@ impl Ledger {
 
     /// The risk rules in force, in check order.
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.inner.rules.read().map(|r| r.clone()).unwrap_or_default()
+        self.cell.base.rules.read().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Risk decisions after `after_id`, of `account_id` when given, oldest
@@ -387,33 +549,37 @@ impl Ledger {
         after_id: u64,
         limit: usize,
     ) -> Result<Vec<Decision>, LedgerError> {
-        self.inner.decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
+        self.inner().decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
     }
 
     /// Sets (or, with `None`, lets go of) where older decisions are read.
     pub fn set_decision_index(&self, index: Option<Arc<dyn DecisionIndex>>) {
-        self.inner.decisions.set_index(index);
+        self.inner().decisions.set_index(index);
     }
 
     /// Decisions held in memory, for a snapshot.
     pub fn recent_decisions(&self) -> Vec<Decision> {
-        self.inner.decisions.recent()
+        self.inner().decisions.recent()
     }
 
     /// Storage has every decision up to `up_to_id`.
     pub fn forget_decisions_up_to(&self, up_to_id: u64) {
-        self.inner.decisions.forget_up_to(up_to_id);
+        self.inner().decisions.forget_up_to(up_to_id);
     }
 
     /// Journals decisions and waits until they are durable.
-    async fn record_decisions(&self, decisions: Vec<Decision>) -> Result<(), LedgerError> {
+    async fn record_decisions(
+        &self,
+        current: &Arc<Inner>,
+        decisions: Vec<Decision>,
+    ) -> Result<(), LedgerError> {
         if decisions.is_empty() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        let shared = self.inner.shared.clone();
-        let inner = Arc::downgrade(&self.inner);
-        self.inner.decisions.number(decisions, |numbered| {
+        let shared = current.shared.clone();
+        let inner = Arc::downgrade(current);
+        current.decisions.number(decisions, |numbered| {
             let record = Record::Decisions(numbered.clone());
             shared.clone().journal.append(
                 record,
@@ -430,7 +596,7 @@ impl Ledger {
                 }),
             );
         });
-        match tokio::time::timeout(self.inner.timeout, rx).await {
+        match tokio::time::timeout(self.inner().timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(_) => Err(LedgerError::Unavailable),
             Err(_) => Err(LedgerError::Timeout),
@@ -439,7 +605,7 @@ impl Ledger {
 
     /// Sets where history older than the last snapshot is read.
     pub fn set_history_index(&self, index: Arc<dyn crate::actor::HistoryIndex>) {
-        if let Ok(mut slot) = self.inner.shared.history.write() {
+        if let Ok(mut slot) = self.inner().shared.history.write() {
             *slot = Some(index);
         }
     }
@@ -447,18 +613,18 @@ impl Ledger {
     /// Lets go of the history index and the account source (at shutdown,
     /// after the shards stopped), so storage can close.
     pub fn detach_history_index(&self) {
-        if let Ok(mut slot) = self.inner.shared.history.write() {
+        if let Ok(mut slot) = self.inner().shared.history.write() {
             *slot = None;
         }
-        if let Ok(mut slot) = self.inner.account_source.write() {
+        if let Ok(mut slot) = self.inner().account_source.write() {
             *slot = None;
         }
     }
 
     /// Tells every shard that storage wrote the last capture's history.
     pub fn forget_flushed_history(&self) {
-        for shard in &self.inner.shards {
-            let idle = self.inner.config.passivate_after_snapshots;
+        for shard in &self.inner().shards {
+            let idle = self.inner().config.passivate_after_snapshots;
             let _ = shard.cast(ShardMsg::ForgetFlushedHistory(idle));
         }
     }
@@ -479,7 +645,7 @@ impl Ledger {
         let mut entries = self
             .ask(&shard, |port| ShardMsg::History { account_id, after_sequence, limit, reply: port })
             .await?;
-        let index = self.inner.shared.history.read().map_err(|_| LedgerError::Unavailable)?.clone();
+        let index = self.inner().shared.history.read().map_err(|_| LedgerError::Unavailable)?.clone();
         if let Some(index) = index {
             let older =
                 index.history(account_id, after_sequence, limit).map_err(|_| LedgerError::Unavailable)?;
@@ -503,17 +669,17 @@ impl Ledger {
 
     /// The next coordinated commit id (recorded by snapshots).
     pub fn next_commit_id(&self) -> u64 {
-        self.inner.next_commit_id.load(Ordering::Relaxed)
+        self.inner().next_commit_id.load(Ordering::Relaxed)
     }
 
     /// The transfer registry (storage sets its index and evicts from it).
-    pub fn registry(&self) -> &Arc<crate::registry::TransferRegistry> {
-        &self.inner.shared.registry
+    pub fn registry(&self) -> Arc<crate::registry::TransferRegistry> {
+        self.inner().shared.registry.clone()
     }
 
     /// Every transfer still in memory (tests and audits: it copies them all).
     pub fn transfers(&self) -> Vec<TransferRecord> {
-        self.inner.shared.registry.snapshot()
+        self.inner().shared.registry.snapshot()
     }
 
     /// Applies one transfer request.
@@ -530,22 +696,26 @@ impl Ledger {
         requests: Vec<TransferRequest>,
         linked: bool,
     ) -> Result<Vec<TransferResult>, LedgerError> {
-        self.check_poisoned()?;
+        let inner = self.inner();
+        if inner.shared.poisoned.load(Ordering::Relaxed) {
+            return Err(LedgerError::Unavailable);
+        }
         if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
             return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
         }
-        if self.inner.shared.registry.recorded() >= self.inner.config.unsnapshotted_transfers_max {
+        if inner.shared.registry.recorded() >= inner.config.unsnapshotted_transfers_max {
             metrics::counter!("wallet_overloaded_total", "reason" => "snapshot_behind").increment(1);
             return Err(LedgerError::Overloaded);
         }
         let _permit = self
-            .inner
+            .cell
+            .base
             .admission
             .clone()
             .try_acquire_many_owned(requests.len() as u32)
             .map_err(|_| LedgerError::Overloaded)?;
-        let now_ms = self.inner.shared.clock.now_ms();
-        let registry = &self.inner.shared.registry;
+        let now_ms = inner.shared.clock.now_ms();
+        let registry = &inner.shared.registry;
 
         let mut results: Vec<Option<TransferResult>> = vec![None; requests.len()];
         let mut planned: Vec<(usize, Planned)> = Vec::with_capacity(requests.len());
@@ -577,7 +747,7 @@ impl Ledger {
                     return Err(LedgerError::Unavailable);
                 }
             }
-            match self.plan(&request, now_ms) {
+            match self.plan(&inner, &request, now_ms) {
                 Ok(p) => {
                     claimed.push(request.id());
                     planned.push((index, p));
@@ -618,7 +788,7 @@ impl Ledger {
         // Unknown outcome on error: claims are kept so the ids cannot be
         // reused until a restart recovers what was durable.
         let mut ops = ops;
-        let mut outcomes = self.run_ops(ops.iter().map(|(_, op)| op.clone()).collect()).await?;
+        let mut outcomes = self.run_ops(&inner, ops.iter().map(|(_, op)| op.clone()).collect()).await?;
         // A review rule answers "hold it": that transfer becomes a review
         // hold and its operation runs again. Each round turns one more
         // transfer of an operation into a hold, so this ends.
@@ -642,7 +812,8 @@ impl Ledger {
             if again.is_empty() {
                 break;
             }
-            let rerun = self.run_ops(again.iter().map(|&position| ops[position].1.clone()).collect()).await?;
+            let rerun =
+                self.run_ops(&inner, again.iter().map(|&position| ops[position].1.clone()).collect()).await?;
             for (position, outcome) in again.into_iter().zip(rerun) {
                 outcomes[position] = outcome;
             }
@@ -660,7 +831,7 @@ impl Ledger {
                 }
             }
         }
-        self.record_decisions(decisions).await?;
+        self.record_decisions(&inner, decisions).await?;
         for ((indexes, op), outcome) in ops.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
@@ -680,7 +851,7 @@ impl Ledger {
                             registry.release(transfer.id);
                         }
                         let reason = if position as u32 == failed {
-                            self.refine(rejection, planned)
+                            self.refine(&inner, rejection, planned)
                         } else {
                             Rejection::LinkedTransferFailed
                         };
@@ -693,10 +864,10 @@ impl Ledger {
     }
 
     /// A shard that finds no hold reports "not found"; the registry knows why.
-    fn refine(&self, rejection: Rejection, planned: &Planned) -> Rejection {
+    fn refine(&self, inner: &Inner, rejection: Rejection, planned: &Planned) -> Rejection {
         match (rejection, planned.hold) {
             (Rejection::PendingTransferNotFound, HoldChange::Resolve(resolution)) => {
-                match self.inner.shared.registry.get(resolution.pending_id).map(|r| r.status) {
+                match inner.shared.registry.get(resolution.pending_id).map(|r| r.status) {
                     Some(TransferStatus::Posted) => Rejection::PendingTransferAlreadyPosted,
                     Some(TransferStatus::Voided) => Rejection::PendingTransferAlreadyVoided,
                     Some(TransferStatus::Expired) => Rejection::PendingTransferExpired,
@@ -709,7 +880,7 @@ impl Ledger {
 
     /// Turns a request into its legs, looking up the pending transfer a post
     /// or void names.
-    fn plan(&self, request: &Arc<TransferRequest>, now_ms: u64) -> Result<Planned, Rejection> {
+    fn plan(&self, inner: &Inner, request: &Arc<TransferRequest>, now_ms: u64) -> Result<Planned, Rejection> {
         let transfer_base = |kind, debit, credit, amount, pending_id, expires_at_ms| Transfer {
             id: request.id(),
             kind,
@@ -755,7 +926,7 @@ impl Ledger {
                 })
             }
             TransferRequest::PostPending { id, pending_id, amount } => {
-                let pending = self.pending(*pending_id)?;
+                let pending = self.pending(inner, *pending_id)?;
                 let held = pending.amount;
                 let posted = amount.unwrap_or(held);
                 if posted > held {
@@ -776,7 +947,7 @@ impl Ledger {
                 ))
             }
             TransferRequest::VoidPending { id, pending_id } => {
-                let pending = self.pending(*pending_id)?;
+                let pending = self.pending(inner, *pending_id)?;
                 Ok(resolve_plan(
                     transfer_base(
                         TransferKind::VoidPending,
@@ -794,8 +965,8 @@ impl Ledger {
         }
     }
 
-    fn pending(&self, pending_id: crate::ids::TransferId) -> Result<Arc<Transfer>, Rejection> {
-        let record = self.inner.shared.registry.get(pending_id).ok_or(Rejection::PendingTransferNotFound)?;
+    fn pending(&self, inner: &Inner, pending_id: crate::ids::TransferId) -> Result<Arc<Transfer>, Rejection> {
+        let record = inner.shared.registry.get(pending_id).ok_or(Rejection::PendingTransferNotFound)?;
         if record.transfer.kind != TransferKind::Pending {
             return Err(Rejection::PendingTransferNotPending);
         }
@@ -809,10 +980,13 @@ impl Ledger {
 
     /// Expires holds whose timeout passed; returns how many it expired.
     pub async fn expire_due(&self) -> Result<usize, LedgerError> {
-        self.check_poisoned()?;
-        let now_ms = self.inner.shared.clock.now_ms();
+        let inner = self.inner();
+        if inner.shared.poisoned.load(Ordering::Relaxed) {
+            return Err(LedgerError::Unavailable);
+        }
+        let now_ms = inner.shared.clock.now_ms();
         let mut ops: Vec<Arc<[Planned]>> = Vec::new();
-        for shard in self.inner.shards.clone() {
+        for shard in inner.shards.clone() {
             let due =
                 self.ask(&shard, |port| ShardMsg::DueHolds { now_ms, limit: 1024, reply: port }).await?;
             for hold in due {
@@ -841,14 +1015,18 @@ impl Ledger {
             return Ok(0);
         }
         // A hold another expiry (or a post or void) got to first fails here: fine.
-        let outcomes = self.run_ops(ops).await?;
+        let outcomes = self.run_ops(&inner, ops).await?;
         Ok(outcomes.iter().filter(|outcome| outcome.is_ok()).count())
     }
 
     /// Runs operations: single-shard ones on their shard, the rest through a
     /// coordinated commit. One outcome per operation, in order.
-    async fn run_ops(&self, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
-        let shard_count = self.inner.config.shard_count;
+    async fn run_ops(
+        &self,
+        inner: &Arc<Inner>,
+        ops: Vec<Arc<[Planned]>>,
+    ) -> Result<Vec<OpOutcome>, LedgerError> {
+        let shard_count = inner.config.shard_count;
         let mut local: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         let mut spanning: Vec<usize> = Vec::new();
         let mut chained: BTreeMap<u16, Vec<ChainOp>> = BTreeMap::new();
@@ -863,7 +1041,7 @@ impl Ledger {
                     let debit_shard = op[0].legs[0].account_id.shard(shard_count);
                     let credit_shard = op[0].legs[1].account_id.shard(shard_count);
                     let (reply, receiver) = oneshot::channel();
-                    let commit_id = CommitId(self.inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+                    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
                     chained.entry(debit_shard.0).or_default().push(ChainOp {
                         commit_id,
                         op: op.clone(),
@@ -877,13 +1055,13 @@ impl Ledger {
         }
         let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         for (shard, chain_ops) in chained {
-            self.inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
+            inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
         }
 
         let coordinated = if spanning.is_empty() {
             None
         } else {
-            let inner = self.inner.clone();
+            let inner = inner.clone();
             let spanning_ops: Vec<Arc<[Planned]>> = spanning.iter().map(|&i| ops[i].clone()).collect();
             // Spawned so it runs to the end even if the caller goes away.
             Some(tokio::spawn(coordinate(inner, spanning_ops)))
@@ -893,13 +1071,13 @@ impl Ledger {
         for (shard, indexes) in &local {
             let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
             let (tx, rx) = oneshot::channel();
-            self.inner.shards[*shard as usize]
+            inner.shards[*shard as usize]
                 .cast(ShardMsg::Execute(batch, tx.into()))
                 .map_err(|_| LedgerError::Unavailable)?;
             waiting.push((indexes, rx));
         }
         for (indexes, rx) in waiting {
-            let shard_outcomes = match tokio::time::timeout(self.inner.timeout, rx).await {
+            let shard_outcomes = match tokio::time::timeout(inner.timeout, rx).await {
                 Ok(Ok(result)) => result?,
                 Ok(Err(_)) => return Err(LedgerError::Unavailable),
                 Err(_) => return Err(LedgerError::Timeout),
@@ -909,7 +1087,7 @@ impl Ledger {
             }
         }
         for (index, receiver) in chain_waiting {
-            let outcome = match tokio::time::timeout(self.inner.timeout, receiver).await {
+            let outcome = match tokio::time::timeout(inner.timeout, receiver).await {
                 Ok(Ok(result)) => result?,
                 Ok(Err(_)) => return Err(LedgerError::Unavailable),
                 Err(_) => return Err(LedgerError::Timeout),

@@ -578,6 +578,11 @@ impl DecisionLog {
         self.lock().index = index;
     }
 
+    /// Where older decisions are read.
+    pub fn index(&self) -> Option<std::sync::Arc<dyn DecisionIndex>> {
+        self.lock().index.clone()
+    }
+
     /// The decisions in memory, for a snapshot.
     pub fn recent(&self) -> Vec<Decision> {
         self.lock().recent.clone()

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wallet_actors::record::{Clock, Journal, Record, SystemClock};
-use wallet_actors::recovery::Recovery;
+use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 
 use crate::journal::{
@@ -82,6 +82,7 @@ pub struct EmbeddedLedger {
     data_dir: PathBuf,
     stop_checkpoints: tokio::sync::watch::Sender<bool>,
     checkpoints: tokio::task::JoinHandle<()>,
+    supervision: tokio::task::JoinHandle<()>,
 }
 
 /// What one checkpoint did.
@@ -113,43 +114,21 @@ impl EmbeddedLedger {
         let snapshot_dir = data_dir.join("snapshot");
         let index_dir = data_dir.join("index");
         let cache_bytes = options.snapshot_cache_bytes;
-        let (snapshot, loaded, runs) = tokio::task::spawn_blocking(move || {
+        let opening_dir = data_dir.to_path_buf();
+        let replaying_dir = journal_dir.clone();
+        let (snapshot, runs, replayed) = tokio::task::spawn_blocking(move || {
             let opening = std::time::Instant::now();
             let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
             let opened_ms = opening.elapsed().as_millis() as u64;
-            let loaded = store.load()?;
-            let read_ms = opening.elapsed().as_millis() as u64;
-            let runs = TransferRuns::open(&index_dir)?;
-            tracing::debug!(
-                opened_ms,
-                read_ms,
-                index_ms = opening.elapsed().as_millis() as u64,
-                "snapshot read"
-            );
-            Ok::<_, StorageError>((store, loaded, Arc::new(runs)))
+            let runs = Arc::new(TransferRuns::open(&index_dir)?);
+            tracing::debug!(opened_ms, index_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
+            let replayed = replay(&store, &runs, &replaying_dir, shard_count, &opening_dir)?;
+            Ok::<_, StorageError>((store, runs, replayed))
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
-        let loaded_ms = started.elapsed().as_millis() as u64;
-        let meta = loaded.meta.clone().unwrap_or_default();
-        let mut recovery = Recovery::from_snapshot(
-            shard_count,
-            Vec::new(),
-            loaded.holds,
-            meta.open_commits.clone(),
-            meta.next_commit_id,
-        );
-        recovery.registry().set_index(runs.clone());
-        recovery.set_account_source(Arc::new(snapshot.clone()));
-        let summary =
-            read_journal_from(&journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
-        let snapshot_accounts = recovery.activated() as usize;
-        let (mut recovered, completions) = recovery
-            .finish()
-            .map_err(|_| StorageError::Corrupt { path: data_dir.join("snapshot"), offset: 0 })?;
-        recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
+        let Replayed { recovered, completions, summary, snapshot_accounts, meta } = replayed;
         tracing::info!(
-            loaded_ms,
             replayed_ms = started.elapsed().as_millis() as u64,
             snapshot_accounts,
             records = summary.records,
@@ -176,8 +155,10 @@ impl EmbeddedLedger {
             meta: Arc::new(tokio::sync::Mutex::new(meta)),
             journal_dir,
             shard_count,
+            data_dir: data_dir.to_path_buf(),
         };
         let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
+        let supervision = spawn_supervision(checkpointer.clone(), stopped.clone());
         let checkpoints = spawn_checkpoints(
             checkpointer.clone(),
             journal.stats(),
@@ -195,6 +176,7 @@ impl EmbeddedLedger {
             data_dir: data_dir.to_path_buf(),
             stop_checkpoints,
             checkpoints,
+            supervision,
         })
     }
 
@@ -240,6 +222,7 @@ impl EmbeddedLedger {
     async fn stop(self, checkpoint: bool) {
         let _ = self.stop_checkpoints.send(true);
         let _ = self.checkpoints.await;
+        let _ = self.supervision.await;
         if checkpoint {
             if let Err(error) = self.checkpointer.run().await {
                 tracing::warn!(%error, "final checkpoint failed; the journal still has everything");
@@ -280,6 +263,75 @@ fn spawn_checkpoints(
     })
 }
 
+/// Rebuilds the shards whenever they fail, until the ledger stops. A
+/// journal failure is not mended here: whether its last records are
+/// durable is unknown until the process restarts and reads the files; the
+/// rebuild's barrier fails then, and it is retried with a growing pause.
+fn spawn_supervision(
+    checkpointer: Checkpointer,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pause_ms = 100u64;
+        loop {
+            let failure = tokio::select! {
+                _ = stopped.changed() => return,
+                failure = checkpointer.ledger.failed() => failure,
+            };
+            tracing::warn!(%failure, "rebuilding the shards from durable state");
+            match checkpointer.rebuild().await {
+                Ok(()) => pause_ms = 100,
+                Err(error) => {
+                    tracing::error!(%error, pause_ms, "rebuilding the shards failed; trying again");
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(pause_ms)) => {}
+                    }
+                    pause_ms = (pause_ms * 2).min(30_000);
+                }
+            }
+        }
+    })
+}
+
+/// State read back from storage: the snapshot, then the journal after it.
+struct Replayed {
+    recovered: Recovered,
+    completions: Vec<Record>,
+    summary: ReadSummary,
+    snapshot_accounts: usize,
+    meta: CheckpointMeta,
+}
+
+/// Reads the snapshot's meta and holds, then replays the journal from the
+/// segment it names (accounts are read from the snapshot when named).
+fn replay(
+    snapshot: &SnapshotStore,
+    runs: &Arc<TransferRuns>,
+    journal_dir: &Path,
+    shard_count: u16,
+    data_dir: &Path,
+) -> Result<Replayed, StorageError> {
+    let loaded = snapshot.load()?;
+    let meta = loaded.meta.clone().unwrap_or_default();
+    let mut recovery = Recovery::from_snapshot(
+        shard_count,
+        Vec::new(),
+        loaded.holds,
+        meta.open_commits.clone(),
+        meta.next_commit_id,
+    );
+    recovery.registry().set_index(runs.clone());
+    recovery.set_account_source(Arc::new(snapshot.clone()));
+    let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
+    let snapshot_accounts = recovery.activated() as usize;
+    let (mut recovered, completions) = recovery
+        .finish()
+        .map_err(|_| StorageError::Corrupt { path: data_dir.join("snapshot"), offset: 0 })?;
+    recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
+    Ok(Replayed { recovered, completions, summary, snapshot_accounts, meta })
+}
+
 /// Everything a checkpoint needs; cheap to clone into a task.
 #[derive(Clone)]
 struct Checkpointer {
@@ -290,6 +342,7 @@ struct Checkpointer {
     meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     journal_dir: PathBuf,
     shard_count: u16,
+    data_dir: PathBuf,
 }
 
 impl Checkpointer {
@@ -368,6 +421,46 @@ impl Checkpointer {
         metrics::histogram!("wallet_checkpoint_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
         Ok(report)
+    }
+}
+
+impl Checkpointer {
+    /// Rebuilds every shard from durable state after one failed (see
+    /// `docs/ARCHITECTURE.md`, "Supervision"): no checkpoint runs meanwhile;
+    /// the failed generation is halted, so nothing more of it reaches the
+    /// journal; a barrier record makes everything it did write durable;
+    /// then the snapshot and the journal are read back exactly as at a
+    /// restart, and the new shards take over.
+    async fn rebuild(&self) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().await;
+        let started = std::time::Instant::now();
+        self.ledger.halt().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.journal.append(
+            Record::Batch(Vec::new()),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?.map_err(journal_failed)?;
+        let (snapshot, runs, journal_dir, data_dir) =
+            (self.snapshot.clone(), self.runs.clone(), self.journal_dir.clone(), self.data_dir.clone());
+        let shard_count = self.shard_count;
+        let replayed = tokio::task::spawn_blocking(move || {
+            replay(&snapshot, &runs, &journal_dir, shard_count, &data_dir)
+        })
+        .await
+        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        let Replayed { recovered, completions, summary, meta: read_meta, .. } = replayed;
+        let journal: Arc<dyn Journal> = self.journal.clone();
+        self.ledger.restart(recovered, completions, journal).await?;
+        *meta = read_meta;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            records = summary.records,
+            "shards rebuilt from durable state"
+        );
+        Ok(())
     }
 }
 

@@ -26,7 +26,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: not stopping, and a shard answers a read.
+/// Readiness: not stopping, the shards serve (not waiting for a rebuild),
+/// and a shard answers a read.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -37,7 +38,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.is_ready() {
+    // Between a shard's crash and its rebuild the ledger refuses work.
+    if !state.is_ready() || !state.ledger.is_serving() {
         return Err(ApiError::Unavailable);
     }
     let probe = Asset::new("USD", 2).map_err(|_| ApiError::Internal)?;

@@ -78,6 +78,20 @@ async fn verify(
     acknowledged: &BTreeMap<u128, TransferRequest>,
 ) -> anyhow::Result<usize> {
     let node = crash::open(dir).await?;
+    check_books(&node, acknowledged).await?;
+    let from_snapshot = node.snapshot_accounts;
+    // Leave the files as the kill left them for the next run.
+    node.stop_without_checkpoint().await;
+    Ok(from_snapshot)
+}
+
+/// Every acknowledged transfer is stored as acknowledged, every balance is
+/// what the stored transfers add up to (so nothing is half-applied or
+/// applied twice), no limit is passed, and the books balance.
+pub async fn check_books(
+    node: &wallet_storage::EmbeddedLedger,
+    acknowledged: &BTreeMap<u128, TransferRequest>,
+) -> anyhow::Result<()> {
     let transfers = node.all_transfers()?;
     let by_id: BTreeMap<u128, _> = transfers.iter().map(|r| (r.transfer.id.get(), r)).collect();
     for (id, request) in acknowledged {
@@ -121,8 +135,5 @@ async fn verify(
         );
     }
     anyhow::ensure!(posted == 0 && pending == 0, "books do not balance: {posted} / {pending}");
-    let from_snapshot = node.snapshot_accounts;
-    // Leave the files as the kill left them for the next run.
-    node.stop_without_checkpoint().await;
-    Ok(from_snapshot)
+    Ok(())
 }

@@ -5,3 +5,4 @@ mod crash;
 mod damage;
 mod model;
 mod risk;
+mod supervision;
