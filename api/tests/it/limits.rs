@@ -147,3 +147,54 @@ async fn a_stalled_client_does_not_hold_the_shutdown() -> anyhow::Result<()> {
     drop(stalled);
     Ok(())
 }
+
+#[tokio::test]
+async fn past_the_in_flight_bound_requests_are_refused_as_overloaded_and_move_nothing() -> anyhow::Result<()>
+{
+    // One transfer may be in flight: a batch of two can never be admitted.
+    let app = TestApp::spawn_with(tempfile::tempdir()?, &["--in-flight-max", "1"]).await?;
+    let (_, token) = app.user("olga").await?;
+    let from = app.account(&token).await?;
+    let to = app.account(&token).await?;
+    assert_eq!(app.deposit(&from, "1000").await?.status, StatusCode::CREATED);
+    let item = |amount: &str| json!({"id": new_id(), "from_account_id": from, "to_account_id": to, "amount": amount});
+    for atomic in [false, true] {
+        let batch = json!({"transfers": [item("1"), item("2")], "atomic": atomic});
+        let reply = app.post("/v1/transfers/batch", Some(&token), &batch).await?;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.body);
+        assert_eq!(reply.code(), "overloaded");
+        assert_eq!(reply.content_type, "application/problem+json");
+    }
+    assert_eq!(app.available(&token, &from).await?, "1000");
+    assert_eq!(app.available(&token, &to).await?, "0");
+    // One at a time is admitted.
+    assert_eq!(app.post("/v1/transfers", Some(&token), &item("3")).await?.status, StatusCode::CREATED);
+    assert_eq!(app.available(&token, &to).await?, "3");
+    app.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_past_its_time_limit_gets_504_with_its_code() -> anyhow::Result<()> {
+    // The real binary with a 1 ms limit: a login hashes a password (argon2id,
+    // tens of milliseconds on a worker thread), so it always runs over.
+    let dir = tempfile::tempdir()?;
+    let mut server = crate::helpers::Server::start_with(
+        dir.path(),
+        Some("admin password long enough"),
+        &["--request-timeout-ms", "1"],
+    )?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let response = client
+        .post(format!("{}/v1/auth/token", server.base))
+        .json(&json!({"email": "someone@example.com", "password": "whatever it is"}))
+        .send()
+        .await?;
+    let reply = crate::helpers::Reply::read(response).await?;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(reply.code(), "timeout");
+    assert_eq!(reply.content_type, "application/problem+json");
+    server.signal("-TERM")?;
+    assert!(server.wait()?.success());
+    Ok(())
+}
