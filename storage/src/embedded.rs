@@ -5,6 +5,7 @@
 //! - `journal/`: the file journal's segments;
 //! - `snapshot/`: the sled snapshot store (accounts, holds, history, decisions);
 //! - `index/`: the transfers of retired journal segments, in sorted runs;
+//! - `history/`: account history older than the last checkpoint, in sorted runs;
 //! - `LOCK`: held while a process has the directory open.
 //!
 //! Opening recovers: it loads the snapshot, reads the journal from the
@@ -25,7 +26,7 @@ use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 use crate::journal::{
     read_journal_from, read_segments, segments, FileJournal, JournalOptions, JournalStats, ReadSummary,
 };
-use crate::runs::TransferRuns;
+use crate::runs::{HistoryChunk, HistoryRuns, TransferRuns};
 use crate::scan::SegmentScan;
 use crate::snapshot::{CheckpointMeta, SnapshotStore};
 use crate::StorageError;
@@ -113,17 +114,19 @@ impl EmbeddedLedger {
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshot");
         let index_dir = data_dir.join("index");
+        let history_dir = data_dir.join("history");
         let cache_bytes = options.snapshot_cache_bytes;
         let opening_dir = data_dir.to_path_buf();
         let replaying_dir = journal_dir.clone();
-        let (snapshot, runs, replayed) = tokio::task::spawn_blocking(move || {
+        let (snapshot, runs, history, replayed) = tokio::task::spawn_blocking(move || {
             let opening = std::time::Instant::now();
             let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
             let opened_ms = opening.elapsed().as_millis() as u64;
             let runs = Arc::new(TransferRuns::open(&index_dir)?);
+            let history = Arc::new(HistoryRuns::open(&history_dir)?);
             tracing::debug!(opened_ms, index_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
             let replayed = replay(&store, &runs, &replaying_dir, shard_count, &opening_dir)?;
-            Ok::<_, StorageError>((store, runs, replayed))
+            Ok::<_, StorageError>((store, runs, history, replayed))
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
@@ -145,13 +148,14 @@ impl EmbeddedLedger {
             options.ledger.clone(),
         )
         .await?;
-        ledger.set_history_index(Arc::new(snapshot.clone()));
+        ledger.set_history_index(history.clone());
         ledger.set_decision_index(Some(Arc::new(snapshot.clone())));
         let checkpointer = Checkpointer {
             ledger: ledger.clone(),
             journal: journal.clone(),
             snapshot,
             runs,
+            history,
             meta: Arc::new(tokio::sync::Mutex::new(meta)),
             journal_dir,
             shard_count,
@@ -294,6 +298,21 @@ fn spawn_supervision(
     })
 }
 
+/// The captured history as one chunk per account, entries in order.
+fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChunk> {
+    let mut chunks: Vec<HistoryChunk> = Vec::new();
+    let mut place: std::collections::HashMap<wallet_actors::AccountId, usize> =
+        std::collections::HashMap::new();
+    for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
+        let index = *place.entry(entry.account_id).or_insert_with(|| {
+            chunks.push(HistoryChunk { account_id: entry.account_id, entries: Vec::new() });
+            chunks.len() - 1
+        });
+        chunks[index].entries.push(entry.clone());
+    }
+    chunks
+}
+
 /// State read back from storage: the snapshot, then the journal after it.
 struct Replayed {
     recovered: Recovered,
@@ -339,6 +358,7 @@ struct Checkpointer {
     journal: Arc<FileJournal>,
     snapshot: SnapshotStore,
     runs: Arc<TransferRuns>,
+    history: Arc<HistoryRuns>,
     meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     journal_dir: PathBuf,
     shard_count: u16,
@@ -380,6 +400,7 @@ impl Checkpointer {
         let journal_dir = self.journal_dir.clone();
         let snapshot = self.snapshot.clone();
         let runs = self.runs.clone();
+        let history = self.history.clone();
         let previous = meta.clone();
         let next_commit_id = self.ledger.next_commit_id();
         let shard_count = self.shard_count;
@@ -394,6 +415,7 @@ impl Checkpointer {
             // journal still has these transfers, so a crash in between only
             // makes the next checkpoint write them again (the newest wins).
             runs.add(transfers.clone())?;
+            history.add(history_chunks(&captured))?;
             let indexed_ms = started.elapsed().as_millis() as u64;
             snapshot.write(&captured, &decisions, &new_meta)?;
             tracing::debug!(

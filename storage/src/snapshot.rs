@@ -1,33 +1,30 @@
-//! sled snapshots: account states, open holds, history and risk decisions, as of
-//! a checkpoint; recovery loads them and replays the journal from the
+//! sled snapshots: account states, open holds and risk decisions, as of a
+//! checkpoint; recovery loads them and replays the journal from the
 //! checkpoint's segment on.
 //!
 //! Trees (every value is one checksummed, versioned frame, see [`crate::frame`]):
 //! - `accounts`: account id (16 bytes, big endian) -> `Account`;
 //! - `holds`: pending transfer id -> `Hold`;
-//! - `history`: account id ++ first sequence (24 bytes, big endian) -> the
-//!   account's `HistoryEntry`s of one checkpoint, in order (every account
-//!   event up to the checkpoint, with the balances after it). One value per
-//!   account per checkpoint, not per event: sled's cost is per entry.
 //! - `decisions`: decision id (8 bytes, big endian) -> risk `Decision`;
 //!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`].
 //!
-//! Transfers of retired segments are not here but in [`crate::runs`].
+//! Transfers of retired segments and account history are not here but in
+//! sorted runs ([`crate::runs`]): sled's cost is per entry, and those grow
+//! with every transfer.
 //!
-//! A checkpoint writes accounts, holds, history and decisions first and the meta
+//! A checkpoint writes accounts, holds and decisions first and the meta
 //! last, then flushes; only then are journal segments deleted. Replay skips
 //! account events the snapshot already has (by sequence number), so a crash
 //! anywhere in between leaves a state that recovery completes.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use wallet_actors::recovery::OpenCommit;
 use wallet_actors::registry::TransferIndexError;
 use wallet_actors::risk::Decision;
-use wallet_actors::shard::{Captured, HistoryEntry, Hold};
+use wallet_actors::shard::{Captured, Hold};
 use wallet_actors::Account;
 
 use crate::frame;
@@ -62,7 +59,6 @@ pub struct SnapshotStore {
     db: sled::Db,
     accounts: sled::Tree,
     holds: sled::Tree,
-    history: sled::Tree,
     decisions: sled::Tree,
     decisions_by_account: sled::Tree,
     meta: sled::Tree,
@@ -114,7 +110,6 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             accounts: db.open_tree("accounts").map_err(&error)?,
             holds: db.open_tree("holds").map_err(&error)?,
-            history: db.open_tree("history").map_err(&error)?,
             decisions: db.open_tree("decisions").map_err(&error)?,
             decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
@@ -201,30 +196,6 @@ impl SnapshotStore {
             }
         }
         self.holds.apply_batch(holds).map_err(&error)?;
-        // One value per account per checkpoint: its entries, in order.
-        // Written in hash order, not key order: batches of neighbouring keys
-        // rewrote the same sled leaves over and over, and a large one
-        // deadlocked sled 0.34 here (the batch, holding sled's global lock,
-        // waited on a log flush that waited on that lock).
-        let mut per_account: HashMap<wallet_actors::AccountId, Vec<&HistoryEntry>> = HashMap::new();
-        for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
-            per_account.entry(entry.account_id).or_default().push(entry);
-        }
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for entries in per_account.values() {
-            let Some(first) = entries.first() else { continue };
-            batch.insert(
-                &history_key(first.account_id, first.sequence),
-                frame::encode(&entries, SNAPSHOT_FORMAT_VERSION)?,
-            );
-            in_batch += 1;
-            if in_batch == CHUNK {
-                self.history.apply_batch(std::mem::take(&mut batch)).map_err(&error)?;
-                in_batch = 0;
-            }
-        }
-        self.history.apply_batch(batch).map_err(&error)?;
         for chunk in decisions.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
             let mut by_account = sled::Batch::default();
@@ -248,43 +219,6 @@ fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl I
         items.peek()?;
         Some(items.by_ref().take(size).collect())
     })
-}
-
-impl wallet_actors::actor::HistoryIndex for SnapshotStore {
-    fn history(
-        &self,
-        account_id: wallet_actors::AccountId,
-        after_sequence: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, TransferIndexError> {
-        let wanted = after_sequence.saturating_add(1);
-        // Start at the chunk that holds `wanted` (the last one starting at or
-        // before it), then read on until `limit` entries.
-        let start = match self
-            .history
-            .range(history_key(account_id, 0)..=history_key(account_id, wanted))
-            .next_back()
-        {
-            Some(item) => item.map_err(|_| TransferIndexError)?.0.to_vec(),
-            None => history_key(account_id, wanted).to_vec(),
-        };
-        let end = history_key(account_id, u64::MAX);
-        let mut entries = Vec::new();
-        for item in self.history.range(start..=end.to_vec()) {
-            let (_, value) = item.map_err(|_| TransferIndexError)?;
-            let chunk: Vec<HistoryEntry> =
-                frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
-                    tracing::error!(%error, %account_id, "history chunk does not decode");
-                    TransferIndexError
-                })?;
-            entries.extend(chunk.into_iter().filter(|e| e.sequence >= wanted));
-            if entries.len() >= limit {
-                break;
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
-    }
 }
 
 impl wallet_actors::shard::AccountSource for SnapshotStore {
