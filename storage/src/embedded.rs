@@ -300,15 +300,29 @@ fn spawn_supervision(
 
 /// The captured history as one chunk per account, entries in order.
 fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChunk> {
-    let mut chunks: Vec<HistoryChunk> = Vec::new();
-    let mut place: std::collections::HashMap<wallet_actors::AccountId, usize> =
+    // Counted first, so every chunk is allocated once at its size.
+    let mut place: std::collections::HashMap<wallet_actors::AccountId, (usize, usize)> =
         std::collections::HashMap::new();
+    let mut accounts = Vec::new();
     for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
-        let index = *place.entry(entry.account_id).or_insert_with(|| {
-            chunks.push(HistoryChunk { account_id: entry.account_id, entries: Vec::new() });
-            chunks.len() - 1
+        let next = place.len();
+        let (_, count) = place.entry(entry.account_id).or_insert_with(|| {
+            accounts.push(entry.account_id);
+            (next, 0)
         });
-        chunks[index].entries.push(entry.clone());
+        *count += 1;
+    }
+    let mut chunks: Vec<HistoryChunk> = accounts
+        .iter()
+        .map(|&account_id| HistoryChunk {
+            account_id,
+            entries: Vec::with_capacity(place.get(&account_id).map_or(0, |&(_, count)| count)),
+        })
+        .collect();
+    for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
+        if let Some(&(index, _)) = place.get(&entry.account_id) {
+            chunks[index].entries.push(entry.clone());
+        }
     }
     chunks
 }
