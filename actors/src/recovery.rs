@@ -65,21 +65,17 @@ impl Recovery {
         }
     }
 
-    /// Starts from a snapshot: accounts, open holds, and commits whose legs
-    /// some shards had not applied when it was taken.
+    /// Starts from a snapshot: open holds, and commits whose legs some
+    /// shards had not applied when it was taken. Accounts are read from the
+    /// snapshot when first named ([`Recovery::set_account_source`]).
     pub fn from_snapshot(
         shard_count: u16,
-        accounts: impl IntoIterator<Item = crate::account::Account>,
         holds: impl IntoIterator<Item = crate::shard::Hold>,
         open_commits: Vec<OpenCommit>,
         next_commit_id: u64,
     ) -> Self {
         let mut recovery = Recovery::new(shard_count);
         let count = recovery.shard_count;
-        for account in accounts {
-            let shard = account.id.shard(count).0 as usize;
-            recovery.shards[shard].load_account(account);
-        }
         for hold in holds {
             let shard = hold.debit_account_id.shard(count).0 as usize;
             recovery.shards[shard].load_hold(hold);

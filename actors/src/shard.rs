@@ -832,13 +832,6 @@ impl ShardState {
         captured
     }
 
-    /// Loads an account from a snapshot (before any replay).
-    pub fn load_account(&mut self, account: Account) {
-        account.assert_limits();
-        let touched = self.epoch;
-        self.accounts.insert(account.id, Slot { account, reserved: Reserved::default(), touched });
-    }
-
     /// Loads an open hold from a snapshot (before any replay).
     pub fn load_hold(&mut self, hold: Hold) {
         if let Some(at) = hold.expires_at_ms {

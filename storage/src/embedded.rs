@@ -347,13 +347,8 @@ fn replay(
 ) -> Result<Replayed, StorageError> {
     let loaded = snapshot.load()?;
     let meta = loaded.meta.clone().unwrap_or_default();
-    let mut recovery = Recovery::from_snapshot(
-        shard_count,
-        Vec::new(),
-        loaded.holds,
-        meta.open_commits.clone(),
-        meta.next_commit_id,
-    );
+    let mut recovery =
+        Recovery::from_snapshot(shard_count, loaded.holds, meta.open_commits.clone(), meta.next_commit_id);
     recovery.registry().set_index(runs.clone());
     recovery.set_account_source(Arc::new(snapshot.clone()));
     let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
