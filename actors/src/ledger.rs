@@ -837,10 +837,12 @@ impl Ledger {
                 Ok(()) => {
                     for (index, planned) in indexes.iter().zip(op.iter()) {
                         if let Some(transfer) = &planned.transfer {
-                            let record = registry.get(transfer.id).unwrap_or_else(|| TransferRecord {
+                            // The outcome as applied (the registry holds the
+                            // same; reading it back was a cache miss per transfer).
+                            let record = TransferRecord {
                                 transfer: transfer.clone(),
                                 status: transfer.initial_status(),
-                            });
+                            };
                             results[*index] = Some(Ok(TransferOutcome { record, replayed: false }));
                         }
                     }
