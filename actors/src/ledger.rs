@@ -513,10 +513,19 @@ impl Ledger {
 
     /// What every shard changed since the last capture, for a snapshot.
     /// Everything journaled before this call is included.
+    ///
+    /// Fails if the shards failed meanwhile: a shard halted for a rebuild
+    /// may have captured changes whose records its closed journal gate then
+    /// refused, and a snapshot must never hold what the journal does not.
     pub async fn capture(&self) -> Result<Vec<crate::shard::Captured>, LedgerError> {
-        let mut all = Vec::with_capacity(self.inner().shards.len());
-        for shard in self.inner().shards.clone() {
-            all.push(self.ask(&shard, ShardMsg::Capture).await?);
+        let inner = self.inner();
+        let mut all = Vec::with_capacity(inner.shards.len());
+        for shard in &inner.shards {
+            all.push(self.ask(shard, ShardMsg::Capture).await?);
+        }
+        // A refusal by the gate comes after `halt` set this flag.
+        if inner.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable);
         }
         Ok(all)
     }
