@@ -194,6 +194,11 @@ pub struct ShardState {
     prepared: HashMap<(CommitId, u32), PreparedOp>,
     dirty_accounts: HashSet<AccountId>,
     dirty_holds: HashSet<TransferId>,
+    /// Accounts and holds captured but not yet confirmed written: a
+    /// checkpoint that fails after its capture must not lose them, so the
+    /// next capture takes them again.
+    flushing_accounts: HashSet<AccountId>,
+    flushing_holds: HashSet<TransferId>,
     /// History not yet in storage: since the last capture ...
     /// (One flat list per shard: a map of per-account lists cost an
     /// allocation of four entries per account touched, gigabytes at a
@@ -224,6 +229,8 @@ impl ShardState {
             prepared: HashMap::default(),
             dirty_accounts: HashSet::default(),
             dirty_holds: HashSet::default(),
+            flushing_accounts: HashSet::default(),
+            flushing_holds: HashSet::default(),
             history_recent: Vec::new(),
             history_flushing: Arc::default(),
             rules: Arc::default(),
@@ -292,9 +299,12 @@ impl ShardState {
         let epoch = self.epoch;
         // An account with history not yet in storage changed since the
         // capture, so it is dirty too.
-        let dirty = &self.dirty_accounts;
+        let (dirty, flushing) = (&self.dirty_accounts, &self.flushing_accounts);
         self.accounts.retain(|id, slot| {
-            slot.reserved.legs != 0 || slot.touched + idle_epochs >= epoch || dirty.contains(id)
+            slot.reserved.legs != 0
+                || slot.touched + idle_epochs >= epoch
+                || dirty.contains(id)
+                || flushing.contains(id)
         });
         before - self.accounts.len()
     }
@@ -802,6 +812,8 @@ impl ShardState {
     /// Storage has written what the last capture returned: forget it.
     pub fn forget_flushed_history(&mut self) {
         self.history_flushing = Arc::default();
+        self.flushing_accounts.clear();
+        self.flushing_holds.clear();
     }
 
     /// Takes what changed since the last capture, for a snapshot.
@@ -818,12 +830,16 @@ impl ShardState {
             Arc::make_mut(&mut self.history_flushing).extend(recent);
         }
         captured.history = self.history_flushing.clone();
-        for account_id in self.dirty_accounts.drain() {
-            if let Some(slot) = self.accounts.get(&account_id) {
+        // Accounts and holds of a capture whose write was never confirmed
+        // are taken again, as they stand now.
+        self.flushing_accounts.extend(self.dirty_accounts.drain());
+        self.flushing_holds.extend(self.dirty_holds.drain());
+        for account_id in &self.flushing_accounts {
+            if let Some(slot) = self.accounts.get(account_id) {
                 captured.accounts.push(slot.account.clone());
             }
         }
-        for pending_id in self.dirty_holds.drain() {
+        for &pending_id in &self.flushing_holds {
             match self.holds.get(&pending_id) {
                 Some(hold) => captured.holds.push(hold.clone()),
                 None => captured.removed_holds.push(pending_id),
