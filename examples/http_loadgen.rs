@@ -10,6 +10,11 @@
 //! for `--duration-s` seconds, each posting `POST /v1/transfers` (`--batch
 //! 1`) or `POST /v1/transfers/batch` with `--batch` transfers, and prints
 //! one JSON line. Every transfer counted was durable before its response.
+//!
+//! With `--serve-for-s S --wrk-setup FILE` it only sets up: it writes the
+//! base URL, the token and the accounts as Lua to FILE, prints
+//! `{"ready":true,"base":...}`, and serves for S seconds, so that an
+//! external client (`scripts/http_bench` runs wrk) sends the load.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +46,12 @@ struct Args {
     /// Shards of the ledger.
     #[arg(long, default_value_t = 64)]
     shards: u16,
+    /// Only set up, then serve this many seconds for an external client.
+    #[arg(long)]
+    serve_for_s: Option<u64>,
+    /// Where `--serve-for-s` writes the setup for wrk's Lua script.
+    #[arg(long)]
+    wrk_setup: Option<std::path::PathBuf>,
 }
 
 const ADMIN_EMAIL: &str = "admin@loadgen.example";
@@ -146,6 +157,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         accounts.push(id);
     }
     let accounts = Arc::new(accounts);
+
+    if let Some(serve_s) = args.serve_for_s {
+        let path = args.wrk_setup.clone().context("--serve-for-s needs --wrk-setup")?;
+        let quoted: Vec<String> = accounts.iter().map(|a| format!("\"{a}\"")).collect();
+        let lua =
+            format!("token = \"{}\"\nbatch = {}\naccounts = {{{}}}\n", token, args.batch, quoted.join(","));
+        std::fs::write(&path, lua)?;
+        println!("{}", json!({"ready": true, "base": base}));
+        tokio::time::sleep(Duration::from_secs(serve_s)).await;
+        let _ = stop.send(());
+        server.await??;
+        return Ok(());
+    }
 
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
