@@ -216,11 +216,8 @@ impl Journal for JournalGate {
     }
 }
 
-/// What the shard supervisor is told.
-pub enum SupervisorMsg {
-    /// The shards it supervises, in shard order.
-    Shards(Vec<ractor::ActorId>),
-}
+/// The shard supervisor takes no messages; it only hears its shards end.
+pub enum SupervisorMsg {}
 
 /// The supervisor of one generation of shards: a shard that panics or
 /// stops while the ledger is not stopping fails the generation, which wakes
@@ -230,32 +227,21 @@ pub struct ShardSupervisor;
 /// The supervisor's state.
 pub struct SupervisorState {
     shared: Arc<Shared>,
-    shards: Vec<ractor::ActorId>,
+    /// Actor ids of the shards, in shard order (filled as they start).
+    shards: Arc<std::sync::Mutex<Vec<ractor::ActorId>>>,
 }
 
 impl Actor for ShardSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = Arc<Shared>;
+    type Arguments = (Arc<Shared>, Arc<std::sync::Mutex<Vec<ractor::ActorId>>>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
+        (shared, shards): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SupervisorState { shared, shards: Vec::new() })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SupervisorMsg::Shards(shards) => state.shards = shards,
-        }
-        Ok(())
+        Ok(SupervisorState { shared, shards })
     }
 
     async fn handle_supervisor_evt(
@@ -275,8 +261,8 @@ impl Actor for ShardSupervisor {
             return Ok(());
         }
         let id = cell.get_id();
-        let shard = state.shards.iter().position(|s| *s == id).unwrap_or(0);
-        let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+        let position = state.shards.lock().ok().and_then(|ids| ids.iter().position(|s| *s == id));
+        let shard = ShardId(position.and_then(|p| u16::try_from(p).ok()).unwrap_or(u16::MAX));
         tracing::error!(shard = shard.0, %reason, "shard actor ended");
         state.shared.fail(Failure::ShardCrashed(shard));
         Ok(())

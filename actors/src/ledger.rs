@@ -163,6 +163,9 @@ struct Base {
     /// Woken when a generation fails.
     failed: Arc<Notify>,
     rules: std::sync::RwLock<Arc<RuleSet>>,
+    /// Held by `set_rules` and by `restart` from spawning to the swap, so a
+    /// rules change during a rebuild reaches the new shards.
+    rules_change: tokio::sync::Mutex<()>,
     admission: Arc<Semaphore>,
 }
 
@@ -210,13 +213,20 @@ async fn spawn_generation(
         );
         rx.await.map_err(|_| LedgerError::Unavailable)?.map_err(|_| LedgerError::Unavailable)?;
     }
-    let (supervisor, _) =
-        Actor::spawn(None, ShardSupervisor, shared.clone()).await.map_err(|_| LedgerError::Unavailable)?;
+    let shard_ids: Arc<std::sync::Mutex<Vec<ractor::ActorId>>> = Default::default();
+    let (supervisor, _) = Actor::spawn(None, ShardSupervisor, (shared.clone(), shard_ids.clone()))
+        .await
+        .map_err(|_| LedgerError::Unavailable)?;
     let mut shards = Vec::with_capacity(recovered.shards.len());
     for state in recovered.shards {
         let args = ShardArgs { state, shared: shared.clone() };
         match Actor::spawn_linked(None, ShardActor, args, supervisor.get_cell()).await {
-            Ok((actor, _)) => shards.push(actor),
+            Ok((actor, _)) => {
+                if let Ok(mut ids) = shard_ids.lock() {
+                    ids.push(actor.get_id());
+                }
+                shards.push(actor);
+            }
             Err(error) => {
                 tracing::error!(%error, "a shard did not start");
                 stop_shards(&shared, &shards, &supervisor, timeout).await;
@@ -225,7 +235,6 @@ async fn spawn_generation(
         }
     }
     router.set(shards.clone());
-    let _ = supervisor.cast(SupervisorMsg::Shards(shards.iter().map(|s| s.get_id()).collect()));
     let rules = cell.rules.read().map(|r| r.clone()).unwrap_or_default();
     for shard in &shards {
         let (tx, rx) = oneshot::channel();
@@ -266,7 +275,9 @@ async fn stop_shards(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    supervisor.stop(None);
+    // A stopped shard hands its state to its supervisor; waiting for the
+    // supervisor drops it, so storage the shards held can close.
+    let _ = supervisor.stop_and_wait(None, Some(timeout)).await;
 }
 
 impl Ledger {
@@ -285,6 +296,7 @@ impl Ledger {
             clock,
             failed: Arc::new(Notify::new()),
             rules: Default::default(),
+            rules_change: tokio::sync::Mutex::new(()),
         };
         let inner = spawn_generation(recovered, completions, journal, &base).await?;
         let cell = Cell {
@@ -367,6 +379,7 @@ impl Ledger {
         completions: Vec<Record>,
         journal: Arc<dyn Journal>,
     ) -> Result<(), LedgerError> {
+        let _rules = self.cell.base.rules_change.lock().await;
         let old = self.inner();
         let inner = spawn_generation(recovered, completions, journal, &self.cell.base).await?;
         let history = old.shared.history.read().ok().and_then(|h| h.clone());
@@ -534,6 +547,7 @@ impl Ledger {
     /// against them. Rules are configuration, kept by the caller (the API
     /// stores them with its users); the ledger keeps what they decided.
     pub async fn set_rules(&self, rules: Vec<Rule>) -> Result<(), LedgerError> {
+        let _changing = self.cell.base.rules_change.lock().await;
         let rules = Arc::new(RuleSet::new(rules));
         if let Ok(mut slot) = self.cell.base.rules.write() {
             *slot = rules.clone();

@@ -277,14 +277,29 @@ fn spawn_supervision(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut pause_ms = 100u64;
+        let mut last_rebuilt: Option<std::time::Instant> = None;
         loop {
             let failure = tokio::select! {
                 _ = stopped.changed() => return,
                 failure = checkpointer.ledger.failed() => failure,
             };
+            // A failure that comes back right after a rebuild (an account
+            // that cannot be read, a request that panics a shard each time)
+            // must not turn into rebuild after rebuild: the pause grows.
+            let again_soon = last_rebuilt.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10));
+            if again_soon {
+                tracing::warn!(%failure, pause_ms, "the shards failed again soon after a rebuild; pausing");
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(pause_ms)) => {}
+                }
+                pause_ms = (pause_ms * 2).min(30_000);
+            } else {
+                pause_ms = 100;
+            }
             tracing::warn!(%failure, "rebuilding the shards from durable state");
             match checkpointer.rebuild().await {
-                Ok(()) => pause_ms = 100,
+                Ok(()) => last_rebuilt = Some(std::time::Instant::now()),
                 Err(error) => {
                     tracing::error!(%error, pause_ms, "rebuilding the shards failed; trying again");
                     tokio::select! {
