@@ -171,6 +171,11 @@ impl Application {
         })
     }
 
+    /// The ledger it serves (for embedding it, and for tests).
+    pub fn ledger(&self) -> wallet_actors::Ledger {
+        self.embedded.ledger.clone()
+    }
+
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.address.port()

@@ -22,6 +22,8 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// A running application.
 pub struct TestApp {
     pub base: String,
+    /// The ledger behind the server (tests that crash a shard).
+    pub ledger: wallet_actors::Ledger,
     pub client: reqwest::Client,
     pub admin_token: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -80,6 +82,7 @@ impl TestApp {
     pub async fn spawn_with(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestApp> {
         let app = Application::build(settings(dir.path(), extra)?).await.context("building the app")?;
         let base = format!("http://127.0.0.1:{}", app.port());
+        let ledger = app.ledger();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -87,6 +90,7 @@ impl TestApp {
         let client = reqwest::Client::builder().no_proxy().build().context("building the client")?;
         let mut test = TestApp {
             base,
+            ledger,
             client,
             admin_token: String::new(),
             shutdown: Some(tx),

@@ -9,3 +9,4 @@ mod limits;
 mod money;
 mod oidc;
 mod risk;
+mod supervision;
