@@ -99,6 +99,61 @@ async fn crashed_shards_are_rebuilt_from_durable_state_while_the_node_runs() -> 
     anyhow::ensure!(acknowledged.len() > 1_000, "only {} transfers acknowledged", acknowledged.len());
     check_books(&node, &acknowledged).await?;
 
+    // Rules in force before the crashes are in force after the rebuilds,
+    // also one set while shards were being rebuilt.
+    let limit = wallet_actors::risk::Rule {
+        id: wallet_actors::risk::RuleId::new(1).map_err(|_| anyhow::anyhow!("rule id"))?,
+        name: "at most 500".into(),
+        kind: wallet_actors::risk::RuleKind::MaxAmount {
+            asset: "USD".into(),
+            amount: wallet_testkit::amount(500),
+        },
+        scope: wallet_actors::risk::RuleScope::Global,
+        action: wallet_actors::risk::RuleAction::Reject,
+        timeout_seconds: None,
+    };
+    node.ledger.crash_shard(ShardId(1));
+    let mut rules_set = false;
+    for _ in 0..600 {
+        if node.ledger.set_rules(vec![limit.clone()]).await.is_ok() {
+            rules_set = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::ensure!(rules_set, "the rules could not be set");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.ledger.rebuilds() < 6 || !node.ledger.is_serving() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "shard 1 was not rebuilt");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // From the richest wallet, so that only the rule can refuse it.
+    let accounts = node.ledger.accounts().await?;
+    let richest = accounts
+        .iter()
+        .filter(|a| !wallet_actors::is_reserved_account_id(a.id))
+        .max_by_key(|a| a.balances.posted())
+        .ok_or_else(|| anyhow::anyhow!("no accounts"))?;
+    anyhow::ensure!(richest.balances.posted() > 501, "{richest:?}");
+    let other = accounts
+        .iter()
+        .find(|a| a.id != richest.id && !wallet_actors::is_reserved_account_id(a.id))
+        .ok_or_else(|| anyhow::anyhow!("one account"))?;
+    let over = TransferRequest::Transfer {
+        id: wallet_testkit::tid(9_000_000),
+        debit_account_id: richest.id,
+        credit_account_id: other.id,
+        amount: wallet_testkit::amount(501),
+        pending: None,
+        reference: None,
+        metadata: None,
+    };
+    let refused = node.ledger.submit_one(over).await?;
+    anyhow::ensure!(
+        matches!(refused, Err(wallet_actors::Rejection::RiskMaxAmountExceeded(_))),
+        "{refused:?}"
+    );
+
     // What the rebuilt shards hold is what the files hold.
     let live = node.ledger.accounts().await?;
     node.stop_without_checkpoint().await;
