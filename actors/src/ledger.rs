@@ -406,6 +406,19 @@ impl Ledger {
         self.cell.rebuilds.load(Ordering::SeqCst)
     }
 
+    /// Why the current shards failed, if they did and are not rebuilt yet.
+    pub fn failure(&self) -> Option<Failure> {
+        self.cell.current.load().shared.failure.get().copied()
+    }
+
+    /// Whether the process must restart to serve again: a journal write
+    /// failed, and whether its records are durable only the files can say
+    /// (an fsync that failed may have lost pages the page cache still
+    /// shows), so no rebuild in the process is trusted.
+    pub fn needs_restart(&self) -> bool {
+        matches!(self.failure(), Some(Failure::Journal(_)))
+    }
+
     /// Whether the shards serve (false between a failure and its rebuild).
     pub fn is_serving(&self) -> bool {
         self.check_poisoned().is_ok() && !self.cell.stopped.load(Ordering::Relaxed)

@@ -1,5 +1,6 @@
-//! `GET /healthz` (the process answers), `GET /readyz` (the ledger answers
-//! and shutdown has not started), `GET /metrics` (Prometheus text).
+//! `GET /healthz` (the process answers and can serve without a restart),
+//! `GET /readyz` (the ledger answers and shutdown has not started),
+//! `GET /metrics` (Prometheus text).
 
 use std::sync::atomic::Ordering;
 
@@ -13,17 +14,25 @@ use wallet_actors::{settlement_account_id, Asset};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
-/// Liveness: the process is up.
+/// Liveness: the process is up and can serve again without a restart.
+/// After a failed journal write it cannot (see `Ledger::needs_restart`):
+/// then 503, so that an orchestrator's liveness probe restarts it and the
+/// restart recovers from what is on disk. A crashed shard does not count:
+/// it is rebuilt in the process (`/readyz` says 503 meanwhile).
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "operations",
     responses(
         (status = 200, description = "The process is up"),
+        (status = 503, description = "The journal failed: restart the process", body = Problem),
     ),
 )]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.ledger.needs_restart() {
+        return Err(ApiError::Unavailable);
+    }
+    Ok(Json(json!({ "status": "ok" })))
 }
 
 /// Readiness: not stopping, the shards serve (not waiting for a rebuild),
