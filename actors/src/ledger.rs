@@ -20,7 +20,7 @@ use crate::actor::{
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{stable_hash, AccountId, CommitId, ShardId, UserId};
-use crate::record::{Clock, Journal, Record};
+use crate::record::{append_durable, Clock, Journal, Record};
 use crate::recovery::Recovered;
 use crate::registry::{Claim, TransferRecord};
 use crate::rejection::Rejection;
@@ -148,7 +148,8 @@ struct Inner {
     supervisor: ActorRef<SupervisorMsg>,
     gate: Arc<JournalGate>,
     shared: Arc<Shared>,
-    config: LedgerConfig,
+    /// The ledger's configuration (shared with every generation).
+    config: Arc<LedgerConfig>,
     next_commit_id: AtomicU64,
     timeout: Duration,
     decisions: DecisionLog,
@@ -158,7 +159,7 @@ struct Inner {
 
 /// What every generation of a ledger shares.
 struct Base {
-    config: LedgerConfig,
+    config: Arc<LedgerConfig>,
     clock: Arc<dyn Clock>,
     /// Woken when a generation fails.
     failed: Arc<Notify>,
@@ -204,14 +205,7 @@ async fn spawn_generation(
     ));
     let timeout = Duration::from_millis(cell.config.request_timeout_ms);
     for record in completions {
-        let (tx, rx) = oneshot::channel();
-        shared.journal.append(
-            record,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.await.map_err(|_| LedgerError::Unavailable)?.map_err(|_| LedgerError::Unavailable)?;
+        append_durable(shared.journal.as_ref(), record).await.map_err(|_| LedgerError::Unavailable)?;
     }
     let shard_ids: Arc<std::sync::Mutex<Vec<ractor::ActorId>>> = Default::default();
     let (supervisor, _) = Actor::spawn(None, ShardSupervisor, (shared.clone(), shard_ids.clone()))
@@ -237,11 +231,10 @@ async fn spawn_generation(
     router.set(shards.clone());
     let rules = cell.rules.read().map(|r| r.clone()).unwrap_or_default();
     for shard in &shards {
-        let (tx, rx) = oneshot::channel();
-        let sent = shard.cast(ShardMsg::SetRules(rules.clone(), tx.into()));
-        if sent.is_err() || tokio::time::timeout(timeout, rx).await.map(|r| r.is_err()).unwrap_or(true) {
+        let rules = rules.clone();
+        if let Err(error) = ask_shard(shard, timeout, |port| ShardMsg::SetRules(rules, port)).await {
             stop_shards(&shared, &shards, &supervisor, timeout).await;
-            return Err(LedgerError::Unavailable);
+            return Err(error);
         }
     }
     Ok(Inner {
@@ -255,6 +248,32 @@ async fn spawn_generation(
         decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
         account_source: std::sync::RwLock::new(recovered.account_source),
     })
+}
+
+/// Sends `message` to `shard` and waits up to `timeout` for its answer.
+async fn ask_shard<T: Send + 'static>(
+    shard: &ActorRef<ShardMsg>,
+    timeout: Duration,
+    message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
+) -> Result<T, LedgerError> {
+    let (tx, rx) = oneshot::channel();
+    shard.cast(message(tx.into())).map_err(|_| LedgerError::Unavailable)?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(LedgerError::Unavailable),
+        Err(_) => Err(LedgerError::Timeout),
+    }
+}
+
+impl Inner {
+    /// Refuses work once this generation failed.
+    fn check_serving(&self) -> Result<(), LedgerError> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            Err(LedgerError::Unavailable)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Stops a generation's shards on purpose and waits (up to `timeout` each)
@@ -292,7 +311,7 @@ impl Ledger {
     ) -> Result<Ledger, LedgerError> {
         let base = Base {
             admission: Arc::new(Semaphore::new(config.in_flight_max)),
-            config,
+            config: Arc::new(config),
             clock,
             failed: Arc::new(Notify::new()),
             rules: Default::default(),
@@ -442,11 +461,7 @@ impl Ledger {
     }
 
     fn check_poisoned(&self) -> Result<(), LedgerError> {
-        if self.cell.current.load().shared.poisoned.load(Ordering::Relaxed) {
-            Err(LedgerError::Unavailable)
-        } else {
-            Ok(())
-        }
+        self.cell.current.load().check_serving()
     }
 
     async fn ask<T: Send + 'static>(
@@ -454,14 +469,7 @@ impl Ledger {
         shard: &ActorRef<ShardMsg>,
         message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
     ) -> Result<T, LedgerError> {
-        let (tx, rx) = oneshot::channel();
-        shard.cast(message(tx.into())).map_err(|_| LedgerError::Unavailable)?;
-        match tokio::time::timeout(Duration::from_millis(self.cell.base.config.request_timeout_ms), rx).await
-        {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(LedgerError::Unavailable),
-            Err(_) => Err(LedgerError::Timeout),
-        }
+        ask_shard(shard, Duration::from_millis(self.cell.base.config.request_timeout_ms), message).await
     }
 
     /// Opens an account (idempotent for the same fields).
@@ -473,7 +481,7 @@ impl Ledger {
             return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
         }
         let shard = self.shard_of(new.id).clone();
-        let account = new.opened_at(self.inner().shared.clock.now_ms());
+        let account = new.opened_at(self.cell.base.clock.now_ms());
         self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
     }
 
@@ -550,9 +558,7 @@ impl Ledger {
             all.push(self.ask(shard, ShardMsg::Capture).await?);
         }
         // A refusal by the gate comes after `halt` set this flag.
-        if inner.shared.poisoned.load(Ordering::SeqCst) {
-            return Err(LedgerError::Unavailable);
-        }
+        inner.check_serving()?;
         Ok(all)
     }
 
@@ -632,7 +638,7 @@ impl Ledger {
                 }),
             );
         });
-        match tokio::time::timeout(self.inner().timeout, rx).await {
+        match tokio::time::timeout(current.timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(_) => Err(LedgerError::Unavailable),
             Err(_) => Err(LedgerError::Timeout),
@@ -659,8 +665,8 @@ impl Ledger {
 
     /// Tells every shard that storage wrote the last capture's history.
     pub fn forget_flushed_history(&self) {
+        let idle = self.cell.base.config.passivate_after_snapshots;
         for shard in &self.inner().shards {
-            let idle = self.inner().config.passivate_after_snapshots;
             let _ = shard.cast(ShardMsg::ForgetFlushedHistory(idle));
         }
     }
@@ -733,9 +739,7 @@ impl Ledger {
         linked: bool,
     ) -> Result<Vec<TransferResult>, LedgerError> {
         let inner = self.inner();
-        if inner.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(LedgerError::Unavailable);
-        }
+        inner.check_serving()?;
         if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
             return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
         }
@@ -1019,9 +1023,7 @@ impl Ledger {
     /// Expires holds whose timeout passed; returns how many it expired.
     pub async fn expire_due(&self) -> Result<usize, LedgerError> {
         let inner = self.inner();
-        if inner.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(LedgerError::Unavailable);
-        }
+        inner.check_serving()?;
         let now_ms = inner.shared.clock.now_ms();
         let mut ops: Vec<Arc<[Planned]>> = Vec::new();
         for shard in inner.shards.clone() {

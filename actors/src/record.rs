@@ -136,6 +136,20 @@ pub trait Journal: Send + Sync + 'static {
     fn append(&self, record: Record, on_durable: OnDurable);
 }
 
+/// Appends `record` and waits until it is durable (records recovery
+/// produced, checkpoint markers, barriers: not the hot path, which never
+/// waits inside a shard).
+pub async fn append_durable(journal: &dyn Journal, record: Record) -> Result<(), JournalError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    journal.append(
+        record,
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+    );
+    rx.await.unwrap_or(Err(JournalError::Closed))
+}
+
 /// The ledger's clock, in milliseconds since the Unix epoch. A trait so tests
 /// can drive pending-transfer expiry.
 pub trait Clock: Send + Sync + 'static {

@@ -199,18 +199,20 @@ impl TransferRegistry {
     /// Forgets transfers that storage now holds (after a snapshot), unless
     /// they changed since: memory stays bounded by what happened lately.
     pub fn evict(&self, persisted: &[TransferRecord]) {
+        let mut evicted = 0;
         for record in persisted {
             let id = record.transfer.id;
             let mut stripe = self.stripe(id);
             if matches!(stripe.get(&id), Some(Entry::Done(current)) if current.status == record.status) {
                 stripe.remove(&id);
-                let _ = self.recorded.fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |n| Some(n.saturating_sub(1)),
-                );
+                evicted += 1;
             }
         }
+        let _ = self.recorded.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(evicted)),
+        );
     }
 
     /// Transfers recorded since they were last moved to storage (about):

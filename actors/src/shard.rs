@@ -297,8 +297,8 @@ impl ShardState {
         }
         let before = self.accounts.len();
         let epoch = self.epoch;
-        // An account with history not yet in storage changed since the
-        // capture, so it is dirty too.
+        // Changes not yet in storage (dirty since the capture, or captured
+        // and not confirmed; history marks its account dirty) keep it.
         let (dirty, flushing) = (&self.dirty_accounts, &self.flushing_accounts);
         self.accounts.retain(|id, slot| {
             slot.reserved.legs != 0
