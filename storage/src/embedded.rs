@@ -3,7 +3,7 @@
 //! Layout of the data directory:
 //! - `meta.json`: settings fixed at creation (the shard count);
 //! - `journal/`: the file journal's segments;
-//! - `snapshot/`: the sled snapshot store (accounts, holds, history, decisions);
+//! - `snapshot/`: the sled snapshot store (accounts, holds, risk decisions);
 //! - `index/`: the transfers of retired journal segments, in sorted runs;
 //! - `history/`: account history older than the last checkpoint, in sorted runs;
 //! - `LOCK`: held while a process has the directory open.
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wallet_actors::record::{Clock, Journal, Record, SystemClock};
+use wallet_actors::record::{append_durable, Clock, Journal, Record, SystemClock};
 use wallet_actors::recovery::{Recovered, Recovery};
+use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 
 use crate::journal::{
@@ -276,70 +277,51 @@ fn spawn_supervision(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        const CALM: std::time::Duration = std::time::Duration::from_secs(10);
         let mut pause_ms = 100u64;
-        let mut last_rebuilt: Option<std::time::Instant> = None;
+        // Set after a rebuild failed, or when one succeeded: a failure that
+        // comes back soon after either (an account that cannot be read, a
+        // request that panics a shard each time) waits a growing pause, so
+        // it cannot keep the node rebuilding.
+        let mut last_attempt: Option<(std::time::Instant, bool)> = None;
         loop {
             let failure = tokio::select! {
                 _ = stopped.changed() => return,
                 failure = checkpointer.ledger.failed() => failure,
             };
-            // A failure that comes back right after a rebuild (an account
-            // that cannot be read, a request that panics a shard each time)
-            // must not turn into rebuild after rebuild: the pause grows.
-            let again_soon = last_rebuilt.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10));
-            if again_soon {
-                tracing::warn!(%failure, pause_ms, "the shards failed again soon after a rebuild; pausing");
-                tokio::select! {
-                    _ = stopped.changed() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(pause_ms)) => {}
-                }
-                pause_ms = (pause_ms * 2).min(30_000);
-            } else {
-                pause_ms = 100;
-            }
-            tracing::warn!(%failure, "rebuilding the shards from durable state");
-            match checkpointer.rebuild().await {
-                Ok(()) => last_rebuilt = Some(std::time::Instant::now()),
-                Err(error) => {
-                    tracing::error!(%error, pause_ms, "rebuilding the shards failed; trying again");
+            match last_attempt {
+                Some((at, succeeded)) if !succeeded || at.elapsed() < CALM => {
+                    tracing::warn!(%failure, pause_ms, "the shards failed again; pausing before the rebuild");
                     tokio::select! {
                         _ = stopped.changed() => return,
                         _ = tokio::time::sleep(std::time::Duration::from_millis(pause_ms)) => {}
                     }
                     pause_ms = (pause_ms * 2).min(30_000);
                 }
+                _ => pause_ms = 100,
             }
+            tracing::warn!(%failure, "rebuilding the shards from durable state");
+            let rebuilt = checkpointer.rebuild().await;
+            if let Err(error) = &rebuilt {
+                tracing::error!(%error, "rebuilding the shards failed; trying again");
+            }
+            last_attempt = Some((std::time::Instant::now(), rebuilt.is_ok()));
         }
     })
 }
 
-/// The captured history as one chunk per account, entries in order.
+/// The captured history as one chunk per account, entries in order. A
+/// stable sort by account keeps each account's entries in sequence order.
 fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChunk> {
-    // Counted first, so every chunk is allocated once at its size.
-    let mut place: std::collections::HashMap<wallet_actors::AccountId, (usize, usize)> =
-        std::collections::HashMap::new();
-    let mut accounts = Vec::new();
-    for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
-        let next = place.len();
-        let (_, count) = place.entry(entry.account_id).or_insert_with(|| {
-            accounts.push(entry.account_id);
-            (next, 0)
-        });
-        *count += 1;
-    }
-    let mut chunks: Vec<HistoryChunk> = accounts
-        .iter()
-        .map(|&account_id| HistoryChunk {
-            account_id,
-            entries: Vec::with_capacity(place.get(&account_id).map_or(0, |&(_, count)| count)),
+    let mut entries: Vec<&HistoryEntry> = captured.iter().flat_map(|shard| shard.history.iter()).collect();
+    entries.sort_by_key(|entry| entry.account_id);
+    entries
+        .chunk_by(|a, b| a.account_id == b.account_id)
+        .map(|run| HistoryChunk {
+            account_id: run[0].account_id,
+            entries: run.iter().map(|&entry| entry.clone()).collect(),
         })
-        .collect();
-    for entry in captured.iter().flat_map(|shard| shard.history.iter()) {
-        if let Some(&(index, _)) = place.get(&entry.account_id) {
-            chunks[index].entries.push(entry.clone());
-        }
-    }
-    chunks
+        .collect()
 }
 
 /// State read back from storage: the snapshot, then the journal after it.
@@ -409,14 +391,8 @@ impl Checkpointer {
             .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
             .map_err(journal_failed)?;
         let captured = self.ledger.capture().await?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.journal.append(
-            Record::Checkpoint { replay_from_segment: segment },
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.await.map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?.map_err(journal_failed)?;
+        let marker = Record::Checkpoint { replay_from_segment: segment };
+        append_durable(self.journal.as_ref(), marker).await.map_err(journal_failed)?;
 
         // Every decision journaled before the marker is durable, so in memory.
         let decisions = self.ledger.recent_decisions();
@@ -481,14 +457,8 @@ impl Checkpointer {
         let mut meta = self.meta.lock().await;
         let started = std::time::Instant::now();
         self.ledger.halt().await;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.journal.append(
-            Record::Batch(Vec::new()),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.await.map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?.map_err(journal_failed)?;
+        // An empty record: once durable, so is everything appended before.
+        append_durable(self.journal.as_ref(), Record::Batch(Vec::new())).await.map_err(journal_failed)?;
         let (snapshot, runs, journal_dir, data_dir) =
             (self.snapshot.clone(), self.runs.clone(), self.journal_dir.clone(), self.data_dir.clone());
         let shard_count = self.shard_count;

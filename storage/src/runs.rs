@@ -55,6 +55,13 @@ pub struct RunKey {
     pub minor: u64,
 }
 
+impl From<TransferId> for RunKey {
+    /// A transfer's place in the index.
+    fn from(id: TransferId) -> RunKey {
+        RunKey { major: id.get(), minor: 0 }
+    }
+}
+
 /// What runs hold.
 pub trait RunRecord: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// Records per block: a look-up decodes one block.
@@ -66,7 +73,7 @@ pub trait RunRecord: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
 impl RunRecord for TransferRecord {
     const BLOCK_RECORDS: usize = 32;
     fn run_key(&self) -> RunKey {
-        RunKey { major: self.transfer.id.get(), minor: 0 }
+        self.transfer.id.into()
     }
 }
 
@@ -524,7 +531,7 @@ fn flatten<R: RunRecord>(
 
 impl TransferIndex for TransferRuns {
     fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
-        Runs::get(self, RunKey { major: id.get(), minor: 0 }).map_err(|error| {
+        Runs::get(self, id.into()).map_err(|error| {
             tracing::error!(%error, %id, "transfer index read failed");
             TransferIndexError
         })

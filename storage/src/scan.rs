@@ -87,9 +87,7 @@ impl SegmentScan {
     /// and the commits still open.
     pub fn finish(mut self) -> Result<(Vec<TransferRecord>, Vec<OpenCommit>), StorageError> {
         for resolution in std::mem::take(&mut self.resolutions) {
-            if let Some(mut record) =
-                self.index.get(crate::runs::RunKey { major: resolution.pending_id.get(), minor: 0 })?
-            {
+            if let Some(mut record) = self.index.get(resolution.pending_id.into())? {
                 record.status = resolution.status;
                 self.transfers.insert(resolution.pending_id, record);
             }
