@@ -243,13 +243,31 @@ impl Account {
     /// first; a broken invariant here is a bug, so it panics and the shard's
     /// supervisor rebuilds the state from durable storage.
     pub fn apply(&mut self, sequence: u64, event: &AccountEvent) {
-        assert_eq!(sequence, self.sequence + 1, "account {} sequence gap", self.id);
+        if let Err(broken) = self.try_apply(sequence, event) {
+            panic!("{broken}");
+        }
+    }
+
+    /// Applies one event if the account stays within its guarantees, and
+    /// says which one it would break otherwise (leaving the account as it
+    /// was). Replay uses it: a journal that breaks a guarantee stops the
+    /// start with an error naming the record, never a panic.
+    pub fn try_apply(&mut self, sequence: u64, event: &AccountEvent) -> Result<(), InvariantBroken> {
+        let account_id = self.id;
+        if sequence != self.sequence.saturating_add(1) {
+            return Err(InvariantBroken::SequenceGap { account_id, last: self.sequence, sequence });
+        }
+        // Worked out on copies (`Balances` is plain data): the account
+        // changes only if the result keeps every guarantee.
+        let (mut status, mut balances) = (self.status, self.balances);
         match event {
-            AccountEvent::Opened(_) => panic!("account {} opened twice", self.id),
-            AccountEvent::StatusChanged(status) => self.status = *status,
+            AccountEvent::Opened(_) => return Err(InvariantBroken::OpenedTwice { account_id }),
+            AccountEvent::StatusChanged(next) => status = *next,
             AccountEvent::Leg(leg) => {
-                assert_eq!(leg.account_id, self.id);
-                let b = &mut self.balances;
+                if leg.account_id != account_id {
+                    return Err(InvariantBroken::WrongAccount { account_id, leg_account_id: leg.account_id });
+                }
+                let b = &mut balances;
                 let (posted, pending) = match leg.side {
                     Side::Debit => (&mut b.debits_posted, &mut b.debits_pending),
                     Side::Credit => (&mut b.credits_posted, &mut b.credits_pending),
@@ -257,33 +275,101 @@ impl Account {
                 *pending = pending
                     .checked_sub(leg.pending_sub)
                     .and_then(|p| p.checked_add(leg.pending_add))
-                    .unwrap_or_else(|| panic!("account {} pending total out of range", leg.account_id));
+                    .ok_or(InvariantBroken::TotalOutOfRange { account_id })?;
                 *posted = posted
                     .checked_add(leg.posted_add)
-                    .unwrap_or_else(|| panic!("account {} posted total overflow", leg.account_id));
+                    .ok_or(InvariantBroken::TotalOutOfRange { account_id })?;
             }
         }
-        self.sequence = sequence;
-        self.assert_limits();
+        self.check_balances(&balances)?;
+        (self.status, self.balances, self.sequence) = (status, balances, sequence);
+        Ok(())
     }
 
     /// Asserts the balance guarantees; called after every change and after loading.
     pub fn assert_limits(&self) {
-        let b = &self.balances;
-        if self.flags.debits_must_not_exceed_credits {
-            assert!(
-                b.debits_posted.saturating_add(b.debits_pending)
-                    <= b.credits_posted.saturating_add(self.overdraft_limit.get()),
-                "account {} debits exceed credits: {b:?}",
-                self.id
-            );
-        }
-        if self.flags.credits_must_not_exceed_debits {
-            assert!(
-                b.credits_posted.saturating_add(b.credits_pending) <= b.debits_posted,
-                "account {} credits exceed debits: {b:?}",
-                self.id
-            );
+        if let Err(broken) = self.check_limits() {
+            panic!("{broken}");
         }
     }
+
+    /// Checks the balance guarantees (limits), without panicking.
+    pub fn check_limits(&self) -> Result<(), InvariantBroken> {
+        self.check_balances(&self.balances)
+    }
+
+    fn check_balances(&self, b: &Balances) -> Result<(), InvariantBroken> {
+        let account_id = self.id;
+        if self.flags.debits_must_not_exceed_credits
+            && b.debits_posted.saturating_add(b.debits_pending)
+                > b.credits_posted.saturating_add(self.overdraft_limit.get())
+        {
+            return Err(InvariantBroken::DebitsExceedCredits { account_id, balances: *b });
+        }
+        if self.flags.credits_must_not_exceed_debits
+            && b.credits_posted.saturating_add(b.credits_pending) > b.debits_posted
+        {
+            return Err(InvariantBroken::CreditsExceedDebits { account_id, balances: *b });
+        }
+        Ok(())
+    }
+}
+
+/// A change or a loaded state that would break one of the account's
+/// guarantees. Live, it is a bug and crashes the shard; in replay or on
+/// loading a snapshot, the durable data is wrong, and opening stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvariantBroken {
+    /// An event's sequence number is not the account's next.
+    #[error("account {account_id}: event {sequence} does not follow event {last}")]
+    SequenceGap {
+        /// The account.
+        account_id: AccountId,
+        /// Its last sequence number.
+        last: u64,
+        /// The event's.
+        sequence: u64,
+    },
+    /// An opening of an account that is open.
+    #[error("account {account_id} opened twice")]
+    OpenedTwice {
+        /// The account.
+        account_id: AccountId,
+    },
+    /// A leg of another account.
+    #[error("a leg of account {leg_account_id} applied to account {account_id}")]
+    WrongAccount {
+        /// The account.
+        account_id: AccountId,
+        /// The leg's account.
+        leg_account_id: AccountId,
+    },
+    /// A leg of an account that does not exist.
+    #[error("a leg of account {account_id}, which does not exist")]
+    UnknownAccount {
+        /// The account.
+        account_id: AccountId,
+    },
+    /// A total would leave its range (release more than held, or overflow).
+    #[error("account {account_id}: a total would leave its range")]
+    TotalOutOfRange {
+        /// The account.
+        account_id: AccountId,
+    },
+    /// Debits would pass credits plus the overdraft limit.
+    #[error("account {account_id}: debits exceed credits plus the overdraft limit: {balances:?}")]
+    DebitsExceedCredits {
+        /// The account.
+        account_id: AccountId,
+        /// Its balances as they would be.
+        balances: Balances,
+    },
+    /// Credits would pass posted debits.
+    #[error("account {account_id}: credits exceed debits: {balances:?}")]
+    CreditsExceedDebits {
+        /// The account.
+        account_id: AccountId,
+        /// Its balances as they would be.
+        balances: Balances,
+    },
 }

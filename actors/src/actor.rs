@@ -214,6 +214,16 @@ impl Journal for JournalGate {
             on_durable(Err(JournalError::Closed));
         }
     }
+
+    fn when_durable(&self, on_durable: OnDurable) {
+        let open = self.open.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *open {
+            self.journal.when_durable(on_durable);
+        } else {
+            drop(open);
+            on_durable(Err(JournalError::Closed));
+        }
+    }
 }
 
 /// The shard supervisor takes no messages; it only hears its shards end.
@@ -319,8 +329,9 @@ pub enum ShardMsg {
     Release(Vec<CommitId>),
     /// Send what the shard held back (it sends this to itself).
     Flush,
-    /// Read an account and its reservations.
-    GetAccount(AccountId, RpcReplyPort<Option<(Account, Reserved)>>),
+    /// Read an account and its reservations. Answered once every change the
+    /// answer shows is durable.
+    GetAccount(AccountId, RpcReplyPort<Result<Option<(Account, Reserved)>, LedgerError>>),
     /// Holds whose timeout has passed.
     DueHolds {
         /// Now, in ledger ms.
@@ -330,8 +341,8 @@ pub enum ShardMsg {
         /// The holds.
         reply: RpcReplyPort<Vec<Hold>>,
     },
-    /// Every resident account (for checks).
-    Dump(RpcReplyPort<Vec<Account>>),
+    /// Every resident account (for checks), once durable as shown.
+    Dump(RpcReplyPort<Result<Vec<Account>, LedgerError>>),
     /// How many accounts are resident.
     Resident(RpcReplyPort<usize>),
     /// Panics the shard, as a broken invariant would (crash tests).
@@ -345,7 +356,7 @@ pub enum ShardMsg {
     /// history it held, and passivate accounts untouched for this many
     /// snapshots (none when `None`).
     ForgetFlushedHistory(Option<u64>),
-    /// An account's history still in memory.
+    /// An account's history still in memory, once durable as shown.
     History {
         /// The account.
         account_id: AccountId,
@@ -354,7 +365,7 @@ pub enum ShardMsg {
         /// At most this many.
         limit: usize,
         /// The entries, oldest first.
-        reply: RpcReplyPort<Vec<HistoryEntry>>,
+        reply: RpcReplyPort<Result<Vec<HistoryEntry>, LedgerError>>,
     },
 }
 
@@ -375,7 +386,14 @@ pub struct RunningShard {
     shared: Arc<Shared>,
     myself: Option<ActorRef<ShardMsg>>,
     outbox: Outbox,
+    /// Appends of this shard's records not yet durable: while there are
+    /// none (and the outbox holds no record), memory shows only durable
+    /// state and a read is answered at once.
+    unsynced: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// An answer that waits until what it shows is durable.
+type AfterDurable = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
 
 /// Work a shard holds back until it has handled the messages already in
 /// its mailbox: its records go to the journal as one frame, its messages to
@@ -391,6 +409,15 @@ struct Outbox {
     /// the releases, so that the debit shard frees the reservation before
     /// anything the caller does next can reach it.
     after_releases: Vec<(OutcomeSender, OpOutcome)>,
+    /// Answers to `Prepare`: a reservation may rely on changes whose
+    /// records are still here, and the coordinator's commit record that
+    /// follows must not reach the journal before them. Sent once they are
+    /// appended (the journal keeps append order), so no record is ever
+    /// durable before a record it depends on.
+    prepared: Vec<(RpcReplyPort<Vec<PrepareOutcome>>, Vec<PrepareOutcome>)>,
+    /// Answers to reads: sent once every record this shard appended so far
+    /// is durable, so a read never shows what a crash could take back.
+    after_durable: Vec<AfterDurable>,
     flush_scheduled: bool,
 }
 
@@ -401,6 +428,8 @@ impl Outbox {
             && self.refused.is_empty()
             && self.releases.is_empty()
             && self.after_releases.is_empty()
+            && self.prepared.is_empty()
+            && self.after_durable.is_empty()
     }
 }
 
@@ -422,7 +451,13 @@ impl Actor for ShardActor {
         for account in args.state.accounts() {
             account.assert_limits();
         }
-        Ok(RunningShard { state: args.state, shared: args.shared, myself: None, outbox: Outbox::default() })
+        Ok(RunningShard {
+            state: args.state,
+            shared: args.shared,
+            myself: None,
+            outbox: Outbox::default(),
+            unsynced: Default::default(),
+        })
     }
 
     async fn post_stop(
@@ -528,7 +563,7 @@ impl RunningShard {
                         Err(failure) => (self.state.assets_of(&op), Err(failure)),
                     })
                     .collect();
-                reply(port, outcomes);
+                self.outbox.prepared.push((port, outcomes));
             }
             ShardMsg::Decide { commit_id, committed, aborted } => {
                 for index in aborted {
@@ -568,12 +603,16 @@ impl RunningShard {
                 }
             }
             ShardMsg::GetAccount(account_id, port) => {
-                reply(port, self.state.account(account_id).map(|(a, r)| (a.clone(), r)));
+                let found = self.state.account(account_id).map(|(a, r)| (a.clone(), r));
+                self.reply_when_durable(port, found);
             }
             ShardMsg::DueHolds { now_ms, limit, reply: port } => {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
-            ShardMsg::Dump(port) => reply(port, self.state.accounts().cloned().collect()),
+            ShardMsg::Dump(port) => {
+                let accounts = self.state.accounts().cloned().collect();
+                self.reply_when_durable(port, accounts);
+            }
             ShardMsg::Resident(port) => reply(port, self.state.resident()),
             #[cfg(feature = "fault-injection")]
             ShardMsg::Crash => panic!("shard crash injected by a test"),
@@ -589,7 +628,8 @@ impl RunningShard {
                 }
             }
             ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
-                reply(port, self.state.recent_history(account_id, after_sequence, limit))
+                let entries = self.state.recent_history(account_id, after_sequence, limit);
+                self.reply_when_durable(port, entries);
             }
             ShardMsg::Capture(port) => {
                 // The snapshot must not be ahead of the journal: everything
@@ -708,21 +748,39 @@ impl RunningShard {
 
     fn flush(&mut self) {
         self.outbox.flush_scheduled = false;
-        let mut records = std::mem::take(&mut self.outbox.records);
-        if records.len() == 1 {
-            if let Some((record, on_durable)) = records.pop() {
-                self.shared.journal.append(record, on_durable);
-            }
-        } else if !records.is_empty() {
+        let records = std::mem::take(&mut self.outbox.records);
+        let reads = std::mem::take(&mut self.outbox.after_durable);
+        if !records.is_empty() {
             let (records, callbacks): (Vec<Record>, Vec<OnDurable>) = records.into_iter().unzip();
+            let record = match <[Record; 1]>::try_from(records) {
+                Ok([one]) => one,
+                Err(records) => Record::Batch(records),
+            };
+            let unsynced = self.unsynced.clone();
+            unsynced.fetch_add(1, Ordering::SeqCst);
             self.shared.journal.append(
-                Record::Batch(records),
+                record,
                 Box::new(move |result| {
                     for on_durable in callbacks {
                         on_durable(result);
                     }
+                    unsynced.fetch_sub(1, Ordering::SeqCst);
+                    for read in reads {
+                        read(result);
+                    }
                 }),
             );
+        } else if !reads.is_empty() {
+            self.shared.journal.when_durable(Box::new(move |result| {
+                for read in reads {
+                    read(result);
+                }
+            }));
+        }
+        // Every record a reservation may rely on is appended: the
+        // coordinator may now append the commit that follows from it.
+        for (port, outcomes) in std::mem::take(&mut self.outbox.prepared) {
+            reply(port, outcomes);
         }
         let send = |shard: ShardId, message: ShardMsg, shared: &Shared| {
             if let Err(error) = shared.router.send(shard, message) {
@@ -791,6 +849,25 @@ impl RunningShard {
         }
     }
 
+    /// Answers a read once every change it shows is durable: at once when
+    /// this shard has nothing on its way to the journal, else after it. A
+    /// generation that failed answers no reads: its memory may be ahead of
+    /// what is durable.
+    fn reply_when_durable<T: Send + 'static>(
+        &mut self,
+        port: RpcReplyPort<Result<T, LedgerError>>,
+        value: T,
+    ) {
+        let Some(port) = self.refuse_if_poisoned(port) else { return };
+        if self.outbox.records.is_empty() && self.unsynced.load(Ordering::SeqCst) == 0 {
+            reply(port, Ok(value));
+            return;
+        }
+        self.outbox.after_durable.push(Box::new(move |result| {
+            reply(port, result.map(|()| value).map_err(|_| LedgerError::Unavailable));
+        }));
+    }
+
     fn journal_then_reply<T: Send + 'static>(
         &mut self,
         record: Record,
@@ -810,3 +887,7 @@ impl RunningShard {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "actor_tests.rs"]
+mod tests;

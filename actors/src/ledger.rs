@@ -511,7 +511,7 @@ impl Ledger {
     /// Reads an account. Sees every acknowledged write.
     pub async fn account(&self, account_id: AccountId) -> Result<Option<AccountView>, LedgerError> {
         let shard = self.shard_of(account_id).clone();
-        let found = self.ask(&shard, |port| ShardMsg::GetAccount(account_id, port)).await?;
+        let found = self.ask(&shard, |port| ShardMsg::GetAccount(account_id, port)).await??;
         Ok(found.map(|(account, reserved)| AccountView { account, reserved }))
     }
 
@@ -534,7 +534,7 @@ impl Ledger {
         }
         // Resident accounts are at least as new as their snapshot.
         for shard in self.inner().shards.clone() {
-            let resident = self.ask(&shard, ShardMsg::Dump).await?;
+            let resident = self.ask(&shard, ShardMsg::Dump).await??;
             all.extend(resident.into_iter().map(|account| (account.id, account)));
         }
         Ok(all.into_values().collect())
@@ -686,7 +686,7 @@ impl Ledger {
         // between is then seen twice (and deduplicated), never missed.
         let mut entries = self
             .ask(&shard, |port| ShardMsg::History { account_id, after_sequence, limit, reply: port })
-            .await?;
+            .await??;
         let index = self.inner().shared.history.read().map_err(|_| LedgerError::Unavailable)?.clone();
         if let Some(index) = index {
             let older =

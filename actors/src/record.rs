@@ -134,6 +134,15 @@ pub type OnDurable = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
 pub trait Journal: Send + Sync + 'static {
     /// Queues `record`; calls `on_durable` once it is durable.
     fn append(&self, record: Record, on_durable: OnDurable);
+
+    /// Calls `on_durable` once every record appended before this call is
+    /// durable (or once it is known one may not be), in order with the
+    /// callbacks of those records. Reads wait on it so that they never show
+    /// a change that a crash could still take back. The default appends an
+    /// empty record; an implementation may write nothing at all.
+    fn when_durable(&self, on_durable: OnDurable) {
+        self.append(Record::Batch(Vec::new()), on_durable);
+    }
 }
 
 /// Appends `record` and waits until it is durable (records recovery

@@ -7,7 +7,21 @@ use std::sync::Arc;
 use crate::ids::{CommitId, ShardId};
 use crate::record::{Commit, Record};
 use crate::registry::TransferRegistry;
-use crate::shard::ShardState;
+use crate::shard::{ReplayError, ShardState};
+
+/// A commit that recovery could not complete: its legs would break a
+/// guarantee of an account (the journal is wrong), or an account could not
+/// be read back from the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("completing commit {} on shard {}: {source}", commit_id.0, shard_id.0)]
+pub struct CompletionError {
+    /// The commit.
+    pub commit_id: CommitId,
+    /// The shard whose legs it is.
+    pub shard_id: ShardId,
+    /// What went wrong.
+    pub source: ReplayError,
+}
 
 /// State rebuilt from storage, ready to start a [`crate::Ledger`].
 pub struct Recovered {
@@ -43,8 +57,6 @@ pub struct Recovery {
     next_commit_id: u64,
     records: u64,
     decisions: Vec<crate::risk::Decision>,
-    /// The first account that could not be read back from the source.
-    load_failed: Option<crate::registry::TransferIndexError>,
     source: Option<Arc<dyn crate::shard::AccountSource>>,
 }
 
@@ -60,7 +72,6 @@ impl Recovery {
             next_commit_id: 1,
             records: 0,
             decisions: Vec::new(),
-            load_failed: None,
             source: None,
         }
     }
@@ -131,17 +142,17 @@ impl Recovery {
         self.records
     }
 
-    /// Applies one record, in journal order.
-    pub fn apply(&mut self, record: Record) {
+    /// Applies one record, in journal order. Fails if an account it names
+    /// cannot be read back, or if applying it would break a guarantee (the
+    /// journal is wrong: opening stops, naming the record).
+    pub fn apply(&mut self, record: Record) -> Result<(), ReplayError> {
         self.records += 1;
         match record {
             Record::Applied(applied) => {
                 // An Applied record comes from one shard: route by its first event.
                 if let Some(first) = applied.events.first() {
                     let shard = first.account_id.shard(self.shard_count);
-                    if let Err(error) = self.shards[shard.0 as usize].replay_applied(&applied) {
-                        self.load_failed.get_or_insert(error);
-                    }
+                    self.shards[shard.0 as usize].replay_applied(&applied)?;
                 }
                 self.registry.record_durable(&applied.transfers, &applied.resolutions);
             }
@@ -152,9 +163,7 @@ impl Recovery {
                     commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
                 if let Some(applied) = &commit.applied_by {
                     if let Some(shard) = self.shards.get_mut(applied.shard_id.0 as usize) {
-                        if let Err(error) = shard.replay_commit(&commit, Some(&applied.sequences)) {
-                            self.load_failed.get_or_insert(error);
-                        }
+                        shard.replay_commit(&commit, Some(&applied.sequences))?;
                     }
                     waiting.remove(&applied.shard_id);
                 }
@@ -167,18 +176,16 @@ impl Recovery {
             Record::Batch(records) => {
                 self.records -= 1;
                 for record in records {
-                    self.apply(record);
+                    self.apply(record)?;
                 }
             }
             Record::CommitApplied { commit_id, shard_id, sequences } => {
                 let Some((commit, waiting)) = self.open_commits.get_mut(&commit_id) else {
                     // The commit is older than the replay start: already in the snapshot.
-                    return;
+                    return Ok(());
                 };
                 if let Some(shard) = self.shards.get_mut(shard_id.0 as usize) {
-                    if let Err(error) = shard.replay_commit(commit, Some(&sequences)) {
-                        self.load_failed.get_or_insert(error);
-                    }
+                    shard.replay_commit(commit, Some(&sequences))?;
                 }
                 waiting.remove(&shard_id);
                 if waiting.is_empty() {
@@ -186,21 +193,21 @@ impl Recovery {
                 }
             }
         }
+        Ok(())
     }
 
     /// Completes commits a crash interrupted and returns the recovered state
     /// with the records that say so, to be journaled before serving.
     ///
-    /// Fails if an account could not be read back from the source: the
-    /// state would be incomplete.
-    pub fn finish(mut self) -> Result<(Recovered, Vec<Record>), crate::registry::TransferIndexError> {
-        if let Some(error) = self.load_failed {
-            return Err(error);
-        }
+    /// Fails if a commit's legs cannot be completed: an account could not
+    /// be read back, or applying them would break a guarantee.
+    pub fn finish(mut self) -> Result<(Recovered, Vec<Record>), CompletionError> {
         let mut completions = Vec::new();
         for (commit_id, (commit, waiting)) in std::mem::take(&mut self.open_commits) {
             for shard_id in waiting {
-                let sequences = self.shards[shard_id.0 as usize].replay_commit(&commit, None)?;
+                let sequences = self.shards[shard_id.0 as usize]
+                    .replay_commit(&commit, None)
+                    .map_err(|source| CompletionError { commit_id, shard_id, source })?;
                 completions.push(Record::CommitApplied { commit_id, shard_id, sequences });
             }
         }

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::account::{Account, AccountEvent, AccountStatus, Leg, Reserved, SameOpPosted, Side};
+use crate::account::{
+    Account, AccountEvent, AccountStatus, InvariantBroken, Leg, Reserved, SameOpPosted, Side,
+};
 use crate::asset::Asset;
 use crate::hash::{HashMap, HashSet};
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
@@ -153,6 +155,17 @@ pub trait AccountSource: Send + Sync + 'static {
     fn all(&self) -> Result<Vec<Account>, TransferIndexError>;
 }
 
+/// Why durable state could not be loaded or replayed into a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// An account could not be read back from the snapshot.
+    #[error("an account could not be read back from the snapshot")]
+    SnapshotRead(#[from] TransferIndexError),
+    /// Applying the record (or loading the account) would break a guarantee.
+    #[error(transparent)]
+    Broken(#[from] InvariantBroken),
+}
+
 /// The legs of one operation that one shard reserved.
 #[derive(Clone, Debug, Default)]
 pub struct Reservation {
@@ -249,7 +262,7 @@ impl ShardState {
 
     /// Makes an account of this shard resident if it exists, and marks it
     /// touched. Every entry point that names accounts calls this first.
-    pub fn activate(&mut self, account_id: AccountId) -> Result<(), TransferIndexError> {
+    pub fn activate(&mut self, account_id: AccountId) -> Result<(), ReplayError> {
         if !self.owns(account_id) {
             return Ok(());
         }
@@ -259,7 +272,7 @@ impl ShardState {
         }
         let Some(Source(source)) = &self.source else { return Ok(()) };
         if let Some(account) = source.load(account_id)? {
-            account.assert_limits();
+            account.check_limits()?;
             self.activated += 1;
             self.accounts
                 .insert(account_id, Slot { account, reserved: Reserved::default(), touched: self.epoch });
@@ -268,7 +281,7 @@ impl ShardState {
     }
 
     /// Activates every account an operation names.
-    pub fn activate_op(&mut self, op: &[Planned]) -> Result<(), TransferIndexError> {
+    pub fn activate_op(&mut self, op: &[Planned]) -> Result<(), ReplayError> {
         for planned in op {
             for leg in &planned.legs {
                 self.activate(leg.account_id)?;
@@ -590,7 +603,7 @@ impl ShardState {
         for planned in op {
             let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
-                applied.events.push(self.apply_leg(leg, None, at_ms));
+                applied.events.push(self.apply_leg(leg, at_ms));
             }
             self.apply_holds(planned);
             if let Some(transfer) = &planned.transfer {
@@ -654,7 +667,7 @@ impl ShardState {
             let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, None, at_ms).sequence);
+                    sequences.push(self.apply_leg(leg, at_ms).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -708,7 +721,7 @@ impl ShardState {
             let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, None, at_ms).sequence);
+                    sequences.push(self.apply_leg(leg, at_ms).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -723,24 +736,38 @@ impl ShardState {
         }
     }
 
+    /// Applies one leg that was checked and reserved: a broken guarantee
+    /// here is a bug, so it panics and the supervisor rebuilds the shards.
+    fn apply_leg(&mut self, leg: &Leg, at_ms: u64) -> SequencedEvent {
+        match self.try_apply_leg(leg, None, at_ms) {
+            Ok(event) => event,
+            Err(broken) => panic!("{broken}"),
+        }
+    }
+
     /// Applies one leg. With `sequence`, replay: an event the account already
     /// has is skipped, so replaying over a newer snapshot is harmless.
-    fn apply_leg(&mut self, leg: &Leg, sequence: Option<u64>, at_ms: u64) -> SequencedEvent {
+    fn try_apply_leg(
+        &mut self,
+        leg: &Leg,
+        sequence: Option<u64>,
+        at_ms: u64,
+    ) -> Result<SequencedEvent, InvariantBroken> {
         let event = AccountEvent::Leg(*leg);
         let slot = self
             .accounts
             .get_mut(&leg.account_id)
-            .unwrap_or_else(|| panic!("leg for unknown account {}", leg.account_id));
+            .ok_or(InvariantBroken::UnknownAccount { account_id: leg.account_id })?;
         let sequence = sequence.unwrap_or(slot.account.sequence + 1);
         if sequence > slot.account.sequence {
-            slot.account.apply(sequence, &event);
+            slot.account.try_apply(sequence, &event)?;
             if leg.is_new_debit() && slot.account.user_id != crate::ids::UserId::SYSTEM {
                 slot.account.debit_window.record(at_ms, leg.posted_add + leg.pending_add);
             }
             self.dirty_accounts.insert(leg.account_id);
             self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg));
         }
-        SequencedEvent { account_id: leg.account_id, sequence, event }
+        Ok(SequencedEvent { account_id: leg.account_id, sequence, event })
     }
 
     fn apply_holds(&mut self, planned: &Planned) {
@@ -869,7 +896,7 @@ impl ShardState {
     }
 
     /// Replays an [`Applied`] record (recovery).
-    pub fn replay_applied(&mut self, applied: &Applied) -> Result<(), TransferIndexError> {
+    pub fn replay_applied(&mut self, applied: &Applied) -> Result<(), ReplayError> {
         let mut times = TransferTimes::new(&applied.transfers);
         for sequenced in &applied.events {
             if !self.owns(sequenced.account_id) {
@@ -892,7 +919,7 @@ impl ShardState {
                 AccountEvent::StatusChanged(_) => {
                     if let Some(slot) = self.accounts.get_mut(&sequenced.account_id) {
                         if sequenced.sequence > slot.account.sequence {
-                            slot.account.apply(sequenced.sequence, &sequenced.event);
+                            slot.account.try_apply(sequenced.sequence, &sequenced.event)?;
                             self.dirty_accounts.insert(sequenced.account_id);
                             if let AccountEvent::StatusChanged(status) = sequenced.event {
                                 self.record_history(
@@ -906,7 +933,7 @@ impl ShardState {
                 }
                 AccountEvent::Leg(leg) => {
                     let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
-                    self.apply_leg(leg, Some(sequenced.sequence), at_ms);
+                    self.try_apply_leg(leg, Some(sequenced.sequence), at_ms)?;
                 }
             }
         }
@@ -929,7 +956,7 @@ impl ShardState {
         &mut self,
         commit: &Commit,
         sequences: Option<&[u64]>,
-    ) -> Result<Vec<u64>, TransferIndexError> {
+    ) -> Result<Vec<u64>, ReplayError> {
         let mut used = Vec::new();
         let mut times = TransferTimes::new(&commit.transfers);
         for leg in &commit.legs {
@@ -937,7 +964,7 @@ impl ShardState {
                 self.activate(leg.account_id)?;
                 let sequence = sequences.and_then(|s| s.get(used.len()).copied());
                 let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
-                used.push(self.apply_leg(leg, sequence, at_ms).sequence);
+                used.push(self.try_apply_leg(leg, sequence, at_ms)?.sequence);
             }
         }
         for transfer in &commit.transfers {

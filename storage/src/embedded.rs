@@ -117,7 +117,6 @@ impl EmbeddedLedger {
         let index_dir = data_dir.join("index");
         let history_dir = data_dir.join("history");
         let cache_bytes = options.snapshot_cache_bytes;
-        let opening_dir = data_dir.to_path_buf();
         let replaying_dir = journal_dir.clone();
         let (snapshot, runs, history, replayed) = tokio::task::spawn_blocking(move || {
             let opening = std::time::Instant::now();
@@ -126,7 +125,7 @@ impl EmbeddedLedger {
             let runs = Arc::new(TransferRuns::open(&index_dir)?);
             let history = Arc::new(HistoryRuns::open(&history_dir)?);
             tracing::debug!(opened_ms, index_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
-            let replayed = replay(&store, &runs, &replaying_dir, shard_count, &opening_dir)?;
+            let replayed = replay(&store, &runs, &replaying_dir, shard_count)?;
             Ok::<_, StorageError>((store, runs, history, replayed))
         })
         .await
@@ -160,7 +159,6 @@ impl EmbeddedLedger {
             meta: Arc::new(tokio::sync::Mutex::new(meta)),
             journal_dir,
             shard_count,
-            data_dir: data_dir.to_path_buf(),
         };
         let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
         let supervision = spawn_supervision(checkpointer.clone(), stopped.clone());
@@ -340,7 +338,6 @@ fn replay(
     runs: &Arc<TransferRuns>,
     journal_dir: &Path,
     shard_count: u16,
-    data_dir: &Path,
 ) -> Result<Replayed, StorageError> {
     let loaded = snapshot.load()?;
     let meta = loaded.meta.clone().unwrap_or_default();
@@ -348,11 +345,15 @@ fn replay(
         Recovery::from_snapshot(shard_count, loaded.holds, meta.open_commits.clone(), meta.next_commit_id);
     recovery.registry().set_index(runs.clone());
     recovery.set_account_source(Arc::new(snapshot.clone()));
-    let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record| recovery.apply(record))?;
+    let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record, at| {
+        recovery.apply(record).map_err(|source| StorageError::Replay {
+            path: at.path.to_path_buf(),
+            offset: at.offset,
+            source: Box::new(source),
+        })
+    })?;
     let snapshot_accounts = recovery.activated() as usize;
-    let (mut recovered, completions) = recovery
-        .finish()
-        .map_err(|_| StorageError::Corrupt { path: data_dir.join("snapshot"), offset: 0 })?;
+    let (mut recovered, completions) = recovery.finish()?;
     recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
     Ok(Replayed { recovered, completions, summary, snapshot_accounts, meta })
 }
@@ -368,7 +369,6 @@ struct Checkpointer {
     meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     journal_dir: PathBuf,
     shard_count: u16,
-    data_dir: PathBuf,
 }
 
 impl Checkpointer {
@@ -407,7 +407,10 @@ impl Checkpointer {
         let (report, new_meta, transfers) = tokio::task::spawn_blocking(move || {
             let older: Vec<u64> = segments(&journal_dir)?.into_iter().filter(|&i| i < segment).collect();
             let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
-            read_segments(&journal_dir, &older, false, |record| scan.apply(record))?;
+            read_segments(&journal_dir, &older, false, |record, _| {
+                scan.apply(record);
+                Ok(())
+            })?;
             let (transfers, open_commits) = scan.finish()?;
             let scanned_ms = started.elapsed().as_millis() as u64;
             let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
@@ -459,14 +462,13 @@ impl Checkpointer {
         self.ledger.halt().await;
         // An empty record: once durable, so is everything appended before.
         append_durable(self.journal.as_ref(), Record::Batch(Vec::new())).await.map_err(journal_failed)?;
-        let (snapshot, runs, journal_dir, data_dir) =
-            (self.snapshot.clone(), self.runs.clone(), self.journal_dir.clone(), self.data_dir.clone());
+        let (snapshot, runs, journal_dir) =
+            (self.snapshot.clone(), self.runs.clone(), self.journal_dir.clone());
         let shard_count = self.shard_count;
-        let replayed = tokio::task::spawn_blocking(move || {
-            replay(&snapshot, &runs, &journal_dir, shard_count, &data_dir)
-        })
-        .await
-        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        let replayed =
+            tokio::task::spawn_blocking(move || replay(&snapshot, &runs, &journal_dir, shard_count))
+                .await
+                .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         let Replayed { recovered, completions, summary, meta: read_meta, .. } = replayed;
         let journal: Arc<dyn Journal> = self.journal.clone();
         self.ledger.restart(recovered, completions, journal).await?;

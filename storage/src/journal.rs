@@ -56,6 +56,8 @@ pub struct JournalStats {
 enum Message {
     /// An encoded frame, or why it could not be encoded.
     Append(Result<Vec<u8>, JournalError>, OnDurable),
+    /// No bytes: called back once everything before it is durable.
+    WhenDurable(OnDurable),
     Close(mpsc::Sender<()>),
     /// Start a new segment; answers with its index. Every record appended
     /// before this message is in an earlier segment, every later one in it
@@ -109,10 +111,23 @@ pub fn segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(found)
 }
 
-/// Reads every record of the journal in `dir`, in order. A torn write at the
+/// Where a record was read: its segment file and the offset of its frame.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordAt<'a> {
+    /// The segment file.
+    pub path: &'a Path,
+    /// Where the frame starts.
+    pub offset: u64,
+}
+
+/// Reads every record of the journal in `dir`, in order, handing each to
+/// `on_record` (which may stop the read with an error). A torn write at the
 /// end of the last segment is cut off (the file is truncated there); damage
 /// anywhere else is an error, never skipped.
-pub fn read_journal(dir: &Path, on_record: impl FnMut(Record)) -> Result<ReadSummary, StorageError> {
+pub fn read_journal(
+    dir: &Path,
+    on_record: impl FnMut(Record, RecordAt<'_>) -> Result<(), StorageError>,
+) -> Result<ReadSummary, StorageError> {
     read_journal_from(dir, 0, on_record)
 }
 
@@ -120,7 +135,7 @@ pub fn read_journal(dir: &Path, on_record: impl FnMut(Record)) -> Result<ReadSum
 pub fn read_journal_from(
     dir: &Path,
     first_segment: u64,
-    on_record: impl FnMut(Record),
+    on_record: impl FnMut(Record, RecordAt<'_>) -> Result<(), StorageError>,
 ) -> Result<ReadSummary, StorageError> {
     let indexes: Vec<u64> = segments(dir)?.into_iter().filter(|&i| i >= first_segment).collect();
     read_segments(dir, &indexes, true, on_record)
@@ -132,7 +147,7 @@ pub fn read_segments(
     dir: &Path,
     indexes: &[u64],
     cut_torn_tail: bool,
-    mut on_record: impl FnMut(Record),
+    mut on_record: impl FnMut(Record, RecordAt<'_>) -> Result<(), StorageError>,
 ) -> Result<ReadSummary, StorageError> {
     let mut summary = ReadSummary::default();
     for (position, index) in indexes.iter().enumerate() {
@@ -143,7 +158,7 @@ pub fn read_segments(
         loop {
             match frame::decode_at::<Record>(&bytes, offset, RECORD_FORMAT_VERSION)? {
                 Decoded::Frame(record, next) => {
-                    on_record(record);
+                    on_record(record, RecordAt { path: &path, offset: offset as u64 })?;
                     summary.records += 1;
                     offset = next;
                 }
@@ -244,6 +259,14 @@ impl Journal for FileJournal {
             on_durable(Err(JournalError::Closed));
         }
     }
+
+    fn when_durable(&self, on_durable: OnDurable) {
+        if let Err(mpsc::SendError(Message::WhenDurable(on_durable))) =
+            self.sender.send(Message::WhenDurable(on_durable))
+        {
+            on_durable(Err(JournalError::Closed));
+        }
+    }
 }
 
 fn open_segment(dir: &Path, index: u64) -> Result<(File, u64), StorageError> {
@@ -290,6 +313,7 @@ impl Writer {
         while closing.is_none() {
             let Ok(first) = receiver.recv() else { break };
             let mut callbacks: Vec<OnDurable> = Vec::with_capacity(1024);
+            let mut frames = 0u64;
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match message {
@@ -302,7 +326,10 @@ impl Writer {
                             }
                         }
                         callbacks.push(on_durable);
+                        frames += 1;
                     }
+                    // Callbacks run in order: this one after every earlier record's.
+                    Message::WhenDurable(on_durable) => callbacks.push(on_durable),
                     Message::Close(done) => closing = Some(done),
                     Message::Rotate(reply) => rotating = Some(reply),
                 }
@@ -310,7 +337,7 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
-            let result = self.write_batch(&buffer, callbacks.len() as u64);
+            let result = self.write_batch(&buffer, frames);
             buffer.clear();
             if completions.send((result, callbacks)).is_err() {
                 break;

@@ -74,6 +74,28 @@ pub enum StorageError {
     /// The ledger did not start.
     #[error("ledger failed: {0}")]
     Ledger(#[from] wallet_actors::LedgerError),
+    /// A journal record could not be replayed: applying it would break a
+    /// guarantee (the journal is wrong), or an account it names could not
+    /// be read back from the snapshot. Opening stops here; nothing is
+    /// served from a state that is not the durable one.
+    #[error("replaying the journal record at byte {offset} of {path}: {source}", path = path.display())]
+    Replay {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the record's frame starts.
+        offset: u64,
+        /// What went wrong.
+        source: Box<wallet_actors::shard::ReplayError>,
+    },
+    /// A commit a crash interrupted could not be completed.
+    #[error("recovery: {0}")]
+    Completion(Box<wallet_actors::recovery::CompletionError>),
+}
+
+impl From<wallet_actors::recovery::CompletionError> for StorageError {
+    fn from(error: wallet_actors::recovery::CompletionError) -> Self {
+        StorageError::Completion(Box::new(error))
+    }
 }
 
 impl StorageError {

@@ -4,5 +4,6 @@ mod basics;
 mod crash;
 mod damage;
 mod model;
+mod recovery;
 mod risk;
 mod supervision;
