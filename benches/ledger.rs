@@ -41,6 +41,7 @@ fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
         })),
         legs: [leg(debit, Side::Debit), leg(credit, Side::Credit)],
         hold: HoldChange::None,
+        decision: None,
     }
 }
 
@@ -91,6 +92,7 @@ fn sample_record() -> Record {
                 event: AccountEvent::Leg(*leg),
             })
             .collect(),
+        decisions: Vec::new(),
     })
 }
 

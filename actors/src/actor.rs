@@ -93,6 +93,8 @@ pub struct Shared {
     pub journal: Arc<dyn Journal>,
     /// Transfer ids and outcomes.
     pub registry: Arc<TransferRegistry>,
+    /// Risk decisions, numbered as their records become durable.
+    pub decisions: crate::risk::DecisionLog,
     /// The ledger's clock.
     pub clock: Arc<dyn Clock>,
     /// Where history older than the last snapshot is read.
@@ -134,6 +136,7 @@ impl Shared {
         router: Arc<dyn ShardRouter>,
         journal: Arc<dyn Journal>,
         registry: Arc<TransferRegistry>,
+        decisions: crate::risk::DecisionLog,
         clock: Arc<dyn Clock>,
         failed: Arc<tokio::sync::Notify>,
     ) -> Shared {
@@ -141,6 +144,7 @@ impl Shared {
             router,
             journal,
             registry,
+            decisions,
             clock,
             history: std::sync::RwLock::new(None),
             poisoned: AtomicBool::new(false),
@@ -651,6 +655,7 @@ impl RunningShard {
                     record.transfers.extend(applied.transfers);
                     record.resolutions.extend(applied.resolutions);
                     record.events.extend(applied.events);
+                    record.decisions.extend(applied.decisions);
                     outcomes.push(Ok(()));
                 }
                 Err(rejection) => outcomes.push(Err(rejection)),
@@ -664,11 +669,13 @@ impl RunningShard {
         let shared = self.shared.clone();
         let transfers: Vec<_> = record.transfers.clone();
         let resolutions = record.resolutions.clone();
+        let decisions = record.decisions.clone();
         self.journal(
             Record::Applied(record),
             Box::new(move |result| match result {
                 Ok(()) => {
                     registry.record_durable(&transfers, &resolutions);
+                    shared.decisions.durable(&decisions);
                     reply(port, Ok(outcomes));
                 }
                 Err(error) => {
@@ -822,6 +829,7 @@ impl RunningShard {
                 Ok(sequences) => {
                     let applied_by = Some(ShardApplied { shard_id: me, sequences });
                     let commit = commit_record(credit.commit_id, credit.op.iter(), applied_by);
+                    let decisions = commit.decisions.clone();
                     let shared = self.shared.clone();
                     let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
                     self.journal(
@@ -833,6 +841,7 @@ impl RunningShard {
                                     op.iter().filter_map(|p| p.transfer.as_ref()),
                                     &resolutions,
                                 );
+                                shared.decisions.durable(&decisions);
                                 // Settle before answering, so that a read the
                                 // caller makes next finds the debit applied.
                                 let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));

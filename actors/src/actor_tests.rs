@@ -105,6 +105,7 @@ fn posted(transfer: u128, debit: u128, credit: u128, value: u128) -> Arc<[Planne
         })),
         legs: [leg(id(debit), Side::Debit), leg(id(credit), Side::Credit)],
         hold: HoldChange::None,
+        decision: None,
     }])
 }
 
@@ -124,6 +125,7 @@ fn running(journal: Arc<HeldJournal>) -> RunningShard {
         Arc::new(LocalRouter::default()),
         journal,
         Arc::new(TransferRegistry::default()),
+        crate::risk::DecisionLog::default(),
         Arc::new(ManualClock::new(1)),
         Arc::new(tokio::sync::Notify::new()),
     ));

@@ -1,7 +1,16 @@
 //! The ledger handle: checks and plans requests, claims their ids, routes
 //! each operation to its shard, and coordinates operations that span shards.
 //!
-//! See `docs/ARCHITECTURE.md`, "Transfers across shards", for the protocol.
+//! See `docs/ARCHITECTURE.md`, "The write paths", for the protocol.
+//!
+//! - this file: the handle, its generations of shards, reads, rules;
+//! - [`submit`]: claiming ids and running a request's operations to the end;
+//! - [`plan`]: requests into legs;
+//! - [`route`]: operations to shards (one, a chain of two, coordinated).
+
+mod plan;
+mod route;
+mod submit;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,19 +23,19 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
 use crate::actor::{
-    ChainOp, Failure, JournalGate, LocalRouter, OpOutcome, PrepareOutcome, ShardActor, ShardArgs, ShardMsg,
-    ShardSupervisor, Shared, SupervisorMsg,
+    Failure, JournalGate, LocalRouter, ShardActor, ShardArgs, ShardMsg, ShardSupervisor, Shared,
+    SupervisorMsg,
 };
 use crate::amount::Amount;
 use crate::asset::Asset;
-use crate::ids::{stable_hash, AccountId, CommitId, ShardId, UserId};
+use crate::ids::{stable_hash, AccountId, UserId};
 use crate::record::{append_durable, Clock, Journal, Record};
 use crate::recovery::Recovered;
-use crate::registry::{Claim, TransferRecord};
+use crate::registry::TransferRecord;
 use crate::rejection::Rejection;
-use crate::risk::{Decision, DecisionIndex, DecisionLog, RiskHit, Rule, RuleSet};
-use crate::shard::{HoldChange, IndexedRejection, Planned};
-use crate::transfer::{Transfer, TransferKind, TransferRequest, TransferStatus, BATCH_SIZE_MAX};
+use crate::risk::{Decision, DecisionIndex, DecisionLog, Rule, RuleSet};
+use crate::shard::{HoldChange, Planned};
+use crate::transfer::TransferStatus;
 use crate::LedgerError;
 
 /// How a ledger runs.
@@ -152,7 +161,6 @@ struct Inner {
     config: Arc<LedgerConfig>,
     next_commit_id: AtomicU64,
     timeout: Duration,
-    decisions: DecisionLog,
     /// Emptied at shutdown, so the snapshot store can close.
     account_source: std::sync::RwLock<Option<Arc<dyn crate::shard::AccountSource>>>,
 }
@@ -200,6 +208,7 @@ async fn spawn_generation(
         router.clone(),
         gate.clone(),
         recovered.registry,
+        DecisionLog::new(recovered.next_decision_id, recovered.decisions),
         cell.clock.clone(),
         cell.failed.clone(),
     ));
@@ -245,7 +254,6 @@ async fn spawn_generation(
         timeout,
         next_commit_id: AtomicU64::new(recovered.next_commit_id),
         config: cell.config.clone(),
-        decisions: DecisionLog::new(recovered.next_decision_id, recovered.decisions),
         account_source: std::sync::RwLock::new(recovered.account_source),
     })
 }
@@ -405,7 +413,7 @@ impl Ledger {
         if let Ok(mut slot) = inner.shared.history.write() {
             *slot = history;
         }
-        inner.decisions.set_index(old.decisions.index());
+        inner.shared.decisions.set_index(old.shared.decisions.index());
         self.cell.current.store(Arc::new(inner));
         // The old generation lets go of storage, which must be able to close.
         if let Ok(mut slot) = old.shared.history.write() {
@@ -414,7 +422,7 @@ impl Ledger {
         if let Ok(mut slot) = old.account_source.write() {
             *slot = None;
         }
-        old.decisions.set_index(None);
+        old.shared.decisions.set_index(None);
         self.cell.rebuilds.fetch_add(1, Ordering::SeqCst);
         metrics::counter!("wallet_shard_rebuilds_total").increment(1);
         Ok(())
@@ -445,7 +453,7 @@ impl Ledger {
 
     /// Panics a shard, as a broken invariant would (crash tests).
     #[cfg(feature = "fault-injection")]
-    pub fn crash_shard(&self, shard: ShardId) {
+    pub fn crash_shard(&self, shard: crate::ids::ShardId) {
         if let Some(actor) = self.inner().shards.get(shard.0 as usize) {
             let _ = actor.cast(ShardMsg::Crash);
         }
@@ -591,58 +599,28 @@ impl Ledger {
         after_id: u64,
         limit: usize,
     ) -> Result<Vec<Decision>, LedgerError> {
-        self.inner().decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
+        self.inner().shared.decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
     }
 
     /// Sets (or, with `None`, lets go of) where older decisions are read.
     pub fn set_decision_index(&self, index: Option<Arc<dyn DecisionIndex>>) {
-        self.inner().decisions.set_index(index);
+        self.inner().shared.decisions.set_index(index);
     }
 
     /// Decisions held in memory, for a snapshot.
     pub fn recent_decisions(&self) -> Vec<Decision> {
-        self.inner().decisions.recent()
+        self.inner().shared.decisions.recent()
+    }
+
+    /// The id the next durable decision gets (a checkpoint reads it at its
+    /// marker).
+    pub fn next_decision_id(&self) -> u64 {
+        self.inner().shared.decisions.next_id()
     }
 
     /// Storage has every decision up to `up_to_id`.
     pub fn forget_decisions_up_to(&self, up_to_id: u64) {
-        self.inner().decisions.forget_up_to(up_to_id);
-    }
-
-    /// Journals decisions and waits until they are durable.
-    async fn record_decisions(
-        &self,
-        current: &Arc<Inner>,
-        decisions: Vec<Decision>,
-    ) -> Result<(), LedgerError> {
-        if decisions.is_empty() {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        let shared = current.shared.clone();
-        let inner = Arc::downgrade(current);
-        current.decisions.number(decisions, |numbered| {
-            let record = Record::Decisions(numbered.clone());
-            shared.clone().journal.append(
-                record,
-                Box::new(move |result| {
-                    match result {
-                        Ok(()) => {
-                            if let Some(inner) = inner.upgrade() {
-                                inner.decisions.durable(&numbered);
-                            }
-                        }
-                        Err(error) => shared.poison(error),
-                    }
-                    let _ = tx.send(result);
-                }),
-            );
-        });
-        match tokio::time::timeout(current.timeout, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(_) => Err(LedgerError::Unavailable),
-            Err(_) => Err(LedgerError::Timeout),
-        }
+        self.inner().shared.decisions.forget_up_to(up_to_id);
     }
 
     /// Sets where history older than the last snapshot is read.
@@ -724,302 +702,6 @@ impl Ledger {
         self.inner().shared.registry.snapshot()
     }
 
-    /// Applies one transfer request.
-    pub async fn submit_one(&self, request: TransferRequest) -> Result<TransferResult, LedgerError> {
-        let mut results = self.submit(vec![request], false).await?;
-        Ok(results.pop().unwrap_or(Err(Rejection::BatchSizeOutOfRange)))
-    }
-
-    /// Applies transfer requests: each on its own, or all-or-nothing when
-    /// `linked`. Returns one result per request, in order. Every applied
-    /// transfer is durable before this returns.
-    pub async fn submit(
-        &self,
-        requests: Vec<TransferRequest>,
-        linked: bool,
-    ) -> Result<Vec<TransferResult>, LedgerError> {
-        let inner = self.inner();
-        inner.check_serving()?;
-        if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
-            return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
-        }
-        if inner.shared.registry.recorded() >= inner.config.unsnapshotted_transfers_max {
-            metrics::counter!("wallet_overloaded_total", "reason" => "snapshot_behind").increment(1);
-            return Err(LedgerError::Overloaded);
-        }
-        let _permit = self
-            .cell
-            .base
-            .admission
-            .clone()
-            .try_acquire_many_owned(requests.len() as u32)
-            .map_err(|_| LedgerError::Overloaded)?;
-        let now_ms = inner.shared.clock.now_ms();
-        let registry = &inner.shared.registry;
-
-        let mut results: Vec<Option<TransferResult>> = vec![None; requests.len()];
-        let mut planned: Vec<(usize, Planned)> = Vec::with_capacity(requests.len());
-        let mut claimed = Vec::with_capacity(requests.len());
-        for (index, request) in requests.into_iter().enumerate() {
-            if let Err(rejection) = request.check_stateless() {
-                results[index] = Some(Err(rejection));
-                continue;
-            }
-            let request = Arc::new(request);
-            match registry.claim(&request) {
-                Claim::New => {}
-                Claim::Replay(record) => {
-                    results[index] = Some(Ok(TransferOutcome { record, replayed: true }));
-                    continue;
-                }
-                Claim::Conflict => {
-                    results[index] = Some(Err(Rejection::ExistsWithDifferentFields));
-                    continue;
-                }
-                Claim::InFlight => {
-                    results[index] = Some(Err(Rejection::InFlight));
-                    continue;
-                }
-                Claim::Unavailable => {
-                    for id in claimed {
-                        registry.release(id);
-                    }
-                    return Err(LedgerError::Unavailable);
-                }
-            }
-            match self.plan(&inner, &request, now_ms) {
-                Ok(p) => {
-                    claimed.push(request.id());
-                    planned.push((index, p));
-                }
-                Err(rejection) => {
-                    registry.release(request.id());
-                    results[index] = Some(Err(rejection));
-                }
-            }
-        }
-
-        if linked {
-            // A linked batch retried whole gets its first outcomes back.
-            if results.iter().all(|r| matches!(r, Some(Ok(_)))) {
-                return Ok(results.into_iter().flatten().collect());
-            }
-            // Otherwise it fails as a whole at its first failure; a replay
-            // mixed with new transfers counts as a failure.
-            if let Some(first) = results.iter().position(|r| r.is_some()) {
-                let reason = match &results[first] {
-                    Some(Err(rejection)) => *rejection,
-                    _ => Rejection::LinkedTransferFailed,
-                };
-                for id in claimed {
-                    registry.release(id);
-                }
-                return Ok(linked_failure(results.len(), first as u32, reason));
-            }
-        }
-
-        // Group planned transfers into operations.
-        let ops: Vec<(Vec<usize>, Arc<[Planned]>)> = if linked {
-            let (indexes, items): (Vec<usize>, Vec<Planned>) = planned.into_iter().unzip();
-            vec![(indexes, items.into())]
-        } else {
-            planned.into_iter().map(|(index, p)| (vec![index], Arc::from(vec![p]))).collect()
-        };
-        // Unknown outcome on error: claims are kept so the ids cannot be
-        // reused until a restart recovers what was durable.
-        let mut ops = ops;
-        let mut outcomes = self.run_ops(&inner, ops.iter().map(|(_, op)| op.clone()).collect()).await?;
-        // A review rule answers "hold it": that transfer becomes a review
-        // hold and its operation runs again. Each round turns one more
-        // transfer of an operation into a hold, so this ends.
-        let mut reviewed: Vec<(usize, usize, RiskHit)> = Vec::new();
-        loop {
-            let mut again = Vec::new();
-            for (position, outcome) in outcomes.iter().enumerate() {
-                if let Err((failed, Rejection::RiskReview(hit))) = outcome {
-                    let (_, op) = &mut ops[position];
-                    let mut items = op.to_vec();
-                    let failed = *failed as usize;
-                    let Some(item) = items.get(failed).and_then(|p| review_hold(p, *hit, now_ms)) else {
-                        continue;
-                    };
-                    items[failed] = item;
-                    *op = items.into();
-                    reviewed.push((position, failed, *hit));
-                    again.push(position);
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            let rerun =
-                self.run_ops(&inner, again.iter().map(|&position| ops[position].1.clone()).collect()).await?;
-            for (position, outcome) in again.into_iter().zip(rerun) {
-                outcomes[position] = outcome;
-            }
-        }
-        let mut decisions = Vec::new();
-        for (position, item, hit) in reviewed {
-            if let (Ok(()), Some(planned)) = (&outcomes[position], ops[position].1.get(item)) {
-                decisions.push(decision(planned, hit, now_ms));
-            }
-        }
-        for ((_, op), outcome) in ops.iter().zip(&outcomes) {
-            if let Err((failed, rejection)) = outcome {
-                if let (Some(hit), Some(planned)) = (rejection.risk_hit(), op.get(*failed as usize)) {
-                    decisions.push(decision(planned, hit, now_ms));
-                }
-            }
-        }
-        self.record_decisions(&inner, decisions).await?;
-        for ((indexes, op), outcome) in ops.iter().zip(outcomes) {
-            match outcome {
-                Ok(()) => {
-                    for (index, planned) in indexes.iter().zip(op.iter()) {
-                        if let Some(transfer) = &planned.transfer {
-                            // The outcome as applied (the registry holds the
-                            // same; reading it back was a cache miss per transfer).
-                            let record = TransferRecord {
-                                transfer: transfer.clone(),
-                                status: transfer.initial_status(),
-                            };
-                            results[*index] = Some(Ok(TransferOutcome { record, replayed: false }));
-                        }
-                    }
-                }
-                Err((failed, rejection)) => {
-                    for (position, (index, planned)) in indexes.iter().zip(op.iter()).enumerate() {
-                        if let Some(transfer) = &planned.transfer {
-                            registry.release(transfer.id);
-                        }
-                        let reason = if position as u32 == failed {
-                            self.refine(&inner, rejection, planned)
-                        } else {
-                            Rejection::LinkedTransferFailed
-                        };
-                        results[*index] = Some(Err(reason));
-                    }
-                }
-            }
-        }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(Rejection::LinkedTransferFailed))).collect())
-    }
-
-    /// A shard that finds no hold reports "not found"; the registry knows why.
-    fn refine(&self, inner: &Inner, rejection: Rejection, planned: &Planned) -> Rejection {
-        match (rejection, planned.hold) {
-            (Rejection::PendingTransferNotFound, HoldChange::Resolve(resolution)) => {
-                match inner.shared.registry.get(resolution.pending_id).map(|r| r.status) {
-                    Some(TransferStatus::Posted) => Rejection::PendingTransferAlreadyPosted,
-                    Some(TransferStatus::Voided) => Rejection::PendingTransferAlreadyVoided,
-                    Some(TransferStatus::Expired) => Rejection::PendingTransferExpired,
-                    _ => rejection,
-                }
-            }
-            _ => rejection,
-        }
-    }
-
-    /// Turns a request into its legs, looking up the pending transfer a post
-    /// or void names.
-    fn plan(&self, inner: &Inner, request: &Arc<TransferRequest>, now_ms: u64) -> Result<Planned, Rejection> {
-        let transfer_base = |kind, debit, credit, amount, pending_id, expires_at_ms| Transfer {
-            id: request.id(),
-            kind,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            pending_id,
-            expires_at_ms,
-            timestamp_ms: now_ms,
-            review: None,
-            request: request.clone(),
-        };
-        match &**request {
-            TransferRequest::Transfer {
-                id, debit_account_id, credit_account_id, amount, pending, ..
-            } => {
-                let (kind, posted, held, hold) = match pending {
-                    None => (TransferKind::Posted, amount.get(), 0, HoldChange::None),
-                    Some(_) => (TransferKind::Pending, 0, amount.get(), HoldChange::Create),
-                };
-                let expires_at_ms = pending
-                    .and_then(|p| p.timeout_seconds)
-                    .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
-                let leg = |account_id, side| Leg {
-                    account_id,
-                    transfer_id: *id,
-                    side,
-                    posted_add: posted,
-                    pending_add: held,
-                    pending_sub: 0,
-                };
-                Ok(Planned {
-                    transfer: Some(Arc::new(transfer_base(
-                        kind,
-                        *debit_account_id,
-                        *credit_account_id,
-                        *amount,
-                        None,
-                        expires_at_ms,
-                    ))),
-                    legs: [leg(*debit_account_id, Side::Debit), leg(*credit_account_id, Side::Credit)],
-                    hold,
-                })
-            }
-            TransferRequest::PostPending { id, pending_id, amount } => {
-                let pending = self.pending(inner, *pending_id)?;
-                let held = pending.amount;
-                let posted = amount.unwrap_or(held);
-                if posted > held {
-                    return Err(Rejection::ExceedsPendingAmount);
-                }
-                Ok(resolve_plan(
-                    transfer_base(
-                        TransferKind::PostPending,
-                        pending.debit_account_id,
-                        pending.credit_account_id,
-                        posted,
-                        Some(*pending_id),
-                        None,
-                    ),
-                    *id,
-                    &pending,
-                    TransferStatus::Posted,
-                ))
-            }
-            TransferRequest::VoidPending { id, pending_id } => {
-                let pending = self.pending(inner, *pending_id)?;
-                Ok(resolve_plan(
-                    transfer_base(
-                        TransferKind::VoidPending,
-                        pending.debit_account_id,
-                        pending.credit_account_id,
-                        pending.amount,
-                        Some(*pending_id),
-                        None,
-                    ),
-                    *id,
-                    &pending,
-                    TransferStatus::Voided,
-                ))
-            }
-        }
-    }
-
-    fn pending(&self, inner: &Inner, pending_id: crate::ids::TransferId) -> Result<Arc<Transfer>, Rejection> {
-        let record = inner.shared.registry.get(pending_id).ok_or(Rejection::PendingTransferNotFound)?;
-        if record.transfer.kind != TransferKind::Pending {
-            return Err(Rejection::PendingTransferNotPending);
-        }
-        match record.status {
-            TransferStatus::Pending => Ok(record.transfer),
-            TransferStatus::Posted => Err(Rejection::PendingTransferAlreadyPosted),
-            TransferStatus::Voided => Err(Rejection::PendingTransferAlreadyVoided),
-            TransferStatus::Expired => Err(Rejection::PendingTransferExpired),
-        }
-    }
-
     /// Expires holds whose timeout passed; returns how many it expired.
     pub async fn expire_due(&self) -> Result<usize, LedgerError> {
         let inner = self.inner();
@@ -1048,6 +730,7 @@ impl Ledger {
                         pending_id: hold.pending_id,
                         status: TransferStatus::Expired,
                     }),
+                    decision: None,
                 }]));
             }
         }
@@ -1055,273 +738,7 @@ impl Ledger {
             return Ok(0);
         }
         // A hold another expiry (or a post or void) got to first fails here: fine.
-        let outcomes = self.run_ops(&inner, ops).await?;
+        let outcomes = route::run_ops(&inner, ops).await?;
         Ok(outcomes.iter().filter(|outcome| outcome.is_ok()).count())
-    }
-
-    /// Runs operations: single-shard ones on their shard, the rest through a
-    /// coordinated commit. One outcome per operation, in order.
-    async fn run_ops(
-        &self,
-        inner: &Arc<Inner>,
-        ops: Vec<Arc<[Planned]>>,
-    ) -> Result<Vec<OpOutcome>, LedgerError> {
-        let shard_count = inner.config.shard_count;
-        let mut local: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        let mut spanning: Vec<usize> = Vec::new();
-        let mut chained: BTreeMap<u16, Vec<ChainOp>> = BTreeMap::new();
-        let mut chain_waiting = Vec::new();
-        for (index, op) in ops.iter().enumerate() {
-            let mut shards = op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0);
-            let first = shards.next();
-            match first {
-                Some(first) if shards.all(|s| s == first) => local.entry(first).or_default().push(index),
-                _ if op.len() == 1 => {
-                    // One transfer between two shards: debit shard, then credit shard.
-                    let debit_shard = op[0].legs[0].account_id.shard(shard_count);
-                    let credit_shard = op[0].legs[1].account_id.shard(shard_count);
-                    let (reply, receiver) = oneshot::channel();
-                    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
-                    chained.entry(debit_shard.0).or_default().push(ChainOp {
-                        commit_id,
-                        op: op.clone(),
-                        credit_shard,
-                        reply,
-                    });
-                    chain_waiting.push((index, receiver));
-                }
-                _ => spanning.push(index),
-            }
-        }
-        let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
-        for (shard, chain_ops) in chained {
-            inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
-        }
-
-        let coordinated = if spanning.is_empty() {
-            None
-        } else {
-            let inner = inner.clone();
-            let spanning_ops: Vec<Arc<[Planned]>> = spanning.iter().map(|&i| ops[i].clone()).collect();
-            // Spawned so it runs to the end even if the caller goes away.
-            Some(tokio::spawn(coordinate(inner, spanning_ops)))
-        };
-
-        let mut waiting = Vec::with_capacity(local.len());
-        for (shard, indexes) in &local {
-            let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
-            let (tx, rx) = oneshot::channel();
-            inner.shards[*shard as usize]
-                .cast(ShardMsg::Execute(batch, tx.into()))
-                .map_err(|_| LedgerError::Unavailable)?;
-            waiting.push((indexes, rx));
-        }
-        for (indexes, rx) in waiting {
-            let shard_outcomes = match tokio::time::timeout(inner.timeout, rx).await {
-                Ok(Ok(result)) => result?,
-                Ok(Err(_)) => return Err(LedgerError::Unavailable),
-                Err(_) => return Err(LedgerError::Timeout),
-            };
-            for (index, outcome) in indexes.iter().zip(shard_outcomes) {
-                outcomes[*index] = Some(outcome);
-            }
-        }
-        for (index, receiver) in chain_waiting {
-            let outcome = match tokio::time::timeout(inner.timeout, receiver).await {
-                Ok(Ok(result)) => result?,
-                Ok(Err(_)) => return Err(LedgerError::Unavailable),
-                Err(_) => return Err(LedgerError::Timeout),
-            };
-            outcomes[index] = Some(outcome);
-        }
-        if let Some(handle) = coordinated {
-            let results = handle.await.map_err(|_| LedgerError::Unavailable)??;
-            for (index, outcome) in spanning.iter().zip(results) {
-                outcomes[*index] = Some(outcome);
-            }
-        }
-        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Err((0, Rejection::LinkedTransferFailed)))).collect())
-    }
-}
-
-fn resolve_plan(
-    transfer: Transfer,
-    id: crate::ids::TransferId,
-    pending: &Transfer,
-    status: TransferStatus,
-) -> Planned {
-    let posted = if status == TransferStatus::Posted { transfer.amount.get() } else { 0 };
-    let leg = |account_id, side| Leg {
-        account_id,
-        transfer_id: id,
-        side,
-        posted_add: posted,
-        pending_add: 0,
-        pending_sub: pending.amount.get(),
-    };
-    Planned {
-        legs: [leg(pending.debit_account_id, Side::Debit), leg(pending.credit_account_id, Side::Credit)],
-        hold: HoldChange::Resolve(crate::record::Resolution { pending_id: pending.id, status }),
-        transfer: Some(Arc::new(transfer)),
-    }
-}
-
-/// A transfer turned into a hold for review by `hit`'s rule: its money is
-/// held, not moved, and the hold voids itself only if the rule says so.
-fn review_hold(planned: &Planned, hit: RiskHit, now_ms: u64) -> Option<Planned> {
-    let transfer = planned.transfer.as_ref()?;
-    if transfer.review.is_some() || !matches!(planned.hold, HoldChange::None | HoldChange::Create) {
-        return None;
-    }
-    let mut held = (**transfer).clone();
-    held.kind = TransferKind::Pending;
-    held.review = Some(hit.rule_id);
-    held.expires_at_ms = hit.timeout_seconds.map(|s| now_ms.saturating_add(u64::from(s) * 1000));
-    let mut legs = planned.legs;
-    for leg in &mut legs {
-        leg.pending_add += leg.posted_add;
-        leg.posted_add = 0;
-    }
-    Some(Planned { transfer: Some(Arc::new(held)), legs, hold: HoldChange::Create })
-}
-
-/// The decision to keep for a transfer a rule vetoed or held.
-fn decision(planned: &Planned, hit: RiskHit, now_ms: u64) -> Decision {
-    Decision {
-        id: 0,
-        at_ms: now_ms,
-        transfer_id: planned.legs[0].transfer_id,
-        account_id: planned.legs[0].account_id,
-        rule_id: hit.rule_id,
-        kind: hit.kind,
-        outcome: hit.action,
-    }
-}
-
-fn linked_failure(len: usize, failed: u32, reason: Rejection) -> Vec<TransferResult> {
-    (0..len).map(|i| Err(if i as u32 == failed { reason } else { Rejection::LinkedTransferFailed })).collect()
-}
-
-/// Operations of one coordinated commit by shard: (index in the commit, operation).
-type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
-
-/// The coordinator of operations spanning shards: prepare everywhere, decide,
-/// make the decision durable in one commit record, then tell the shards.
-async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
-    let shard_count = inner.config.shard_count;
-    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
-    let mut by_shard: ByShard = BTreeMap::new();
-    for (index, op) in ops.iter().enumerate() {
-        let mut shards: Vec<u16> =
-            op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            by_shard.entry(shard).or_default().push((index as u32, op.clone()));
-        }
-    }
-
-    let mut waiting = Vec::with_capacity(by_shard.len());
-    for (shard, shard_ops) in &by_shard {
-        let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
-        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
-        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
-        if inner.shards[*shard as usize].cast(message).is_err() {
-            abort_all(&inner, commit_id, &by_shard);
-            return Err(LedgerError::Unavailable);
-        }
-        waiting.push((indexes, rx));
-    }
-
-    // Combine: the first failure by (transfer index, check order) wins.
-    let mut failures: Vec<Option<IndexedRejection>> = vec![None; ops.len()];
-    let mut assets: Vec<BTreeMap<AccountId, Asset>> = vec![BTreeMap::new(); ops.len()];
-    for (indexes, rx) in waiting {
-        let prepared = match tokio::time::timeout(inner.timeout, rx).await {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(_)) | Err(_) => {
-                abort_all(&inner, commit_id, &by_shard);
-                return Err(LedgerError::Timeout);
-            }
-        };
-        for (index, outcome) in indexes.into_iter().zip(prepared) {
-            let slot = index as usize;
-            let (found, outcome) = outcome;
-            assets[slot].extend(found);
-            match outcome {
-                Ok(()) => {}
-                Err(failure) => {
-                    failures[slot] = Some(match failures[slot] {
-                        Some(existing) if existing <= failure => existing,
-                        _ => failure,
-                    });
-                }
-            }
-        }
-    }
-    for (slot, op) in ops.iter().enumerate() {
-        for (position, planned) in op.iter().enumerate() {
-            if matches!(planned.hold, HoldChange::Resolve(_)) {
-                continue;
-            }
-            let [debit, credit] = &planned.legs;
-            let (Some(a), Some(b)) =
-                (assets[slot].get(&debit.account_id), assets[slot].get(&credit.account_id))
-            else {
-                continue;
-            };
-            if a != b {
-                let failure = (position as u32, Rejection::AssetMismatch);
-                if failures[slot].is_none_or(|existing| failure < existing) {
-                    failures[slot] = Some(failure);
-                }
-            }
-        }
-    }
-
-    let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
-    if !committed.is_empty() {
-        let commit =
-            crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
-        let transfers = commit.transfers.clone();
-        let resolutions = commit.resolutions.clone();
-        let (tx, rx) = oneshot::channel();
-        inner.shared.journal.append(
-            Record::Commit(commit),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                inner.shared.poison(error);
-                return Err(LedgerError::Unavailable);
-            }
-            Err(_) => {
-                inner.shared.poison(crate::record::JournalError::Closed);
-                return Err(LedgerError::Unavailable);
-            }
-        }
-        inner.shared.registry.record_durable(&transfers, &resolutions);
-    }
-
-    for (shard, shard_ops) in &by_shard {
-        let (committed, aborted): (Vec<u32>, Vec<u32>) =
-            shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none());
-        // A shard that is gone cannot apply; recovery will, from the commit record.
-        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide { commit_id, committed, aborted });
-    }
-    Ok(failures.into_iter().map(|f| f.map_or(Ok(()), Err)).collect())
-}
-
-fn abort_all(inner: &Inner, commit_id: CommitId, by_shard: &ByShard) {
-    for (shard, shard_ops) in by_shard {
-        let aborted = shard_ops.iter().map(|(i, _)| *i).collect();
-        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide {
-            commit_id,
-            committed: Vec::new(),
-            aborted,
-        });
     }
 }

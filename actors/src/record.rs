@@ -13,7 +13,8 @@ use crate::ids::{AccountId, CommitId, ShardId, TransferId};
 use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
-pub const RECORD_FORMAT_VERSION: u8 = 2;
+/// 3: review decisions travel in `Applied` and `Commit`.
+pub const RECORD_FORMAT_VERSION: u8 = 3;
 
 /// One event of one account, with its gap-free sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +56,8 @@ pub enum Record {
         /// Journal segment from which recovery replays after that snapshot.
         replay_from_segment: u64,
     },
-    /// Risk rules vetoed transfers or held them for review. Changes no
-    /// balance; kept for audit.
+    /// Risk rules vetoed transfers. Changes no balance; kept for audit.
+    /// (A review decision travels in the record of its hold.)
     Decisions(Vec<crate::risk::Decision>),
     /// One shard applied its legs of a commit, in the commit's leg order,
     /// with these sequence numbers.
@@ -79,6 +80,8 @@ pub struct Applied {
     pub resolutions: Vec<Resolution>,
     /// Account events, in the order they were applied.
     pub events: Vec<SequencedEvent>,
+    /// Review decisions of the holds among `transfers`: durable with them.
+    pub decisions: Vec<crate::risk::Decision>,
 }
 
 /// See [`Record::Commit`].
@@ -96,6 +99,8 @@ pub struct Commit {
     /// same step (a transfer between two shards, committed by the credit
     /// side): that shard needs no [`Record::CommitApplied`].
     pub applied_by: Option<ShardApplied>,
+    /// Review decisions of the holds among `transfers`: durable with them.
+    pub decisions: Vec<crate::risk::Decision>,
 }
 
 /// One shard's application of its legs of a commit.

@@ -31,9 +31,9 @@ pub struct Recovered {
     pub registry: Arc<TransferRegistry>,
     /// The next coordinated commit id to use.
     pub next_commit_id: u64,
-    /// Risk decisions found in the journal (newer than the snapshot's).
+    /// Risk decisions found in the journal (newer than the snapshot's), numbered.
     pub decisions: Vec<crate::risk::Decision>,
-    /// The next decision id: storage raises it past the snapshot's.
+    /// The id the next durable decision gets.
     pub next_decision_id: u64,
     /// Where passivated accounts are read back from, if anywhere.
     pub account_source: Option<Arc<dyn crate::shard::AccountSource>>,
@@ -57,6 +57,11 @@ pub struct Recovery {
     next_commit_id: u64,
     records: u64,
     decisions: Vec<crate::risk::Decision>,
+    /// The id the next decision found gets.
+    next_decision_id: u64,
+    /// Decisions are numbered once the marker of this checkpoint is seen
+    /// (those before it are in the snapshot); `None`: from the start.
+    decisions_after_marker: Option<u64>,
     source: Option<Arc<dyn crate::shard::AccountSource>>,
 }
 
@@ -72,6 +77,8 @@ impl Recovery {
             next_commit_id: 1,
             records: 0,
             decisions: Vec::new(),
+            next_decision_id: 1,
+            decisions_after_marker: None,
             source: None,
         }
     }
@@ -99,6 +106,26 @@ impl Recovery {
         }
         recovery.next_commit_id = recovery.next_commit_id.max(next_commit_id);
         recovery
+    }
+
+    /// Numbers the decisions the journal holds the way the live ledger did:
+    /// in journal order, from `next_id`, starting right after the marker of
+    /// the checkpoint the snapshot comes from (`Record::Checkpoint` with
+    /// `replay_from_segment == marker`), since decisions before it are in
+    /// the snapshot; with no checkpoint yet (`None`), from the first record.
+    pub fn number_decisions(&mut self, next_id: u64, marker: Option<u64>) {
+        self.next_decision_id = next_id.max(1);
+        self.decisions_after_marker = marker;
+    }
+
+    fn keep_decisions(&mut self, decisions: &[crate::risk::Decision]) {
+        if self.decisions_after_marker.is_some() {
+            return;
+        }
+        for decision in decisions {
+            self.decisions.push(crate::risk::Decision { id: self.next_decision_id, ..*decision });
+            self.next_decision_id += 1;
+        }
     }
 
     /// Commits some of whose shards have not applied their legs yet.
@@ -155,10 +182,12 @@ impl Recovery {
                     self.shards[shard.0 as usize].replay_applied(&applied)?;
                 }
                 self.registry.record_durable(&applied.transfers, &applied.resolutions);
+                self.keep_decisions(&applied.decisions);
             }
             Record::Commit(commit) => {
                 self.next_commit_id = self.next_commit_id.max(commit.commit_id.0 + 1);
                 self.registry.record_durable(&commit.transfers, &commit.resolutions);
+                self.keep_decisions(&commit.decisions);
                 let mut waiting: BTreeSet<ShardId> =
                     commit.legs.iter().map(|leg| leg.account_id.shard(self.shard_count)).collect();
                 if let Some(applied) = &commit.applied_by {
@@ -171,8 +200,12 @@ impl Recovery {
                     self.open_commits.insert(commit.commit_id, (commit, waiting));
                 }
             }
-            Record::Checkpoint { .. } => {}
-            Record::Decisions(decisions) => self.decisions.extend(decisions),
+            Record::Checkpoint { replay_from_segment } => {
+                if self.decisions_after_marker == Some(replay_from_segment) {
+                    self.decisions_after_marker = None;
+                }
+            }
+            Record::Decisions(decisions) => self.keep_decisions(&decisions),
             Record::Batch(records) => {
                 self.records -= 1;
                 for record in records {
@@ -215,7 +248,7 @@ impl Recovery {
             shards: self.shards,
             registry: self.registry,
             next_commit_id: self.next_commit_id,
-            next_decision_id: self.decisions.iter().map(|d| d.id + 1).max().unwrap_or(1),
+            next_decision_id: self.next_decision_id,
             decisions: self.decisions,
             account_source: self.source,
         };

@@ -469,9 +469,10 @@ impl DebitWindow {
 const EPOCH_MS: u64 = 1_577_836_800_000;
 
 /// What a rule decided about a transfer, kept durably for audit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
-    /// Position in the ledger's decision log, from 1, gap-free.
+    /// Position in the ledger's decision log, from 1, gap-free; given when
+    /// the record that carries the decision is durable (0 in the record).
     pub id: u64,
     /// When it was decided, in ledger milliseconds.
     pub at_ms: u64,
@@ -531,10 +532,22 @@ pub trait DecisionIndex: Send + Sync + 'static {
 }
 
 /// The ledger's decisions: the newest in memory (since the last snapshot),
-/// the rest in a [`DecisionIndex`]. Ids are handed out in journal order.
-#[derive(Default)]
+/// the rest in a [`DecisionIndex`].
+///
+/// A decision is numbered when the record that carries it is durable, by
+/// that record's callback: callbacks run in journal order, so ids are
+/// gap-free and follow the journal, and replay gives every decision the id
+/// it had (it numbers the same records in the same order, from the count a
+/// checkpoint recorded at its marker). A review decision travels in the same
+/// record as its hold, so the two are durable together.
 pub struct DecisionLog {
     inner: std::sync::Mutex<DecisionLogInner>,
+}
+
+impl Default for DecisionLog {
+    fn default() -> Self {
+        DecisionLog::new(1, Vec::new())
+    }
 }
 
 #[derive(Default)]
@@ -557,20 +570,23 @@ impl DecisionLog {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Gives `decisions` their ids and calls `append` with them, under the
-    /// log's lock so that ids follow journal order.
-    pub fn number(&self, mut decisions: Vec<Decision>, append: impl FnOnce(Vec<Decision>)) {
-        let mut inner = self.lock();
-        for decision in &mut decisions {
-            decision.id = inner.next_id;
-            inner.next_id += 1;
+    /// Numbers and keeps decisions whose record became durable. Called in
+    /// journal order (from the records' durable callbacks, or by replay).
+    pub fn durable(&self, decisions: &[Decision]) {
+        if decisions.is_empty() {
+            return;
         }
-        append(decisions);
+        let mut inner = self.lock();
+        for decision in decisions {
+            let id = inner.next_id;
+            inner.next_id += 1;
+            inner.recent.push(Decision { id, ..*decision });
+        }
     }
 
-    /// Keeps decisions that became durable (called in journal order).
-    pub fn durable(&self, decisions: &[Decision]) {
-        self.lock().recent.extend_from_slice(decisions);
+    /// The id the next durable decision gets.
+    pub fn next_id(&self) -> u64 {
+        self.lock().next_id
     }
 
     /// Sets where older decisions are read.

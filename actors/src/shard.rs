@@ -26,6 +26,9 @@ pub struct Planned {
     pub legs: [Leg; 2],
     /// What happens to holds.
     pub hold: HoldChange,
+    /// For a hold a review rule made of the transfer: that decision, which
+    /// goes in the same record as the hold.
+    pub decision: Option<crate::risk::Decision>,
 }
 
 /// What a planned transfer does to pending holds.
@@ -56,10 +59,17 @@ pub fn commit_record<'a>(
     planned: impl IntoIterator<Item = &'a Planned>,
     applied_by: Option<crate::record::ShardApplied>,
 ) -> Commit {
-    let mut commit =
-        Commit { commit_id, transfers: Vec::new(), resolutions: Vec::new(), legs: Vec::new(), applied_by };
+    let mut commit = Commit {
+        commit_id,
+        transfers: Vec::new(),
+        resolutions: Vec::new(),
+        legs: Vec::new(),
+        applied_by,
+        decisions: Vec::new(),
+    };
     for planned in planned {
         commit.legs.extend_from_slice(&planned.legs);
+        commit.decisions.extend(planned.decision);
         if let Some(transfer) = &planned.transfer {
             commit.transfers.push(transfer.clone());
         }
@@ -612,6 +622,7 @@ impl ShardState {
             if let Some(resolution) = planned.resolution() {
                 applied.resolutions.push(resolution);
             }
+            applied.decisions.extend(planned.decision);
         }
         Ok(applied)
     }

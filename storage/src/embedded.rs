@@ -343,6 +343,8 @@ fn replay(
     let meta = loaded.meta.clone().unwrap_or_default();
     let mut recovery =
         Recovery::from_snapshot(shard_count, loaded.holds, meta.open_commits.clone(), meta.next_commit_id);
+    let marker = loaded.meta.as_ref().map(|meta| meta.replay_from_segment);
+    recovery.number_decisions(meta.next_decision_id, marker);
     recovery.registry().set_index(runs.clone());
     recovery.set_account_source(Arc::new(snapshot.clone()));
     let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record, at| {
@@ -353,8 +355,7 @@ fn replay(
         })
     })?;
     let snapshot_accounts = recovery.activated() as usize;
-    let (mut recovered, completions) = recovery.finish()?;
-    recovered.next_decision_id = recovered.next_decision_id.max(snapshot.last_decision_id()? + 1);
+    let (recovered, completions) = recovery.finish()?;
     Ok(Replayed { recovered, completions, summary, snapshot_accounts, meta })
 }
 
@@ -392,11 +393,23 @@ impl Checkpointer {
             .map_err(journal_failed)?;
         let captured = self.ledger.capture().await?;
         let marker = Record::Checkpoint { replay_from_segment: segment };
-        append_durable(self.journal.as_ref(), marker).await.map_err(journal_failed)?;
-
-        // Every decision journaled before the marker is durable, so in memory.
-        let decisions = self.ledger.recent_decisions();
-        let last_decision_id = decisions.last().map_or(0, |d| d.id);
+        // Callbacks run in journal order, so when the marker's runs, the
+        // decisions numbered are exactly those of the records before it:
+        // this snapshot holds them, and replay numbers the rest from there.
+        let (numbered, at_marker) = tokio::sync::oneshot::channel();
+        let ledger = self.ledger.clone();
+        self.journal.append(
+            marker,
+            Box::new(move |result| {
+                let _ = numbered.send(result.map(|()| ledger.next_decision_id()));
+            }),
+        );
+        let next_decision_id = at_marker
+            .await
+            .unwrap_or(Err(wallet_actors::record::JournalError::Closed))
+            .map_err(journal_failed)?;
+        let decisions: Vec<_> =
+            self.ledger.recent_decisions().into_iter().filter(|d| d.id < next_decision_id).collect();
         let journal_dir = self.journal_dir.clone();
         let snapshot = self.snapshot.clone();
         let runs = self.runs.clone();
@@ -413,7 +426,12 @@ impl Checkpointer {
             })?;
             let (transfers, open_commits) = scan.finish()?;
             let scanned_ms = started.elapsed().as_millis() as u64;
-            let new_meta = CheckpointMeta { replay_from_segment: segment, open_commits, next_commit_id };
+            let new_meta = CheckpointMeta {
+                replay_from_segment: segment,
+                open_commits,
+                next_commit_id,
+                next_decision_id,
+            };
             // The index first: until the meta names the new segment, the
             // journal still has these transfers, so a crash in between only
             // makes the next checkpoint write them again (the newest wins).
@@ -440,7 +458,7 @@ impl Checkpointer {
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         self.ledger.registry().evict(&transfers);
         self.ledger.forget_flushed_history();
-        self.ledger.forget_decisions_up_to(last_decision_id);
+        self.ledger.forget_decisions_up_to(next_decision_id.saturating_sub(1));
         *meta = new_meta;
         metrics::counter!("wallet_checkpoints_total").increment(1);
         metrics::histogram!("wallet_checkpoint_seconds").record(started.elapsed().as_secs_f64());

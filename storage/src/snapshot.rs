@@ -31,7 +31,8 @@ use crate::frame;
 use crate::StorageError;
 
 /// Version of snapshot values.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// 3: the meta records the next decision id at its marker.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
 /// What a checkpoint records besides the state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,9 @@ pub struct CheckpointMeta {
     pub open_commits: Vec<OpenCommit>,
     /// The next coordinated commit id.
     pub next_commit_id: u64,
+    /// The id the first decision after this checkpoint's marker gets: the
+    /// snapshot holds those before, replay numbers those after from here.
+    pub next_decision_id: u64,
 }
 
 /// What a snapshot holds, loaded.
@@ -137,15 +141,6 @@ impl SnapshotStore {
             loaded.meta = Some(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
         }
         Ok(loaded)
-    }
-
-    /// The largest decision id stored, 0 when none.
-    pub fn last_decision_id(&self) -> Result<u64, StorageError> {
-        let path = self.path();
-        match self.decisions.last().map_err(sled_error(&path))? {
-            Some((key, _)) => Ok(key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)),
-            None => Ok(0),
-        }
     }
 
     fn decision(&self, id: u64) -> Result<Option<Decision>, TransferIndexError> {

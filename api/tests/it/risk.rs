@@ -472,7 +472,7 @@ async fn review_holds_wait_for_an_admin_and_decisions_are_listed() -> anyhow::Re
     let all = node.get("/v1/risk/decisions", &node.admin).await?;
     let items = all.body["items"].as_array().context("no items")?;
     let ids: Vec<u64> = items.iter().filter_map(|d| d["id"].as_u64()).collect();
-    assert_eq!(ids.len(), 4);
+    assert_eq!(ids.len(), 4, "{items:?}");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "decisions are not in id order: {ids:?}");
     assert_eq!(items[3]["account_id"], savings.as_str());
     let bad = node.get("/v1/risk/decisions?cursor=x", &node.admin).await?;

@@ -86,6 +86,7 @@ async fn a_commit_whose_completion_breaks_a_limit_stops_the_start() -> anyhow::R
         resolutions: Vec::new(),
         legs: vec![leg(2, Side::Debit, 1_000), leg(1, Side::Credit, 1_000)],
         applied_by: None,
+        decisions: Vec::new(),
     };
     append(dir.path(), Record::Commit(commit)).await?;
     match reopen(dir.path()).await {

@@ -219,6 +219,79 @@ async fn review_rules_make_holds_and_every_decision_is_kept() -> anyhow::Result<
     Ok(())
 }
 
+/// Every review hold has its decision (they are in one record), and every
+/// decision keeps its id across checkpoints and restarts: live, ids follow
+/// the journal as records become durable; replay numbers the same records
+/// in the same order from the count the checkpoint kept at its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_holds_and_their_decisions_are_durable_together_and_keep_their_ids() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+    let big = RuleKind::MaxAmount { asset: "USD".into(), amount: amount(1_000) };
+    let huge = RuleKind::MaxAmount { asset: "USD".into(), amount: amount(100_000) };
+    let review = rule(1, big, RuleScope::Global, RuleAction::Review);
+    ledger.set_rules(vec![review, rule(2, huge, RuleScope::Global, RuleAction::Reject)]).await?;
+
+    // Review holds and vetoes from account 1 to every wallet (both paths:
+    // 4 shards), concurrently, with a checkpoint in the middle.
+    let mut next_id = 1u128;
+    for round in 0..2 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for credit in 2..=9u128 {
+            for value in [5_000u128, 200_000] {
+                let (ledger, id) = (ledger.clone(), next_id);
+                next_id += 1;
+                tasks.spawn(async move { ledger.submit_one(posted(id, 1, credit, value)).await });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??.ok();
+        }
+        if round == 0 {
+            node.checkpoint().await?;
+        }
+    }
+    let before = ledger.decisions(None, 0, 1_000)?;
+    assert_eq!(before.len(), 32);
+    assert_eq!(
+        before.iter().map(|d| d.id).collect::<Vec<_>>(),
+        (1..=32).collect::<Vec<u64>>(),
+        "ids are gap-free"
+    );
+    let holds: Vec<_> = node.all_transfers()?.into_iter().filter(|r| r.transfer.review.is_some()).collect();
+    assert_eq!(holds.len(), 16);
+    for hold in &holds {
+        let found: Vec<_> = before.iter().filter(|d| d.transfer_id == hold.transfer.id).collect();
+        assert!(
+            matches!(found.as_slice(), [d] if d.outcome == RuleAction::Review && d.rule_id == rule_id(1)),
+            "hold {:?}: decisions {found:?}",
+            hold.transfer.id
+        );
+    }
+
+    // A crash (no final checkpoint): the same decisions, with the same ids,
+    // and numbering goes on from there.
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(4, clock.clone())).await?;
+    assert_eq!(node.ledger.decisions(None, 0, 1_000)?, before);
+    // Rules are configuration, kept by the API; a restart installs them again.
+    node.ledger.set_rules(ledger.rules().rules().to_vec()).await?;
+    let vetoed = node.ledger.submit_one(posted(1_000, 1, 2, 300_000)).await?;
+    assert_eq!(code(&vetoed), "risk_max_amount_exceeded");
+    let after = node.ledger.decisions(None, 0, 1_000)?;
+    assert_eq!(after.last().map(|d| (d.id, d.transfer_id.get())), Some((33, 1_000)));
+    // Another crash, then a clean stop and start: still the same.
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(4, clock.clone())).await?;
+    assert_eq!(node.ledger.decisions(None, 0, 1_000)?, after);
+    node.shutdown().await;
+    let node = open(dir.path(), test_options(4, clock)).await?;
+    assert_eq!(node.ledger.decisions(None, 0, 1_000)?, after);
+    node.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_debits_meet_the_window_exactly_and_a_crash_forgets_none() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -1,0 +1,227 @@
+//! Routing operations to shards: one shard executes at once, two shards
+//! chain (debit, then credit), more are coordinated (prepare, one commit
+//! record, decide). See `docs/ARCHITECTURE.md`, "The write paths".
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::Inner;
+use crate::actor::{ChainOp, OpOutcome, PrepareOutcome, ShardMsg};
+use crate::asset::Asset;
+use crate::ids::AccountId;
+use crate::ids::{CommitId, ShardId};
+use crate::record::Record;
+use crate::rejection::Rejection;
+use crate::shard::{HoldChange, IndexedRejection, Planned};
+use crate::LedgerError;
+
+/// Runs operations: single-shard ones on their shard, the rest through a
+/// coordinated commit. One outcome per operation, in order.
+///
+/// It waits for every answer without a time-out of its own: an answer
+/// comes once the outcome is durable or decided, or the port is dropped
+/// when the generation fails. The caller bounds its own wait instead, while
+/// this runs to the end in the submission's task (see `submit`).
+pub(super) async fn run_ops(
+    inner: &Arc<Inner>,
+    ops: Vec<Arc<[Planned]>>,
+) -> Result<Vec<OpOutcome>, LedgerError> {
+    let shard_count = inner.config.shard_count;
+    let mut local: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    let mut spanning: Vec<usize> = Vec::new();
+    let mut chained: BTreeMap<u16, Vec<ChainOp>> = BTreeMap::new();
+    let mut chain_waiting = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        let mut shards = op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0);
+        let first = shards.next();
+        match first {
+            Some(first) if shards.all(|s| s == first) => local.entry(first).or_default().push(index),
+            _ if op.len() == 1 => {
+                // One transfer between two shards: debit shard, then credit shard.
+                let debit_shard = op[0].legs[0].account_id.shard(shard_count);
+                let credit_shard = op[0].legs[1].account_id.shard(shard_count);
+                let (reply, receiver) = oneshot::channel();
+                let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+                chained.entry(debit_shard.0).or_default().push(ChainOp {
+                    commit_id,
+                    op: op.clone(),
+                    credit_shard,
+                    reply,
+                });
+                chain_waiting.push((index, receiver));
+            }
+            _ => spanning.push(index),
+        }
+    }
+    let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+    for (shard, chain_ops) in chained {
+        inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
+    }
+
+    let coordinated = if spanning.is_empty() {
+        None
+    } else {
+        let inner = inner.clone();
+        let spanning_ops: Vec<Arc<[Planned]>> = spanning.iter().map(|&i| ops[i].clone()).collect();
+        // Spawned so it runs to the end even if the caller goes away.
+        Some(tokio::spawn(coordinate(inner, spanning_ops)))
+    };
+
+    let mut waiting = Vec::with_capacity(local.len());
+    for (shard, indexes) in &local {
+        let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
+        let (tx, rx) = oneshot::channel();
+        inner.shards[*shard as usize]
+            .cast(ShardMsg::Execute(batch, tx.into()))
+            .map_err(|_| LedgerError::Unavailable)?;
+        waiting.push((indexes, rx));
+    }
+    for (indexes, rx) in waiting {
+        let shard_outcomes = rx.await.map_err(|_| LedgerError::Unavailable)??;
+        for (index, outcome) in indexes.iter().zip(shard_outcomes) {
+            outcomes[*index] = Some(outcome);
+        }
+    }
+    for (index, receiver) in chain_waiting {
+        let outcome = receiver.await.map_err(|_| LedgerError::Unavailable)??;
+        outcomes[index] = Some(outcome);
+    }
+    if let Some(handle) = coordinated {
+        let results = handle.await.map_err(|_| LedgerError::Unavailable)??;
+        for (index, outcome) in spanning.iter().zip(results) {
+            outcomes[*index] = Some(outcome);
+        }
+    }
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Err((0, Rejection::LinkedTransferFailed)))).collect())
+}
+
+/// Operations of one coordinated commit by shard: (index in the commit, operation).
+type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
+
+/// The coordinator of operations spanning shards: prepare everywhere, decide,
+/// make the decision durable in one commit record, then tell the shards.
+async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
+    let shard_count = inner.config.shard_count;
+    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+    let mut by_shard: ByShard = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let mut shards: Vec<u16> =
+            op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            by_shard.entry(shard).or_default().push((index as u32, op.clone()));
+        }
+    }
+
+    let mut waiting = Vec::with_capacity(by_shard.len());
+    for (shard, shard_ops) in &by_shard {
+        let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
+        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
+        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
+        if inner.shards[*shard as usize].cast(message).is_err() {
+            abort_all(&inner, commit_id, &by_shard);
+            return Err(LedgerError::Unavailable);
+        }
+        waiting.push((indexes, rx));
+    }
+
+    // Combine: the first failure by (transfer index, check order) wins.
+    let mut failures: Vec<Option<IndexedRejection>> = vec![None; ops.len()];
+    let mut assets: Vec<BTreeMap<AccountId, Asset>> = vec![BTreeMap::new(); ops.len()];
+    for (indexes, rx) in waiting {
+        let Ok(prepared) = rx.await else {
+            abort_all(&inner, commit_id, &by_shard);
+            return Err(LedgerError::Unavailable);
+        };
+        for (index, outcome) in indexes.into_iter().zip(prepared) {
+            let slot = index as usize;
+            let (found, outcome) = outcome;
+            assets[slot].extend(found);
+            match outcome {
+                Ok(()) => {}
+                Err(failure) => {
+                    failures[slot] = Some(match failures[slot] {
+                        Some(existing) if existing <= failure => existing,
+                        _ => failure,
+                    });
+                }
+            }
+        }
+    }
+    for (slot, op) in ops.iter().enumerate() {
+        for (position, planned) in op.iter().enumerate() {
+            if matches!(planned.hold, HoldChange::Resolve(_)) {
+                continue;
+            }
+            let [debit, credit] = &planned.legs;
+            let (Some(a), Some(b)) =
+                (assets[slot].get(&debit.account_id), assets[slot].get(&credit.account_id))
+            else {
+                continue;
+            };
+            if a != b {
+                let failure = (position as u32, Rejection::AssetMismatch);
+                if failures[slot].is_none_or(|existing| failure < existing) {
+                    failures[slot] = Some(failure);
+                }
+            }
+        }
+    }
+
+    let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
+    if !committed.is_empty() {
+        let commit =
+            crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
+        let (transfers, resolutions, decisions) =
+            (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
+        let (tx, rx) = oneshot::channel();
+        let shared = inner.shared.clone();
+        inner.shared.journal.append(
+            Record::Commit(commit),
+            // Recorded in the callback, in journal order: a checkpoint that
+            // retires this record finds its transfers in the registry (to
+            // evict) and its decisions numbered.
+            Box::new(move |result| {
+                match result {
+                    Ok(()) => {
+                        shared.registry.record_durable(&transfers, &resolutions);
+                        shared.decisions.durable(&decisions);
+                    }
+                    Err(error) => shared.poison(error),
+                }
+                let _ = tx.send(result);
+            }),
+        );
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(LedgerError::Unavailable),
+            Err(_) => {
+                inner.shared.poison(crate::record::JournalError::Closed);
+                return Err(LedgerError::Unavailable);
+            }
+        }
+    }
+
+    for (shard, shard_ops) in &by_shard {
+        let (committed, aborted): (Vec<u32>, Vec<u32>) =
+            shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none());
+        // A shard that is gone cannot apply; recovery will, from the commit record.
+        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide { commit_id, committed, aborted });
+    }
+    Ok(failures.into_iter().map(|f| f.map_or(Ok(()), Err)).collect())
+}
+
+fn abort_all(inner: &Inner, commit_id: CommitId, by_shard: &ByShard) {
+    for (shard, shard_ops) in by_shard {
+        let aborted = shard_ops.iter().map(|(i, _)| *i).collect();
+        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide {
+            commit_id,
+            committed: Vec::new(),
+            aborted,
+        });
+    }
+}
