@@ -417,8 +417,13 @@ impl Checkpointer {
         let previous = meta.clone();
         let next_commit_id = self.ledger.next_commit_id();
         let shard_count = self.shard_count;
-        let (report, new_meta, transfers) = tokio::task::spawn_blocking(move || {
-            let older: Vec<u64> = segments(&journal_dir)?.into_iter().filter(|&i| i < segment).collect();
+        let (mut report, new_meta, transfers, deleted) = tokio::task::spawn_blocking(move || {
+            // Only the segments since the meta in force: older ones a failed
+            // deletion left behind were retired by an earlier checkpoint.
+            let older: Vec<u64> = segments(&journal_dir)?
+                .into_iter()
+                .filter(|&i| i >= previous.replay_from_segment && i < segment)
+                .collect();
             let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
             read_segments(&journal_dir, &older, false, |record, _| {
                 scan.apply(record);
@@ -445,21 +450,33 @@ impl Checkpointer {
                 written_ms = started.elapsed().as_millis() as u64,
                 "checkpoint written"
             );
-            let segments_deleted = FileJournal::delete_before(&journal_dir, segment)?;
+            // The new meta is durable: the checkpoint is in force from here,
+            // whether or not the old segments can be deleted now.
+            let deleted = FileJournal::delete_before(&journal_dir, segment);
             let report = CheckpointReport {
                 accounts: captured.iter().map(|c| c.accounts.len()).sum(),
                 transfers: transfers.len(),
-                segments_deleted,
+                segments_deleted: 0,
                 open_commits: new_meta.open_commits.len(),
             };
-            Ok::<_, StorageError>((report, new_meta, transfers))
+            Ok::<_, StorageError>((report, new_meta, transfers, deleted))
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        *meta = new_meta;
         self.ledger.registry().evict(&transfers);
         self.ledger.forget_flushed_history();
         self.ledger.forget_decisions_up_to(next_decision_id.saturating_sub(1));
-        *meta = new_meta;
+        // Segments a failed deletion left are deleted by the next checkpoint
+        // (it deletes every segment before its own), and neither its scan nor
+        // recovery reads them: both start at the meta's segment.
+        match deleted {
+            Ok(deleted) => report.segments_deleted = deleted,
+            Err(error) => {
+                tracing::error!(%error, "the checkpoint is in force, but deleting the segments it retired failed");
+                return Err(error);
+            }
+        }
         metrics::counter!("wallet_checkpoints_total").increment(1);
         metrics::histogram!("wallet_checkpoint_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");

@@ -224,7 +224,10 @@ impl FileJournal {
             fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
             deleted += 1;
         }
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))?;
+        crate::faults::hit(crate::faults::points::DELETE_SEGMENTS)
+            .and_then(|()| File::open(dir))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io(dir, e))?;
         Ok(deleted)
     }
 

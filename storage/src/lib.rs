@@ -8,10 +8,13 @@
 //! - [`scan`]: what a checkpoint reads from the journal segments it retires.
 //! - [`embedded`]: the single-node ledger: recover from the data directory,
 //!   then serve.
+//! - [`runs`]: immutable sorted runs: the transfer index and account history.
+//! - [`faults`]: named points where tests make storage fail or stop.
 
 use std::path::{Path, PathBuf};
 
 pub mod embedded;
+pub mod faults;
 pub mod frame;
 pub mod journal;
 pub mod runs;

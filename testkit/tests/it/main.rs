@@ -1,6 +1,7 @@
 //! Integration tests of the ledger on real files: one binary, one module per topic.
 
 mod basics;
+mod checkpoint;
 mod crash;
 mod damage;
 mod model;
