@@ -5,10 +5,14 @@
 //! the next batch, so one `fdatasync` covers many shards' records and the
 //! number of syncs per second stays near the disk's sync rate whatever the
 //! load. Callers never block: [`FileJournal::append`] queues and returns; the
-//! record's callback runs on the journal thread once it is durable.
+//! record's callback runs on the completion thread once it is durable.
+//!
+//! Each segment starts with a header ([`crate::segment`]) recording where its
+//! acknowledged frames end, so that the reader can tell a torn write (cut)
+//! from damage to an acknowledged frame (an error).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -19,6 +23,7 @@ use std::time::Instant;
 use wallet_actors::record::{Journal, JournalError, OnDurable, Record, RECORD_FORMAT_VERSION};
 
 use crate::frame::{self, Decoded};
+use crate::segment::{Header, HEADER_LEN};
 use crate::StorageError;
 
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -154,7 +159,17 @@ pub fn read_segments(
         let path = segment_path(dir, *index);
         let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
         let is_last = cut_torn_tail && position + 1 == indexes.len();
-        let mut offset = 0usize;
+        let header = match Header::read(&bytes) {
+            Some(header) => header,
+            // A crash while the last segment was being created: its header
+            // is not whole, and nothing was written after it.
+            None if is_last && (bytes.len() as u64) <= HEADER_LEN => {
+                summary.segments += 1;
+                continue;
+            }
+            None => return Err(StorageError::Corrupt { path, offset: 0 }),
+        };
+        let mut offset = HEADER_LEN as usize;
         loop {
             match frame::decode_at::<Record>(&bytes, offset, RECORD_FORMAT_VERSION)? {
                 Decoded::Frame(record, next) => {
@@ -162,11 +177,19 @@ pub fn read_segments(
                     summary.records += 1;
                     offset = next;
                 }
+                // Bytes that were acknowledged are missing: an error, never
+                // a silent loss.
+                Decoded::End if (offset as u64) < header.acked_end => {
+                    return Err(StorageError::Corrupt { path, offset: offset as u64 });
+                }
                 Decoded::End => break,
                 Decoded::Invalid { .. } => {
-                    // A torn write leaves nothing whole after it; a valid
-                    // frame further on means the damage is in the middle.
-                    let torn = is_last && !frame::any_frame_after(&bytes, offset);
+                    // Before the acknowledged end it is damage, not a torn
+                    // write. After it, a torn write leaves nothing whole
+                    // behind it; a valid frame further on means damage.
+                    let torn = is_last
+                        && (offset as u64) >= header.acked_end
+                        && !frame::any_frame_after(&bytes, offset);
                     if !torn {
                         return Err(StorageError::Corrupt { path, offset: offset as u64 });
                     }
@@ -191,11 +214,24 @@ impl FileJournal {
     pub fn start(dir: &Path, options: JournalOptions) -> Result<FileJournal, StorageError> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let index = segments(dir)?.last().copied().unwrap_or(0);
-        let (file, size) = open_segment(dir, index)?;
+        let (file, size, header) = open_segment(dir, index)?;
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(JournalStats::default());
-        let writer =
-            Writer { dir: dir.to_path_buf(), options, index, file, size, stats: stats.clone(), failed: None };
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            options,
+            index,
+            file,
+            size,
+            // Everything in the segment now (recovery cut any torn tail and
+            // replayed the rest) is served from, so it counts as
+            // acknowledged from here on: record it before anything else.
+            acked_end: size,
+            header,
+            stats: stats.clone(),
+            failed: None,
+        };
+        writer.settle_header().map_err(|e| StorageError::io(dir, e))?;
         let thread = std::thread::Builder::new()
             .name("wallet-journal".into())
             .spawn(move || writer.run(receiver))
@@ -272,14 +308,31 @@ impl Journal for FileJournal {
     }
 }
 
-fn open_segment(dir: &Path, index: u64) -> Result<(File, u64), StorageError> {
+/// Opens segment `index`, creating it with an empty header if it does not
+/// exist (or if a crash cut its creation short). Not opened in append mode:
+/// the writer writes at explicit offsets (on Linux, `pwrite` on an
+/// `O_APPEND` file appends whatever the offset, which the header needs).
+fn open_segment(dir: &Path, index: u64) -> Result<(File, u64, Header), StorageError> {
     let path = segment_path(dir, index);
+    let io = |e| StorageError::io(&path, e);
     let file =
-        OpenOptions::new().create(true).append(true).open(&path).map_err(|e| StorageError::io(&path, e))?;
-    let size = file.metadata().map_err(|e| StorageError::io(&path, e))?.len();
+        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+    let mut size = file.metadata().map_err(io)?.len();
+    let header = if size < HEADER_LEN {
+        let header = Header::empty();
+        file.set_len(0).map_err(io)?;
+        file.write_all_at(&header.block(), 0).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        size = HEADER_LEN;
+        header
+    } else {
+        let mut block = vec![0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut block, 0).map_err(io)?;
+        Header::read(&block).ok_or(StorageError::Corrupt { path: path.clone(), offset: 0 })?
+    };
     // The new file's name must be durable too, or a crash could lose the segment.
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))?;
-    Ok((file, size))
+    Ok((file, size, header))
 }
 
 struct Writer {
@@ -288,9 +341,19 @@ struct Writer {
     index: u64,
     file: File,
     size: u64,
+    /// Where the synced bytes of the current segment end: every frame
+    /// before it was acknowledged.
+    acked_end: u64,
+    /// What the segment's header says (durable once a sync covers it).
+    header: Header,
     stats: Arc<JournalStats>,
     failed: Option<JournalError>,
 }
+
+/// How long the writer waits for more work before it records the
+/// acknowledged end with a sync of its own (under load the next batch's
+/// write carries it for free).
+const IDLE_HEADER_MS: u64 = 10;
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Message>) {
@@ -314,7 +377,22 @@ impl Writer {
         let mut closing: Option<mpsc::Sender<()>> = None;
         let mut rotating: Option<mpsc::Sender<Result<u64, JournalError>>> = None;
         while closing.is_none() {
-            let Ok(first) = receiver.recv() else { break };
+            let first = if self.header.acked_end != self.acked_end && self.failed.is_none() {
+                match receiver.recv_timeout(std::time::Duration::from_millis(IDLE_HEADER_MS)) {
+                    Ok(message) => message,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(error) = self.settle_header() {
+                            tracing::error!(%error, "journal header write failed");
+                            self.failed = Some(JournalError::Io { kind: error.kind() });
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                let Ok(message) = receiver.recv() else { break };
+                message
+            };
             let mut callbacks: Vec<OnDurable> = Vec::with_capacity(1024);
             let mut frames = 0u64;
             let mut next = Some(first);
@@ -349,6 +427,11 @@ impl Writer {
                 let _ = reply.send(self.rotate());
             }
         }
+        if self.failed.is_none() {
+            if let Err(error) = self.settle_header() {
+                tracing::error!(%error, "journal header write failed at close");
+            }
+        }
         drop(completions);
         let _ = completer.join();
         if let Some(done) = closing {
@@ -360,14 +443,7 @@ impl Writer {
         if let Some(error) = self.failed {
             return Err(error);
         }
-        let result = self.file.sync_data().and_then(|()| {
-            let (file, size) = open_segment(&self.dir, self.index + 1).map_err(std::io::Error::other)?;
-            self.index += 1;
-            self.file = file;
-            self.size = size;
-            Ok(self.index)
-        });
-        result.map_err(|error| {
+        self.next_segment().map(|()| self.index).map_err(|error| {
             let failure = JournalError::Io { kind: error.kind() };
             self.failed = Some(failure);
             failure
@@ -400,14 +476,20 @@ impl Writer {
 
     fn write_and_sync(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.size >= self.options.segment_bytes_max {
-            self.file.sync_data()?;
-            self.index += 1;
-            let (file, size) = open_segment(&self.dir, self.index).map_err(std::io::Error::other)?;
-            self.file = file;
-            self.size = size;
+            self.next_segment()?;
         }
-        self.file.write_all(bytes)?;
+        // The end of the batch before goes in the header with this write:
+        // the same sync makes both durable, and the header never claims
+        // bytes that were not synced before it was written.
+        self.record_acked()?;
+        self.file.write_all_at(bytes, self.size)?;
         self.size += bytes.len() as u64;
+        self.sync()?;
+        self.acked_end = self.size;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
         if self.options.sync {
             let started = Instant::now();
             self.file.sync_data()?;
@@ -416,6 +498,80 @@ impl Writer {
             self.stats.sync_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the acknowledged end into the header if it moved (the next
+    /// sync makes it durable).
+    fn record_acked(&mut self) -> std::io::Result<()> {
+        if self.header.acked_end != self.acked_end {
+            let header = Header { generation: self.header.generation + 1, acked_end: self.acked_end };
+            header.write_slot(&self.file)?;
+            self.header = header;
+        }
+        Ok(())
+    }
+
+    /// Records the acknowledged end and makes it durable now (when idle,
+    /// at close, and before leaving a segment).
+    fn settle_header(&mut self) -> std::io::Result<()> {
+        if self.header.acked_end == self.acked_end {
+            return Ok(());
+        }
+        self.record_acked()?;
+        self.sync()
+    }
+
+    /// Closes the current segment with its final acknowledged end and
+    /// starts the next one.
+    fn next_segment(&mut self) -> std::io::Result<()> {
+        self.settle_header()?;
+        let (file, size, header) = open_segment(&self.dir, self.index + 1).map_err(std::io::Error::other)?;
+        self.index += 1;
+        (self.file, self.size, self.header, self.acked_end) = (file, size, header, size);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(dir: &Path) -> Result<(Header, u64), StorageError> {
+        let path = segment_path(dir, 0);
+        let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+        let header = Header::read(&bytes).ok_or(StorageError::Corrupt { path, offset: 0 })?;
+        Ok((header, bytes.len() as u64))
+    }
+
+    /// The header never claims more than was synced, and catches up with
+    /// what was acknowledged once the writer is idle, and at close.
+    #[test]
+    fn the_header_records_the_acknowledged_end() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io(Path::new("tmp"), e))?;
+        let journal = FileJournal::start(dir.path(), JournalOptions::default())?;
+        assert_eq!(header(dir.path())?, (Header::empty(), HEADER_LEN));
+        let (done, durable) = mpsc::channel();
+        journal.append(
+            Record::Batch(Vec::new()),
+            Box::new(move |result| {
+                let _ = done.send(result);
+            }),
+        );
+        assert_eq!(durable.recv().ok(), Some(Ok(())));
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (header, len) = header(dir.path())?;
+            assert!(header.acked_end <= len);
+            if header.acked_end == len {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the idle writer never recorded the acknowledged end");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        journal.close();
+        let (header, len) = header(dir.path())?;
+        assert_eq!(header.acked_end, len);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //!   `fdatasync` per batch) and its reader, which cuts torn tails and reports
 //!   any other damage.
 //! - [`snapshot`]: sled snapshots of accounts, holds and older transfers.
+//! - [`segment`]: the header of a journal segment: where its acknowledged part ends.
 //! - [`scan`]: what a checkpoint reads from the journal segments it retires.
 //! - [`embedded`]: the single-node ledger: recover from the data directory,
 //!   then serve.
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod journal;
 pub mod runs;
 pub mod scan;
+pub mod segment;
 pub mod snapshot;
 
 pub use embedded::{CheckpointReport, EmbeddedLedger, EmbeddedOptions};

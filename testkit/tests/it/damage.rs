@@ -36,30 +36,64 @@ async fn balance_of_2(dir: &std::path::Path) -> Result<u128, StorageError> {
     Ok(view.map_or(0, |v| v.account.balances.credits_posted))
 }
 
+/// Offset where frames start in a segment (after its header).
+const HEADER_LEN: usize = wallet_storage::segment::HEADER_LEN as usize;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_at_the_last_whole_record() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     write_some(dir.path(), 20).await?;
     let path = segment(dir.path())?;
-    let length = std::fs::metadata(&path)?.len();
-    // Every cut inside the last record loses that record only.
-    for cut in [1u64, 5, 17, 40] {
+    let original = std::fs::read(&path)?;
+    // A torn write is what a crash leaves of a batch that was never
+    // acknowledged: part of a frame after the acknowledged end. Every such
+    // tail is cut, and the acknowledged transfers all stay.
+    let frame = &original[original.len() - 60..];
+    for kept in [1usize, 5, 17, 40] {
         let copy = tempfile::tempdir()?;
         copy_dir(dir.path(), copy.path())?;
-        let file = std::fs::OpenOptions::new().write(true).open(segment(copy.path())?)?;
-        file.set_len(length - cut)?;
-        let balance = balance_of_2(copy.path()).await?;
-        assert!(balance == 190 || balance == 200, "cut {cut}: balance {balance}");
+        let mut bytes = original.clone();
+        bytes.extend_from_slice(&frame[..kept]);
+        std::fs::write(segment(copy.path())?, bytes)?;
+        assert_eq!(balance_of_2(copy.path()).await?, 200, "torn tail of {kept} bytes");
         // And the ledger keeps working after the cut.
         let node = open(copy.path(), test_options(4, Arc::new(ManualClock::new(1)))).await?;
         node.ledger.submit_one(posted(1_000, 1, 2, 5)).await??;
         node.shutdown().await;
     }
     // Zeros after the last record (a preallocated or half-written block) are cut too.
-    let mut bytes = std::fs::read(&path)?;
+    let mut bytes = original.clone();
     bytes.extend([0u8; 512]);
     std::fs::write(&path, bytes)?;
     assert_eq!(balance_of_2(dir.path()).await?, 200);
+    Ok(())
+}
+
+/// The last frame was acknowledged: cutting or damaging it is the loss of an
+/// acknowledged transfer, an error naming the place, never a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_acknowledged_last_frame_is_an_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_some(dir.path(), 20).await?;
+    let path = segment(dir.path())?;
+    let original = std::fs::read(&path)?;
+    let last_frame_starts = original.len() - 60;
+    for cut in [1usize, 5, 17, 40] {
+        std::fs::write(&path, &original[..original.len() - cut])?;
+        match balance_of_2(dir.path()).await {
+            Err(StorageError::Corrupt { offset, .. }) => assert!(offset as usize >= last_frame_starts - 60),
+            other => panic!("cut of {cut} bytes: expected a corruption error, got {other:?}"),
+        }
+    }
+    for position in (last_frame_starts..original.len()).step_by(3) {
+        let mut bytes = original.clone();
+        bytes[position] ^= 0x55;
+        std::fs::write(&path, &bytes)?;
+        match balance_of_2(dir.path()).await {
+            Err(StorageError::Corrupt { .. } | StorageError::Decode { .. }) => {}
+            other => panic!("flip at {position}: expected a corruption error, got {other:?}"),
+        }
+    }
     Ok(())
 }
 
@@ -69,10 +103,8 @@ async fn damage_before_the_tail_is_an_error() -> anyhow::Result<()> {
     write_some(dir.path(), 20).await?;
     let path = segment(dir.path())?;
     let original = std::fs::read(&path)?;
-    // Flip bytes all over the file but its last record: payloads, checksums
-    // and length fields alike.
-    let last_record_starts = original.len() - 60;
-    for position in (0..last_record_starts).step_by(7) {
+    // Flip bytes all over the frames: payloads, checksums and length fields alike.
+    for position in (HEADER_LEN..original.len()).step_by(7) {
         let mut bytes = original.clone();
         bytes[position] ^= 0x55;
         std::fs::write(&path, &bytes)?;
@@ -80,6 +112,26 @@ async fn damage_before_the_tail_is_an_error() -> anyhow::Result<()> {
             Err(StorageError::Corrupt { offset, .. }) => assert!(offset as usize <= position),
             Err(StorageError::Decode { .. }) | Err(StorageError::UnsupportedVersion { .. }) => {}
             other => panic!("flip at {position}: expected a corruption error, got {other:?}"),
+        }
+    }
+    // The header keeps two slots: damage to one leaves the other, and the
+    // journal reads whole; damage to both is an error.
+    for slots in [vec![0usize], vec![2048], vec![0, 2048]] {
+        // On a copy: a start that succeeds takes a checkpoint, after which
+        // this segment is no longer read.
+        let copy = tempfile::tempdir()?;
+        copy_dir(dir.path(), copy.path())?;
+        let mut bytes = original.clone();
+        for at in &slots {
+            for byte in &mut bytes[at + 8..at + 16] {
+                *byte ^= 0x55;
+            }
+        }
+        std::fs::write(segment(copy.path())?, &bytes)?;
+        let read = balance_of_2(copy.path()).await;
+        match slots.len() {
+            1 => assert_eq!(read?, 200, "slot {slots:?} damaged"),
+            _ => assert!(matches!(read, Err(StorageError::Corrupt { offset: 0, .. })), "{read:?}"),
         }
     }
     Ok(())
