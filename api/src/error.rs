@@ -4,6 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use wallet_actors::asset::AssetError;
 use wallet_actors::rejection::InvalidInput;
 use wallet_actors::risk::RuleError;
 use wallet_actors::{LedgerError, Rejection};
@@ -22,6 +23,9 @@ pub enum ApiError {
         /// What is wrong with it.
         source: InvalidInput,
     },
+    /// An asset code and scale that do not make an asset.
+    #[error("{0}")]
+    InvalidAsset(AssetError),
     /// An id that is not a UUID.
     #[error("{field} must be a UUID")]
     InvalidId {
@@ -172,6 +176,14 @@ fn invalid_input_code(input: InvalidInput) -> &'static str {
     }
 }
 
+fn asset_error_code(error: AssetError) -> &'static str {
+    match error {
+        AssetError::Malformed(input) => invalid_input_code(input),
+        AssetError::MissingScale => "missing_scale",
+        AssetError::ScaleMismatch { .. } => "scale_mismatch",
+    }
+}
+
 /// One code per way a rule can be out of range, named like the variant.
 fn rule_error_code(error: &RuleError) -> &'static str {
     match error {
@@ -190,6 +202,7 @@ impl ApiError {
         match self {
             ApiError::Rejected(rejection) => (rejection_status(*rejection), rejection.code()),
             ApiError::InvalidInput { source, .. } => (StatusCode::BAD_REQUEST, invalid_input_code(*source)),
+            ApiError::InvalidAsset(error) => (StatusCode::BAD_REQUEST, asset_error_code(*error)),
             ApiError::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
             ApiError::InvalidRule(error) => (StatusCode::BAD_REQUEST, rule_error_code(error)),
             ApiError::InvalidField { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -292,5 +305,8 @@ mod tests {
         let error = ApiError::InvalidInput { field: "amount", source: InvalidInput::MalformedAmount };
         assert_eq!(error.status_and_code(), (StatusCode::BAD_REQUEST, "malformed_amount"));
         assert_eq!(ApiError::from(LedgerError::Timeout).status_and_code().0, StatusCode::GATEWAY_TIMEOUT);
+        let mismatch = ApiError::InvalidAsset(AssetError::ScaleMismatch { expected: 2, given: 3 });
+        assert_eq!(mismatch.status_and_code(), (StatusCode::BAD_REQUEST, "scale_mismatch"));
+        assert_eq!(mismatch.to_string(), "ISO 4217 gives this currency scale 2, not 3");
     }
 }

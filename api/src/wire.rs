@@ -211,10 +211,13 @@ pub struct FlagsBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccountBody {
-    /// Asset code, e.g. `USD`.
+    /// Asset code: 1 to 12 of `A-Z`, `0-9`, `_`, e.g. `USD` or `BTC`.
     pub asset: String,
-    /// Decimal places of the minor unit, e.g. 2.
-    pub scale: u8,
+    /// Decimal places of the minor unit, 0 to 18. An ISO 4217 currency has
+    /// its own (USD 2, JPY 0, KWD 3): omit it, or give that one
+    /// (`scale_mismatch` otherwise). Required for any other asset
+    /// (`missing_scale`), e.g. 8 for `BTC`.
+    pub scale: Option<u8>,
     /// Admin only: the account's UUID (generated when absent).
     pub id: Option<String>,
     /// Admin only: the owner (the caller when absent).

@@ -29,7 +29,7 @@ use crate::wire::{
         (status = 201, body = AccountView),
         (status = 403, description = "Admin-only fields", body = Problem),
         (status = 409, description = "account_exists", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed input, e.g. missing_scale, scale_mismatch, malformed_asset", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -43,8 +43,7 @@ pub async fn create_account(
     if privileged {
         caller.require_admin()?;
     }
-    let asset = Asset::new(&body.asset, body.scale)
-        .map_err(|source| ApiError::InvalidInput { field: "asset", source })?;
+    let asset = Asset::with_iso_scale(&body.asset, body.scale).map_err(ApiError::InvalidAsset)?;
     let owner = match &body.user_id {
         Some(text) => {
             let owner = parse_uuid("user_id", text)?;

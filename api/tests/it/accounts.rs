@@ -102,3 +102,43 @@ async fn an_admin_cannot_hand_one_users_account_to_another() -> anyhow::Result<(
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(0), "{}", listed.body);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_iso_currency_takes_its_scale_from_iso_4217() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, token) = app.user("ada").await?;
+    for (asset, scale) in [("USD", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3), ("CLF", 4)] {
+        let reply = app.post("/v1/accounts", Some(&token), &json!({"asset": asset})).await?;
+        assert_eq!(reply.status, StatusCode::CREATED, "{asset}: {}", reply.body);
+        assert_eq!(reply.body["scale"], scale, "{asset}");
+    }
+    // The scale ISO gives may be repeated, and another asset names its own.
+    let same = app.post("/v1/accounts", Some(&token), &json!({"asset": "USD", "scale": 2})).await?;
+    assert_eq!(same.status, StatusCode::CREATED, "{}", same.body);
+    for (body, scale) in [(json!({"asset": "BTC", "scale": 8}), 8), (json!({"asset": "XAU", "scale": 3}), 3)]
+    {
+        let reply = app.post("/v1/accounts", Some(&token), &body).await?;
+        assert_eq!(reply.status, StatusCode::CREATED, "{body}: {}", reply.body);
+        assert_eq!(reply.body["scale"], scale, "{body}");
+    }
+
+    let refused = [
+        (json!({"asset": "BTC"}), "missing_scale"),
+        // ISO lists no minor unit for gold ("N.A."), so it needs one.
+        (json!({"asset": "XAU"}), "missing_scale"),
+        (json!({"asset": "USD", "scale": 3}), "scale_mismatch"),
+        (json!({"asset": "JPY", "scale": 2}), "scale_mismatch"),
+        (json!({"asset": "usd"}), "malformed_asset"),
+        (json!({"asset": "BTC", "scale": 19}), "malformed_asset"),
+    ];
+    for (body, code) in refused {
+        let reply = app.post("/v1/accounts", Some(&token), &body).await?;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", reply.body);
+        assert_eq!(reply.code(), code, "{body}");
+        assert_eq!(reply.content_type, "application/problem+json");
+    }
+    let listed = app.get("/v1/accounts", Some(&token)).await?;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(8), "a refusal opens nothing");
+    app.stop().await?;
+    Ok(())
+}
