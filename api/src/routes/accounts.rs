@@ -237,8 +237,21 @@ pub async fn close(
     set_status(&state, &caller, &id, AccountStatus::Closed).await
 }
 
+/// Most history entries one page of `GET /v1/accounts/{id}/transfers` reads
+/// to find its transfers. The opening and status changes are entries too
+/// but not transfers, so a page reads on past them; only after this many
+/// (thousands of status changes in a row) does it come back short, with a
+/// `next_cursor` to go on from.
+pub const HISTORY_SCAN_MAX: usize = 10 * crate::users::LIST_LIMIT_MAX;
+
+/// Largest read of the ledger's history (what `Ledger::history` allows).
+const HISTORY_READ_MAX: usize = 1000;
+
 /// `GET /v1/accounts/{id}/transfers`: the account's transfers, oldest first,
 /// each with the balance right after it; paged by account sequence number.
+/// A page holds `limit` transfers whenever that many follow the cursor:
+/// events that are not transfers (the opening, status changes) take no
+/// place in it. `next_cursor` is the last sequence number the page read.
 #[utoipa::path(
     get,
     path = "/v1/accounts/{id}/transfers",
@@ -261,25 +274,55 @@ pub async fn account_transfers(
     let id = account_id("id", &id)?;
     state.visible_account(&caller, id, Rejection::AccountNotFound).await?;
     let (after, limit) = crate::routes::users::numbered_page(query.cursor.as_deref(), query.limit)?;
-    let entries = state.ledger.history(id, after, limit).await?;
-    let next_cursor =
-        (entries.len() == limit).then(|| entries.last().map(|e| e.sequence.to_string())).flatten();
-    let mut items = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        let wallet_actors::shard::HistoryEvent::Leg(leg) = &entry.event else { continue };
-        let side = match leg.side {
-            wallet_actors::account::Side::Debit => "debit",
-            wallet_actors::account::Side::Credit => "credit",
-        };
-        items.push(HistoryItemView {
-            sequence: entry.sequence,
-            side: side.to_string(),
-            posted_delta: leg.posted_add.to_string(),
-            pending_added: leg.pending_add.to_string(),
-            pending_released: leg.pending_sub.to_string(),
-            balance: (&entry.balances).into(),
-            transfer: state.ledger.transfer(leg.transfer_id).as_ref().map(TransferView::from),
-        });
+    let mut items = Vec::with_capacity(limit);
+    let mut last_read = after;
+    let mut scanned = 0;
+    let mut ended = false;
+    // The first read asks for just what the page lacks (most often the
+    // page fills from it); each further one for twice as many, so a long
+    // run of status changes costs few round trips.
+    for reads in 0u32.. {
+        if items.len() == limit || scanned >= HISTORY_SCAN_MAX {
+            break;
+        }
+        let lacking = limit - items.len();
+        let size = lacking.saturating_mul(1 << reads.min(10)).min(HISTORY_READ_MAX);
+        let entries = state.ledger.history(id, last_read, size).await?;
+        ended = entries.len() < size;
+        for entry in &entries {
+            if items.len() == limit {
+                // Read but not used: the next page starts here.
+                ended = false;
+                break;
+            }
+            last_read = entry.sequence;
+            scanned += 1;
+            if let Some(item) = history_item(&state, entry) {
+                items.push(item);
+            }
+        }
+        if ended {
+            break;
+        }
     }
+    let next_cursor = (!ended).then(|| last_read.to_string());
     Ok(Json(Page { items, next_cursor }))
+}
+
+/// The page item of a history entry, if it is a transfer's.
+fn history_item(state: &AppState, entry: &wallet_actors::shard::HistoryEntry) -> Option<HistoryItemView> {
+    let wallet_actors::shard::HistoryEvent::Leg(leg) = &entry.event else { return None };
+    let side = match leg.side {
+        wallet_actors::account::Side::Debit => "debit",
+        wallet_actors::account::Side::Credit => "credit",
+    };
+    Some(HistoryItemView {
+        sequence: entry.sequence,
+        side: side.to_string(),
+        posted_delta: leg.posted_add.to_string(),
+        pending_added: leg.pending_add.to_string(),
+        pending_released: leg.pending_sub.to_string(),
+        balance: (&entry.balances).into(),
+        transfer: state.ledger.transfer(leg.transfer_id).as_ref().map(TransferView::from),
+    })
 }
