@@ -118,6 +118,51 @@ pub fn transfer_id(field: &'static str, text: &str) -> Result<TransferId, ApiErr
     TransferId::new(uuid.as_u128()).map_err(|_| ApiError::InvalidId { field })
 }
 
+/// The top bits of every transfer id the server derives, and of no id a
+/// client may send: transfer ids in `ffffffff-…` are the server's, as
+/// account ids there are the settlement accounts'
+/// (`wallet_actors::ledger::SETTLEMENT_ID_PREFIX`).
+///
+/// A post or void sent without an id gets [`derived_transfer_id`], so that
+/// a retry is a replay and only one resolution of a hold can win. Were the
+/// derived id an ordinary one, the other party of the hold could compute
+/// it and spend it first on an unrelated transfer of their own, and the
+/// rightful post would get 409 `exists_with_different_fields`; so
+/// [`client_transfer_id`] refuses the range on every route that takes a
+/// new transfer's id (400 `reserved_transfer_id`).
+///
+/// Why a reserved range rather than a keyed hash (the pending id under a
+/// server secret): the derivation stays a function of the pending id
+/// alone, so a retry after a restart, on another node, or after a secret
+/// changed derives the same id and is still a replay; a keyed hash needs a
+/// secret every node shares for the life of the ledger, and a changed one
+/// would turn the retry into a second resolution. The cost is that a
+/// random client id falls in the range once in 2^32 draws and is refused.
+pub const RESERVED_TRANSFER_ID_PREFIX: u128 = 0xffff_ffff << 96;
+
+/// Whether a transfer id is in the range reserved for derived ids.
+pub fn is_reserved_transfer_id(id: TransferId) -> bool {
+    id.get() & RESERVED_TRANSFER_ID_PREFIX == RESERVED_TRANSFER_ID_PREFIX
+}
+
+/// The id of a post (`what` = "post") or void ("void") of the pending
+/// transfer `pending` sent without an id: a name-based UUID of the pending
+/// id, moved into the reserved range (see [`RESERVED_TRANSFER_ID_PREFIX`]).
+pub fn derived_transfer_id(pending: TransferId, what: &str) -> Result<TransferId, ApiError> {
+    let name_based = Uuid::new_v5(&Uuid::from_u128(pending.get()), what.as_bytes()).as_u128();
+    TransferId::new(RESERVED_TRANSFER_ID_PREFIX | name_based).map_err(|_| ApiError::Internal)
+}
+
+/// The id a client gives a new transfer (a body's `id`): a UUID, not zero,
+/// and outside the range of derived ids.
+pub fn client_transfer_id(field: &'static str, text: &str) -> Result<TransferId, ApiError> {
+    let id = transfer_id(field, text)?;
+    if is_reserved_transfer_id(id) {
+        return Err(ApiError::ReservedTransferId { field });
+    }
+    Ok(id)
+}
+
 /// The ledger's owner id of a user: the user's UUID as an integer. User
 /// UUIDs are random (v4), so never zero and never [`UserId::SYSTEM`].
 pub fn ledger_user_id(user: Uuid) -> Result<UserId, ApiError> {
@@ -181,6 +226,21 @@ mod tests {
         for bad in ["", "ada", "ada@", "@example.com", "a b@example.com", "a@b@example.com", "ada@com"] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn derived_ids_are_reserved_and_client_ids_may_not_be() -> Result<(), ApiError> {
+        let pending = transfer_id("id", &Uuid::new_v4().to_string())?;
+        let post = derived_transfer_id(pending, "post")?;
+        let void = derived_transfer_id(pending, "void")?;
+        assert!(is_reserved_transfer_id(post) && is_reserved_transfer_id(void));
+        assert_ne!(post, void);
+        assert_eq!(derived_transfer_id(pending, "post")?, post, "a retry derives the same id");
+        let refused = client_transfer_id("id", &uuid_text(post.get())).err().map(|e| e.status_and_code().1);
+        assert_eq!(refused, Some("reserved_transfer_id"));
+        let edge = client_transfer_id("id", "fffffffe-ffff-ffff-ffff-ffffffffffff")?;
+        assert!(!is_reserved_transfer_id(edge));
+        Ok(())
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub enum ApiError {
         /// The request field.
         field: &'static str,
     },
+    /// A new transfer's id in the range of ids the server derives.
+    #[error("{field} is in the range reserved for ids the server derives (ffffffff-…); choose another")]
+    ReservedTransferId {
+        /// The request field.
+        field: &'static str,
+    },
     /// A risk rule whose parameters are out of range.
     #[error("{0}")]
     InvalidRule(RuleError),
@@ -204,6 +210,7 @@ impl ApiError {
             ApiError::InvalidInput { source, .. } => (StatusCode::BAD_REQUEST, invalid_input_code(*source)),
             ApiError::InvalidAsset(error) => (StatusCode::BAD_REQUEST, asset_error_code(*error)),
             ApiError::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
+            ApiError::ReservedTransferId { .. } => (StatusCode::BAD_REQUEST, "reserved_transfer_id"),
             ApiError::InvalidRule(error) => (StatusCode::BAD_REQUEST, rule_error_code(error)),
             ApiError::InvalidField { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::MalformedBody { code, .. } => (StatusCode::BAD_REQUEST, code),

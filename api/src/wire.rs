@@ -16,7 +16,9 @@ use wallet_actors::{
     TransferStatus, UserId,
 };
 
-use crate::domain::{account_id, parse_uuid, rfc3339, transfer_id, uuid_text, Email, Password, UserName};
+use crate::domain::{
+    account_id, client_transfer_id, parse_uuid, rfc3339, uuid_text, Email, Password, UserName,
+};
 use crate::error::ApiError;
 use crate::users::{Role, StoredUser};
 
@@ -312,7 +314,8 @@ impl From<&Account> for AccountView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyBody {
-    /// Client-chosen UUID; also the idempotency key.
+    /// Client-chosen UUID; also the idempotency key. Not in `ffffffff-…`
+    /// (reserved for ids the server derives: 400 `reserved_transfer_id`).
     pub id: String,
     /// The account credited (deposit) or debited (withdrawal).
     pub account_id: String,
@@ -340,7 +343,7 @@ impl TryFrom<MoneyBody> for MoneyCommand {
 
     fn try_from(body: MoneyBody) -> Result<Self, Self::Error> {
         Ok(MoneyCommand {
-            id: transfer_id("id", &body.id)?,
+            id: client_transfer_id("id", &body.id)?,
             account_id: account_id("account_id", &body.account_id)?,
             amount: parse_amount("amount", &body.amount)?,
             reference: body.reference,
@@ -352,7 +355,8 @@ impl TryFrom<MoneyBody> for MoneyCommand {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
-    /// Client-chosen UUID; also the idempotency key.
+    /// Client-chosen UUID; also the idempotency key. Not in `ffffffff-…`
+    /// (reserved for ids the server derives: 400 `reserved_transfer_id`).
     pub id: String,
     /// The account money leaves (must be the caller's).
     pub from_account_id: String,
@@ -385,7 +389,7 @@ impl TryFrom<TransferBody> for TransferCommand {
     type Error = ApiError;
 
     fn try_from(body: TransferBody) -> Result<Self, Self::Error> {
-        let id = transfer_id("id", &body.id)?;
+        let id = client_transfer_id("id", &body.id)?;
         let from = account_id("from_account_id", &body.from_account_id)?;
         let to = account_id("to_account_id", &body.to_account_id)?;
         let amount = parse_amount("amount", &body.amount)?;
@@ -454,7 +458,8 @@ pub struct BatchView {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostBody {
-    /// Id of the post (derived from the pending id when absent).
+    /// Id of the post (derived from the pending id when absent, in the
+    /// reserved range `ffffffff-…`, which a client's id may not be in).
     pub id: Option<String>,
     /// How much to post (the whole hold when absent).
     pub amount: Option<String>,
@@ -464,7 +469,8 @@ pub struct PostBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoidBody {
-    /// Id of the void (derived from the pending id when absent).
+    /// Id of the void (derived from the pending id when absent, in the
+    /// reserved range `ffffffff-…`, which a client's id may not be in).
     pub id: Option<String>,
 }
 

@@ -7,14 +7,13 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use uuid::Uuid;
 use wallet_actors::account::Side;
 use wallet_actors::registry::TransferRecord;
 use wallet_actors::transfer::BATCH_SIZE_MAX;
 use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferRequest, TransferResult, UserId};
 
 use crate::auth::Caller;
-use crate::domain::{ledger_user_id, transfer_id};
+use crate::domain::{client_transfer_id, derived_transfer_id, ledger_user_id, transfer_id};
 use crate::error::{ApiError, Problem};
 use crate::extract::{optional_json, ApiBytes, ApiJson};
 use crate::state::AppState;
@@ -322,13 +321,6 @@ pub async fn get_transfer(
     Ok(Json(TransferView::from(&record)))
 }
 
-/// The id of a post or void when the client sends none: derived from the
-/// pending id, so a retry is a replay and only one resolution can win.
-fn derived_id(pending: TransferId, what: &str) -> Result<TransferId, ApiError> {
-    let id = Uuid::new_v5(&Uuid::from_u128(pending.get()), what.as_bytes());
-    TransferId::new(id.as_u128()).map_err(|_| ApiError::Internal)
-}
-
 /// `POST /v1/transfers/{id}/post` {id?, amount?}: either party or an admin;
 /// only an admin for a review hold.
 #[utoipa::path(
@@ -362,11 +354,13 @@ pub async fn post_pending(
     resolve(&state, &caller, TransferRequest::PostPending { id, pending_id, amount }, pending_id).await
 }
 
-/// The id of a post or void: the client's, or one derived from the pending id.
+/// The id of a post or void: the client's, or one derived from the pending
+/// id (in a range no client id may be in: see
+/// [`crate::domain::RESERVED_TRANSFER_ID_PREFIX`]).
 fn resolution_id(pending_id: TransferId, given: Option<&str>, what: &str) -> Result<TransferId, ApiError> {
     match given {
-        Some(text) => transfer_id("id", text),
-        None => derived_id(pending_id, what),
+        Some(text) => client_transfer_id("id", text),
+        None => derived_transfer_id(pending_id, what),
     }
 }
 

@@ -242,3 +242,74 @@ async fn a_history_page_holds_limit_transfers_whatever_events_lie_between() -> a
     app.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_other_party_cannot_take_the_id_of_a_post_first() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_, ada) = app.user("ada").await?;
+    let (_, bob) = app.user("bob").await?;
+    let adas = app.account(&ada).await?;
+    let bobs = app.account(&bob).await?;
+    let bobs_other = app.account(&bob).await?;
+    assert_eq!(app.deposit(&adas, "1000").await?.status, StatusCode::CREATED);
+    assert_eq!(app.deposit(&bobs, "10").await?.status, StatusCode::CREATED);
+    let hold = new_id();
+    let body = json!({"id": hold, "from_account_id": adas, "to_account_id": bobs, "amount": "300",
+                      "pending": true});
+    assert_eq!(app.post("/v1/transfers", Some(&ada), &body).await?.status, StatusCode::CREATED);
+
+    // Bob, the credit side of the hold, knows how the server derives the id
+    // of a post or void sent without one (the code is open), and tries to
+    // spend it first on something of his own, by every route that takes an id.
+    let pending = wallet_api::domain::transfer_id("id", &hold).map_err(anyhow::Error::msg)?;
+    let mut derived = Vec::new();
+    for what in ["post", "void"] {
+        let id = wallet_api::domain::derived_transfer_id(pending, what).map_err(anyhow::Error::msg)?;
+        derived.push(uuid::Uuid::from_u128(id.get()).to_string());
+    }
+    let his_hold = new_id();
+    let body = json!({"id": his_hold, "from_account_id": bobs, "to_account_id": bobs_other, "amount": "5",
+                      "pending": true});
+    assert_eq!(app.post("/v1/transfers", Some(&bob), &body).await?.status, StatusCode::CREATED);
+    for id in &derived {
+        let transfer = json!({"id": id, "from_account_id": bobs, "to_account_id": bobs_other, "amount": "1"});
+        let attempts = [
+            ("/v1/transfers", transfer.clone()),
+            ("/v1/withdrawals", json!({"id": id, "account_id": bobs, "amount": "1"})),
+            (&format!("/v1/transfers/{his_hold}/post")[..], json!({"id": id})),
+            (&format!("/v1/transfers/{his_hold}/void")[..], json!({"id": id})),
+        ];
+        for (path, body) in attempts {
+            let reply = app.post(path, Some(&bob), &body).await?;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.body);
+            assert_eq!(reply.code(), "reserved_transfer_id", "{path}");
+        }
+        let batch = app.post("/v1/transfers/batch", Some(&bob), &json!({"transfers": [transfer]})).await?;
+        assert_eq!(batch.body["results"][0]["error"]["code"], "reserved_transfer_id", "{}", batch.body);
+        let deposit = json!({"id": id, "account_id": bobs, "amount": "1"});
+        let reply = app.post("/v1/deposits", Some(&app.admin_token), &deposit).await?;
+        assert_eq!(reply.code(), "reserved_transfer_id", "not even the admin");
+    }
+    // The name-based ids of before, unreserved, are ordinary ids now: taking them harms no one.
+    let uuid = uuid::Uuid::parse_str(&hold)?;
+    for what in ["post", "void"] {
+        let old = uuid::Uuid::new_v5(&uuid, what.as_bytes()).to_string();
+        let body = json!({"id": old, "from_account_id": bobs, "to_account_id": bobs_other, "amount": "1"});
+        assert_eq!(app.post("/v1/transfers", Some(&bob), &body).await?.status, StatusCode::CREATED);
+    }
+    assert_eq!(app.available(&bob, &bobs).await?, "3", "10, less the 5 held and the two 1s");
+
+    // Ada's post, without an id, still applies, and a retry is a replay.
+    let posted = app.post(&format!("/v1/transfers/{hold}/post"), Some(&ada), &json!({})).await?;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(posted.body["kind"], "post_pending");
+    let again = app.post(&format!("/v1/transfers/{hold}/post"), Some(&ada), &json!({})).await?;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["id"], posted.body["id"]);
+    assert_eq!(posted.body["id"], derived[0].as_str());
+    assert_eq!(app.available(&ada, &adas).await?, "700");
+    let read = app.get(&format!("/v1/transfers/{}", derived[0]), Some(&bob)).await?;
+    assert_eq!(read.status, StatusCode::OK, "a derived id may be read: {}", read.body);
+    app.stop().await?;
+    Ok(())
+}
