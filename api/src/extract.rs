@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
@@ -103,4 +103,25 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
     let detail = rejection.body_text();
     let code = if detail.contains("unknown field") { "unknown_field" } else { "malformed_query" };
     ApiError::MalformedBody { code, detail }
+}
+
+/// The `{id}` of a route's path, as text (every path parameter of this API
+/// is a UUID named `id`; handlers parse it). One that does not decode
+/// (percent-encoded bytes that are not UTF-8) is `invalid_id`, a problem
+/// document like any other, not axum's plain-text rejection.
+#[derive(Debug)]
+pub struct IdPath(pub String);
+
+impl<S> FromRequestParts<S> for IdPath
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(IdPath(id)),
+            Err(_) => Err(ApiError::InvalidId { field: "id" }),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Accounts: open, read, list, freeze, unfreeze, close.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use wallet_actors::{
 use crate::auth::Caller;
 use crate::domain::{account_id, ledger_user_id, parse_uuid};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
 use crate::wire::{
@@ -107,7 +107,7 @@ pub async fn create_account(
 pub async fn get_account(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<AccountView>, ApiError> {
     let id = account_id("id", &id)?;
     let account = state.visible_account(&caller, id, Rejection::AccountNotFound).await?;
@@ -187,7 +187,7 @@ async fn set_status(
 pub async fn freeze(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<AccountView>, ApiError> {
     caller.require_admin()?;
     set_status(&state, &caller, &id, AccountStatus::Frozen).await
@@ -210,7 +210,7 @@ pub async fn freeze(
 pub async fn unfreeze(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<AccountView>, ApiError> {
     caller.require_admin()?;
     set_status(&state, &caller, &id, AccountStatus::Active).await
@@ -232,7 +232,7 @@ pub async fn unfreeze(
 pub async fn close(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<AccountView>, ApiError> {
     set_status(&state, &caller, &id, AccountStatus::Closed).await
 }
@@ -268,7 +268,7 @@ const HISTORY_READ_MAX: usize = 1000;
 pub async fn account_transfers(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Page<HistoryItemView>>, ApiError> {
     let id = account_id("id", &id)?;

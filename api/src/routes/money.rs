@@ -4,7 +4,7 @@
 //! The transfer id is the idempotency key: a replay of the same id and body
 //! answers 200 with the first outcome and moves nothing; a new transfer 201.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use wallet_actors::account::Side;
@@ -15,7 +15,7 @@ use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferReques
 use crate::auth::Caller;
 use crate::domain::{client_transfer_id, derived_transfer_id, ledger_user_id, transfer_id};
 use crate::error::{ApiError, Problem};
-use crate::extract::{optional_json, ApiBytes, ApiJson};
+use crate::extract::{optional_json, ApiBytes, ApiJson, IdPath};
 use crate::state::AppState;
 use crate::wire::{
     parse_amount, BatchBody, BatchItemView, BatchView, MoneyBody, MoneyCommand, PostBody, TransferBody,
@@ -313,7 +313,7 @@ async fn visible_transfer(
 pub async fn get_transfer(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<TransferView>, ApiError> {
     let id = transfer_id("id", &id)?;
     let not_found = ApiError::NotFound { code: "transfer_not_found", what: "transfer" };
@@ -344,7 +344,7 @@ pub async fn get_transfer(
 pub async fn post_pending(
     State(state): State<AppState>,
     caller: Caller,
-    Path(pending): Path<String>,
+    IdPath(pending): IdPath,
     ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let pending_id = transfer_id("id", &pending)?;
@@ -404,7 +404,7 @@ async fn resolve(
 pub async fn void_pending(
     State(state): State<AppState>,
     caller: Caller,
-    Path(pending): Path<String>,
+    IdPath(pending): IdPath,
     ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let pending_id = transfer_id("id", &pending)?;

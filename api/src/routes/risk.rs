@@ -2,14 +2,14 @@
 //! and delete rules (kept by [`crate::risk`]), and page through what they
 //! decided.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
 use crate::auth::Caller;
 use crate::domain::{account_id, parse_uuid};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::risk;
 use crate::state::AppState;
 use crate::wire::{DecisionQuery, DecisionView, Page, RuleBody, RuleView};
@@ -82,7 +82,7 @@ pub async fn list_rules(
 pub async fn get_rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<RuleView>, ApiError> {
     caller.require_admin()?;
     let entry = risk::get(&state, parse_uuid("id", &id)?)?;
@@ -109,7 +109,7 @@ pub async fn get_rule(
 pub async fn replace_rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiJson(body): ApiJson<RuleBody>,
 ) -> Result<Json<RuleView>, ApiError> {
     caller.require_admin()?;
@@ -135,7 +135,7 @@ pub async fn replace_rule(
 pub async fn delete_rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     risk::remove(&state, parse_uuid("id", &id)?).await?;

@@ -198,3 +198,19 @@ async fn a_request_past_its_time_limit_gets_504_with_its_code() -> anyhow::Resul
     assert!(server.wait()?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_path_id_that_is_not_utf8_is_a_problem_document_too() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let admin = Some(app.admin_token.as_str());
+    for path in ["/v1/accounts/%FF", "/v1/accounts/%C3%28/transfers", "/v1/risk/rules/%FF"] {
+        let reply = app.get(path, admin).await?;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(reply.content_type, "application/problem+json", "{path}");
+        assert_eq!(reply.code(), "invalid_id", "{path}");
+    }
+    let reply = app.post("/v1/transfers/%FF/post", admin, &json!({})).await?;
+    assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_id"));
+    app.stop().await?;
+    Ok(())
+}
