@@ -36,8 +36,10 @@ pub struct NewUserBody {
     /// Login email.
     pub email: String,
     /// Password, at least 8 characters.
+    #[schema(min_length = 8)]
     pub password: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -76,6 +78,7 @@ pub struct UpdateUserBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     /// UUID.
+    #[schema(format = "uuid")]
     pub id: String,
     /// Email.
     pub email: String,
@@ -84,6 +87,7 @@ pub struct UserView {
     /// `user` or `admin`.
     pub role: Role,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -106,8 +110,10 @@ pub struct ListQuery {
     /// Most items (default 100, at most 1000).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
+    #[param(format = "uuid")]
     pub cursor: Option<String>,
     /// Admin only: whose accounts.
+    #[param(format = "uuid")]
     pub user_id: Option<String>,
 }
 
@@ -118,6 +124,7 @@ pub struct HistoryQuery {
     /// Most items (default 100, at most 1000).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page (an account sequence number).
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
 }
 
@@ -129,10 +136,13 @@ pub struct HistoryItemView {
     /// `debit` or `credit`: the account's side of the transfer.
     pub side: String,
     /// Added to the posted total of that side.
+    #[schema(pattern = "^[0-9]+$")]
     pub posted_delta: String,
     /// Added to the pending total of that side (a new hold).
+    #[schema(pattern = "^[0-9]+$")]
     pub pending_added: String,
     /// Taken from the pending total (a hold posted, voided or expired).
+    #[schema(pattern = "^[0-9]+$")]
     pub pending_released: String,
     /// The account's balance right after this transfer.
     pub balance: BalanceView,
@@ -214,19 +224,24 @@ pub struct FlagsBody {
 #[serde(deny_unknown_fields)]
 pub struct NewAccountBody {
     /// Asset code: 1 to 12 of `A-Z`, `0-9`, `_`, e.g. `USD` or `BTC`.
+    #[schema(pattern = "^[A-Z0-9_]{1,12}$")]
     pub asset: String,
     /// Decimal places of the minor unit, 0 to 18. An ISO 4217 currency has
     /// its own (USD 2, JPY 0, KWD 3): omit it, or give that one
     /// (`scale_mismatch` otherwise). Required for any other asset
     /// (`missing_scale`), e.g. 8 for `BTC`.
+    #[schema(maximum = 18)]
     pub scale: Option<u8>,
     /// Admin only: the account's UUID (generated when absent).
+    #[schema(format = "uuid")]
     pub id: Option<String>,
     /// Admin only: the owner (the caller when absent).
+    #[schema(format = "uuid")]
     pub user_id: Option<String>,
     /// Admin only: limits (a user's wallet by default).
     pub flags: Option<FlagsBody>,
     /// Admin only: overdraft allowed below zero.
+    #[schema(pattern = "^[0-9]+$")]
     pub overdraft_limit: Option<String>,
 }
 
@@ -243,16 +258,22 @@ impl From<FlagsBody> for AccountFlags {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BalanceView {
     /// What the owner may spend: posted credits minus posted and pending debits.
+    #[schema(pattern = "^-?[0-9]+$")]
     pub available: String,
     /// Posted credits minus posted debits.
+    #[schema(pattern = "^-?[0-9]+$")]
     pub posted: String,
     /// Sum of posted debits.
+    #[schema(pattern = "^[0-9]+$")]
     pub debits_posted: String,
     /// Sum of posted credits.
+    #[schema(pattern = "^[0-9]+$")]
     pub credits_posted: String,
     /// Sum of pending debits.
+    #[schema(pattern = "^[0-9]+$")]
     pub debits_pending: String,
     /// Sum of pending credits.
+    #[schema(pattern = "^[0-9]+$")]
     pub credits_pending: String,
 }
 
@@ -260,8 +281,10 @@ pub struct BalanceView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccountView {
     /// UUID.
+    #[schema(format = "uuid")]
     pub id: String,
     /// The owner's UUID.
+    #[schema(format = "uuid")]
     pub user_id: String,
     /// Asset code.
     pub asset: String,
@@ -272,8 +295,10 @@ pub struct AccountView {
     /// Balances.
     pub balance: BalanceView,
     /// Overdraft limit.
+    #[schema(pattern = "^[0-9]+$")]
     pub overdraft_limit: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -316,10 +341,13 @@ impl From<&Account> for AccountView {
 pub struct MoneyBody {
     /// Client-chosen UUID; also the idempotency key. Not in `ffffffff-…`
     /// (reserved for ids the server derives: 400 `reserved_transfer_id`).
+    #[schema(format = "uuid")]
     pub id: String,
     /// The account credited (deposit) or debited (withdrawal).
+    #[schema(format = "uuid")]
     pub account_id: String,
     /// Minor units.
+    #[schema(pattern = "^[0-9]+$")]
     pub amount: String,
     /// Free text.
     pub reference: Option<String>,
@@ -357,12 +385,16 @@ impl TryFrom<MoneyBody> for MoneyCommand {
 pub struct TransferBody {
     /// Client-chosen UUID; also the idempotency key. Not in `ffffffff-…`
     /// (reserved for ids the server derives: 400 `reserved_transfer_id`).
+    #[schema(format = "uuid")]
     pub id: String,
     /// The account money leaves (must be the caller's).
+    #[schema(format = "uuid")]
     pub from_account_id: String,
     /// The account money reaches.
+    #[schema(format = "uuid")]
     pub to_account_id: String,
     /// Minor units.
+    #[schema(pattern = "^[0-9]+$")]
     pub amount: String,
     /// Hold the money instead of moving it; post or void later.
     #[serde(default)]
@@ -460,8 +492,10 @@ pub struct BatchView {
 pub struct PostBody {
     /// Id of the post (derived from the pending id when absent, in the
     /// reserved range `ffffffff-…`, which a client's id may not be in).
+    #[schema(format = "uuid")]
     pub id: Option<String>,
     /// How much to post (the whole hold when absent).
+    #[schema(pattern = "^[0-9]+$")]
     pub amount: Option<String>,
 }
 
@@ -471,6 +505,7 @@ pub struct PostBody {
 pub struct VoidBody {
     /// Id of the void (derived from the pending id when absent, in the
     /// reserved range `ffffffff-…`, which a client's id may not be in).
+    #[schema(format = "uuid")]
     pub id: Option<String>,
 }
 
@@ -478,22 +513,28 @@ pub struct VoidBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TransferView {
     /// UUID.
+    #[schema(format = "uuid")]
     pub id: String,
     /// `transfer`, `pending`, `post_pending` or `void_pending`.
     pub kind: String,
     /// `posted`, `pending`, `voided` or `expired`.
     pub status: String,
     /// Debited account.
+    #[schema(format = "uuid")]
     pub from_account_id: String,
     /// Credited account.
+    #[schema(format = "uuid")]
     pub to_account_id: String,
     /// Minor units.
+    #[schema(pattern = "^[0-9]+$")]
     pub amount: String,
     /// For post and void: the pending transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uuid")]
     pub pending_id: Option<String>,
     /// For holds with a timeout: when it expires (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// Free text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -503,6 +544,7 @@ pub struct TransferView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// True for a hold a risk rule made for review: only an admin may post
     /// or void it.
@@ -510,6 +552,7 @@ pub struct TransferView {
     pub review: bool,
     /// For a review hold: the rule that asked for it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uuid")]
     pub rule_id: Option<String>,
 }
 
@@ -564,11 +607,13 @@ pub enum RuleScopeBody {
     /// The accounts of one user.
     User {
         /// The user's UUID.
+        #[schema(format = "uuid")]
         user_id: String,
     },
     /// One account.
     Account {
         /// The account's UUID.
+        #[schema(format = "uuid")]
         account_id: String,
     },
 }
@@ -801,6 +846,7 @@ impl RuleBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuleView {
     /// UUID, chosen by the server.
+    #[schema(format = "uuid")]
     pub id: String,
     /// A name for people.
     pub name: String,
@@ -816,6 +862,7 @@ pub struct RuleView {
     /// Review rules: seconds after which the hold voids by itself; null for never.
     pub timeout_seconds: Option<u32>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -876,10 +923,12 @@ impl RuleView {
 #[serde(deny_unknown_fields)]
 pub struct DecisionQuery {
     /// Only the decisions about debits of this account.
+    #[param(format = "uuid")]
     pub account_id: Option<String>,
     /// Most items (default 100, at most 1000).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page (a decision id).
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
 }
 
@@ -889,12 +938,16 @@ pub struct DecisionView {
     /// Position in the decision log, from 1, ascending.
     pub id: u64,
     /// When it was decided (RFC 3339).
+    #[schema(format = DateTime)]
     pub at: String,
     /// The transfer (refused, or held for review).
+    #[schema(format = "uuid")]
     pub transfer_id: String,
     /// The debited account.
+    #[schema(format = "uuid")]
     pub account_id: String,
     /// The rule.
+    #[schema(format = "uuid")]
     pub rule_id: String,
     /// The rule's kind.
     #[schema(value_type = RuleKindName)]

@@ -10,15 +10,19 @@ use wallet_actors::{
 
 use crate::auth::Caller;
 use crate::domain::{account_id, ledger_user_id, parse_uuid};
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, IdPath};
+use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, Unprocessable};
 use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
 use crate::wire::{
     parse_amount, AccountView, HistoryItemView, HistoryQuery, ListQuery, NewAccountBody, Page, TransferView,
 };
 
-/// `POST /v1/accounts`.
+/// `POST /v1/accounts`: opens an account for the caller.
+///
+/// 400 `missing_scale`, `scale_mismatch`, `malformed_asset`; 403 when a user sets an
+/// admin-only field; 404 `user_not_found`; 409 `account_exists`.
 #[utoipa::path(
     post,
     path = "/v1/accounts",
@@ -26,11 +30,12 @@ use crate::wire::{
     security(("bearer" = [])),
     request_body = NewAccountBody,
     responses(
-        (status = 201, body = AccountView),
-        (status = 403, description = "Admin-only fields", body = Problem),
-        (status = 409, description = "account_exists", body = Problem),
-        (status = 400, description = "Malformed input, e.g. missing_scale, scale_mismatch, malformed_asset", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Opened", body = AccountView),
+        JsonBody,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Authenticated,
     ),
 )]
 pub async fn create_account(
@@ -90,18 +95,18 @@ pub async fn create_account(
     }
 }
 
-/// `GET /v1/accounts/{id}`.
+/// `GET /v1/accounts/{id}`: 404 `account_not_found` for another user's.
 #[utoipa::path(
     get,
     path = "/v1/accounts/{id}",
     tag = "accounts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = AccountView),
-        (status = 404, description = "account_not_found", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        BadRequest,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn get_account(
@@ -114,7 +119,7 @@ pub async fn get_account(
     Ok(Json(AccountView::from(&account)))
 }
 
-/// `GET /v1/accounts`: the caller's own; an admin may pass `user_id`.
+/// `GET /v1/accounts`: the caller's own; an admin may pass `user_id` (403 for a user).
 #[utoipa::path(
     get,
     path = "/v1/accounts",
@@ -123,8 +128,9 @@ pub async fn get_account(
     params(ListQuery),
     responses(
         (status = 200, body = Page<AccountView>),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        BadRequest,
+        Forbidden,
+        Authenticated,
     ),
 )]
 pub async fn list_accounts(
@@ -170,18 +176,20 @@ async fn set_status(
     Ok(Json(AccountView::from(&account)))
 }
 
-/// `POST /v1/accounts/{id}/freeze`: admin only.
+/// `POST /v1/accounts/{id}/freeze`: admin only; 422 `account_closed`.
 #[utoipa::path(
     post,
     path = "/v1/accounts/{id}/freeze",
     tag = "accounts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = AccountView),
-        (status = 403, body = Problem),
-        (status = 404, body = Problem),
-        (status = 422, body = Problem),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn freeze(
@@ -193,18 +201,20 @@ pub async fn freeze(
     set_status(&state, &caller, &id, AccountStatus::Frozen).await
 }
 
-/// `POST /v1/accounts/{id}/unfreeze`: admin only.
+/// `POST /v1/accounts/{id}/unfreeze`: admin only; 422 `account_closed`.
 #[utoipa::path(
     post,
     path = "/v1/accounts/{id}/unfreeze",
     tag = "accounts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = AccountView),
-        (status = 403, body = Problem),
-        (status = 404, body = Problem),
-        (status = 422, body = Problem),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn unfreeze(
@@ -216,17 +226,20 @@ pub async fn unfreeze(
     set_status(&state, &caller, &id, AccountStatus::Active).await
 }
 
-/// `POST /v1/accounts/{id}/close`: the owner or an admin; the balance must be zero.
+/// `POST /v1/accounts/{id}/close`: the owner or an admin; the balance must be zero
+/// (422 `account_balance_not_zero`, `account_has_pending`).
 #[utoipa::path(
     post,
     path = "/v1/accounts/{id}/close",
     tag = "accounts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = AccountView),
-        (status = 404, body = Problem),
-        (status = 422, description = "account_balance_not_zero, account_has_pending", body = Problem),
+        BadRequest,
+        NotFound,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn close(
@@ -257,12 +270,12 @@ const HISTORY_READ_MAX: usize = 1000;
     path = "/v1/accounts/{id}/transfers",
     tag = "accounts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID"), HistoryQuery),
+    params(("id" = String, Path, format = "uuid", description = "UUID"), HistoryQuery),
     responses(
         (status = 200, body = Page<HistoryItemView>),
-        (status = 404, description = "account_not_found", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        BadRequest,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn account_transfers(

@@ -11,7 +11,8 @@ use axum::Json;
 use serde_json::json;
 use wallet_actors::{settlement_account_id, Asset};
 
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
+use crate::openapi::{Timeout, Unavailable};
 use crate::state::AppState;
 
 /// Liveness: the process is up and can serve again without a restart.
@@ -25,7 +26,8 @@ use crate::state::AppState;
     tag = "operations",
     responses(
         (status = 200, description = "The process is up"),
-        (status = 503, description = "The journal failed: restart the process", body = Problem),
+        Unavailable,
+        Timeout,
     ),
 )]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -36,14 +38,15 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
 }
 
 /// Readiness: not stopping, the shards serve (not waiting for a rebuild),
-/// and a shard answers a read.
+/// and a shard answers a read; 503 otherwise.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready"),
-        (status = 503, description = "Stopping or the ledger does not answer", body = Problem),
+        Unavailable,
+        Timeout,
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -63,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        Timeout,
     ),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -14,8 +14,11 @@ use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferReques
 
 use crate::auth::Caller;
 use crate::domain::{client_transfer_id, derived_transfer_id, ledger_user_id, transfer_id};
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
 use crate::extract::{optional_json, ApiBytes, ApiJson, IdPath};
+use crate::openapi::{
+    Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, OptionalBody, Unprocessable,
+};
 use crate::state::AppState;
 use crate::wire::{
     parse_amount, BatchBody, BatchItemView, BatchView, MoneyBody, MoneyCommand, PostBody, TransferBody,
@@ -65,6 +68,8 @@ fn respond(state: &AppState, result: TransferResult) -> Result<(StatusCode, Json
 }
 
 /// `POST /v1/deposits`: admin only; from the asset's settlement account.
+///
+/// 409 `exists_with_different_fields`: the id was used with another body.
 #[utoipa::path(
     post,
     path = "/v1/deposits",
@@ -74,12 +79,12 @@ fn respond(state: &AppState, result: TransferResult) -> Result<(StatusCode, Json
     responses(
         (status = 201, description = "Applied", body = TransferView),
         (status = 200, description = "Replay: the first outcome", body = TransferView),
-        (status = 404, body = Problem),
-        (status = 409, description = "exists_with_different_fields", body = Problem),
-        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        JsonBody,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn deposit(
@@ -127,6 +132,8 @@ async fn settle(
 }
 
 /// `POST /v1/withdrawals`: the owner or an admin; to the asset's settlement account.
+///
+/// 409 `exists_with_different_fields`: the id was used with another body.
 #[utoipa::path(
     post,
     path = "/v1/withdrawals",
@@ -136,11 +143,11 @@ async fn settle(
     responses(
         (status = 201, description = "Applied", body = TransferView),
         (status = 200, description = "Replay: the first outcome", body = TransferView),
-        (status = 404, body = Problem),
-        (status = 409, description = "exists_with_different_fields", body = Problem),
-        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        JsonBody,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn withdraw(
@@ -152,6 +159,10 @@ pub async fn withdraw(
 }
 
 /// `POST /v1/transfers`: from one of the caller's accounts to any account.
+///
+/// 404 `debit_account_not_found` for an account not the caller's; 409
+/// `exists_with_different_fields`: the id was used with another body; 422 e.g.
+/// `insufficient_funds`.
 #[utoipa::path(
     post,
     path = "/v1/transfers",
@@ -161,11 +172,11 @@ pub async fn withdraw(
     responses(
         (status = 201, description = "Applied", body = TransferView),
         (status = 200, description = "Replay: the first outcome", body = TransferView),
-        (status = 404, body = Problem),
-        (status = 409, description = "exists_with_different_fields", body = Problem),
-        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        JsonBody,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn create_transfer(
@@ -184,6 +195,9 @@ fn batch_error(error: &ApiError) -> BatchItemView {
 }
 
 /// `POST /v1/transfers/batch`: a result per transfer; with `atomic`, all or none.
+///
+/// A transfer's refusal is in its result; 400 `batch_size_out_of_range` for no
+/// transfers or more than 8189.
 #[utoipa::path(
     post,
     path = "/v1/transfers/batch",
@@ -192,8 +206,8 @@ fn batch_error(error: &ApiError) -> BatchItemView {
     request_body = BatchBody,
     responses(
         (status = 200, description = "One result per transfer", body = BatchView),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        JsonBody,
+        Authenticated,
     ),
 )]
 pub async fn create_batch(
@@ -296,18 +310,18 @@ async fn visible_transfer(
     }
 }
 
-/// `GET /v1/transfers/{id}`.
+/// `GET /v1/transfers/{id}`: 404 `transfer_not_found` unless the caller is a party or an admin.
 #[utoipa::path(
     get,
     path = "/v1/transfers/{id}",
     tag = "money",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = TransferView),
-        (status = 404, description = "transfer_not_found", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        BadRequest,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn get_transfer(
@@ -322,23 +336,23 @@ pub async fn get_transfer(
 }
 
 /// `POST /v1/transfers/{id}/post` {id?, amount?}: either party or an admin;
-/// only an admin for a review hold.
+/// only an admin for a review hold (403 for its owner).
 #[utoipa::path(
     post,
     path = "/v1/transfers/{id}/post",
     tag = "money",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     request_body(content = Option<PostBody>),
     responses(
         (status = 201, description = "Applied", body = TransferView),
         (status = 200, description = "Replay: the first outcome", body = TransferView),
-        (status = 404, body = Problem),
-        (status = 409, description = "exists_with_different_fields", body = Problem),
-        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "A review hold: admin only", body = Problem),
+        OptionalBody,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn post_pending(
@@ -382,23 +396,23 @@ async fn resolve(
 }
 
 /// `POST /v1/transfers/{id}/void` {id?}: either party or an admin; only an
-/// admin for a review hold.
+/// admin for a review hold (403 for its owner).
 #[utoipa::path(
     post,
     path = "/v1/transfers/{id}/void",
     tag = "money",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     request_body(content = Option<VoidBody>),
     responses(
         (status = 201, description = "Applied", body = TransferView),
         (status = 200, description = "Replay: the first outcome", body = TransferView),
-        (status = 404, body = Problem),
-        (status = 409, description = "exists_with_different_fields", body = Problem),
-        (status = 422, description = "Refused by the ledger, e.g. insufficient_funds", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "A review hold: admin only", body = Problem),
+        OptionalBody,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        Authenticated,
     ),
 )]
 pub async fn void_pending(

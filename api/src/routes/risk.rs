@@ -8,8 +8,9 @@ use axum::Json;
 
 use crate::auth::Caller;
 use crate::domain::{account_id, parse_uuid};
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, IdPath};
+use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound};
 use crate::risk;
 use crate::state::AppState;
 use crate::wire::{DecisionQuery, DecisionView, Page, RuleBody, RuleView};
@@ -19,6 +20,9 @@ fn view(entry: &risk::RuleEntry) -> RuleView {
 }
 
 /// `POST /v1/risk/rules`: admin only; in force when answered.
+///
+/// 400 for a malformed rule, e.g. `unknown_rule_kind`, `invalid_parameters`,
+/// `window_out_of_range`, `malformed_amount`; 409 `too_many_rules`.
 #[utoipa::path(
     post,
     path = "/v1/risk/rules",
@@ -26,11 +30,11 @@ fn view(entry: &risk::RuleEntry) -> RuleView {
     security(("bearer" = [])),
     request_body = RuleBody,
     responses(
-        (status = 201, body = RuleView),
-        (status = 400, description = "Malformed rule, e.g. unknown_rule_kind, invalid_parameters, window_out_of_range, malformed_amount", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
-        (status = 409, description = "too_many_rules", body = Problem),
+        (status = 201, description = "In force", body = RuleView),
+        JsonBody,
+        Forbidden,
+        Conflict,
+        Authenticated,
     ),
 )]
 pub async fn create_rule(
@@ -51,8 +55,8 @@ pub async fn create_rule(
     security(("bearer" = [])),
     responses(
         (status = 200, body = Page<RuleView>),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        Forbidden,
+        Authenticated,
     ),
 )]
 pub async fn list_rules(
@@ -64,19 +68,19 @@ pub async fn list_rules(
     Ok(Json(Page { items, next_cursor: None }))
 }
 
-/// `GET /v1/risk/rules/{id}`: admin only.
+/// `GET /v1/risk/rules/{id}`: admin only; 404 `rule_not_found`.
 #[utoipa::path(
     get,
     path = "/v1/risk/rules/{id}",
     tag = "risk",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
         (status = 200, body = RuleView),
-        (status = 404, description = "rule_not_found", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn get_rule(
@@ -90,20 +94,21 @@ pub async fn get_rule(
 }
 
 /// `PUT /v1/risk/rules/{id}`: admin only; replaces the rule whole (same
-/// body as a creation), keeping its id; in force when answered.
+/// body as a creation), keeping its id; in force when answered; 404
+/// `rule_not_found`.
 #[utoipa::path(
     put,
     path = "/v1/risk/rules/{id}",
     tag = "risk",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     request_body = RuleBody,
     responses(
-        (status = 200, body = RuleView),
-        (status = 404, description = "rule_not_found", body = Problem),
-        (status = 400, description = "Malformed rule, e.g. unknown_rule_kind, invalid_parameters, window_out_of_range, malformed_amount", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        (status = 200, description = "In force", body = RuleView),
+        JsonBody,
+        Forbidden,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn replace_rule(
@@ -123,13 +128,13 @@ pub async fn replace_rule(
     path = "/v1/risk/rules/{id}",
     tag = "risk",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
     responses(
-        (status = 204, description = "Deleted"),
-        (status = 404, description = "rule_not_found", body = Problem),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        (status = 204, description = "Deleted, out of force"),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Authenticated,
     ),
 )]
 pub async fn delete_rule(
@@ -153,9 +158,9 @@ pub async fn delete_rule(
     params(DecisionQuery),
     responses(
         (status = 200, body = Page<DecisionView>),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Admin only", body = Problem),
+        BadRequest,
+        Forbidden,
+        Authenticated,
     ),
 )]
 pub async fn list_decisions(

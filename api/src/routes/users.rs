@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use crate::auth::{random_token, refresh_token_hash, Caller};
 use crate::domain::{now_ms, parse_uuid, Email, UserName};
-use crate::error::{ApiError, Problem};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
+use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, Unauthorized, V1};
 use crate::state::AppState;
 use crate::users::{RefreshRecord, Role, StoredUser};
 use crate::wire::{
@@ -33,17 +34,17 @@ pub fn numbered_page(cursor: Option<&str>, limit: Option<usize>) -> Result<(u64,
     Ok((after, limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX)))
 }
 
-/// `POST /v1/users`: anyone may sign up, as a user.
+/// `POST /v1/users`: anyone may sign up, as a user; 409 `email_taken`.
 #[utoipa::path(
     post,
     path = "/v1/users",
     tag = "users",
     request_body = NewUserBody,
     responses(
-        (status = 201, body = UserView),
-        (status = 400, body = Problem),
-        (status = 409, description = "email_taken", body = Problem),
-        (status = 429, body = Problem),
+        (status = 201, description = "Signed up", body = UserView),
+        JsonBody,
+        Conflict,
+        V1,
     ),
 )]
 pub async fn create_user(
@@ -74,7 +75,7 @@ pub async fn create_user(
     security(("bearer" = [])),
     responses(
         (status = 200, body = UserView),
-        (status = 401, body = Problem),
+        Authenticated,
     ),
 )]
 pub async fn me(caller: Caller) -> Json<UserView> {
@@ -90,8 +91,8 @@ pub async fn me(caller: Caller) -> Json<UserView> {
     request_body = UpdateUserBody,
     responses(
         (status = 200, body = UserView),
-        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        JsonBody,
+        Authenticated,
     ),
 )]
 pub async fn update_me(
@@ -116,7 +117,9 @@ pub async fn update_me(
     params(ListQuery),
     responses(
         (status = 200, body = Page<UserView>),
-        (status = 403, description = "Admin only", body = Problem),
+        BadRequest,
+        Forbidden,
+        Authenticated,
     ),
 )]
 pub async fn list_users(
@@ -151,7 +154,7 @@ async fn issue(state: &AppState, user: Uuid) -> Result<TokenView, ApiError> {
     })
 }
 
-/// `POST /v1/auth/token`: email and password for a token pair.
+/// `POST /v1/auth/token`: email and password for a token pair; 401 `invalid_credentials`.
 #[utoipa::path(
     post,
     path = "/v1/auth/token",
@@ -159,8 +162,9 @@ async fn issue(state: &AppState, user: Uuid) -> Result<TokenView, ApiError> {
     request_body = TokenBody,
     responses(
         (status = 200, body = TokenView),
-        (status = 401, description = "invalid_credentials", body = Problem),
-        (status = 429, body = Problem),
+        JsonBody,
+        Unauthorized,
+        V1,
     ),
 )]
 pub async fn token(
@@ -180,7 +184,8 @@ pub async fn token(
     Ok(Json(issue(&state, user.id).await?))
 }
 
-/// `POST /v1/auth/refresh`: a refresh token (used up) for a new pair.
+/// `POST /v1/auth/refresh`: a refresh token (used up) for a new pair; 401
+/// `invalid_refresh_token`.
 #[utoipa::path(
     post,
     path = "/v1/auth/refresh",
@@ -188,7 +193,9 @@ pub async fn token(
     request_body = RefreshBody,
     responses(
         (status = 200, body = TokenView),
-        (status = 401, description = "invalid_refresh_token", body = Problem),
+        JsonBody,
+        Unauthorized,
+        V1,
     ),
 )]
 pub async fn refresh(
