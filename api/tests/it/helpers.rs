@@ -264,6 +264,7 @@ impl Server {
             Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
             None => command.env_remove("WALLET_ADMIN_PASSWORD"),
         };
+        let had_users = dir.join("users.sled").exists();
         let mut child = command.spawn().context("starting wallet")?;
         let (lines_tx, lines) = mpsc::channel::<String>();
         let stderr = child.stderr.take().context("no stderr")?;
@@ -277,6 +278,11 @@ impl Server {
         });
         let mut address = None;
         let mut password = None;
+        // On a new data directory without a configured password the binary
+        // prints one (on stdout) before it serves (logged on stderr); the two
+        // pipes are read by two threads, so the lines may arrive in either
+        // order: wait for both.
+        let expect_password = admin_password.is_none() && !had_users;
         let found = wait_for(Duration::from_secs(60), || {
             while let Ok(line) = lines.try_recv() {
                 if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
@@ -288,18 +294,15 @@ impl Server {
                     }
                 }
             }
-            // The password line comes before the server serves.
+            if expect_password && password.is_none() && !child_exited(&mut child) {
+                return None;
+            }
             address.clone()
         });
         let Some(address) = found else {
             let _ = child.kill();
             anyhow::bail!("the server did not log its address");
         };
-        while let Ok(line) = lines.try_recv() {
-            if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
-                password = Some(p.trim().to_string());
-            }
-        }
         Ok(Server { child, base: format!("http://{address}"), password })
     }
 
@@ -318,6 +321,11 @@ impl Server {
             }
         }
     }
+}
+
+/// Whether the child has exited (then no password line will come).
+fn child_exited(child: &mut Child) -> bool {
+    !matches!(child.try_wait(), Ok(None))
 }
 
 impl Drop for Server {
