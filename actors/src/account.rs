@@ -163,6 +163,51 @@ pub struct Reserved {
     pub new_debits: (u32, u128),
 }
 
+impl Reserved {
+    /// Counts a leg that `Account::check` let through. Every total is
+    /// checked: `check` refuses a leg that would overflow one (`overflow`),
+    /// so a total leaving its range here is a broken invariant, and the
+    /// shard crashes so its supervisor rebuilds it from durable state.
+    pub fn add(&mut self, leg: &Leg) {
+        let adds = leg_adds(leg);
+        let total = match leg.side {
+            Side::Debit => &mut self.debits,
+            Side::Credit => &mut self.credits,
+        };
+        *total = total.checked_add(adds).unwrap_or_else(|| panic!("reserved total overflow: {leg:?}"));
+        if leg.is_new_debit() {
+            let (count, sum) = &mut self.new_debits;
+            *count = count.checked_add(1).unwrap_or_else(|| panic!("reserved debit count overflow: {leg:?}"));
+            *sum = sum.checked_add(adds).unwrap_or_else(|| panic!("reserved debit sum overflow: {leg:?}"));
+        }
+        self.legs =
+            self.legs.checked_add(1).unwrap_or_else(|| panic!("reserved leg count overflow: {leg:?}"));
+    }
+
+    /// Takes back what [`Reserved::add`] counted for `leg`; a total below
+    /// zero is a broken invariant, as there.
+    pub fn remove(&mut self, leg: &Leg) {
+        let adds = leg_adds(leg);
+        let total = match leg.side {
+            Side::Debit => &mut self.debits,
+            Side::Credit => &mut self.credits,
+        };
+        *total = total.checked_sub(adds).unwrap_or_else(|| panic!("reserved total below zero: {leg:?}"));
+        if leg.is_new_debit() {
+            let (count, sum) = &mut self.new_debits;
+            *count =
+                count.checked_sub(1).unwrap_or_else(|| panic!("reserved debit count below zero: {leg:?}"));
+            *sum = sum.checked_sub(adds).unwrap_or_else(|| panic!("reserved debit sum below zero: {leg:?}"));
+        }
+        self.legs =
+            self.legs.checked_sub(1).unwrap_or_else(|| panic!("reserved leg count below zero: {leg:?}"));
+    }
+}
+
+fn leg_adds(leg: &Leg) -> u128 {
+    leg.posted_add.checked_add(leg.pending_add).unwrap_or_else(|| panic!("leg amount overflow: {leg:?}"))
+}
+
 /// Posted amounts reserved on an account by earlier transfers of the same
 /// linked operation, which later transfers of it may rely on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -372,4 +417,49 @@ pub enum InvariantBroken {
         /// Its balances as they would be.
         balances: Balances,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(side: Side, posted_add: u128, pending_add: u128) -> Leg {
+        Leg {
+            account_id: AccountId::new(1).unwrap_or_else(|_| unreachable!()),
+            transfer_id: TransferId::new(1).unwrap_or_else(|_| unreachable!()),
+            side,
+            posted_add,
+            pending_add,
+            pending_sub: 0,
+        }
+    }
+
+    #[test]
+    fn reservations_add_and_remove_exactly() {
+        let mut reserved = Reserved::default();
+        let debit = leg(Side::Debit, 70, 0);
+        let hold = leg(Side::Debit, 0, 30);
+        let credit = leg(Side::Credit, 5, 0);
+        for leg in [&debit, &hold, &credit] {
+            reserved.add(leg);
+        }
+        assert_eq!(reserved, Reserved { debits: 100, credits: 5, legs: 3, new_debits: (2, 100) });
+        for leg in [&credit, &debit, &hold] {
+            reserved.remove(leg);
+        }
+        assert_eq!(reserved, Reserved::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "reserved total below zero")]
+    fn releasing_more_than_was_reserved_crashes_instead_of_wrapping() {
+        Reserved::default().remove(&leg(Side::Credit, 1, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "reserved total overflow")]
+    fn a_reserved_total_that_would_wrap_crashes() {
+        let mut reserved = Reserved { debits: u128::MAX, ..Reserved::default() };
+        reserved.add(&leg(Side::Debit, 1, 0));
+    }
 }

@@ -484,17 +484,7 @@ impl ShardState {
                 continue;
             }
             let Some(slot) = self.accounts.get_mut(&leg.account_id) else { continue };
-            let adds = leg.posted_add + leg.pending_add; // bounded by `check`
-            match leg.side {
-                Side::Debit => slot.reserved.debits += adds,
-                Side::Credit => slot.reserved.credits += adds,
-            }
-            if leg.is_new_debit() {
-                let (count, sum) = &mut slot.reserved.new_debits;
-                *count += 1;
-                *sum = sum.saturating_add(adds);
-            }
-            slot.reserved.legs += 1;
+            slot.reserved.add(leg);
             reservation.legs.push(*leg);
             reservation.assets.push((leg.account_id, slot.account.asset));
             if leg.posted_add > 0 {
@@ -584,17 +574,7 @@ impl ShardState {
     pub fn release(&mut self, reservation: &Reservation) {
         for leg in &reservation.legs {
             if let Some(slot) = self.accounts.get_mut(&leg.account_id) {
-                let adds = leg.posted_add + leg.pending_add;
-                match leg.side {
-                    Side::Debit => slot.reserved.debits -= adds,
-                    Side::Credit => slot.reserved.credits -= adds,
-                }
-                if leg.is_new_debit() {
-                    let (count, sum) = &mut slot.reserved.new_debits;
-                    *count -= 1;
-                    *sum -= adds;
-                }
-                slot.reserved.legs -= 1;
+                slot.reserved.remove(leg);
             }
         }
         for pending_id in &reservation.busy_holds {

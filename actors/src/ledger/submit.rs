@@ -295,7 +295,8 @@ fn review_hold(planned: &Planned, hit: RiskHit, now_ms: u64) -> Option<Planned> 
     held.expires_at_ms = hit.timeout_seconds.map(|s| now_ms.saturating_add(u64::from(s) * 1000));
     let mut legs = planned.legs;
     for leg in &mut legs {
-        leg.pending_add += leg.posted_add;
+        // Both at most 2^96 (an amount): no overflow.
+        leg.pending_add = leg.pending_add.saturating_add(leg.posted_add);
         leg.posted_add = 0;
     }
     Some(Planned {
