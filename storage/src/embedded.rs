@@ -27,7 +27,7 @@ use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 use crate::journal::{
     read_journal_from, read_segments, segments, FileJournal, JournalOptions, JournalStats, ReadSummary,
 };
-use crate::runs::{HistoryChunk, HistoryRuns, TransferRuns};
+use crate::runs::{HistoryChunk, HistoryRuns, TransferRuns, HISTORY_CHUNK_ENTRIES_MAX};
 use crate::scan::SegmentScan;
 use crate::snapshot::{CheckpointMeta, SnapshotStore};
 use crate::StorageError;
@@ -308,13 +308,15 @@ fn spawn_supervision(
     })
 }
 
-/// The captured history as one chunk per account, entries in order. A
-/// stable sort by account keeps each account's entries in sequence order.
+/// The captured history as chunks of one account each, entries in order,
+/// at most [`HISTORY_CHUNK_ENTRIES_MAX`] per chunk. A stable sort by account
+/// keeps each account's entries in sequence order.
 fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChunk> {
     let mut entries: Vec<&HistoryEntry> = captured.iter().flat_map(|shard| shard.history.iter()).collect();
     entries.sort_by_key(|entry| entry.account_id);
     entries
         .chunk_by(|a, b| a.account_id == b.account_id)
+        .flat_map(|run| run.chunks(HISTORY_CHUNK_ENTRIES_MAX))
         .map(|run| HistoryChunk {
             account_id: run[0].account_id,
             entries: run.iter().map(|&entry| entry.clone()).collect(),
@@ -560,5 +562,74 @@ fn lock_dir(data_dir: &Path) -> Result<fs::File, StorageError> {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path: data_dir.to_path_buf() }),
         Err(fs::TryLockError::Error(error)) => Err(StorageError::io(&path, error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wallet_actors::account::{Balances, Leg, Side};
+    use wallet_actors::actor::HistoryIndex;
+    use wallet_actors::shard::{Captured, HistoryEntry, HistoryEvent};
+    use wallet_actors::{AccountId, TransferId};
+
+    use super::*;
+
+    /// A settlement account takes a leg of every deposit: millions of
+    /// history entries in one checkpoint are written in chunks a frame can
+    /// hold, read back page by page, and survive a merge.
+    #[test]
+    fn millions_of_legs_of_one_account_are_written_and_read_back() -> Result<(), StorageError> {
+        const LEGS: u64 = 2_500_000;
+        let settlement = AccountId::new(u128::MAX).unwrap_or_else(|_| unreachable!());
+        let entry = |sequence: u64| HistoryEntry {
+            account_id: settlement,
+            sequence,
+            event: HistoryEvent::Leg(Leg {
+                account_id: settlement,
+                transfer_id: TransferId::new(u128::from(sequence)).unwrap_or_else(|_| unreachable!()),
+                side: Side::Debit,
+                posted_add: 1_000,
+                pending_add: 0,
+                pending_sub: 0,
+            }),
+            balances: Balances { debits_posted: u128::from(sequence) * 1_000, ..Balances::default() },
+        };
+        let captured =
+            Captured { history: Arc::new((2..2 + LEGS).map(entry).collect()), ..Captured::default() };
+        let chunks = history_chunks(std::slice::from_ref(&captured));
+        assert!(chunks.iter().all(|chunk| chunk.entries.len() <= HISTORY_CHUNK_ENTRIES_MAX));
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io(Path::new("tmp"), e))?;
+        let runs = HistoryRuns::open(dir.path())?;
+        runs.add(chunks)?;
+        let page = |after: u64| {
+            runs.history(settlement, after, 1_000)
+                .map(|entries| entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
+                .map_err(|_| StorageError::Decode { offset: after })
+        };
+        for after in [1, 1_234_567, LEGS - 10] {
+            let sequences = page(after)?;
+            let expected: Vec<u64> = (after + 1..=(after + 1_000).min(LEGS + 1)).collect();
+            assert_eq!(sequences, expected, "page after {after}");
+        }
+        // A later, smaller run merges with it (the newer two merge while the
+        // older is at most twice as big): still readable, and reopened too.
+        let later = Captured {
+            history: Arc::new((2 + LEGS..2 + 2 * LEGS).map(entry).collect()),
+            ..Captured::default()
+        };
+        runs.add(history_chunks(std::slice::from_ref(&later)))?;
+        assert_eq!(runs.stats().0, 1, "the two runs merged");
+        drop(runs);
+        let runs = HistoryRuns::open(dir.path())?;
+        let sequences = runs
+            .history(settlement, LEGS - 5, 10)
+            .map_err(|_| StorageError::Decode { offset: 0 })?
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>();
+        assert_eq!(sequences, (LEGS - 4..LEGS + 6).collect::<Vec<_>>());
+        Ok(())
     }
 }

@@ -11,14 +11,26 @@ pub const HEADER_LEN: usize = 8;
 /// Largest payload accepted; anything larger is corruption.
 pub const PAYLOAD_LEN_MAX: usize = 64 << 20;
 
-/// Appends one frame holding `value` to `buffer`.
+/// Appends one frame holding `value` to `buffer`. A payload over
+/// [`PAYLOAD_LEN_MAX`], which [`decode_at`] would refuse as corruption, is
+/// refused here instead (`buffer` is left as it was): nothing is ever
+/// written that cannot be read back.
 pub fn encode_into<T: Serialize>(value: &T, version: u8, buffer: &mut Vec<u8>) -> Result<(), StorageError> {
     let start = buffer.len();
     buffer.extend_from_slice(&[0u8; HEADER_LEN]);
     buffer.push(version);
     let mut buffer_taken = std::mem::take(buffer);
-    buffer_taken = postcard::to_extend(value, buffer_taken).map_err(|_| StorageError::Encode)?;
+    let encoded = postcard::to_extend(value, buffer_taken);
+    buffer_taken = match encoded {
+        Ok(extended) => extended,
+        Err(_) => return Err(StorageError::Encode),
+    };
     *buffer = buffer_taken;
+    let payload_len = buffer.len() - start - HEADER_LEN;
+    if payload_len > PAYLOAD_LEN_MAX {
+        buffer.truncate(start);
+        return Err(StorageError::TooLarge { bytes: payload_len as u64, max: PAYLOAD_LEN_MAX as u64 });
+    }
     let payload = &buffer[start + HEADER_LEN..];
     let len = u32::try_from(payload.len()).map_err(|_| StorageError::Encode)?;
     let crc = crc32fast::hash(payload);
@@ -134,6 +146,11 @@ mod tests {
             decode_at::<(u64, String)>(&flipped, end, 1)?,
             Decoded::Invalid { truncated: false }
         ));
+        // Nothing is written that the reader would refuse as too large.
+        let mut buffer = vec![1u8, 2, 3];
+        let too_large = encode_into(&vec![7u8; PAYLOAD_LEN_MAX], 1, &mut buffer);
+        assert!(matches!(too_large, Err(StorageError::TooLarge { .. })), "{too_large:?}");
+        assert_eq!(buffer, [1, 2, 3]);
         // A future version is refused, not misread.
         let future = encode(&1u8, 9)?;
         assert!(matches!(decode_at::<u8>(&future, 0, 1), Err(StorageError::UnsupportedVersion { .. })));

@@ -290,8 +290,10 @@ impl Journal for FileJournal {
     fn append(&self, record: Record, on_durable: OnDurable) {
         // Encoding here spreads its cost over the callers' threads; the
         // journal thread only copies, writes and syncs.
-        let frame = frame::encode(&record, RECORD_FORMAT_VERSION)
-            .map_err(|_| JournalError::Io { kind: std::io::ErrorKind::InvalidData });
+        let frame = encode_frames(&record).map_err(|error| {
+            tracing::error!(%error, "a journal record does not encode; refused before it could be acknowledged");
+            JournalError::Io { kind: std::io::ErrorKind::InvalidData }
+        });
         if let Err(mpsc::SendError(Message::Append(_, on_durable))) =
             self.sender.send(Message::Append(frame, on_durable))
         {
@@ -312,6 +314,33 @@ impl Journal for FileJournal {
 /// exist (or if a crash cut its creation short). Not opened in append mode:
 /// the writer writes at explicit offsets (on Linux, `pwrite` on an
 /// `O_APPEND` file appends whatever the offset, which the header needs).
+/// Encodes a record as frames. A batch (a shard's outbox) becomes one frame
+/// per record it holds, so no frame is larger than its largest record,
+/// however many records a flush carries: a frame the reader would refuse
+/// (over [`frame::PAYLOAD_LEN_MAX`]) is never written, and one record is
+/// bounded far below that by the limits on a request (8,189 transfers of
+/// at most about 1.5 KB each). A torn write of a batch so keeps a prefix of
+/// its records, as a crash between two flushes would.
+fn encode_frames(record: &Record) -> Result<Vec<u8>, StorageError> {
+    let mut buffer = Vec::with_capacity(128);
+    match record {
+        Record::Batch(records) => {
+            for record in records {
+                encode_into_frames(record, &mut buffer)?;
+            }
+        }
+        record => frame::encode_into(record, RECORD_FORMAT_VERSION, &mut buffer)?,
+    }
+    Ok(buffer)
+}
+
+fn encode_into_frames(record: &Record, buffer: &mut Vec<u8>) -> Result<(), StorageError> {
+    match record {
+        Record::Batch(records) => records.iter().try_for_each(|record| encode_into_frames(record, buffer)),
+        record => frame::encode_into(record, RECORD_FORMAT_VERSION, buffer),
+    }
+}
+
 fn open_segment(dir: &Path, index: u64) -> Result<(File, u64, Header), StorageError> {
     let path = segment_path(dir, index);
     let io = |e| StorageError::io(&path, e);
@@ -542,6 +571,53 @@ mod tests {
         let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
         let header = Header::read(&bytes).ok_or(StorageError::Corrupt { path, offset: 0 })?;
         Ok((header, bytes.len() as u64))
+    }
+
+    /// A shard's flush of many large records (here about 72 MiB in all,
+    /// more than one frame may hold) is written as a frame per record and
+    /// reads back whole.
+    #[test]
+    fn a_batch_larger_than_a_frame_reads_back_whole() -> Result<(), StorageError> {
+        use wallet_actors::risk::{Decision, RuleAction, RuleKindCode};
+        use wallet_actors::{AccountId, TransferId};
+        let dir = tempfile::tempdir().map_err(|e| StorageError::io(Path::new("tmp"), e))?;
+        let one = |n: u128| Decision {
+            id: 0,
+            at_ms: 1,
+            transfer_id: TransferId::new(n).unwrap_or_else(|_| unreachable!()),
+            account_id: AccountId::new(n).unwrap_or_else(|_| unreachable!()),
+            rule_id: wallet_actors::ids::RuleId::new(1).unwrap_or_else(|_| unreachable!()),
+            kind: RuleKindCode::MaxAmount,
+            outcome: RuleAction::Reject,
+        };
+        let per_record = 300_000u128;
+        let records: Vec<Record> = (0..6u128)
+            .map(|r| {
+                Record::Decisions((1..=per_record).map(|n| one(u128::MAX - r * per_record - n)).collect())
+            })
+            .collect();
+        let batch = Record::Batch(records);
+        let encoded = frame::encode(&batch, RECORD_FORMAT_VERSION).map(|b| b.len()).unwrap_or(usize::MAX);
+        assert!(encoded > frame::PAYLOAD_LEN_MAX, "the batch must not fit one frame ({encoded} bytes)");
+        let journal = FileJournal::start(dir.path(), JournalOptions::default())?;
+        let (done, durable) = mpsc::channel();
+        journal.append(
+            batch,
+            Box::new(move |result| {
+                let _ = done.send(result);
+            }),
+        );
+        assert_eq!(durable.recv().ok(), Some(Ok(())));
+        journal.close();
+        let mut decisions = 0u128;
+        let summary = read_journal(dir.path(), |record, _| {
+            if let Record::Decisions(found) = record {
+                decisions += found.len() as u128;
+            }
+            Ok(())
+        })?;
+        assert_eq!((summary.records, decisions), (6, 6 * per_record));
+        Ok(())
     }
 
     /// The header never claims more than was synced, and catches up with

@@ -62,6 +62,14 @@ pub enum StorageError {
     /// A record does not encode.
     #[error("a record does not encode")]
     Encode,
+    /// A record is larger than a frame may be; it was not written.
+    #[error("a record of {bytes} bytes is larger than a frame may be ({max})")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: u64,
+        /// The largest frame payload.
+        max: u64,
+    },
     /// The data directory was made with other settings.
     #[error("the data directory was created with {found} shards, not {expected}")]
     ShardCountMismatch {

@@ -37,13 +37,17 @@ use wallet_actors::ids::stable_hash;
 use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{AccountId, TransferId};
-use xorf::{BinaryFuse8, Descriptor, Filter};
+use xorf::{BinaryFuse8, Filter};
 
 use crate::frame::{self, Decoded};
 use crate::StorageError;
 
+mod footer;
+use footer::{BlockRef, Footer};
+
 /// Version of run and manifest frames.
-pub const RUN_FORMAT_VERSION: u8 = 2;
+/// 3: the footer is a sequence of frames (`runs::footer`).
+pub const RUN_FORMAT_VERSION: u8 = 3;
 
 /// Where a record sorts in a run: by `major` (the filter holds it), then
 /// `minor`. Records with equal keys replace each other; the newest run wins.
@@ -77,7 +81,14 @@ impl RunRecord for TransferRecord {
     }
 }
 
-/// One account's history entries of one checkpoint, in sequence order.
+/// Most entries in one [`HistoryChunk`]: an account with more history in
+/// one checkpoint (a settlement account takes a leg of every deposit) gets
+/// several chunks, so a block of chunks stays far below a frame's limit
+/// (8 chunks of 512 entries of about 100 bytes: about 400 KB).
+pub const HISTORY_CHUNK_ENTRIES_MAX: usize = 512;
+
+/// One account's history entries of one checkpoint, in sequence order (at
+/// most [`HISTORY_CHUNK_ENTRIES_MAX`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryChunk {
     /// The account.
@@ -98,31 +109,6 @@ impl RunRecord for HistoryChunk {
 struct Manifest {
     runs: Vec<u64>,
     next_run_id: u64,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct BlockRef {
-    first: RunKey,
-    offset: u64,
-    len: u32,
-}
-
-/// The filter's parts, stored field by field (xorf's own serde form uses
-/// `flatten`, which postcard does not support).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct StoredFilter {
-    seed: u64,
-    segment_length: u32,
-    segment_length_mask: u32,
-    segment_count_length: u32,
-    fingerprints: Vec<u8>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Footer {
-    count: u64,
-    blocks: Vec<BlockRef>,
-    filter: StoredFilter,
 }
 
 struct Run<R> {
@@ -160,27 +146,14 @@ impl<R: RunRecord> Run<R> {
         }
         let mut bytes = vec![0u8; (len - 8 - footer_offset) as usize];
         file.read_exact_at(&mut bytes, footer_offset).map_err(|e| StorageError::io(&path, e))?;
-        let footer: Footer = match frame::decode_at(&bytes, 0, RUN_FORMAT_VERSION) {
-            Ok(Decoded::Frame(footer, _)) => footer,
-            _ => return Err(corrupt(footer_offset)),
-        };
-        let stored = footer.filter;
-        let filter = BinaryFuse8 {
-            descriptor: Descriptor {
-                seed: stored.seed,
-                segment_length: stored.segment_length,
-                segment_length_mask: stored.segment_length_mask,
-                segment_count_length: stored.segment_count_length,
-            },
-            fingerprints: stored.fingerprints.into_boxed_slice(),
-        };
+        let footer = Footer::decode(&bytes, |at| corrupt(footer_offset + at))?;
         Ok(Run {
             id,
             path,
             file,
             count: footer.count,
             blocks: footer.blocks,
-            filter,
+            filter: footer.filter,
             records: std::marker::PhantomData,
         })
     }
@@ -313,18 +286,8 @@ impl<R: RunRecord> RunWriter<R> {
         self.keys.sort_unstable();
         self.keys.dedup();
         let filter = BinaryFuse8::try_from(&self.keys).map_err(|_| StorageError::Encode)?;
-        let footer = Footer {
-            count,
-            blocks: std::mem::take(&mut self.blocks),
-            filter: StoredFilter {
-                seed: filter.descriptor.seed,
-                segment_length: filter.descriptor.segment_length,
-                segment_length_mask: filter.descriptor.segment_length_mask,
-                segment_count_length: filter.descriptor.segment_count_length,
-                fingerprints: filter.fingerprints.into_vec(),
-            },
-        };
-        let bytes = frame::encode(&footer, RUN_FORMAT_VERSION)?;
+        let footer = Footer { count, blocks: std::mem::take(&mut self.blocks), filter };
+        let bytes = footer.encode()?;
         self.out.write_all(&bytes).map_err(|e| StorageError::io(&self.path, e))?;
         self.out.write_all(&self.offset.to_le_bytes()).map_err(|e| StorageError::io(&self.path, e))?;
         let file = self.out.into_inner().map_err(|e| StorageError::io(&self.path, e.into_error()))?;

@@ -7,7 +7,10 @@
 //! - `holds`: pending transfer id -> `Hold`;
 //! - `decisions`: decision id (8 bytes, big endian) -> risk `Decision`;
 //!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
-//! - `meta`: `checkpoint` -> [`CheckpointMeta`].
+//! - `meta`: `checkpoint` -> [`CheckpointMeta`] without its open commits;
+//! - `open_commits`: the meta's segment (8 bytes, big endian) ++ commit id
+//!   (8 bytes) -> `OpenCommit`: one value each, since all of them together
+//!   could pass a frame's limit (a commit holds up to 8,189 transfers).
 //!
 //! Transfers of retired segments and account history are not here but in
 //! sorted runs ([`crate::runs`]): sled's cost is per entry, and those grow
@@ -66,6 +69,24 @@ pub struct SnapshotStore {
     decisions: sled::Tree,
     decisions_by_account: sled::Tree,
     meta: sled::Tree,
+    open_commits: sled::Tree,
+}
+
+/// The meta as stored: [`CheckpointMeta`] without its open commits, which
+/// are stored one by one.
+#[derive(Serialize, Deserialize)]
+struct StoredMeta {
+    replay_from_segment: u64,
+    open_commits: u64,
+    next_commit_id: u64,
+    next_decision_id: u64,
+}
+
+fn open_commit_key(segment: u64, commit_id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&segment.to_be_bytes());
+    key[8..].copy_from_slice(&commit_id.to_be_bytes());
+    key
 }
 
 fn history_key(account_id: wallet_actors::AccountId, sequence: u64) -> [u8; 24] {
@@ -117,6 +138,7 @@ impl SnapshotStore {
             decisions: db.open_tree("decisions").map_err(&error)?,
             decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
+            open_commits: db.open_tree("open_commits").map_err(&error)?,
             db,
         })
     }
@@ -138,7 +160,21 @@ impl SnapshotStore {
             loaded.holds.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
         }
         if let Some(value) = self.meta.get("checkpoint").map_err(&error)? {
-            loaded.meta = Some(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+            let stored: StoredMeta = frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?;
+            let mut open_commits = Vec::new();
+            for item in self.open_commits.scan_prefix(stored.replay_from_segment.to_be_bytes()) {
+                let (_, value) = item.map_err(&error)?;
+                open_commits.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?);
+            }
+            if open_commits.len() as u64 != stored.open_commits {
+                return Err(StorageError::Corrupt { path: path.join("open_commits"), offset: 0 });
+            }
+            loaded.meta = Some(CheckpointMeta {
+                replay_from_segment: stored.replay_from_segment,
+                open_commits,
+                next_commit_id: stored.next_commit_id,
+                next_decision_id: stored.next_decision_id,
+            });
         }
         Ok(loaded)
     }
@@ -201,9 +237,29 @@ impl SnapshotStore {
             self.decisions.apply_batch(batch).map_err(&error)?;
             self.decisions_by_account.apply_batch(by_account).map_err(&error)?;
         }
+        // Under this checkpoint's segment, so the meta in force keeps its own
+        // until this one's meta is durable.
+        let segment = meta.replay_from_segment;
+        for open in &meta.open_commits {
+            let key = open_commit_key(segment, open.commit.commit_id.0);
+            self.open_commits.insert(key, frame::encode(open, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
+        }
         self.db.flush().map_err(&error)?;
-        self.meta.insert("checkpoint", frame::encode(meta, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
+        let stored = StoredMeta {
+            replay_from_segment: segment,
+            open_commits: meta.open_commits.len() as u64,
+            next_commit_id: meta.next_commit_id,
+            next_decision_id: meta.next_decision_id,
+        };
+        self.meta.insert("checkpoint", frame::encode(&stored, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         self.db.flush().map_err(&error)?;
+        // Open commits of earlier checkpoints are no longer read.
+        let mut stale = sled::Batch::default();
+        for item in self.open_commits.range(..open_commit_key(segment, 0)) {
+            let (key, _) = item.map_err(&error)?;
+            stale.remove(key);
+        }
+        self.open_commits.apply_batch(stale).map_err(&error)?;
         Ok(())
     }
 }

@@ -7,4 +7,5 @@ mod damage;
 mod model;
 mod recovery;
 mod risk;
+mod sizes;
 mod supervision;
