@@ -21,6 +21,15 @@ pub const ACCOUNTS: u128 = 40;
 pub const CLIENTS: u64 = 48;
 /// What each account is funded with.
 pub const FUNDING: u128 = 10_000;
+/// Accounts kept near zero: `ACCOUNTS + 1 ..= ACCOUNTS + TIGHT`. Money moves
+/// between them in amounts close to their balances, so a transfer often
+/// passes only thanks to a credit just received, whose record may not be
+/// durable yet: linked batches across shards that spend such credits are
+/// what a shard answering `Prepare` before its outbox was appended got
+/// wrong.
+pub const TIGHT: u128 = 8;
+/// What each tight account is funded with.
+pub const TIGHT_FUNDING: u128 = 60;
 
 /// Opens the crash-test ledger in `dir`.
 pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
@@ -47,7 +56,7 @@ pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
 pub async fn setup(ledger: &Ledger) -> anyhow::Result<()> {
     ledger.ensure_settlement_account(usd()).await?;
     let settlement = settlement_account_id(&usd());
-    for id in 1..=ACCOUNTS {
+    for id in 1..=ACCOUNTS + TIGHT {
         let new = NewAccount {
             id: account(id),
             user_id: user(2),
@@ -60,7 +69,7 @@ pub async fn setup(ledger: &Ledger) -> anyhow::Result<()> {
             id: tid(id),
             debit_account_id: settlement,
             credit_account_id: account(id),
-            amount: amount(FUNDING),
+            amount: amount(if id > ACCOUNTS { TIGHT_FUNDING } else { FUNDING }),
             pending: None,
             reference: None,
             metadata: None,
@@ -110,8 +119,35 @@ impl Plan {
         (debit, credit)
     }
 
-    /// The next request: single transfers, holds, posts, voids, linked chains.
+    /// A tight account other than those in `not`.
+    fn tight_other_than(&mut self, not: &[u128]) -> u128 {
+        loop {
+            let id = ACCOUNTS + 1 + u128::from(self.random(TIGHT as u64));
+            if !not.contains(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Money passed on among the tight accounts: a single transfer, or a
+    /// linked batch that spends what its first transfer brings in.
+    fn tight_batch(&mut self) -> (Vec<TransferRequest>, bool) {
+        let a = self.tight_other_than(&[]);
+        let b = self.tight_other_than(&[a]);
+        let value = 10 + u128::from(self.random(50));
+        if self.random(3) == 0 {
+            return (vec![posted(self.id(), a, b, value)], false);
+        }
+        let c = self.tight_other_than(&[a, b]);
+        (vec![posted(self.id(), a, b, value), posted(self.id(), b, c, value)], true)
+    }
+
+    /// The next request: single transfers, holds, posts, voids, linked
+    /// chains, and money passed on among accounts kept near zero.
     pub fn next_batch(&mut self) -> (Vec<TransferRequest>, bool) {
+        if self.random(10) < 4 {
+            return self.tight_batch();
+        }
         let choice = self.random(10);
         if choice < 1 && !self.open_holds.is_empty() {
             let hold = self.open_holds.swap_remove(0);

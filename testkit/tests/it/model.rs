@@ -113,9 +113,26 @@ fn engine_results(results: Vec<wallet_actors::TransferResult>) -> Vec<ModelResul
     results.into_iter().map(|r| r.map(|outcome| outcome.replayed)).collect()
 }
 
-async fn check_accounts(node: &EmbeddedLedger, model: &Model) -> anyhow::Result<()> {
+/// Checks every account against the model. `seen` holds the last sequence
+/// a read returned for each account: reads only show durable state, so a
+/// read after a restart or a crash never shows an older one.
+async fn check_accounts(
+    node: &EmbeddedLedger,
+    model: &Model,
+    seen: &mut std::collections::BTreeMap<u128, u64>,
+) -> anyhow::Result<()> {
     let mut accounts = node.ledger.accounts().await?;
     accounts.sort_by_key(|a| a.id);
+    for account in &accounts {
+        let read = node.ledger.account(account.id).await?.map(|view| view.account.sequence);
+        let last = seen.entry(account.id.get()).or_insert(0);
+        anyhow::ensure!(
+            read.is_some_and(|sequence| sequence >= *last),
+            "account {}: a read shows sequence {read:?} after one showed {last}",
+            account.id.get()
+        );
+        *last = read.unwrap_or(*last);
+    }
     let (mut posted, mut pending) = (0i128, 0i128);
     for account in &accounts {
         account.assert_limits();
@@ -185,6 +202,7 @@ async fn run(commands: Vec<Command>) -> anyhow::Result<()> {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let mut node = open(dir.path(), options(clock.clone())).await?;
     let mut model = Model::new(clock.now_ms_value());
+    let mut seen = std::collections::BTreeMap::new();
     for (step, command) in commands.into_iter().enumerate() {
         let context = format!("step {step}: {command:?}");
         match command {
@@ -272,7 +290,7 @@ async fn run(commands: Vec<Command>) -> anyhow::Result<()> {
                 node.ledger.set_rules(model.rules.to_rules()).await?;
             }
         }
-        check_accounts(&node, &model).await.map_err(|e| e.context(context.clone()))?;
+        check_accounts(&node, &model, &mut seen).await.map_err(|e| e.context(context.clone()))?;
     }
     node.shutdown().await;
     Ok(())
