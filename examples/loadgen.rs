@@ -80,6 +80,15 @@ struct Args {
     /// kind, with limits the load never reaches), to measure their cost.
     #[arg(long)]
     rules: bool,
+    /// Share of requests that read one random account instead of moving
+    /// money (0.0 to 1.0): reads wait until what they show is durable, and
+    /// their latency is reported apart.
+    #[arg(long, default_value_t = 0.0)]
+    read_share: f64,
+    /// Submit each request's transfers as one linked batch (all or
+    /// nothing): across shards, the coordinator's prepare and commit.
+    #[arg(long)]
+    linked: bool,
 }
 
 /// One rule of each kind, global, that the load never violates: every
@@ -247,8 +256,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut rng =
                 Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut reads = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
             while Instant::now() < deadline {
+                if rng.chance(args.read_share) {
+                    let sent = Instant::now();
+                    match ledger.account(account_id(rng.below(args.accounts))?).await {
+                        Ok(_) => reads.record(sent.elapsed().as_micros().max(1) as u64)?,
+                        Err(_) => failed += 1,
+                    }
+                    continue;
+                }
                 let mut batch = Vec::with_capacity(args.batch);
                 for _ in 0..args.batch {
                     let mut debit = rng.below(args.accounts);
@@ -277,7 +295,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     });
                 }
                 let sent = Instant::now();
-                match ledger.submit(batch, false).await {
+                match ledger.submit(batch, args.linked).await {
                     Ok(results) => {
                         for result in results {
                             if result.is_ok() {
@@ -291,14 +309,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
             }
-            anyhow::Ok((histogram, ok, rejected, failed))
+            anyhow::Ok((histogram, reads, ok, rejected, failed))
         });
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut reads = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
     while let Some(done) = clients.join_next().await {
-        let (h, o, r, f) = done??;
+        let (h, read, o, r, f) = done??;
         histogram.add(h)?;
+        reads.add(read)?;
         ok += o;
         rejected += r;
         failed += f;
@@ -324,6 +344,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "shards": args.shards,
         "concurrency": args.concurrency,
         "batch": args.batch,
+        "linked": args.linked,
         "hot_share": args.hot_share,
         "rules": if args.rules { 5 } else { 0 },
         "duration_s": elapsed,
@@ -337,6 +358,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "p99_us": histogram.value_at_quantile(0.99),
         "p999_us": histogram.value_at_quantile(0.999),
         "max_us": histogram.max(),
+        "reads_per_sec": (reads.len() as f64 / elapsed).round(),
+        "read_p50_us": reads.value_at_quantile(0.50),
+        "read_p99_us": reads.value_at_quantile(0.99),
         "journal_records_per_sync": (records as f64 / syncs as f64).round(),
         "rss_bytes": rss,
         "setup_s": (setup_s * 10.0).round() / 10.0,

@@ -6,11 +6,14 @@ use std::sync::{Arc, Mutex};
 use ractor::RpcReplyPort;
 use tokio::sync::oneshot;
 
+use super::outbox::Outbox;
 use super::*;
-use crate::account::{AccountFlags, Leg, Side};
+use crate::account::{Account, AccountFlags, AccountStatus, Leg, Side};
 use crate::amount::Amount;
-use crate::ids::{TransferId, UserId};
-use crate::record::ManualClock;
+use crate::asset::Asset;
+use crate::ids::{AccountId, CommitId, TransferId, UserId};
+use crate::record::{Journal, ManualClock, OnDurable};
+use crate::registry::TransferRegistry;
 use crate::shard::HoldChange;
 use crate::transfer::{Transfer, TransferKind, TransferRequest};
 

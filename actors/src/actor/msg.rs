@@ -1,0 +1,132 @@
+//! What a shard can be asked ([`ShardMsg`]), and the operations and
+//! outcomes its messages carry.
+
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+
+use crate::account::{Account, AccountStatus, Reserved};
+use crate::asset::Asset;
+use crate::ids::{AccountId, CommitId, ShardId};
+use crate::shard::{Captured, HistoryEntry, Hold, IndexedRejection, Planned};
+use crate::LedgerError;
+
+/// Where the outcome of one transfer operation is sent.
+pub type OutcomeSender = tokio::sync::oneshot::Sender<Result<OpOutcome, LedgerError>>;
+
+/// A transfer between two shards, as sent to its debit shard.
+pub struct ChainOp {
+    /// Its commit id.
+    pub commit_id: CommitId,
+    /// The operation (one transfer).
+    pub op: Arc<[Planned]>,
+    /// The shard of its credit account.
+    pub credit_shard: ShardId,
+    /// Where the outcome goes.
+    pub reply: OutcomeSender,
+}
+
+/// A transfer between two shards, reserved by its debit shard, as sent on
+/// to its credit shard.
+pub struct CreditOp {
+    /// Its commit id.
+    pub commit_id: CommitId,
+    /// The operation.
+    pub op: Arc<[Planned]>,
+    /// The shard that reserved the debit side.
+    pub debit_shard: ShardId,
+    /// Assets of the debit side's accounts, for the asset check.
+    pub debit_assets: Vec<(AccountId, Asset)>,
+    /// Where the outcome goes.
+    pub reply: OutcomeSender,
+}
+
+/// Outcome of one operation of an [`ShardMsg::Execute`].
+pub type OpOutcome = Result<(), IndexedRejection>;
+/// Outcome of one operation of a [`ShardMsg::Prepare`], with the assets of
+/// the shard's accounts it touches for the coordinator's cross-shard checks.
+pub type PrepareOutcome = (Vec<(AccountId, Asset)>, OpOutcome);
+
+/// What a shard can be asked.
+pub enum ShardMsg {
+    /// Open an account; the reply comes once it is durable.
+    OpenAccount(Account, RpcReplyPort<Result<Account, LedgerError>>),
+    /// Freeze, unfreeze or close an account; replies once durable.
+    SetStatus(AccountId, AccountStatus, RpcReplyPort<Result<Account, LedgerError>>),
+    /// Reserve and apply operations whose legs all live here (each one
+    /// all-or-nothing); replies once durable.
+    Execute(Vec<Arc<[Planned]>>, RpcReplyPort<Result<Vec<OpOutcome>, LedgerError>>),
+    /// Reserve the legs of operations that span shards, for `commit_id`.
+    Prepare {
+        /// The coordinated commit.
+        commit_id: CommitId,
+        /// The operations, by their index in the commit.
+        ops: Vec<(u32, Arc<[Planned]>)>,
+        /// One outcome per operation, in the same order.
+        reply: RpcReplyPort<Vec<PrepareOutcome>>,
+    },
+    /// The coordinator's decision: apply `committed` (whose commit record is
+    /// durable), release `aborted`.
+    Decide {
+        /// The coordinated commit.
+        commit_id: CommitId,
+        /// Operations to apply, in ascending order.
+        committed: Vec<u32>,
+        /// Operations to release.
+        aborted: Vec<u32>,
+    },
+    /// Transfers between two shards, this one holding their debit side:
+    /// reserve, then pass each on to its credit shard.
+    Debit(Vec<ChainOp>),
+    /// Transfers between two shards, this one holding their credit side:
+    /// check, apply, journal the commit; once durable, settle the debit side
+    /// and answer the caller.
+    Credit(Vec<CreditOp>),
+    /// A transfer the debit shard refused: add this shard's checks, so the
+    /// caller hears the first failure by check order, and answer.
+    Refused(Vec<CreditOp>, Vec<IndexedRejection>),
+    /// Apply the reserved debit side of committed transfers.
+    Settle(Vec<CommitId>),
+    /// Release the reserved debit side of transfers the credit side refused.
+    Release(Vec<CommitId>),
+    /// Send what the shard held back (it sends this to itself).
+    Flush,
+    /// Read an account and its reservations. Answered once every change the
+    /// answer shows is durable.
+    GetAccount(AccountId, RpcReplyPort<Result<Option<(Account, Reserved)>, LedgerError>>),
+    /// Holds whose timeout has passed.
+    DueHolds {
+        /// Now, in ledger ms.
+        now_ms: u64,
+        /// At most this many.
+        limit: usize,
+        /// The holds.
+        reply: RpcReplyPort<Vec<Hold>>,
+    },
+    /// Every resident account (for checks), once durable as shown.
+    Dump(RpcReplyPort<Result<Vec<Account>, LedgerError>>),
+    /// How many accounts are resident.
+    Resident(RpcReplyPort<usize>),
+    /// Panics the shard, as a broken invariant would (crash tests).
+    #[cfg(feature = "fault-injection")]
+    Crash,
+    /// Replace the risk rules; answers once they are in force.
+    SetRules(Arc<crate::risk::RuleSet>, RpcReplyPort<()>),
+    /// What changed since the last capture (for a snapshot).
+    Capture(RpcReplyPort<Captured>),
+    /// Storage wrote the last capture (history included): forget the
+    /// history it held, and passivate accounts untouched for this many
+    /// snapshots (none when `None`).
+    ForgetFlushedHistory(Option<u64>),
+    /// An account's history still in memory, once durable as shown.
+    History {
+        /// The account.
+        account_id: AccountId,
+        /// Entries after this sequence number.
+        after_sequence: u64,
+        /// At most this many.
+        limit: usize,
+        /// The entries, oldest first.
+        reply: RpcReplyPort<Result<Vec<HistoryEntry>, LedgerError>>,
+    },
+}

@@ -1,0 +1,37 @@
+//! How shards reach each other: through a [`ShardRouter`]. The embedded
+//! node's is [`LocalRouter`], the shards' actor references; cluster mode
+//! adds one over NATS.
+
+use ractor::ActorRef;
+
+use super::ShardMsg;
+use crate::ids::ShardId;
+use crate::LedgerError;
+
+/// How shards reach each other. In the embedded node every shard is a
+/// local actor; cluster mode routes some of them over NATS.
+pub trait ShardRouter: Send + Sync + 'static {
+    /// Delivers `message` to `shard`, in order with earlier messages to it.
+    fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError>;
+}
+
+/// The router of the embedded node: the shards' actor references.
+#[derive(Default)]
+pub struct LocalRouter {
+    shards: std::sync::OnceLock<Vec<ActorRef<ShardMsg>>>,
+}
+
+impl LocalRouter {
+    /// Sets the shards once they are spawned.
+    pub fn set(&self, shards: Vec<ActorRef<ShardMsg>>) {
+        let _ = self.shards.set(shards);
+    }
+}
+
+impl ShardRouter for LocalRouter {
+    fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError> {
+        let actor =
+            self.shards.get().and_then(|s| s.get(shard.0 as usize)).ok_or(LedgerError::Unavailable)?;
+        actor.cast(message).map_err(|_| LedgerError::Unavailable)
+    }
+}
