@@ -45,17 +45,26 @@ fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
     }
 }
 
+/// A bench measures what it claims only if its setup did what it says:
+/// every step here is checked, and a failure stops the bench (also under
+/// `cargo bench -- --test`, which CI runs).
 fn shard_with_accounts(count: u128) -> ShardState {
     let mut shard = ShardState::new(ShardId(0), 1);
     for id in 1..=count {
-        let _ = shard.open_account(wallet(id, usd()).opened_at(0));
+        if let Err(rejection) = shard.open_account(wallet(id, usd()).opened_at(0)) {
+            panic!("opening account {id}: {rejection}");
+        }
     }
     // Fund them through one unlimited account so transfers pass.
     let mut funding = wallet(count + 1, usd());
     funding.flags = wallet_actors::AccountFlags::UNLIMITED;
-    let _ = shard.open_account(funding.opened_at(0));
+    if let Err(rejection) = shard.open_account(funding.opened_at(0)) {
+        panic!("opening the funding account: {rejection}");
+    }
     for id in 1..=count {
-        let _ = shard.execute_local(&[planned(1_000_000 + id, count + 1, id, 1 << 40)], 0);
+        if let Err(rejection) = shard.execute_local(&[planned(1_000_000 + id, count + 1, id, 1 << 40)], 0) {
+            panic!("funding account {id}: {rejection:?}");
+        }
     }
     shard
 }
@@ -72,7 +81,9 @@ fn apply_transfer(c: &mut Criterion) {
             let credit = 1 + (next * 7) % 10_000;
             let credit = if credit == debit { 1 + (credit % 10_000) } else { credit };
             let op = [planned(next, debit, credit, 1)];
-            shard.execute_local(&op, 0)
+            let applied = shard.execute_local(&op, 0);
+            assert!(applied.is_ok(), "transfer {next} refused: {applied:?}");
+            applied
         })
     });
     group.finish();
@@ -103,7 +114,14 @@ fn encoding(c: &mut Criterion) {
     group.bench_function("encode a one-transfer record", |b| {
         b.iter(|| frame::encode(&record, RECORD_FORMAT_VERSION))
     });
-    let bytes = frame::encode(&record, RECORD_FORMAT_VERSION).unwrap_or_default();
+    let bytes = match frame::encode(&record, RECORD_FORMAT_VERSION) {
+        Ok(bytes) => bytes,
+        Err(error) => panic!("encoding the sample record: {error}"),
+    };
+    match frame::decode_at::<Record>(&bytes, 0, RECORD_FORMAT_VERSION) {
+        Ok(frame::Decoded::Frame(decoded, end)) => assert!(decoded == record && end == bytes.len()),
+        other => panic!("the sample record does not decode: {other:?}"),
+    }
     group.bench_function("decode a one-transfer record", |b| {
         b.iter(|| frame::decode_at::<Record>(&bytes, 0, RECORD_FORMAT_VERSION))
     });
@@ -113,8 +131,14 @@ fn encoding(c: &mut Criterion) {
 fn journal_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("journal");
     group.sample_size(10);
-    let Ok(dir) = tempfile::tempdir() else { return };
-    let Ok(journal) = FileJournal::start(dir.path(), JournalOptions::default()) else { return };
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("no temporary directory for the journal bench: {error}"),
+    };
+    let journal = match FileJournal::start(dir.path(), JournalOptions::default()) {
+        Ok(journal) => journal,
+        Err(error) => panic!("the journal bench's journal did not start: {error}"),
+    };
     // 256 appends in flight, waited for together: what group commit buys.
     group.throughput(Throughput::Elements(256));
     group.bench_function("256 concurrent durable appends", |b| {
@@ -132,7 +156,9 @@ fn journal_append(c: &mut Criterion) {
                     );
                 }
                 drop(tx);
-                rx.iter().count()
+                let durable = rx.iter().filter(|result| result.is_ok()).count();
+                assert_eq!(durable, 256, "appends that did not become durable");
+                durable
             },
             BatchSize::SmallInput,
         )

@@ -180,7 +180,7 @@ async fn open_only(args: &Args) -> anyhow::Result<()> {
         "open_ms": open_ms,
         "account_found": found,
         "resident_accounts": resident,
-        "accounts_read_by_recovery": node.snapshot_accounts,
+        "accounts_read_by_recovery": node.recovery.snapshot_accounts,
         "rss_bytes": rss_bytes(),
     });
     node.shutdown().await;

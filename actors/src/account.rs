@@ -450,6 +450,59 @@ mod tests {
         assert_eq!(reserved, Reserved::default());
     }
 
+    fn account(flags: AccountFlags, balances: Balances) -> Account {
+        Account {
+            id: AccountId::new(1).unwrap_or_else(|_| unreachable!()),
+            user_id: UserId::new(2).unwrap_or_else(|_| unreachable!()),
+            asset: Asset::new("USD", 2).unwrap_or_else(|_| unreachable!()),
+            flags,
+            overdraft_limit: Amount::ZERO,
+            status: AccountStatus::Active,
+            balances,
+            created_at_ms: 0,
+            sequence: 1,
+            debit_window: Default::default(),
+        }
+    }
+
+    /// A total that would pass `u128` is refused as `overflow` before
+    /// anything changes, on either side, pending or posted, reservations
+    /// counted.
+    #[test]
+    fn a_total_that_would_overflow_is_refused() {
+        let near = u128::MAX - 10;
+        let none = SameOpPosted::default();
+        let credits =
+            account(AccountFlags::UNLIMITED, Balances { credits_posted: near, ..Balances::default() });
+        assert_eq!(
+            credits.check(&leg(Side::Credit, 11, 0), &Reserved::default(), &none),
+            Err(Rejection::Overflow)
+        );
+        assert_eq!(credits.check(&leg(Side::Credit, 10, 0), &Reserved::default(), &none), Ok(()));
+        let debits =
+            account(AccountFlags::UNLIMITED, Balances { debits_pending: near, ..Balances::default() });
+        assert_eq!(
+            debits.check(&leg(Side::Debit, 0, 11), &Reserved::default(), &none),
+            Err(Rejection::Overflow)
+        );
+        let reserved = Reserved { debits: 5, ..Reserved::default() };
+        assert_eq!(debits.check(&leg(Side::Debit, 0, 6), &reserved, &none), Err(Rejection::Overflow));
+        assert_eq!(debits.check(&leg(Side::Debit, 0, 5), &reserved, &none), Ok(()));
+        // Posted and pending together pass u128 only in sum.
+        let both = account(
+            AccountFlags::WALLET,
+            Balances {
+                debits_posted: u128::MAX / 2 + 1,
+                debits_pending: u128::MAX / 2 + 1,
+                ..Balances::default()
+            },
+        );
+        assert_eq!(
+            both.check(&leg(Side::Debit, 1, 0), &Reserved::default(), &none),
+            Err(Rejection::Overflow)
+        );
+    }
+
     #[test]
     #[should_panic(expected = "reserved total below zero")]
     fn releasing_more_than_was_reserved_crashes_instead_of_wrapping() {

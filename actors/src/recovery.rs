@@ -62,6 +62,10 @@ pub struct Recovery {
     /// Decisions are numbered once the marker of this checkpoint is seen
     /// (those before it are in the snapshot); `None`: from the start.
     decisions_after_marker: Option<u64>,
+    /// The segment of the checkpoint the snapshot comes from, if any.
+    snapshot_marker: Option<u64>,
+    /// Markers of later checkpoints, which did not write their meta.
+    later_markers: usize,
     source: Option<Arc<dyn crate::shard::AccountSource>>,
 }
 
@@ -79,6 +83,8 @@ impl Recovery {
             decisions: Vec::new(),
             next_decision_id: 1,
             decisions_after_marker: None,
+            snapshot_marker: None,
+            later_markers: 0,
             source: None,
         }
     }
@@ -116,6 +122,13 @@ impl Recovery {
     pub fn number_decisions(&mut self, next_id: u64, marker: Option<u64>) {
         self.next_decision_id = next_id.max(1);
         self.decisions_after_marker = marker;
+        self.snapshot_marker = marker;
+    }
+
+    /// Checkpoint markers found after the one the snapshot comes from:
+    /// checkpoints a crash stopped between their marker and their meta.
+    pub fn checkpoint_markers_after_snapshot(&self) -> usize {
+        self.later_markers
     }
 
     fn keep_decisions(&mut self, decisions: &[crate::risk::Decision]) {
@@ -203,6 +216,9 @@ impl Recovery {
             Record::Checkpoint { replay_from_segment } => {
                 if self.decisions_after_marker == Some(replay_from_segment) {
                     self.decisions_after_marker = None;
+                }
+                if self.snapshot_marker.is_none_or(|marker| replay_from_segment > marker) {
+                    self.later_markers += 1;
                 }
             }
             Record::Decisions(decisions) => self.keep_decisions(&decisions),

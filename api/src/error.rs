@@ -296,6 +296,116 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
+    /// Every rejection's code and status, pinned: clients switch on them, so
+    /// renaming a code or moving it to another status must fail a test. The
+    /// match has no wildcard, so a new rejection does not compile until it
+    /// is pinned here too.
+    fn pinned(rejection: Rejection) -> (&'static str, u16) {
+        use Rejection::*;
+        match rejection {
+            LinkedTransferFailed => ("linked_transfer_failed", 422),
+            ExistsWithDifferentFields => ("exists_with_different_fields", 409),
+            InFlight => ("in_flight", 409),
+            SameAccount => ("same_account", 400),
+            ZeroAmount => ("zero_amount", 400),
+            TimeoutReservedForPending => ("timeout_reserved_for_pending", 400),
+            ReferenceTooLong => ("reference_too_long", 400),
+            MetadataTooLarge => ("metadata_too_large", 400),
+            BatchSizeOutOfRange => ("batch_size_out_of_range", 400),
+            PendingTransferNotFound => ("pending_transfer_not_found", 404),
+            PendingTransferNotPending => ("pending_transfer_not_pending", 422),
+            DebitAccountNotFound => ("debit_account_not_found", 404),
+            CreditAccountNotFound => ("credit_account_not_found", 404),
+            AssetMismatch => ("asset_mismatch", 422),
+            DebitAccountClosed => ("debit_account_closed", 422),
+            CreditAccountClosed => ("credit_account_closed", 422),
+            DebitAccountFrozen => ("debit_account_frozen", 422),
+            CreditAccountFrozen => ("credit_account_frozen", 422),
+            PendingTransferAlreadyPosted => ("pending_transfer_already_posted", 422),
+            PendingTransferAlreadyVoided => ("pending_transfer_already_voided", 422),
+            PendingTransferExpired => ("pending_transfer_expired", 422),
+            PendingTransferBusy => ("pending_transfer_busy", 409),
+            ExceedsPendingAmount => ("exceeds_pending_amount", 422),
+            Overflow => ("overflow", 422),
+            InsufficientFunds => ("insufficient_funds", 422),
+            ExceedsDebits => ("exceeds_debits", 422),
+            RiskBlockedAccount(_) => ("risk_blocked_account", 422),
+            RiskNewAccountLimit(_) => ("risk_new_account_limit", 422),
+            RiskMaxAmountExceeded(_) => ("risk_max_amount_exceeded", 422),
+            RiskVelocityExceeded(_) => ("risk_velocity_exceeded", 422),
+            // Never reaches a client: the ledger turns it into a review hold.
+            RiskReview(_) => ("risk_review", 500),
+            AccountExists => ("account_exists", 409),
+            ReservedAccountId => ("reserved_account_id", 400),
+            AccountNotFound => ("account_not_found", 404),
+            AccountClosed => ("account_closed", 422),
+            AccountBalanceNotZero => ("account_balance_not_zero", 422),
+            AccountHasPending => ("account_has_pending", 422),
+            InvalidStatusTransition => ("invalid_status_transition", 422),
+        }
+    }
+
+    #[test]
+    fn every_rejection_keeps_its_code_and_status() {
+        use wallet_actors::risk::{RiskHit, RuleAction, RuleKindCode};
+        use Rejection::*;
+        let hit = RiskHit {
+            rule_id: wallet_actors::ids::RuleId::new(1).unwrap_or_else(|_| unreachable!()),
+            kind: RuleKindCode::MaxAmount,
+            action: RuleAction::Reject,
+            timeout_seconds: None,
+        };
+        let all = [
+            LinkedTransferFailed,
+            ExistsWithDifferentFields,
+            InFlight,
+            SameAccount,
+            ZeroAmount,
+            TimeoutReservedForPending,
+            ReferenceTooLong,
+            MetadataTooLarge,
+            BatchSizeOutOfRange,
+            PendingTransferNotFound,
+            PendingTransferNotPending,
+            DebitAccountNotFound,
+            CreditAccountNotFound,
+            AssetMismatch,
+            DebitAccountClosed,
+            CreditAccountClosed,
+            DebitAccountFrozen,
+            CreditAccountFrozen,
+            PendingTransferAlreadyPosted,
+            PendingTransferAlreadyVoided,
+            PendingTransferExpired,
+            PendingTransferBusy,
+            ExceedsPendingAmount,
+            Overflow,
+            InsufficientFunds,
+            ExceedsDebits,
+            RiskBlockedAccount(hit),
+            RiskNewAccountLimit(hit),
+            RiskMaxAmountExceeded(hit),
+            RiskVelocityExceeded(hit),
+            RiskReview(hit),
+            AccountExists,
+            ReservedAccountId,
+            AccountNotFound,
+            AccountClosed,
+            AccountBalanceNotZero,
+            AccountHasPending,
+            InvalidStatusTransition,
+        ];
+        let mut codes = std::collections::BTreeSet::new();
+        for rejection in all {
+            let (code, status) = pinned(rejection);
+            assert_eq!(rejection.code(), code, "{rejection:?} renamed");
+            let (got_status, got_code) = ApiError::Rejected(rejection).status_and_code();
+            assert_eq!((got_status.as_u16(), got_code), (status, code), "{rejection:?}");
+            assert!(codes.insert(code), "{code} twice");
+        }
+        assert_eq!(codes.len(), 38, "a rejection is missing from this list");
+    }
+
     #[test]
     fn business_rejections_are_422_and_lookups_404() {
         let cases = [

@@ -24,6 +24,7 @@ use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 
+use crate::faults::points;
 use crate::journal::{
     read_journal_from, read_segments, segments, FileJournal, JournalOptions, JournalStats, ReadSummary,
 };
@@ -76,15 +77,34 @@ pub struct EmbeddedLedger {
     journal: Arc<FileJournal>,
     checkpointer: Checkpointer,
     _lock: fs::File,
-    /// What recovery read from the journal.
-    pub recovered: ReadSummary,
-    /// Accounts recovery read back from the snapshot (those the journal
-    /// tail names; the others stay on disk until first named).
-    pub snapshot_accounts: usize,
+    /// What recovery found when this ledger opened.
+    pub recovery: RecoveryReport,
     data_dir: PathBuf,
     stop_checkpoints: tokio::sync::watch::Sender<bool>,
     checkpoints: tokio::task::JoinHandle<()>,
     supervision: tokio::task::JoinHandle<()>,
+}
+
+/// What recovery found when a ledger opened: what it read, and the traces
+/// a crash leaves at the points it may interrupt (the crash tests count
+/// them to show their kills landed there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// What it read from the journal.
+    pub journal: ReadSummary,
+    /// Accounts read back from the snapshot (those the journal tail names;
+    /// the others stay on disk until first named).
+    pub snapshot_accounts: usize,
+    /// Commits whose legs some shard had not applied (a crash between a
+    /// `Commit` and its `CommitApplied`), completed now.
+    pub completed_commits: usize,
+    /// Checkpoints that made their marker durable but not their meta.
+    pub checkpoint_markers_after_snapshot: usize,
+    /// Segments a checkpoint retired but had not deleted yet.
+    pub leftover_segments: usize,
+    /// Index and history run files no manifest lists (a checkpoint or a
+    /// merge stopped while writing them), deleted now.
+    pub leftover_runs: usize,
 }
 
 /// What one checkpoint did.
@@ -98,6 +118,11 @@ pub struct CheckpointReport {
     pub segments_deleted: usize,
     /// Commits still waiting for a shard.
     pub open_commits: usize,
+}
+
+/// A named point a test may stop the process at, or fail (`crate::faults`).
+fn at_point(point: &'static str) -> Result<(), StorageError> {
+    crate::faults::hit(point).map_err(|error| StorageError::io(Path::new(point), error))
 }
 
 fn journal_failed(error: wallet_actors::record::JournalError) -> StorageError {
@@ -130,15 +155,9 @@ impl EmbeddedLedger {
         })
         .await
         .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
-        let Replayed { recovered, completions, summary, snapshot_accounts, meta } = replayed;
-        tracing::info!(
-            replayed_ms = started.elapsed().as_millis() as u64,
-            snapshot_accounts,
-            records = summary.records,
-            segments = summary.segments,
-            completed_commits = completions.len(),
-            "recovered"
-        );
+        let Replayed { recovered, completions, mut report, meta } = replayed;
+        report.leftover_runs = runs.removed_at_open() + history.removed_at_open();
+        tracing::info!(replayed_ms = started.elapsed().as_millis() as u64, ?report, "recovered");
         let journal = Arc::new(FileJournal::start(&journal_dir, options.journal.clone())?);
         let ledger = Ledger::start(
             recovered,
@@ -174,8 +193,7 @@ impl EmbeddedLedger {
             journal,
             checkpointer,
             _lock: lock,
-            recovered: summary,
-            snapshot_accounts,
+            recovery: report,
             data_dir: data_dir.to_path_buf(),
             stop_checkpoints,
             checkpoints,
@@ -328,8 +346,7 @@ fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChu
 struct Replayed {
     recovered: Recovered,
     completions: Vec<Record>,
-    summary: ReadSummary,
-    snapshot_accounts: usize,
+    report: RecoveryReport,
     meta: CheckpointMeta,
 }
 
@@ -356,9 +373,19 @@ fn replay(
             source: Box::new(source),
         })
     })?;
-    let snapshot_accounts = recovery.activated() as usize;
+    let mut report = RecoveryReport {
+        journal: summary,
+        snapshot_accounts: recovery.activated() as usize,
+        checkpoint_markers_after_snapshot: recovery.checkpoint_markers_after_snapshot(),
+        leftover_segments: segments(journal_dir)?
+            .into_iter()
+            .filter(|&s| s < meta.replay_from_segment)
+            .count(),
+        ..RecoveryReport::default()
+    };
     let (recovered, completions) = recovery.finish()?;
-    Ok(Replayed { recovered, completions, summary, snapshot_accounts, meta })
+    report.completed_commits = completions.len();
+    Ok(Replayed { recovered, completions, report, meta })
 }
 
 /// Everything a checkpoint needs; cheap to clone into a task.
@@ -393,7 +420,9 @@ impl Checkpointer {
             .await
             .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
             .map_err(journal_failed)?;
+        at_point(points::CHECKPOINT_ROTATED)?;
         let captured = self.ledger.capture().await?;
+        at_point(points::CHECKPOINT_CAPTURED)?;
         let marker = Record::Checkpoint { replay_from_segment: segment };
         // Callbacks run in journal order, so when the marker's runs, the
         // decisions numbered are exactly those of the records before it:
@@ -410,6 +439,7 @@ impl Checkpointer {
             .await
             .unwrap_or(Err(wallet_actors::record::JournalError::Closed))
             .map_err(journal_failed)?;
+        at_point(points::CHECKPOINT_MARKED)?;
         let decisions: Vec<_> =
             self.ledger.recent_decisions().into_iter().filter(|d| d.id < next_decision_id).collect();
         let journal_dir = self.journal_dir.clone();
@@ -443,9 +473,12 @@ impl Checkpointer {
             // journal still has these transfers, so a crash in between only
             // makes the next checkpoint write them again (the newest wins).
             runs.add(transfers.clone())?;
+            at_point(points::CHECKPOINT_INDEXED)?;
             history.add(history_chunks(&captured))?;
+            at_point(points::CHECKPOINT_HISTORY)?;
             let indexed_ms = started.elapsed().as_millis() as u64;
             snapshot.write(&captured, &decisions, &new_meta)?;
+            at_point(points::CHECKPOINT_SNAPSHOT)?;
             tracing::debug!(
                 scanned_ms,
                 indexed_ms,
@@ -454,7 +487,8 @@ impl Checkpointer {
             );
             // The new meta is durable: the checkpoint is in force from here,
             // whether or not the old segments can be deleted now.
-            let deleted = FileJournal::delete_before(&journal_dir, segment);
+            let deleted = FileJournal::delete_before(&journal_dir, segment)
+                .and_then(|deleted| at_point(points::CHECKPOINT_DONE).map(|()| deleted));
             let report = CheckpointReport {
                 accounts: captured.iter().map(|c| c.accounts.len()).sum(),
                 transfers: transfers.len(),
@@ -506,13 +540,13 @@ impl Checkpointer {
             tokio::task::spawn_blocking(move || replay(&snapshot, &runs, &journal_dir, shard_count))
                 .await
                 .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
-        let Replayed { recovered, completions, summary, meta: read_meta, .. } = replayed;
+        let Replayed { recovered, completions, report, meta: read_meta } = replayed;
         let journal: Arc<dyn Journal> = self.journal.clone();
         self.ledger.restart(recovered, completions, journal).await?;
         *meta = read_meta;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            records = summary.records,
+            records = report.journal.records,
             "shards rebuilt from durable state"
         );
         Ok(())

@@ -59,8 +59,9 @@ pub struct JournalStats {
 }
 
 enum Message {
-    /// An encoded frame, or why it could not be encoded.
-    Append(Result<Vec<u8>, JournalError>, OnDurable),
+    /// Encoded frames, or why they could not be encoded; whether they hold
+    /// a `Commit` (a point tests may stop the process at once it is durable).
+    Append(Result<Vec<u8>, JournalError>, OnDurable, bool),
     /// No bytes: called back once everything before it is durable.
     WhenDurable(OnDurable),
     Close(mpsc::Sender<()>),
@@ -136,13 +137,30 @@ pub fn read_journal(
     read_journal_from(dir, 0, on_record)
 }
 
-/// Like [`read_journal`], from segment `first_segment` on.
+/// Like [`read_journal`], from segment `first_segment` on. The segments
+/// must start there and follow each other without a gap: a snapshot whose
+/// meta names an older segment than the journal holds (a snapshot store
+/// that silently lost its latest writes, as sled does when its log is
+/// damaged) or a segment gone from the middle is an error, never a replay
+/// of less than what was there.
 pub fn read_journal_from(
     dir: &Path,
     first_segment: u64,
     on_record: impl FnMut(Record, RecordAt<'_>) -> Result<(), StorageError>,
 ) -> Result<ReadSummary, StorageError> {
-    let indexes: Vec<u64> = segments(dir)?.into_iter().filter(|&i| i >= first_segment).collect();
+    let all = segments(dir)?;
+    let indexes: Vec<u64> = all.iter().copied().filter(|&i| i >= first_segment).collect();
+    let fresh = all.is_empty() && first_segment == 0;
+    let mut expected = first_segment;
+    for &index in &indexes {
+        if index != expected {
+            return Err(StorageError::JournalGap { dir: dir.to_path_buf(), expected, found: Some(index) });
+        }
+        expected += 1;
+    }
+    if indexes.is_empty() && !fresh {
+        return Err(StorageError::JournalGap { dir: dir.to_path_buf(), expected, found: None });
+    }
     read_segments(dir, &indexes, true, on_record)
 }
 
@@ -294,8 +312,9 @@ impl Journal for FileJournal {
             tracing::error!(%error, "a journal record does not encode; refused before it could be acknowledged");
             JournalError::Io { kind: std::io::ErrorKind::InvalidData }
         });
-        if let Err(mpsc::SendError(Message::Append(_, on_durable))) =
-            self.sender.send(Message::Append(frame, on_durable))
+        let holds_commit = cfg!(feature = "fault-injection") && holds_commit(&record);
+        if let Err(mpsc::SendError(Message::Append(_, on_durable, _))) =
+            self.sender.send(Message::Append(frame, on_durable, holds_commit))
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -314,6 +333,14 @@ impl Journal for FileJournal {
 /// exist (or if a crash cut its creation short). Not opened in append mode:
 /// the writer writes at explicit offsets (on Linux, `pwrite` on an
 /// `O_APPEND` file appends whatever the offset, which the header needs).
+fn holds_commit(record: &Record) -> bool {
+    match record {
+        Record::Commit(_) => true,
+        Record::Batch(records) => records.iter().any(holds_commit),
+        _ => false,
+    }
+}
+
 /// Encodes a record as frames. A batch (a shard's outbox) becomes one frame
 /// per record it holds, so no frame is larger than its largest record,
 /// however many records a flush carries: a frame the reader would refuse
@@ -353,6 +380,7 @@ fn open_segment(dir: &Path, index: u64) -> Result<(File, u64, Header), StorageEr
         file.write_all_at(&header.block(), 0).map_err(io)?;
         file.sync_all().map_err(io)?;
         size = HEADER_LEN;
+        crate::faults::note_synced(&path, size);
         header
     } else {
         let mut block = vec![0u8; HEADER_LEN as usize];
@@ -424,10 +452,12 @@ impl Writer {
             };
             let mut callbacks: Vec<OnDurable> = Vec::with_capacity(1024);
             let mut frames = 0u64;
+            let mut commits = false;
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match message {
-                    Message::Append(frame, on_durable) => {
+                    Message::Append(frame, on_durable, holds_commit) => {
+                        commits |= holds_commit;
                         match frame {
                             Ok(frame) => buffer.extend_from_slice(&frame),
                             Err(error) => {
@@ -448,6 +478,10 @@ impl Writer {
                 }
             }
             let result = self.write_batch(&buffer, frames);
+            if commits && result.is_ok() {
+                // Only an abort makes sense here: the batch is durable.
+                let _ = crate::faults::hit(crate::faults::points::COMMIT_DURABLE);
+            }
             buffer.clear();
             if completions.send((result, callbacks)).is_err() {
                 break;
@@ -513,6 +547,7 @@ impl Writer {
         self.record_acked()?;
         self.file.write_all_at(bytes, self.size)?;
         self.size += bytes.len() as u64;
+        crate::faults::hit(crate::faults::points::JOURNAL_SYNC)?;
         self.sync()?;
         self.acked_end = self.size;
         Ok(())
@@ -525,6 +560,7 @@ impl Writer {
             let elapsed = started.elapsed();
             metrics::histogram!("wallet_journal_fsync_seconds").record(elapsed.as_secs_f64());
             self.stats.sync_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            crate::faults::note_synced(&segment_path(&self.dir, self.index), self.size);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())

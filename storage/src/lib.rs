@@ -23,7 +23,7 @@ pub mod scan;
 pub mod segment;
 pub mod snapshot;
 
-pub use embedded::{CheckpointReport, EmbeddedLedger, EmbeddedOptions};
+pub use embedded::{CheckpointReport, EmbeddedLedger, EmbeddedOptions, RecoveryReport};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
 
 /// Why storage failed.
@@ -44,6 +44,20 @@ pub enum StorageError {
         path: PathBuf,
         /// Where the damage starts.
         offset: u64,
+    },
+    /// The journal does not continue from where the snapshot says it does:
+    /// the segment that should come next is missing.
+    #[error(
+        "the journal in {dir} does not continue the snapshot: segment {expected} is missing (next found: {found:?})",
+        dir = dir.display()
+    )]
+    JournalGap {
+        /// The journal's directory.
+        dir: PathBuf,
+        /// The segment that should be there.
+        expected: u64,
+        /// The segment found instead, if any.
+        found: Option<u64>,
     },
     /// A frame with a valid checksum holds a format version this build does not read.
     #[error("format version {found} is not supported (this build reads {expected})")]

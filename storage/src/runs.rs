@@ -302,6 +302,8 @@ pub struct Runs<R> {
     runs: RwLock<Arc<Vec<Arc<Run<R>>>>>,
     /// Held by whoever adds or merges runs (one checkpoint at a time).
     writing: Mutex<Manifest>,
+    /// Files no manifest listed, deleted when this opened.
+    removed_at_open: usize,
 }
 
 /// The transfer index: transfers of retired journal segments, by id.
@@ -327,14 +329,26 @@ impl<R: RunRecord> Runs<R> {
         for &id in &manifest.runs {
             runs.push(Arc::new(Run::open(dir, id)?));
         }
+        let mut removed_at_open = 0;
         for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
             let path = entry.map_err(|e| StorageError::io(dir, e))?.path();
             let listed = manifest.runs.iter().any(|&id| run_path(dir, id) == path);
             if !listed && path != manifest_path {
                 fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+                removed_at_open += 1;
             }
         }
-        Ok(Runs { dir: dir.to_path_buf(), runs: RwLock::new(Arc::new(runs)), writing: Mutex::new(manifest) })
+        Ok(Runs {
+            dir: dir.to_path_buf(),
+            runs: RwLock::new(Arc::new(runs)),
+            writing: Mutex::new(manifest),
+            removed_at_open,
+        })
+    }
+
+    /// Files of interrupted writes or merges deleted when this opened.
+    pub fn removed_at_open(&self) -> usize {
+        self.removed_at_open
     }
 
     fn current(&self) -> Arc<Vec<Arc<Run<R>>>> {

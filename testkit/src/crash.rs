@@ -1,17 +1,24 @@
 //! What the crash test's child and parent share: the ledger's settings, the
-//! accounts, and a plan of transfers per client.
+//! accounts, the risk rules, and a plan of requests per client.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use wallet_actors::record::SystemClock;
+use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
-    settlement_account_id, AccountFlags, Amount, Ledger, LedgerConfig, NewAccount, TransferOutcome,
-    TransferRequest,
+    settlement_account_id, AccountFlags, AccountStatus, Amount, Ledger, LedgerConfig, NewAccount,
+    TransferOutcome, TransferRequest,
 };
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 use crate::{account, amount, pending, post, posted, tid, usd, user, void};
+
+mod checks;
+mod child;
+
+pub use checks::{check_books, check_history, power_loss, PowerLoss};
+pub use child::{ack_line, spawn_child, Child};
 
 /// Shards of the crash-test ledger: few, so both paths are common.
 pub const SHARDS: u16 = 8;
@@ -31,29 +38,64 @@ pub const TIGHT: u128 = 8;
 /// What each tight account is funded with.
 pub const TIGHT_FUNDING: u128 = 60;
 
-/// Opens the crash-test ledger in `dir`.
+/// Opens the crash-test ledger in `dir`, as the child runs it.
 pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
+    Ok(EmbeddedLedger::open(dir, options(100)).await?)
+}
+
+/// Opens it for checking: holds do not expire meanwhile, so the books read
+/// in several steps stay still.
+pub async fn open_for_checks(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
+    Ok(EmbeddedLedger::open(dir, options(3_600_000)).await?)
+}
+
+fn options(expiry_interval_ms: u64) -> EmbeddedOptions {
     // Small segments and frequent checkpoints, so kills land during
     // checkpoints and recovery starts from snapshots.
-    let options = EmbeddedOptions {
+    EmbeddedOptions {
         // Every clean account leaves memory at each snapshot, so restarts
         // and reads exercise activation from the snapshot.
         ledger: LedgerConfig {
             shard_count: SHARDS,
             passivate_after_snapshots: Some(0),
+            expiry_interval_ms,
             ..LedgerConfig::default()
         },
         journal: JournalOptions { segment_bytes_max: 256 << 10, ..JournalOptions::default() },
         clock: Arc::new(SystemClock),
-        checkpoint_bytes: 128 << 10,
-        checkpoint_check_ms: 20,
+        checkpoint_bytes: 64 << 10,
+        checkpoint_check_ms: 5,
         snapshot_cache_bytes: 16 << 20,
-    };
-    Ok(EmbeddedLedger::open(dir, options).await?)
+    }
+}
+
+/// The risk rules of the crash test (rules are configuration: every run
+/// sets them again): transfers above 115 are held for review, with their
+/// decisions kept; a velocity window counts every debit, refusing none.
+pub fn rules() -> anyhow::Result<Vec<Rule>> {
+    Ok(vec![
+        Rule {
+            id: RuleId::new(1)?,
+            name: "review above 115".into(),
+            kind: RuleKind::MaxAmount { asset: "USD".into(), amount: Amount::new(115)? },
+            scope: RuleScope::Global,
+            action: RuleAction::Review,
+            timeout_seconds: Some(2),
+        },
+        Rule {
+            id: RuleId::new(2)?,
+            name: "velocity".into(),
+            kind: RuleKind::VelocityCount { window_seconds: 60, count: u32::MAX },
+            scope: RuleScope::Global,
+            action: RuleAction::Reject,
+            timeout_seconds: None,
+        },
+    ])
 }
 
 /// Opens and funds the accounts; idempotent, so every run starts with it.
 pub async fn setup(ledger: &Ledger) -> anyhow::Result<()> {
+    ledger.set_rules(rules()?).await?;
     ledger.ensure_settlement_account(usd()).await?;
     let settlement = settlement_account_id(&usd());
     for id in 1..=ACCOUNTS + TIGHT {
@@ -81,11 +123,23 @@ pub async fn setup(ledger: &Ledger) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One client's stream of transfers: ids unique across runs and clients.
+/// One step of a client.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Transfer requests, linked or not.
+    Submit(Vec<TransferRequest>, bool),
+    /// Freeze or unfreeze an account.
+    Status(u128, AccountStatus),
+}
+
+/// One client's stream of requests: ids unique across runs and clients
+/// (resent requests aside, which reuse an id on purpose).
 pub struct Plan {
     state: u64,
     next_id: u128,
     open_holds: Vec<u128>,
+    /// Requests sent lately, some sent again (same id, same body).
+    sent: Vec<(Vec<TransferRequest>, bool)>,
 }
 
 impl Plan {
@@ -95,6 +149,7 @@ impl Plan {
             state: (run << 20 | client).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             next_id: (u128::from(run) << 64) | (u128::from(client) << 40) | 1_000_000,
             open_holds: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -142,8 +197,35 @@ impl Plan {
         (vec![posted(self.id(), a, b, value), posted(self.id(), b, c, value)], true)
     }
 
-    /// The next request: single transfers, holds, posts, voids, linked
-    /// chains, and money passed on among accounts kept near zero.
+    /// The next step: transfers of every kind (below), a request sent again
+    /// with its id, or an account frozen or unfrozen (a few accounts only,
+    /// so most transfers still move money).
+    pub fn next_step(&mut self) -> Step {
+        match self.random(100) {
+            0..=4 if !self.sent.is_empty() => {
+                let index = self.random(self.sent.len() as u64) as usize;
+                let (requests, linked) = self.sent[index].clone();
+                return Step::Submit(requests, linked);
+            }
+            5 => {
+                let id = 1 + u128::from(self.random(3));
+                let status = if self.random(2) == 0 { AccountStatus::Frozen } else { AccountStatus::Active };
+                return Step::Status(id, status);
+            }
+            _ => {}
+        }
+        let (requests, linked) = self.next_batch();
+        if self.sent.len() == 64 {
+            let forgotten = self.random(64) as usize;
+            self.sent.swap_remove(forgotten);
+        }
+        self.sent.push((requests.clone(), linked));
+        Step::Submit(requests, linked)
+    }
+
+    /// The next request: single transfers, holds (some expiring in a
+    /// second), posts, voids, linked chains, transfers large enough to be
+    /// held for review, and money passed on among accounts kept near zero.
     pub fn next_batch(&mut self) -> (Vec<TransferRequest>, bool) {
         if self.random(10) < 4 {
             return self.tight_batch();
@@ -158,7 +240,8 @@ impl Plan {
         if choice < 3 {
             let (debit, credit) = self.pair();
             let id = self.id();
-            return (vec![pending(id, debit, credit, 1 + u128::from(self.random(50)), None)], false);
+            let timeout = if self.random(2) == 0 { Some(1) } else { None };
+            return (vec![pending(id, debit, credit, 1 + u128::from(self.random(50)), timeout)], false);
         }
         if choice < 5 {
             let (a, b) = self.pair();
@@ -170,7 +253,8 @@ impl Plan {
         }
         let (debit, credit) = self.pair();
         let id = self.id();
-        (vec![posted(id, debit, credit, 1 + u128::from(self.random(120)))], false)
+        // Up to 130: above 115 the review rule holds it.
+        (vec![posted(id, debit, credit, 1 + u128::from(self.random(130)))], false)
     }
 
     /// Notes an applied transfer (holds can be posted or voided later).
@@ -180,9 +264,4 @@ impl Plan {
             self.open_holds.push(transfer.id.get());
         }
     }
-}
-
-/// The line printed for an acknowledged request: enough to find it again.
-pub fn ack_line(request: &TransferRequest) -> anyhow::Result<String> {
-    Ok(format!("ACK {}", serde_json::to_string(request)?))
 }

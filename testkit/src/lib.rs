@@ -3,11 +3,13 @@
 //! - [`crash`]: the crash test's ledger settings and transfer plans.
 //! - [`model`]: a plain, sequential reference model of the ledger's rules,
 //!   written apart from the engine, that property tests compare against.
+//! - [`model_child`]: the model test's engine in a child process it can kill.
 //! - helpers here: ids, assets and requests in one line each, and opening a
 //!   ledger in a temporary directory.
 
 pub mod crash;
 pub mod model;
+pub mod model_child;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -134,4 +136,19 @@ pub fn test_options(shard_count: u16, clock: Arc<dyn Clock>) -> EmbeddedOptions 
 /// Opens the ledger stored in `dir`.
 pub async fn open(dir: &Path, options: EmbeddedOptions) -> anyhow::Result<EmbeddedLedger> {
     Ok(EmbeddedLedger::open(dir, options).await?)
+}
+
+/// Polls `check` every 2 ms until it holds, failing (naming `what`) once
+/// `within` has passed: no test waits for a condition without a deadline.
+pub async fn eventually<F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use wallet_actors::risk::{RiskHit, RuleAction, RuleId, RuleKindCode};
 use wallet_actors::{AccountFlags, AccountStatus, Rejection, TransferRequest, TransferStatus};
 
 /// An account in the model.
@@ -12,8 +13,13 @@ use wallet_actors::{AccountFlags, AccountStatus, Rejection, TransferRequest, Tra
 pub struct ModelAccount {
     /// Asset code and scale.
     pub asset: (String, u8),
+    /// Its owner; `1` is the system user (settlement accounts), whose
+    /// debits no risk rule checks.
+    pub user: u128,
     /// Limits.
     pub flags: AccountFlags,
+    /// How far below zero debits may go (with `debits_must_not_exceed_credits`).
+    pub overdraft_limit: u128,
     /// Status.
     pub status: AccountStatus,
     /// Posted debits.
@@ -35,6 +41,8 @@ struct ModelTransfer {
     request: TransferRequest,
     pending: Option<Hold>,
     status: TransferStatus,
+    /// A hold a review rule made of the transfer.
+    review: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -54,45 +62,120 @@ pub struct Model {
     /// Model time.
     pub now_ms: u64,
     /// The risk rules in force.
-    pub rules: ModelRules,
+    pub rules: Vec<ModelRule>,
+    /// What the rules decided, in order: (transfer, debited account, rule, action).
+    pub decisions: Vec<(u128, u128, u128, RuleAction)>,
 }
 
-/// The two risk rules the model knows, both global, both `reject`: rule 1
-/// caps one USD transfer, rule 2 caps debits per account within a window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ModelRules {
-    /// `max_amount` of USD, rule id 1.
-    pub max_usd: Option<u128>,
-    /// `velocity_count` (window_seconds, count), rule id 2.
-    pub velocity: Option<(u32, u32)>,
+/// A risk rule the model knows: `max_amount` of USD or `velocity_count`,
+/// scoped globally, to a user or to an account, rejecting or holding for
+/// review.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelRule {
+    /// Its id.
+    pub id: u128,
+    /// What it checks.
+    pub kind: ModelRuleKind,
+    /// Whose debits.
+    pub scope: ModelScope,
+    /// Reject, or hold for review.
+    pub action: RuleAction,
+    /// For review: when the hold voids itself.
+    pub timeout_seconds: Option<u32>,
 }
 
-impl ModelRules {
-    /// The same rules for the engine.
-    pub fn to_rules(self) -> Vec<wallet_actors::risk::Rule> {
-        use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
-        let rule = |id: u128, kind| Rule {
-            id: RuleId::new(id).unwrap_or_else(|_| unreachable!()),
-            name: format!("model rule {id}"),
-            kind,
-            scope: RuleScope::Global,
-            action: RuleAction::Reject,
-            timeout_seconds: None,
+/// What a [`ModelRule`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelRuleKind {
+    /// One USD transfer above this.
+    MaxUsd(u128),
+    /// More than `count` debits of one account within `window_seconds`.
+    Velocity {
+        /// The window.
+        window_seconds: u32,
+        /// Most debits in it.
+        count: u32,
+    },
+}
+
+/// Whose debits a [`ModelRule`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelScope {
+    /// Everyone's.
+    Global,
+    /// This user's accounts'.
+    User(u128),
+    /// This account's.
+    Account(u128),
+}
+
+impl ModelRule {
+    /// The same rule for the engine.
+    pub fn to_rule(self) -> wallet_actors::risk::Rule {
+        use wallet_actors::risk::{Rule, RuleKind, RuleScope};
+        let kind = match self.kind {
+            ModelRuleKind::MaxUsd(limit) => RuleKind::MaxAmount {
+                asset: "USD".into(),
+                amount: wallet_actors::Amount::new(limit).unwrap_or_default(),
+            },
+            ModelRuleKind::Velocity { window_seconds, count } => {
+                RuleKind::VelocityCount { window_seconds, count }
+            }
         };
-        let mut rules = Vec::new();
-        if let Some(limit) = self.max_usd {
-            let amount = wallet_actors::Amount::new(limit).unwrap_or_default();
-            rules.push(rule(1, RuleKind::MaxAmount { asset: "USD".into(), amount }));
+        let scope = match self.scope {
+            ModelScope::Global => RuleScope::Global,
+            ModelScope::User(user) => RuleScope::User(crate::user(user)),
+            ModelScope::Account(id) => RuleScope::Account(crate::account(id)),
+        };
+        Rule {
+            id: RuleId::new(self.id).unwrap_or_else(|_| unreachable!()),
+            name: format!("model rule {}", self.id),
+            kind,
+            scope,
+            action: self.action,
+            timeout_seconds: self.timeout_seconds,
         }
-        if let Some((window_seconds, count)) = self.velocity {
-            rules.push(rule(2, RuleKind::VelocityCount { window_seconds, count }));
-        }
-        rules
     }
+
+    fn kind_code(&self) -> RuleKindCode {
+        match self.kind {
+            ModelRuleKind::MaxUsd(_) => RuleKindCode::MaxAmount,
+            ModelRuleKind::Velocity { .. } => RuleKindCode::VelocityCount,
+        }
+    }
+
+    fn hit(&self) -> RiskHit {
+        RiskHit {
+            rule_id: RuleId::new(self.id).unwrap_or_else(|_| unreachable!()),
+            kind: self.kind_code(),
+            action: self.action,
+            timeout_seconds: if self.action == RuleAction::Review { self.timeout_seconds } else { None },
+        }
+    }
+}
+
+/// The rules for the engine.
+pub fn to_rules(rules: &[ModelRule]) -> Vec<wallet_actors::risk::Rule> {
+    rules.iter().map(|rule| rule.to_rule()).collect()
+}
+
+/// What the risk rules make of a new debit.
+enum Risk {
+    Pass,
+    Veto(Rejection),
+    /// Hold it for review by this rule.
+    Review(ModelRule),
 }
 
 /// A model result: `Ok(replayed)` or a rejection.
 pub type ModelResult = Result<bool, Rejection>;
+
+/// Why one request did not apply: a rejection, or a review rule that holds
+/// it (the operation is then tried again with it as a review hold).
+enum Failure {
+    Rejected(Rejection),
+    Review(ModelRule),
+}
 
 impl Model {
     /// An empty model at time `now_ms`.
@@ -101,20 +184,29 @@ impl Model {
     }
 
     /// Opens an account (as the engine: idempotent for the same fields).
-    pub fn open(&mut self, id: u128, asset: (&str, u8), flags: AccountFlags) -> Result<(), Rejection> {
+    pub fn open(
+        &mut self,
+        id: u128,
+        asset: (&str, u8),
+        flags: AccountFlags,
+        overdraft_limit: u128,
+        user: u128,
+    ) -> Result<(), Rejection> {
         let asset = (asset.0.to_string(), asset.1);
         if let Some(existing) = self.accounts.get(&id) {
-            return if existing.asset == asset && existing.flags == flags {
-                Ok(())
-            } else {
-                Err(Rejection::AccountExists)
-            };
+            let same = existing.asset == asset
+                && existing.flags == flags
+                && existing.overdraft_limit == overdraft_limit
+                && existing.user == user;
+            return if same { Ok(()) } else { Err(Rejection::AccountExists) };
         }
         self.accounts.insert(
             id,
             ModelAccount {
                 asset,
+                user,
                 flags,
+                overdraft_limit,
                 status: AccountStatus::Active,
                 debits_posted: 0,
                 credits_posted: 0,
@@ -154,7 +246,8 @@ impl Model {
     /// As in the engine, checks come in two passes: first those that need no
     /// account (fields, ids, the pending transfer named), for the whole
     /// batch against the state before it; then the account checks, transfer
-    /// by transfer.
+    /// by transfer. A review rule turns its transfer into a review hold and
+    /// the operation is tried again; a veto's decision is kept.
     pub fn submit(&mut self, requests: &[TransferRequest], linked: bool) -> Vec<ModelResult> {
         let mut first_pass: Vec<Option<ModelResult>> = Vec::with_capacity(requests.len());
         let mut seen = std::collections::BTreeSet::new();
@@ -165,9 +258,7 @@ impl Model {
             return requests
                 .iter()
                 .zip(first_pass)
-                .map(|(request, pre)| {
-                    pre.unwrap_or_else(|| self.apply_stateful(request, &mut Default::default()))
-                })
+                .map(|(request, pre)| pre.unwrap_or_else(|| self.apply_one(request)))
                 .collect();
         }
         if first_pass.iter().all(|r| *r == Some(Ok(true))) {
@@ -180,15 +271,63 @@ impl Model {
             };
             return linked_failure(requests.len(), first, reason);
         }
-        let mut trial = self.clone();
-        let mut resolved = std::collections::BTreeSet::new();
-        for (index, request) in requests.iter().enumerate() {
-            if let Err(reason) = trial.apply_stateful(request, &mut resolved) {
-                return linked_failure(requests.len(), index, reason);
+        let mut reviewed: BTreeMap<usize, ModelRule> = BTreeMap::new();
+        'again: loop {
+            let mut trial = self.clone();
+            let mut resolved = std::collections::BTreeSet::new();
+            for (index, request) in requests.iter().enumerate() {
+                match trial.apply_stateful(request, &mut resolved, reviewed.get(&index).copied()) {
+                    Ok(_) => {}
+                    Err(Failure::Review(rule)) => {
+                        reviewed.insert(index, rule);
+                        continue 'again;
+                    }
+                    Err(Failure::Rejected(reason)) => {
+                        self.keep_veto(request, reason);
+                        return linked_failure(requests.len(), index, reason);
+                    }
+                }
             }
+            *self = trial;
+            for (index, rule) in reviewed {
+                self.keep_review(&requests[index], rule);
+            }
+            return vec![Ok(false); requests.len()];
         }
-        *self = trial;
-        vec![Ok(false); requests.len()]
+    }
+
+    /// One request on its own (its account checks, then risk).
+    fn apply_one(&mut self, request: &TransferRequest) -> ModelResult {
+        let mut resolved = std::collections::BTreeSet::new();
+        match self.apply_stateful(request, &mut resolved, None) {
+            Ok(replayed) => Ok(replayed),
+            Err(Failure::Rejected(reason)) => {
+                self.keep_veto(request, reason);
+                Err(reason)
+            }
+            Err(Failure::Review(rule)) => match self.apply_stateful(request, &mut resolved, Some(rule)) {
+                Ok(replayed) => {
+                    self.keep_review(request, rule);
+                    Ok(replayed)
+                }
+                Err(Failure::Rejected(reason)) => Err(reason),
+                Err(Failure::Review(_)) => Err(Rejection::LinkedTransferFailed),
+            },
+        }
+    }
+
+    fn keep_veto(&mut self, request: &TransferRequest, reason: Rejection) {
+        if let (Some(hit), TransferRequest::Transfer { id, debit_account_id, .. }) =
+            (reason.risk_hit(), request)
+        {
+            self.decisions.push((id.get(), debit_account_id.get(), hit.rule_id.get(), RuleAction::Reject));
+        }
+    }
+
+    fn keep_review(&mut self, request: &TransferRequest, rule: ModelRule) {
+        if let TransferRequest::Transfer { id, debit_account_id, .. } = request {
+            self.decisions.push((id.get(), debit_account_id.get(), rule.id, RuleAction::Review));
+        }
     }
 
     fn first_pass(
@@ -226,16 +365,19 @@ impl Model {
         }
     }
 
+    /// Applies one request after its first pass; `review`: the rule that
+    /// holds it for review (review rules are then not checked again).
     fn apply_stateful(
         &mut self,
         request: &TransferRequest,
         resolved: &mut std::collections::BTreeSet<u128>,
-    ) -> ModelResult {
+        review: Option<ModelRule>,
+    ) -> Result<bool, Failure> {
         let id = request.id().get();
         match request {
             TransferRequest::Transfer { debit_account_id, credit_account_id, amount, pending, .. } => {
                 let (debit, credit, value) = (debit_account_id.get(), credit_account_id.get(), amount.get());
-                let held = pending.is_some();
+                let held = pending.is_some() || review.is_some();
                 let debit_failure = self.debit_failure(debit, value);
                 let credit_failure = self.credit_failure(credit, value);
                 let asset_failure = match (self.accounts.get(&debit), self.accounts.get(&credit)) {
@@ -245,11 +387,13 @@ impl Model {
                 if let Some(failure) =
                     [debit_failure, credit_failure, asset_failure].into_iter().flatten().min()
                 {
-                    return Err(failure);
+                    return Err(Failure::Rejected(failure));
                 }
-                // Risk rules come last, in kind order: max_amount, then velocity.
-                if let Some(failure) = self.risk_failure(debit, value) {
-                    return Err(failure);
+                // Risk rules come last.
+                match self.risk(debit, value, review.is_some()) {
+                    Risk::Pass => {}
+                    Risk::Veto(rejection) => return Err(Failure::Rejected(rejection)),
+                    Risk::Review(rule) => return Err(Failure::Review(rule)),
                 }
                 let now_ms = self.now_ms;
                 if let Some(a) = self.accounts.get_mut(&debit) {
@@ -269,21 +413,31 @@ impl Model {
                     }
                     a.sequence += 1;
                 }
-                let hold = pending.map(|p| Hold {
+                let timeout = match review {
+                    Some(rule) => rule.timeout_seconds,
+                    None => pending.and_then(|p| p.timeout_seconds),
+                };
+                let hold = held.then(|| Hold {
                     debit,
                     credit,
                     amount: value,
-                    expires_at_ms: p.timeout_seconds.map(|s| self.now_ms + u64::from(s) * 1000),
+                    expires_at_ms: timeout.map(|s| self.now_ms + u64::from(s) * 1000),
                 });
                 let status = if held { TransferStatus::Pending } else { TransferStatus::Posted };
-                self.transfers.insert(id, ModelTransfer { request: request.clone(), pending: hold, status });
+                let transfer = ModelTransfer {
+                    request: request.clone(),
+                    pending: hold,
+                    status,
+                    review: review.is_some(),
+                };
+                self.transfers.insert(id, transfer);
                 Ok(false)
             }
             TransferRequest::PostPending { pending_id, amount, .. } => {
                 if resolved.contains(&pending_id.get()) {
-                    return Err(Rejection::PendingTransferBusy);
+                    return Err(Failure::Rejected(Rejection::PendingTransferBusy));
                 }
-                let hold = self.open_hold(pending_id.get())?;
+                let hold = self.open_hold(pending_id.get()).map_err(Failure::Rejected)?;
                 let value = amount.map_or(hold.amount, |a| a.get());
                 let expired = hold.expires_at_ms.is_some_and(|at| at <= self.now_ms);
                 let debit_failure = match self.accounts.get(&hold.debit) {
@@ -296,7 +450,7 @@ impl Model {
                     Some(a) => status_failure(a.status, false, true),
                 };
                 if let Some(failure) = [debit_failure, credit_failure].into_iter().flatten().min() {
-                    return Err(failure);
+                    return Err(Failure::Rejected(failure));
                 }
                 resolved.insert(pending_id.get());
                 self.release(hold, value);
@@ -305,9 +459,9 @@ impl Model {
             }
             TransferRequest::VoidPending { pending_id, .. } => {
                 if resolved.contains(&pending_id.get()) {
-                    return Err(Rejection::PendingTransferBusy);
+                    return Err(Failure::Rejected(Rejection::PendingTransferBusy));
                 }
-                let hold = self.open_hold(pending_id.get())?;
+                let hold = self.open_hold(pending_id.get()).map_err(Failure::Rejected)?;
                 let debit_failure = match self.accounts.get(&hold.debit) {
                     None => Some(Rejection::DebitAccountNotFound),
                     Some(a) => status_failure(a.status, true, false),
@@ -317,7 +471,7 @@ impl Model {
                     Some(a) => status_failure(a.status, false, false),
                 };
                 if let Some(failure) = [debit_failure, credit_failure].into_iter().flatten().min() {
-                    return Err(failure);
+                    return Err(Failure::Rejected(failure));
                 }
                 resolved.insert(pending_id.get());
                 self.release(hold, 0);
@@ -371,7 +525,8 @@ impl Model {
         }
         let status =
             if status == TransferStatus::Posted { TransferStatus::Posted } else { TransferStatus::Voided };
-        self.transfers.insert(id, ModelTransfer { request: request.clone(), pending: None, status });
+        self.transfers
+            .insert(id, ModelTransfer { request: request.clone(), pending: None, status, review: false });
     }
 
     fn open_hold(&self, pending_id: u128) -> Result<Hold, Rejection> {
@@ -391,7 +546,7 @@ impl Model {
             return Some(failure);
         }
         if a.flags.debits_must_not_exceed_credits
-            && a.debits_posted + a.debits_pending + value > a.credits_posted
+            && a.debits_posted + a.debits_pending + value > a.credits_posted + a.overdraft_limit
         {
             return Some(Rejection::InsufficientFunds);
         }
@@ -411,33 +566,66 @@ impl Model {
         None
     }
 
-    fn risk_failure(&self, debit: u128, value: u128) -> Option<Rejection> {
-        use wallet_actors::risk::{RiskHit, RuleAction, RuleId, RuleKindCode};
-        let account = self.accounts.get(&debit)?;
-        let hit = |id: u128, kind| RiskHit {
-            rule_id: RuleId::new(id).unwrap_or_else(|_| unreachable!()),
-            kind,
-            action: RuleAction::Reject,
-            timeout_seconds: None,
-        };
-        if self.rules.max_usd.is_some_and(|limit| account.asset.0 == "USD" && value > limit) {
-            return Some(Rejection::RiskMaxAmountExceeded(hit(1, RuleKindCode::MaxAmount)));
+    /// The first rule a new debit of `value` from `debit` violates, in the
+    /// engine's order: reject rules before review rules, then by kind
+    /// (max_amount before velocity), then by id. Settlement accounts'
+    /// debits are never checked; a review hold is not checked again by
+    /// review rules.
+    fn risk(&self, debit: u128, value: u128, under_review: bool) -> Risk {
+        let Some(account) = self.accounts.get(&debit) else { return Risk::Pass };
+        if account.user == 1 {
+            return Risk::Pass;
         }
-        if let Some((window_seconds, count)) = self.rules.velocity {
-            // Model time moves in whole seconds, where the engine's one-second
-            // buckets make the window exactly "at most window_seconds ago".
-            let window_ms = u64::from(window_seconds) * 1000;
-            let seen = account.debit_times_ms.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
-            if seen as u64 + 1 > u64::from(count) {
-                return Some(Rejection::RiskVelocityExceeded(hit(2, RuleKindCode::VelocityCount)));
+        let mut rules = self.rules.clone();
+        rules.sort_by_key(|rule| (rule.action == RuleAction::Review, rule.kind_code(), rule.id));
+        for rule in rules {
+            if under_review && rule.action == RuleAction::Review {
+                break;
+            }
+            let in_scope = match rule.scope {
+                ModelScope::Global => true,
+                ModelScope::User(user) => account.user == user,
+                ModelScope::Account(id) => id == debit,
+            };
+            let violated = match rule.kind {
+                ModelRuleKind::MaxUsd(limit) => account.asset.0 == "USD" && value > limit,
+                ModelRuleKind::Velocity { window_seconds, count } => {
+                    // Model time moves in whole seconds, where the engine's
+                    // one-second buckets make the window exactly "at most
+                    // window_seconds ago".
+                    let window_ms = u64::from(window_seconds) * 1000;
+                    let seen =
+                        account.debit_times_ms.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
+                    seen as u64 + 1 > u64::from(count)
+                }
+            };
+            if in_scope && violated {
+                return match rule.action {
+                    RuleAction::Reject => Risk::Veto(rule.hit().rejection()),
+                    RuleAction::Review => Risk::Review(rule),
+                };
             }
         }
-        None
+        Risk::Pass
     }
 
-    /// Every transfer id with its status.
-    pub fn statuses(&self) -> Vec<(u128, TransferStatus)> {
-        self.transfers.iter().map(|(id, t)| (*id, t.status)).collect()
+    /// The accounts of a pending transfer, if there is one by that id.
+    pub fn hold_accounts(&self, pending_id: u128) -> Option<(u128, u128)> {
+        self.transfers.get(&pending_id).and_then(|t| t.pending).map(|hold| (hold.debit, hold.credit))
+    }
+
+    /// Every open hold's id, oldest first (commands pick among them).
+    pub fn live_holds(&self) -> Vec<u128> {
+        self.transfers
+            .iter()
+            .filter(|(_, t)| t.status == TransferStatus::Pending)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every transfer id with its status, and whether a review rule made it.
+    pub fn statuses(&self) -> Vec<(u128, TransferStatus, bool)> {
+        self.transfers.iter().map(|(id, t)| (*id, t.status, t.review)).collect()
     }
 
     /// Sum of credits minus debits (posted and pending) over all accounts: always zero.

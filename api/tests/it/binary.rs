@@ -20,17 +20,44 @@ async fn token(client: &reqwest::Client, base: &str, email: &str, password: &str
     body["access_token"].as_str().map(str::to_string).context("no token")
 }
 
+/// SIGTERM stops the binary cleanly (exit 0), and what it acknowledged is
+/// there when it starts again on the same directory.
 #[tokio::test]
-async fn serve_then_sigterm_exits_zero() -> anyhow::Result<()> {
+async fn serve_then_sigterm_exits_zero_and_keeps_what_it_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut server = Server::start(dir.path(), None)?;
     let password = server.password.clone().context("no generated admin password was printed")?;
     let client = reqwest::Client::builder().no_proxy().build()?;
-    assert_eq!(client.get(format!("{}/healthz", server.base)).send().await?.status(), StatusCode::OK);
-    token(&client, &server.base, "admin@wallet.local", &password).await?;
+    let base = server.base.clone();
+    assert_eq!(client.get(format!("{base}/healthz")).send().await?.status(), StatusCode::OK);
+    let admin = token(&client, &base, "admin@wallet.local", &password).await?;
+    let reply = client
+        .post(format!("{base}/v1/accounts"))
+        .bearer_auth(&admin)
+        .json(&json!({"asset": "EUR"}))
+        .send()
+        .await?;
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let account =
+        reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
+    let deposit_id = uuid::Uuid::new_v4().to_string();
+    let deposit = json!({"id": deposit_id, "account_id": account, "amount": "1234"});
+    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
+    assert_eq!(reply.status(), StatusCode::CREATED);
     server.signal("-TERM")?;
     let exit = server.wait()?;
     assert!(exit.success(), "{exit:?}");
+
+    // The same directory, started again: no new password, the same books.
+    let server = Server::start(dir.path(), None)?;
+    assert!(server.password.is_none(), "a second start printed a new admin password");
+    let base = server.base.clone();
+    let admin = token(&client, &base, "admin@wallet.local", &password).await?;
+    let read = client.get(format!("{base}/v1/accounts/{account}")).bearer_auth(&admin).send().await?;
+    let body: serde_json::Value = read.json().await?;
+    assert_eq!(body["balance"]["available"], "1234", "{body}");
+    let read = client.get(format!("{base}/v1/transfers/{deposit_id}")).bearer_auth(&admin).send().await?;
+    assert_eq!(read.status(), StatusCode::OK);
     Ok(())
 }
 

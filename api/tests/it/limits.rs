@@ -95,6 +95,38 @@ async fn health_and_readiness() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failed journal sync: the write is refused (503, its outcome unknown),
+/// and the node says it must restart (`/healthz` 503, so a liveness probe
+/// restarts it) and is not ready; a restart recovers from what is on disk.
+#[tokio::test]
+async fn after_a_journal_failure_healthz_asks_for_a_restart() -> anyhow::Result<()> {
+    use wallet_storage::faults::{self, Fault};
+    let dir = tempfile::tempdir()?;
+    let app = TestApp::spawn_in(dir).await?;
+    let (_, token) = app.user("jo").await?;
+    let account = app.account(&token).await?;
+    assert_eq!(app.deposit(&account, "500").await?.status, StatusCode::CREATED);
+    faults::arm(faults::points::JOURNAL_SYNC, Fault::Error(1));
+    let failed = app.deposit(&account, "700").await?;
+    assert_eq!(
+        (failed.status, failed.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{}",
+        failed.body
+    );
+    assert_eq!(app.get("/healthz", None).await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.get("/readyz", None).await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Nothing more is taken, however long it waits: the fault is spent, the node is not mended.
+    assert_eq!(app.deposit(&account, "1").await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.get("/healthz", None).await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    let dir = app.stop().await?;
+    let app = TestApp::spawn_in(dir).await?;
+    assert_eq!(app.get("/healthz", None).await?.status, StatusCode::OK);
+    let available = app.available(&token, &account).await?;
+    assert!(available == "500" || available == "1200", "available {available}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn logins_are_rate_limited() -> anyhow::Result<()> {
     // The helper logs the admin in once, leaving two.

@@ -63,14 +63,26 @@ async fn a_crashed_shard_is_rebuilt_while_the_server_keeps_serving() -> anyhow::
     for shard in 0..shard_count {
         app.ledger.crash_shard(wallet_actors::ShardId(shard));
     }
+    // Not ready while the shards are rebuilt, ready again after.
+    let mut readiness = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.ledger.rebuilds() == 0 || app.get("/readyz", None).await?.status != StatusCode::OK {
+    loop {
+        let ready = app.get("/readyz", None).await?.status;
+        if readiness.last() != Some(&ready) {
+            readiness.push(ready);
+        }
+        if app.ledger.rebuilds() > 0 && ready == StatusCode::OK {
+            break;
+        }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the shards were not rebuilt");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    assert!(readiness.contains(&StatusCode::SERVICE_UNAVAILABLE), "/readyz never said 503: {readiness:?}");
     while let Some(done) = clients.join_next().await {
         done??;
     }
+    let caught = unknown.lock().map_err(|_| anyhow::anyhow!("lock"))?.len();
+    assert!(caught > 0, "no request was caught by the crash (none answered 503 or 504)");
 
     // Unknown outcomes, retried with the same body: applied once either way.
     let retries = std::mem::take(&mut *unknown.lock().map_err(|_| anyhow::anyhow!("lock"))?);

@@ -1,6 +1,7 @@
-//! The child of the crash test: opens a ledger, then applies transfers from
-//! many concurrent clients until it is killed, printing one line per
-//! acknowledged transfer (`ACK <json>`) the moment its result arrives.
+//! The child of the crash tests: opens a ledger, then applies requests from
+//! many concurrent clients until it is killed (or stops at a fault point the
+//! environment arms, `WALLET_FAULTS`), printing one line per acknowledged
+//! transfer (`ACK <json>`) the moment its result arrives.
 //!
 //! `wallet-crash-child <data-dir> <run-number>`
 
@@ -11,8 +12,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use wallet_actors::TransferRequest;
-use wallet_testkit::crash::{self, Plan};
+use wallet_testkit::crash::{self, Plan, Step};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -31,7 +31,13 @@ fn main() -> anyhow::Result<()> {
             clients.spawn(async move {
                 let mut plan = Plan::new(run, client);
                 loop {
-                    let (requests, linked): (Vec<TransferRequest>, bool) = plan.next_batch();
+                    let (requests, linked) = match plan.next_step() {
+                        Step::Submit(requests, linked) => (requests, linked),
+                        Step::Status(id, status) => {
+                            let _ = ledger.set_account_status(wallet_testkit::account(id), status).await;
+                            continue;
+                        }
+                    };
                     let Ok(results) = ledger.submit(requests.clone(), linked).await else { continue };
                     for (request, result) in requests.iter().zip(results) {
                         if let Ok(outcome) = result {

@@ -161,9 +161,8 @@ async fn idle_accounts_passivate_and_come_back_when_named() -> anyhow::Result<()
     // The snapshot has them all; untouched since, they leave memory (the
     // tests passivate after every snapshot).
     node.checkpoint().await?;
-    while ledger.resident_accounts().await? > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+    let second = std::time::Duration::from_secs(10);
+    eventually("passivation", second, || async { Ok(ledger.resident_accounts().await? == 0) }).await?;
     // Named again, each comes back as it was: balances, holds, history.
     let account_2 = ledger.account(account(2)).await?.map(|v| v.account.balances);
     assert_eq!(account_2.map(|b| (b.credits_posted, b.debits_pending)), Some((100, 40)));
@@ -176,7 +175,7 @@ async fn idle_accounts_passivate_and_come_back_when_named() -> anyhow::Result<()
     node.stop_without_checkpoint().await;
     let node = open(dir.path(), test_options(4, clock)).await?;
     // Recovery read back only the accounts the journal tail names.
-    assert_eq!(node.snapshot_accounts, 4);
+    assert_eq!(node.recovery.snapshot_accounts, 4);
     let balances: Vec<i128> = node.ledger.accounts().await?.iter().map(|a| a.balances.posted()).collect();
     assert_eq!(balances, vec![-800, 70, 130, 0, 200, 100, 100, 100, 100]);
     node.shutdown().await;
@@ -225,9 +224,8 @@ async fn a_capture_whose_checkpoint_never_finished_is_taken_again() -> anyhow::R
     // The next one must write those accounts and the hold all the same;
     // then they may leave memory (the tests passivate after every snapshot).
     node.checkpoint().await?;
-    while ledger.resident_accounts().await? > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+    let second = std::time::Duration::from_secs(10);
+    eventually("passivation", second, || async { Ok(ledger.resident_accounts().await? == 0) }).await?;
     let want = vec![-1_400, 200, 300, 400, 500];
     let posted_of = |accounts: Vec<wallet_actors::Account>| -> Vec<i128> {
         accounts.iter().map(|a| a.balances.posted()).collect()

@@ -114,7 +114,7 @@ async fn a_failed_segment_deletion_leaves_the_checkpoint_in_force() -> anyhow::R
     anyhow::ensure!(acknowledged.len() > 100, "only {} transfers acknowledged", acknowledged.len());
     node.stop_without_checkpoint().await;
     let node = open(dir.path(), options).await?;
-    crate::crash::check_books(&node, &acknowledged).await?;
+    wallet_testkit::crash::check_books(&node, &acknowledged).await?;
     node.shutdown().await;
     Ok(())
 }

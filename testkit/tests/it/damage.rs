@@ -195,29 +195,48 @@ async fn a_damaged_transfer_index_never_lets_an_id_apply_twice() -> anyhow::Resu
     Ok(())
 }
 
+/// Whether an error opening a damaged data directory is the clear refusal
+/// damage must give: corruption found, a record that does not decode or
+/// replay, or an I/O error reading the damaged store; not some unrelated
+/// failure (the directory locked, the wrong settings) passing for one.
+fn refuses_damage(error: &StorageError) -> bool {
+    match error {
+        StorageError::Corrupt { .. }
+        | StorageError::Decode { .. }
+        | StorageError::UnsupportedVersion { .. }
+        | StorageError::Replay { .. }
+        | StorageError::JournalGap { .. }
+        | StorageError::Completion(_) => true,
+        StorageError::Io { path, .. } => {
+            path.starts_with("snapshot") || path.components().any(|c| c.as_os_str() == "history")
+        }
+        _ => false,
+    }
+}
+
 /// What a reopened ledger says about accounts 1 to 5 and their history:
-/// `Ok(None)` when it refuses to answer (a clear error), never a guess.
+/// `Ok(None)` when it refuses to answer with a clear error (see
+/// [`refuses_damage`]; a read that fails is `unavailable`), never a guess.
 async fn books_after_damage(dir: &std::path::Path) -> anyhow::Result<Option<Vec<(u128, i128, Vec<u64>)>>> {
     let options = test_options(4, Arc::new(ManualClock::new(1)));
     let node = match wallet_storage::EmbeddedLedger::open(dir, options).await {
         Ok(node) => node,
-        Err(_) => return Ok(None),
+        Err(error) if refuses_damage(&error) => return Ok(None),
+        Err(error) => anyhow::bail!("not a refusal of damage: {error}"),
     };
     let mut books = Vec::new();
     for id in 1..=5 {
-        let view = match node.ledger.account(account(id)).await {
-            Ok(view) => view,
-            Err(_) => {
-                node.stop_without_checkpoint().await;
-                return Ok(None);
-            }
+        let read = match node.ledger.account(account(id)).await {
+            Ok(view) => node.ledger.history(account(id), 0, 1000).await.map(|history| (view, history)),
+            Err(error) => Err(error),
         };
-        let history = match node.ledger.history(account(id), 0, 1000).await {
-            Ok(entries) => entries.iter().map(|e| e.sequence).collect(),
-            Err(_) => {
+        let (view, history) = match read {
+            Ok((view, entries)) => (view, entries.iter().map(|e| e.sequence).collect()),
+            Err(wallet_actors::LedgerError::Unavailable) => {
                 node.stop_without_checkpoint().await;
                 return Ok(None);
             }
+            Err(other) => anyhow::bail!("not a refusal of damage: {other}"),
         };
         books.push((id, view.map_or(0, |v| v.account.balances.posted()), history));
     }
@@ -239,7 +258,11 @@ async fn damaged_snapshot_and_history_files_give_an_error_or_the_true_books() ->
     }
     // Everything moves to the snapshot, the index and the history runs.
     node.shutdown().await;
-    let truth = books_after_damage(pristine.path()).await?.ok_or_else(|| anyhow::anyhow!("no books"))?;
+    // The truth from an undamaged copy: opening a directory changes it, and
+    // every damaged copy below starts from the same untouched files.
+    let undamaged = tempfile::tempdir()?;
+    copy_dir(pristine.path(), undamaged.path())?;
+    let truth = books_after_damage(undamaged.path()).await?.ok_or_else(|| anyhow::anyhow!("no books"))?;
     anyhow::ensure!(truth.iter().map(|(_, posted, _)| posted).sum::<i128>() == 0);
 
     let mut targets = Vec::new();

@@ -3,8 +3,11 @@
 mod basics;
 mod checkpoint;
 mod crash;
+mod crash_points;
 mod damage;
+mod guarantees;
 mod model;
+mod model_kill;
 mod recovery;
 mod risk;
 mod sizes;

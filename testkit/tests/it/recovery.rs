@@ -101,3 +101,31 @@ async fn a_commit_whose_completion_breaks_a_limit_stops_the_start() -> anyhow::R
     }
     Ok(())
 }
+
+/// The real journal writer's sync fails: the write's outcome is unknown, so
+/// the ledger refuses everything, reads included, and says it needs a
+/// restart; the restart recovers what the files hold (the unsynced write
+/// either whole or not at all), and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_stops_the_ledger_until_a_restart() -> anyhow::Result<()> {
+    use wallet_actors::LedgerError;
+    use wallet_storage::faults::{self, Fault};
+    let dir = tempfile::tempdir()?;
+    write_some(dir.path()).await?;
+    let node = open(dir.path(), test_options(4, Arc::new(ManualClock::new(1)))).await?;
+    faults::arm(faults::points::JOURNAL_SYNC, Fault::Error(1));
+    assert_eq!(node.ledger.submit_one(posted(2, 1, 2, 5)).await, Err(LedgerError::Unavailable));
+    assert!(node.ledger.needs_restart());
+    assert!(!node.ledger.is_serving());
+    // The fault is spent, but nothing is trusted until a restart.
+    assert_eq!(node.ledger.submit_one(posted(3, 1, 2, 5)).await, Err(LedgerError::Unavailable));
+    assert_eq!(node.ledger.account(account(2)).await, Err(LedgerError::Unavailable));
+    node.stop_without_checkpoint().await;
+
+    let node = open(dir.path(), test_options(4, Arc::new(ManualClock::new(1)))).await?;
+    let credited = node.ledger.account(account(2)).await?.map(|v| v.account.balances.credits_posted);
+    assert!(matches!(credited, Some(10) | Some(15)), "{credited:?}");
+    node.ledger.submit_one(posted(3, 1, 2, 5)).await??;
+    node.shutdown().await;
+    Ok(())
+}

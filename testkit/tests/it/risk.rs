@@ -188,9 +188,8 @@ async fn review_rules_make_holds_and_every_decision_is_kept() -> anyhow::Result<
     // Another review hold expires after the rule's timeout.
     ledger.submit_one(posted(4, 1, 2, 2_000)).await??;
     clock.advance_ms(61_000);
-    while ledger.transfer(tid(4)).map(|r| r.status) == Some(TransferStatus::Pending) {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let expired = || async { Ok(ledger.transfer(tid(4)).map(|r| r.status) != Some(TransferStatus::Pending)) };
+    eventually("the review hold's expiry", std::time::Duration::from_secs(10), expired).await?;
     assert_eq!(ledger.transfer(tid(4)).map(|r| r.status), Some(TransferStatus::Expired));
 
     let decisions = ledger.decisions(None, 0, 100)?;

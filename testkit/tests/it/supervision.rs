@@ -12,7 +12,7 @@ use std::time::Duration;
 use wallet_actors::{ShardId, TransferRequest};
 use wallet_testkit::crash::{self, Plan};
 
-use crate::crash::check_books;
+use wallet_testkit::crash::check_books;
 
 type Acknowledged = Arc<Mutex<BTreeMap<u128, TransferRequest>>>;
 type Unknown = Arc<Mutex<Vec<(Vec<TransferRequest>, bool)>>>;
