@@ -8,6 +8,7 @@ mod damage;
 mod guarantees;
 mod model;
 mod model_kill;
+mod nats;
 mod recovery;
 mod risk;
 mod sizes;
