@@ -25,6 +25,7 @@ fn planned(id: u128, debit: u128, credit: u128, value: u128) -> Planned {
         posted_add: value,
         pending_add: 0,
         pending_sub: 0,
+        at_ms: 0,
     };
     Planned {
         transfer: Some(Arc::new(Transfer {
@@ -104,6 +105,7 @@ fn sample_record() -> Record {
             })
             .collect(),
         decisions: Vec::new(),
+        at_ms: 0,
     })
 }
 

@@ -134,6 +134,11 @@ pub struct Leg {
     pub pending_add: u128,
     /// Taken from the pending total (a hold posted, voided or expired).
     pub pending_sub: u128,
+    /// When the ledger took the transfer it belongs to (its timestamp; for
+    /// an expiry, when the hold was found due), in ledger milliseconds since
+    /// the Unix epoch: velocity windows count by it and its history entry
+    /// and event say it happened then, on replay as when it was applied.
+    pub at_ms: u64,
 }
 
 /// What happened to an account, in order: the journal's unit of change.
@@ -431,6 +436,7 @@ mod tests {
             posted_add,
             pending_add,
             pending_sub: 0,
+            at_ms: 0,
         }
     }
 

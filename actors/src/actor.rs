@@ -162,11 +162,16 @@ impl RunningShard {
             }
             ShardMsg::SetStatus(account_id, status, port) => {
                 let Some(port) = self.refuse_if_poisoned(port) else { return };
-                match self.state.set_status(account_id, status) {
+                let now_ms = self.shared.clock.now_ms();
+                match self.state.set_status(account_id, status, now_ms) {
                     Err(rejection) => reply(port, Err(LedgerError::Rejected(rejection))),
                     Ok((account, None)) => reply(port, Ok(account)),
                     Ok((account, Some(event))) => {
-                        let record = Record::Applied(Applied { events: vec![event], ..Default::default() });
+                        let record = Record::Applied(Applied {
+                            events: vec![event],
+                            at_ms: now_ms,
+                            ..Default::default()
+                        });
                         self.journal_then_reply(record, port, Ok(account));
                     }
                 }
@@ -269,7 +274,7 @@ impl RunningShard {
     fn execute(&mut self, ops: Vec<Arc<[Planned]>>, port: RpcReplyPort<Result<Vec<OpOutcome>, LedgerError>>) {
         let now_ms = self.shared.clock.now_ms();
         let mut outcomes = Vec::with_capacity(ops.len());
-        let mut record = Applied::default();
+        let mut record = Applied { at_ms: now_ms, ..Applied::default() };
         for op in &ops {
             match self.state.execute_local(op, now_ms) {
                 Ok(applied) => {

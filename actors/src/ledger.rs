@@ -719,6 +719,7 @@ impl Ledger {
                     posted_add: 0,
                     pending_add: 0,
                     pending_sub: hold.amount,
+                    at_ms: now_ms,
                 };
                 ops.push(Arc::from(vec![Planned {
                     transfer: None,

@@ -23,6 +23,7 @@ pub mod account;
 pub mod actor;
 pub mod amount;
 pub mod asset;
+pub mod events;
 pub mod hash;
 pub mod ids;
 pub mod ledger;

@@ -14,7 +14,7 @@ use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
 /// 3: review decisions travel in `Applied` and `Commit`.
-pub const RECORD_FORMAT_VERSION: u8 = 3;
+pub const RECORD_FORMAT_VERSION: u8 = 4;
 
 /// One event of one account, with its gap-free sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +82,9 @@ pub struct Applied {
     pub events: Vec<SequencedEvent>,
     /// Review decisions of the holds among `transfers`: durable with them.
     pub decisions: Vec<crate::risk::Decision>,
+    /// When the shard made it, in ledger milliseconds: the time of its
+    /// status changes (legs carry their own, [`crate::account::Leg::at_ms`]).
+    pub at_ms: u64,
 }
 
 /// See [`Record::Commit`].

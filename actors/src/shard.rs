@@ -109,6 +109,9 @@ pub struct HistoryEntry {
     pub event: HistoryEvent,
     /// The account's balances after it.
     pub balances: crate::account::Balances,
+    /// When it happened, in ledger milliseconds since the Unix epoch (the
+    /// same after a replay: it comes from the record, not the clock).
+    pub at_ms: u64,
 }
 
 /// What a history entry records.
@@ -390,7 +393,7 @@ impl ShardState {
         self.accounts
             .insert(opened.id, Slot { account: opened.clone(), reserved: Reserved::default(), touched });
         self.dirty_accounts.insert(opened.id);
-        self.record_history(opened.id, 1, HistoryEvent::Opened);
+        self.record_history(opened.id, 1, HistoryEvent::Opened, opened.created_at_ms);
         Ok((opened, Some(event)))
     }
 
@@ -400,6 +403,7 @@ impl ShardState {
         &mut self,
         account_id: AccountId,
         target: AccountStatus,
+        now_ms: u64,
     ) -> Result<(Account, Option<SequencedEvent>), Rejection> {
         let slot = self.accounts.get_mut(&account_id).ok_or(Rejection::AccountNotFound)?;
         let current = slot.account.status;
@@ -423,7 +427,7 @@ impl ShardState {
         slot.account.apply(sequence, &event);
         let account = slot.account.clone();
         self.dirty_accounts.insert(account_id);
-        self.record_history(account_id, sequence, HistoryEvent::StatusChanged(target));
+        self.record_history(account_id, sequence, HistoryEvent::StatusChanged(target), now_ms);
         Ok((account, Some(SequencedEvent { account_id, sequence, event })))
     }
 
@@ -591,9 +595,8 @@ impl ShardState {
         self.release(&reservation);
         let mut applied = Applied::default();
         for planned in op {
-            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
-                applied.events.push(self.apply_leg(leg, at_ms));
+                applied.events.push(self.apply_leg(leg));
             }
             self.apply_holds(planned);
             if let Some(transfer) = &planned.transfer {
@@ -655,10 +658,9 @@ impl ShardState {
         self.release(&reservation);
         let mut sequences = Vec::with_capacity(reservation.legs.len());
         for planned in op {
-            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, at_ms).sequence);
+                    sequences.push(self.apply_leg(leg).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -709,10 +711,9 @@ impl ShardState {
         self.release(&reservation);
         let mut sequences = Vec::with_capacity(reservation.legs.len());
         for planned in op.iter() {
-            let at_ms = timestamp_of(planned);
             for leg in &planned.legs {
                 if self.owns(leg.account_id) {
-                    sequences.push(self.apply_leg(leg, at_ms).sequence);
+                    sequences.push(self.apply_leg(leg).sequence);
                 }
             }
             self.apply_holds(planned);
@@ -729,8 +730,8 @@ impl ShardState {
 
     /// Applies one leg that was checked and reserved: a broken guarantee
     /// here is a bug, so it panics and the supervisor rebuilds the shards.
-    fn apply_leg(&mut self, leg: &Leg, at_ms: u64) -> SequencedEvent {
-        match self.try_apply_leg(leg, None, at_ms) {
+    fn apply_leg(&mut self, leg: &Leg) -> SequencedEvent {
+        match self.try_apply_leg(leg, None) {
             Ok(event) => event,
             Err(broken) => panic!("{broken}"),
         }
@@ -738,12 +739,7 @@ impl ShardState {
 
     /// Applies one leg. With `sequence`, replay: an event the account already
     /// has is skipped, so replaying over a newer snapshot is harmless.
-    fn try_apply_leg(
-        &mut self,
-        leg: &Leg,
-        sequence: Option<u64>,
-        at_ms: u64,
-    ) -> Result<SequencedEvent, InvariantBroken> {
+    fn try_apply_leg(&mut self, leg: &Leg, sequence: Option<u64>) -> Result<SequencedEvent, InvariantBroken> {
         let event = AccountEvent::Leg(*leg);
         let slot = self
             .accounts
@@ -753,10 +749,10 @@ impl ShardState {
         if sequence > slot.account.sequence {
             slot.account.try_apply(sequence, &event)?;
             if leg.is_new_debit() && slot.account.user_id != crate::ids::UserId::SYSTEM {
-                slot.account.debit_window.record(at_ms, leg.posted_add + leg.pending_add);
+                slot.account.debit_window.record(leg.at_ms, leg.posted_add + leg.pending_add);
             }
             self.dirty_accounts.insert(leg.account_id);
-            self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg));
+            self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg), leg.at_ms);
         }
         Ok(SequencedEvent { account_id: leg.account_id, sequence, event })
     }
@@ -800,9 +796,9 @@ impl ShardState {
         }
     }
 
-    fn record_history(&mut self, account_id: AccountId, sequence: u64, event: HistoryEvent) {
+    fn record_history(&mut self, account_id: AccountId, sequence: u64, event: HistoryEvent, at_ms: u64) {
         let Some(slot) = self.accounts.get(&account_id) else { return };
-        let entry = HistoryEntry { account_id, sequence, event, balances: slot.account.balances };
+        let entry = HistoryEntry { account_id, sequence, event, balances: slot.account.balances, at_ms };
         self.history_recent.push(entry);
     }
 
@@ -888,7 +884,6 @@ impl ShardState {
 
     /// Replays an [`Applied`] record (recovery).
     pub fn replay_applied(&mut self, applied: &Applied) -> Result<(), ReplayError> {
-        let mut times = TransferTimes::new(&applied.transfers);
         for sequenced in &applied.events {
             if !self.owns(sequenced.account_id) {
                 continue;
@@ -904,7 +899,7 @@ impl ShardState {
                             touched: self.epoch,
                         });
                         self.dirty_accounts.insert(account.id);
-                        self.record_history(account.id, 1, HistoryEvent::Opened);
+                        self.record_history(account.id, 1, HistoryEvent::Opened, account.created_at_ms);
                     }
                 }
                 AccountEvent::StatusChanged(_) => {
@@ -917,14 +912,14 @@ impl ShardState {
                                     sequenced.account_id,
                                     sequenced.sequence,
                                     HistoryEvent::StatusChanged(status),
+                                    applied.at_ms,
                                 );
                             }
                         }
                     }
                 }
                 AccountEvent::Leg(leg) => {
-                    let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
-                    self.try_apply_leg(leg, Some(sequenced.sequence), at_ms)?;
+                    self.try_apply_leg(leg, Some(sequenced.sequence))?;
                 }
             }
         }
@@ -949,13 +944,11 @@ impl ShardState {
         sequences: Option<&[u64]>,
     ) -> Result<Vec<u64>, ReplayError> {
         let mut used = Vec::new();
-        let mut times = TransferTimes::new(&commit.transfers);
         for leg in &commit.legs {
             if self.owns(leg.account_id) {
                 self.activate(leg.account_id)?;
                 let sequence = sequences.and_then(|s| s.get(used.len()).copied());
-                let at_ms = if leg.is_new_debit() { times.of(leg.transfer_id) } else { 0 };
-                used.push(self.try_apply_leg(leg, sequence, at_ms)?.sequence);
+                used.push(self.try_apply_leg(leg, sequence)?.sequence);
             }
         }
         for transfer in &commit.transfers {
@@ -967,36 +960,5 @@ impl ShardState {
             self.remove_hold(resolution.pending_id);
         }
         Ok(used)
-    }
-}
-
-/// When a planned transfer was accepted (0 for the expiry of a hold, which
-/// no velocity rule counts).
-fn timestamp_of(planned: &Planned) -> u64 {
-    planned.transfer.as_ref().map_or(0, |t| t.timestamp_ms)
-}
-
-/// Finds the timestamps of a record's transfers for its legs. Legs come in
-/// the order of their transfers, so a cursor that moves forward finds each
-/// in one step; a full search is the fallback.
-struct TransferTimes<'a> {
-    transfers: &'a [Arc<Transfer>],
-    cursor: usize,
-}
-
-impl<'a> TransferTimes<'a> {
-    fn new(transfers: &'a [Arc<Transfer>]) -> Self {
-        TransferTimes { transfers, cursor: 0 }
-    }
-
-    fn of(&mut self, id: TransferId) -> u64 {
-        let ahead = self.transfers[self.cursor..].iter().position(|t| t.id == id).map(|p| p + self.cursor);
-        match ahead.or_else(|| self.transfers.iter().position(|t| t.id == id)) {
-            Some(position) => {
-                self.cursor = position;
-                self.transfers[position].timestamp_ms
-            }
-            None => 0,
-        }
     }
 }

@@ -146,6 +146,9 @@ pub struct HistoryItemView {
     pub pending_released: String,
     /// The account's balance right after this transfer.
     pub balance: BalanceView,
+    /// When the account's totals moved (RFC 3339): for a hold's expiry, when
+    /// it was found due, which the transfer's own time does not say.
+    pub occurred_at: String,
     /// The transfer (for an expiry: the pending transfer that expired).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferView>,

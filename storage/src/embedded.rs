@@ -627,8 +627,10 @@ mod tests {
                 posted_add: 1_000,
                 pending_add: 0,
                 pending_sub: 0,
+                at_ms: 0,
             }),
             balances: Balances { debits_posted: u128::from(sequence) * 1_000, ..Balances::default() },
+            at_ms: 0,
         };
         let captured =
             Captured { history: Arc::new((2..2 + LEGS).map(entry).collect()), ..Captured::default() };

@@ -47,7 +47,7 @@ use footer::{BlockRef, Footer};
 
 /// Version of run and manifest frames.
 /// 3: the footer is a sequence of frames (`runs::footer`).
-pub const RUN_FORMAT_VERSION: u8 = 3;
+pub const RUN_FORMAT_VERSION: u8 = 4;
 
 /// Where a record sorts in a run: by `major` (the filter holds it), then
 /// `minor`. Records with equal keys replace each other; the newest run wins.
@@ -612,6 +612,7 @@ mod tests {
                         credits_posted: u128::from(sequence),
                         ..Default::default()
                     },
+                    at_ms: 0,
                 })
                 .collect(),
         }

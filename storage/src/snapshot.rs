@@ -35,7 +35,7 @@ use crate::StorageError;
 
 /// Version of snapshot values.
 /// 3: the meta records the next decision id at its marker.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
 
 /// What a checkpoint records besides the state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,6 +92,7 @@ fn posted(transfer: u128, debit: u128, credit: u128, value: u128) -> Arc<[Planne
         posted_add: value,
         pending_add: 0,
         pending_sub: 0,
+        at_ms: 0,
     };
     Arc::from(vec![Planned {
         transfer: Some(Arc::new(Transfer {

@@ -44,6 +44,7 @@ pub(super) fn plan(
                 posted_add: posted,
                 pending_add: held,
                 pending_sub: 0,
+                at_ms: now_ms,
             };
             Ok(Planned {
                 transfer: Some(Arc::new(transfer_base(
@@ -121,6 +122,7 @@ fn resolve_plan(transfer: Transfer, id: TransferId, pending: &Transfer, status: 
         posted_add: posted,
         pending_add: 0,
         pending_sub: pending.amount.get(),
+        at_ms: transfer.timestamp_ms,
     };
     Planned {
         legs: [leg(pending.debit_account_id, Side::Debit), leg(pending.credit_account_id, Side::Credit)],

@@ -336,6 +336,7 @@ fn history_item(state: &AppState, entry: &wallet_actors::shard::HistoryEntry) ->
         pending_added: leg.pending_add.to_string(),
         pending_released: leg.pending_sub.to_string(),
         balance: (&entry.balances).into(),
+        occurred_at: crate::domain::rfc3339(entry.at_ms),
         transfer: state.ledger.transfer(leg.transfer_id).as_ref().map(TransferView::from),
     })
 }

@@ -166,3 +166,43 @@ async fn reads_right_after_an_acknowledged_transfer_see_both_sides() -> anyhow::
     node.shutdown().await;
     Ok(())
 }
+
+/// Every history entry says when its change happened, and says the same
+/// after a replay of the journal and after a checkpoint moved it to
+/// storage: the time comes from the record, not from the clock at replay
+/// (events rendered again after a crash must be the events first sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_times_come_from_the_records_and_survive_replay_and_checkpoints() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = clock();
+    let mut options = test_options(4, clock.clone());
+    options.ledger.expiry_interval_ms = 3_600_000;
+    let node = open(dir.path(), options.clone()).await?;
+    node.ledger.open_account(unlimited(1, usd())).await?;
+    clock.advance_ms(1_000);
+    node.ledger.open_account(wallet(2, usd())).await?;
+    clock.advance_ms(1_000);
+    node.ledger.submit_one(posted(1, 1, 2, 100)).await??;
+    clock.advance_ms(1_000);
+    node.ledger.submit_one(pending(2, 2, 1, 30, Some(1))).await??;
+    clock.advance_ms(2_000);
+    anyhow::ensure!(node.ledger.expire_due().await? == 1, "the hold did not expire");
+    clock.advance_ms(1_000);
+    node.ledger.set_account_status(account(2), wallet_actors::AccountStatus::Frozen).await?;
+    let times = |entries: Vec<wallet_actors::shard::HistoryEntry>| -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.sequence, e.at_ms - 1_700_000_000_000)).collect()
+    };
+    let before = times(node.ledger.history(account(2), 0, 100).await?);
+    // Opened, credited, held, expired, frozen: each at its own time.
+    assert_eq!(before, vec![(1, 1_000), (2, 2_000), (3, 3_000), (4, 5_000), (5, 6_000)]);
+    node.stop_without_checkpoint().await;
+    clock.advance_ms(60_000);
+    let node = open(dir.path(), options.clone()).await?;
+    assert_eq!(times(node.ledger.history(account(2), 0, 100).await?), before, "after a replay");
+    node.checkpoint().await?;
+    node.shutdown().await;
+    let node = open(dir.path(), options).await?;
+    assert_eq!(times(node.ledger.history(account(2), 0, 100).await?), before, "from storage");
+    node.shutdown().await;
+    Ok(())
+}

@@ -29,6 +29,7 @@ fn leg(account_id: u128, side: Side, value: u128) -> Leg {
         posted_add: value,
         pending_add: 0,
         pending_sub: 0,
+        at_ms: 0,
     }
 }
 
