@@ -76,8 +76,17 @@ impl Actor for ShardActor {
         for account in args.state.accounts() {
             account.assert_limits();
         }
+        let mut state = args.state;
+        // What recovery replayed is durable: the events' feed gets it now
+        // (it drops what it published before the restart).
+        if let Some(sink) = &args.shared.events {
+            let replayed = state.take_new_history();
+            if !replayed.is_empty() {
+                sink.durable(state.shard_id(), replayed);
+            }
+        }
         Ok(RunningShard {
-            state: args.state,
+            state,
             shared: args.shared,
             myself: None,
             outbox: Outbox::default(),

@@ -7,9 +7,27 @@
 use serde::{Deserialize, Serialize};
 
 use crate::account::{Balances, Side};
+use crate::ids::ShardId;
 use crate::shard::{HistoryEntry, HistoryEvent};
 use crate::transfer::{Transfer, TransferKind};
 use crate::AccountStatus;
+
+/// Where shards hand the history entries whose records are durable: the
+/// ledger events' feed (an outbox publisher). Called on the journal's
+/// completion thread, in each shard's record order, and at the start of
+/// every generation of shards with the entries recovery replayed (already
+/// durable; possibly published before a crash, so a feed deduplicates by
+/// account sequence). It must not block.
+pub trait EventSink: Send + Sync {
+    /// `entries` of `shard`, durable, in the order they were made.
+    fn durable(&self, shard: ShardId, entries: Vec<HistoryEntry>);
+
+    /// How many entries it was handed, and how many of those it is done
+    /// with (published, or found published before). A checkpoint, which
+    /// takes entries out of what recovery replays, waits a bounded time for
+    /// the second to reach what the first was when it captured.
+    fn progress(&self) -> (u64, u64);
+}
 
 /// What happened to the account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

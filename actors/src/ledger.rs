@@ -176,6 +176,8 @@ struct Base {
     /// rules change during a rebuild reaches the new shards.
     rules_change: tokio::sync::Mutex<()>,
     admission: Arc<Semaphore>,
+    /// Where every generation's shards hand durable history (ledger events).
+    events: Option<Arc<dyn crate::events::EventSink>>,
 }
 
 /// The current generation and what all of them share.
@@ -204,14 +206,16 @@ async fn spawn_generation(
 ) -> Result<Inner, LedgerError> {
     let router = Arc::new(LocalRouter::default());
     let gate = Arc::new(JournalGate::new(journal));
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         router.clone(),
         gate.clone(),
         recovered.registry,
         DecisionLog::new(recovered.next_decision_id, recovered.decisions),
         cell.clock.clone(),
         cell.failed.clone(),
-    ));
+    );
+    shared.events = cell.events.clone();
+    let shared = Arc::new(shared);
     let timeout = Duration::from_millis(cell.config.request_timeout_ms);
     for record in completions {
         append_durable(shared.journal.as_ref(), record).await.map_err(|_| LedgerError::Unavailable)?;
@@ -316,8 +320,10 @@ impl Ledger {
         journal: Arc<dyn Journal>,
         clock: Arc<dyn Clock>,
         config: LedgerConfig,
+        events: Option<Arc<dyn crate::events::EventSink>>,
     ) -> Result<Ledger, LedgerError> {
         let base = Base {
+            events,
             admission: Arc::new(Semaphore::new(config.in_flight_max)),
             config: Arc::new(config),
             clock,

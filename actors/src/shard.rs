@@ -232,6 +232,9 @@ pub struct ShardState {
     history_recent: Vec<HistoryEntry>,
     /// ... and captured but not yet confirmed written.
     history_flushing: Arc<Vec<HistoryEntry>>,
+    /// How many of `history_recent` went to the ledger events' feed
+    /// ([`ShardState::take_new_history`]); stays 0 without a feed.
+    events_mark: usize,
     /// Risk rules checked with every new debit.
     rules: Arc<RuleSet>,
     /// Where passivated accounts come back from; `None`: all are resident.
@@ -259,6 +262,7 @@ impl ShardState {
             flushing_holds: HashSet::default(),
             history_recent: Vec::new(),
             history_flushing: Arc::default(),
+            events_mark: 0,
             rules: Arc::default(),
             source: None,
             epoch: 0,
@@ -802,6 +806,15 @@ impl ShardState {
         self.history_recent.push(entry);
     }
 
+    /// The history entries made since the last call (or since recovery,
+    /// which made the replayed ones), for the ledger events' feed. The
+    /// caller hands them on once the records that made them are durable.
+    pub fn take_new_history(&mut self) -> Vec<HistoryEntry> {
+        let new = self.history_recent[self.events_mark.min(self.history_recent.len())..].to_vec();
+        self.events_mark = self.history_recent.len();
+        new
+    }
+
     /// History entries of an account after `after_sequence` still held in
     /// memory (not yet confirmed in storage), oldest first, at most `limit`.
     pub fn recent_history(
@@ -837,6 +850,7 @@ impl ShardState {
         // entry by entry copied it over and over (seen in profiles).
         let expected = self.history_recent.len();
         let recent = std::mem::replace(&mut self.history_recent, Vec::with_capacity(expected));
+        self.events_mark = 0;
         if self.history_flushing.is_empty() {
             self.history_flushing = Arc::new(recent);
         } else {

@@ -28,6 +28,7 @@ async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::
         Arc::new(FailingJournal),
         Arc::new(ManualClock::new(1)),
         config,
+        None,
     )
     .await?;
     assert!(ledger.is_serving());

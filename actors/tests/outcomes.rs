@@ -76,7 +76,7 @@ async fn ledger(journal: Arc<SlowJournal>) -> anyhow::Result<Ledger> {
     let (recovered, completions) = Recovery::new(4).finish()?;
     let config = LedgerConfig { shard_count: 4, request_timeout_ms: 200, ..LedgerConfig::default() };
     let ledger =
-        Ledger::start(recovered, completions, journal, Arc::new(ManualClock::new(1)), config).await?;
+        Ledger::start(recovered, completions, journal, Arc::new(ManualClock::new(1)), config, None).await?;
     for n in 1..=5 {
         let flags = if n == 1 { AccountFlags::UNLIMITED } else { AccountFlags::WALLET };
         let user_id = UserId::new(2).map_err(|_| anyhow::anyhow!("user"))?;

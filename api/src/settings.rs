@@ -271,6 +271,19 @@ pub struct Settings {
     /// Argon2id iterations (OWASP: 2).
     #[arg(long, env = "WALLET_PASSWORD_ITERATIONS", default_value_t = 2, hide = true)]
     pub password_iterations: u32,
+    /// NATS server to publish ledger events to (`nats://host:port`, stream
+    /// `WALLET_EVENTS`); without it nothing is published.
+    #[arg(long, env = "WALLET_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Replicas of the events stream (3 with a three-server NATS cluster).
+    #[arg(long, env = "WALLET_EVENTS_REPLICAS", default_value_t = 1)]
+    pub events_replicas: usize,
+    /// JetStream's duplicate window for the events stream, in milliseconds.
+    #[arg(long, env = "WALLET_EVENTS_DUPLICATE_WINDOW_MS", default_value_t = 120_000)]
+    pub events_duplicate_window_ms: u64,
+    /// Most durable events waiting for NATS in memory.
+    #[arg(long, env = "WALLET_EVENTS_QUEUE_MAX", default_value_t = 1_000_000)]
+    pub events_queue_max: usize,
     /// Default risk rules: the configuration file's `[[risk_rules]]` (no flag
     /// or variable sets them). Created at start unless a stored rule has the name.
     #[arg(skip)]

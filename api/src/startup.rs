@@ -8,11 +8,13 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use uuid::Uuid;
 use wallet_actors::LedgerConfig;
+use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
@@ -70,6 +72,7 @@ pub struct Application {
     router: axum::Router,
     state: AppState,
     embedded: EmbeddedLedger,
+    publisher: Option<EventPublisher>,
     generated_admin_password: Option<String>,
     shutdown_grace: Duration,
 }
@@ -87,6 +90,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
+        let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
         let options = EmbeddedOptions {
             ledger: LedgerConfig {
                 shard_count: settings.shards,
@@ -94,9 +98,19 @@ impl Application {
                 request_timeout_ms: settings.ledger_timeout_ms,
                 ..LedgerConfig::default()
             },
+            events: events.clone().map(|queue| queue as Arc<dyn wallet_actors::events::EventSink>),
             ..EmbeddedOptions::default()
         };
         let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
+        let publisher = match (&settings.nats_url, events) {
+            (Some(url), Some(queue)) => {
+                let mut options = PublisherOptions::new(url.clone());
+                options.replicas = settings.events_replicas;
+                options.duplicate_window = Duration::from_millis(settings.events_duplicate_window_ms);
+                Some(EventPublisher::spawn(queue, embedded.ledger.clone(), options))
+            }
+            _ => None,
+        };
         let users_path: PathBuf = settings.data_dir.join("users.sled");
         let users = UserStore::open(&users_path)?;
 
@@ -166,6 +180,7 @@ impl Application {
             router,
             state,
             embedded,
+            publisher,
             generated_admin_password,
             shutdown_grace,
         })
@@ -199,7 +214,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Application { listener, address, router, state, embedded, shutdown_grace, .. } = self;
+        let Application { listener, address, router, state, embedded, publisher, shutdown_grace, .. } = self;
         tracing::info!(%address, "serving");
         let jwks_refresh = state.external.clone().and_then(|external| external.spawn_refresh());
         let ready = state.ready.clone();
@@ -231,7 +246,11 @@ impl Application {
         if let Some(task) = jwks_refresh {
             task.abort();
         }
+        // The publisher runs through the last checkpoint, which waits for it.
         embedded.shutdown().await;
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
+        }
         let flushed = state.users.flush().await;
         tracing::info!("stopped; the journal is durable");
         served.map_err(StartupError::Serve)?;

@@ -303,6 +303,10 @@ pub struct AccountView {
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// The sequence number of the account's last change (opening = 1): the
+    /// balance shown is the one after its history entry and its ledger
+    /// event of that number.
+    pub sequence: u64,
 }
 
 fn status_text(status: AccountStatus) -> &'static str {
@@ -332,6 +336,7 @@ impl From<&Account> for AccountView {
             },
             overdraft_limit: account.overdraft_limit.to_string(),
             created_at: rfc3339(account.created_at_ms),
+            sequence: account.sequence,
         }
     }
 }

@@ -1,4 +1,8 @@
 //! # wallet-cluster
-//! Cluster mode on NATS JetStream: a journal and shard leases on JetStream,
-//! routing between nodes. Comes after the ledger core; the traits it implements
-//! (`wallet_actors::record::Journal`) are already in place.
+//! wallet on NATS JetStream. Today: [`events`], the publisher that puts
+//! every durable change to an account on the stream `WALLET_EVENTS`
+//! exactly once, in order (`docs/ARCHITECTURE.md`, "Ledger events"). Next:
+//! cluster mode (a journal and shard leases on JetStream, routing between
+//! nodes; the design is in the same document).
+
+pub mod events;

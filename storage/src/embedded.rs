@@ -48,6 +48,8 @@ pub struct EmbeddedOptions {
     pub checkpoint_check_ms: u64,
     /// sled's cache size.
     pub snapshot_cache_bytes: u64,
+    /// Where durable history goes for the ledger events (a publisher), if anywhere.
+    pub events: Option<Arc<dyn wallet_actors::events::EventSink>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -59,6 +61,7 @@ impl Default for EmbeddedOptions {
             checkpoint_bytes: 64 << 20,
             checkpoint_check_ms: 500,
             snapshot_cache_bytes: 64 << 20,
+            events: None,
         }
     }
 }
@@ -165,6 +168,7 @@ impl EmbeddedLedger {
             journal.clone(),
             options.clock.clone(),
             options.ledger.clone(),
+            options.events.clone(),
         )
         .await?;
         ledger.set_history_index(history.clone());
@@ -178,6 +182,7 @@ impl EmbeddedLedger {
             meta: Arc::new(tokio::sync::Mutex::new(meta)),
             journal_dir,
             shard_count,
+            events: options.events.clone(),
         };
         let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
         let supervision = spawn_supervision(checkpointer.clone(), stopped.clone());
@@ -388,6 +393,30 @@ fn replay(
     Ok(Replayed { recovered, completions, report, meta })
 }
 
+/// Waits (at most [`EVENTS_WAIT_MS`]) until the events' feed is done with
+/// every entry it was handed so far.
+async fn wait_for_events(events: &dyn wallet_actors::events::EventSink) {
+    let (handed, _) = events.progress();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EVENTS_WAIT_MS);
+    loop {
+        let (_, done) = events.progress();
+        if done >= handed {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            // Not reconciled yet: these events are published only if the
+            // node keeps running (a restart replays from the new snapshot).
+            metrics::counter!("wallet_events_checkpoint_unsettled_total").increment(1);
+            tracing::warn!(
+                unpublished = handed - done,
+                "a checkpoint went ahead with events not yet published"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Everything a checkpoint needs; cheap to clone into a task.
 #[derive(Clone)]
 struct Checkpointer {
@@ -399,7 +428,13 @@ struct Checkpointer {
     meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     journal_dir: PathBuf,
     shard_count: u16,
+    events: Option<Arc<dyn wallet_actors::events::EventSink>>,
 }
+
+/// How long a checkpoint waits for the events publisher to publish what the
+/// checkpoint takes out of recovery's replay (`docs/ARCHITECTURE.md`,
+/// "Ledger events", invariant 4).
+const EVENTS_WAIT_MS: u64 = 10_000;
 
 impl Checkpointer {
     /// The checkpoint protocol (see `docs/ARCHITECTURE.md`, "Snapshots"):
@@ -440,6 +475,11 @@ impl Checkpointer {
             .unwrap_or(Err(wallet_actors::record::JournalError::Closed))
             .map_err(journal_failed)?;
         at_point(points::CHECKPOINT_MARKED)?;
+        // Every record before the marker is durable, so its history was
+        // handed to the events' feed: wait until it is published.
+        if let Some(events) = &self.events {
+            wait_for_events(events.as_ref()).await;
+        }
         let decisions: Vec<_> =
             self.ledger.recent_decisions().into_iter().filter(|d| d.id < next_decision_id).collect();
         let journal_dir = self.journal_dir.clone();

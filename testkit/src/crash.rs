@@ -66,6 +66,7 @@ fn options(expiry_interval_ms: u64) -> EmbeddedOptions {
         checkpoint_bytes: 64 << 10,
         checkpoint_check_ms: 5,
         snapshot_cache_bytes: 16 << 20,
+        events: None,
     }
 }
 

@@ -85,11 +85,20 @@ impl RunningShard {
             };
             let unsynced = self.unsynced.clone();
             unsynced.fetch_add(1, Ordering::SeqCst);
+            // The history these records made reaches the events' feed only
+            // once they are durable: no event reports what a crash could undo.
+            let events = self.shared.events.clone().map(|sink| (sink, self.state.take_new_history()));
+            let shard_id = self.state.shard_id();
             self.shared.journal.append(
                 record,
                 Box::new(move |result| {
                     for on_durable in callbacks {
                         on_durable(result);
+                    }
+                    if let (Ok(()), Some((sink, entries))) = (result, events) {
+                        if !entries.is_empty() {
+                            sink.durable(shard_id, entries);
+                        }
                     }
                     unsynced.fetch_sub(1, Ordering::SeqCst);
                     for read in reads {

@@ -46,6 +46,8 @@ pub struct Shared {
     pub failed: Arc<tokio::sync::Notify>,
     /// Set while the shards are stopped on purpose: their ends are not failures.
     pub stopping: AtomicBool,
+    /// Where durable history entries go for the ledger events, if anywhere.
+    pub events: Option<Arc<dyn crate::events::EventSink>>,
 }
 
 /// Why a generation of shards stopped serving. Every kind leaves the
@@ -88,6 +90,7 @@ impl Shared {
             failure: std::sync::OnceLock::new(),
             failed,
             stopping: AtomicBool::new(false),
+            events: None,
         }
     }
 

@@ -1,0 +1,255 @@
+//! The publishing task: takes durable history entries from the queue,
+//! drops those the stream already holds, renders the rest as events and
+//! sends them as one atomic batch, one batch in flight at a time.
+//!
+//! Exactly once without trusting the duplicate window: for every account
+//! the task knows the last sequence the stream holds, learnt from the stream
+//! itself (`direct get` of the account subject's last message) the first
+//! time it sees the account and again after any batch whose outcome is
+//! unknown. `Nats-Msg-Id` only spares a round trip within the window.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use wallet_actors::events::LedgerEvent;
+use wallet_actors::shard::{HistoryEntry, HistoryEvent};
+use wallet_actors::{AccountId, Ledger};
+
+use super::{subject, EventQueue, STREAM, SUBJECTS};
+
+/// How the publisher reaches NATS and shapes the stream.
+#[derive(Clone, Debug)]
+pub struct PublisherOptions {
+    /// `nats://host:port`.
+    pub nats_url: String,
+    /// Replicas of the stream (1 for one server, 3 for a cluster).
+    pub replicas: usize,
+    /// JetStream's duplicate window for `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
+    /// Most events in one atomic batch (JetStream's default limit is 1,000).
+    pub batch_max: usize,
+    /// How long a batch's acknowledgement may take before its outcome is unknown.
+    pub ack_timeout: Duration,
+}
+
+impl PublisherOptions {
+    /// Defaults for `nats_url`: one replica, a two-minute window, batches of 1,000.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        PublisherOptions {
+            nats_url: nats_url.into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            batch_max: 1000,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running publisher.
+pub struct EventPublisher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventPublisher {
+    /// Starts publishing what `queue` receives from `ledger`'s shards. It
+    /// connects in the background and keeps trying while NATS is away; the
+    /// ledger serves meanwhile and the queue grows.
+    pub fn spawn(queue: Arc<EventQueue>, ledger: Ledger, options: PublisherOptions) -> EventPublisher {
+        let task = tokio::spawn(async move {
+            let mut run = Run { queue, ledger, options, stream_last: HashMap::new(), batches: 0 };
+            run.serve().await;
+        });
+        EventPublisher { task }
+    }
+
+    /// Stops publishing; what is unpublished stays durable and is published
+    /// by the next run (it reads what the stream holds first).
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+struct Run {
+    queue: Arc<EventQueue>,
+    ledger: Ledger,
+    options: PublisherOptions,
+    /// Per account, the last sequence the stream is known to hold.
+    stream_last: HashMap<AccountId, u64>,
+    batches: u64,
+}
+
+/// Why a step failed; every failure is retried after a pause.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+impl Run {
+    async fn serve(&mut self) {
+        let (client, stream) = self.connect().await;
+        let js = jetstream::new(client.clone());
+        let mut pending: Vec<HistoryEntry> = Vec::new();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if pending.is_empty() {
+                pending = self.queue.take(self.options.batch_max).await;
+            }
+            metrics::gauge!("wallet_events_outbox_lag").set((self.queue.len() + pending.len()) as f64);
+            match self.publish(&client, &js, &stream, &pending).await {
+                Ok(()) => {
+                    self.queue.done(pending.len());
+                    pending.clear();
+                    pause = Duration::from_millis(50);
+                }
+                Err(error) => {
+                    // The batch may or may not be stored: learn it from the
+                    // stream before sending these accounts anything.
+                    tracing::warn!(%error, events = pending.len(), "publishing ledger events failed; retrying");
+                    for entry in &pending {
+                        self.stream_last.remove(&entry.account_id);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Connects and creates (or updates) the stream, retrying until it can.
+    async fn connect(&self) -> (async_nats::Client, stream::Stream) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.try_connect().await {
+                Ok(connected) => return connected,
+                Err(error) => {
+                    tracing::warn!(%error, url = %self.options.nats_url, "NATS not reachable for ledger events; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&self) -> Result<(async_nats::Client, stream::Stream), Failure> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .retry_on_initial_connect()
+            .connect(&self.options.nats_url)
+            .await?;
+        let js = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec![SUBJECTS.to_string()],
+            storage: stream::StorageType::File,
+            num_replicas: self.options.replicas,
+            duplicate_window: self.options.duplicate_window,
+            allow_direct: true,
+            allow_atomic_publish: true,
+            ..Default::default()
+        };
+        js.create_or_update_stream(config).await?;
+        let stream = js.get_stream(STREAM).await?;
+        tracing::info!(url = %self.options.nats_url, stream = STREAM, "publishing ledger events");
+        Ok((client, stream))
+    }
+
+    /// Publishes what of `entries` the stream does not hold yet.
+    async fn publish(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        stream: &stream::Stream,
+        entries: &[HistoryEntry],
+    ) -> Result<(), Failure> {
+        for entry in entries {
+            if let std::collections::hash_map::Entry::Vacant(unknown) =
+                self.stream_last.entry(entry.account_id)
+            {
+                unknown.insert(last_in_stream(stream, entry.account_id).await?);
+            }
+        }
+        let mut events = Vec::with_capacity(entries.len());
+        let mut last = known_last(&self.stream_last, entries);
+        for entry in entries {
+            let held = last.get(&entry.account_id).copied().unwrap_or(0);
+            if entry.sequence <= held {
+                continue;
+            }
+            if entry.sequence != held + 1 {
+                // Only a dropped queue entry (the queue was full) leaves a gap.
+                metrics::counter!("wallet_events_gaps_total").increment(1);
+                tracing::error!(account = %entry.account_id, after = held, next = entry.sequence, "a gap in an account's events");
+            }
+            last.insert(entry.account_id, entry.sequence);
+            events.push(self.render(entry));
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.send_batch(client, js, &events).await?;
+        metrics::histogram!("wallet_events_publish_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("wallet_events_published_total").increment(events.len() as u64);
+        self.stream_last.extend(last);
+        Ok(())
+    }
+
+    fn render(&self, entry: &HistoryEntry) -> LedgerEvent {
+        let transfer = match &entry.event {
+            HistoryEvent::Leg(leg) => self.ledger.transfer(leg.transfer_id),
+            _ => None,
+        };
+        LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref()))
+    }
+
+    /// One atomic batch: all of it is stored, or none. The headers are set
+    /// by hand (async-nats has no batch API): every message but the last
+    /// goes as a plain publish, the last commits and is acknowledged.
+    async fn send_batch(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        events: &[LedgerEvent],
+    ) -> Result<(), Failure> {
+        self.batches += 1;
+        let batch_id = format!("{}-{}", std::process::id(), self.batches);
+        let count = events.len();
+        for (index, event) in events.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.event_id.as_str());
+            if count > 1 {
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+            }
+            let payload = Bytes::from(serde_json::to_vec(event)?);
+            let subject = format!("wallet.events.{}", event.account_id);
+            if index + 1 < count {
+                client.publish_with_headers(subject, headers, payload).await?;
+                continue;
+            }
+            if count > 1 {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            let ack =
+                js.send_publish(subject, PublishMessage::build().headers(headers).payload(payload)).await?;
+            tokio::time::timeout(self.options.ack_timeout, ack).await??;
+        }
+        Ok(())
+    }
+}
+
+/// The last sequence of `account`'s events the stream holds (0: none).
+async fn last_in_stream(stream: &stream::Stream, account: AccountId) -> Result<u64, Failure> {
+    match stream.direct_get_last_for_subject(subject(account)).await {
+        Ok(message) => Ok(serde_json::from_slice::<LedgerEvent>(&message.payload)?.sequence),
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The known last sequences of the accounts among `entries`.
+fn known_last(known: &HashMap<AccountId, u64>, entries: &[HistoryEntry]) -> HashMap<AccountId, u64> {
+    entries.iter().filter_map(|e| known.get(&e.account_id).map(|last| (e.account_id, *last))).collect()
+}
