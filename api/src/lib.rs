@@ -12,6 +12,7 @@
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
 //! - [`extract`]: extractors whose failures are problem documents too.
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
+//! - [`bootstrap`]: the administrator made at start, never by promoting a user.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
 //! - [`rate`]: rate limits per client address, per token, and on logins.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
@@ -21,6 +22,7 @@
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod domain;
 pub mod error;
 pub mod extract;

@@ -26,8 +26,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("starting the node in {}", data_dir.display()))?;
             if let Some(password) = app.generated_admin_password() {
-                // Shown once: only its hash is stored.
-                println!("generated admin password (shown once): {password}");
+                // Shown once (only its hash is stored), on stderr: stdout may
+                // be kept where others read it.
+                eprintln!(
+                    "generated admin password for {} (shown once; change it by starting \
+                     with WALLET_ADMIN_PASSWORD set): {password}",
+                    app.admin_email()
+                );
             }
             app.run_until(shutdown_signal()).await.context("serving")?;
         }

@@ -1,5 +1,5 @@
 //! One constructor for `main` and the tests: [`Application::build`] opens the
-//! ledger and the user store, makes sure the admin exists, puts the risk
+//! ledger and the user store, makes sure the admin exists ([`crate::bootstrap`]), puts the risk
 //! rules in force, and binds;
 //! [`Application::run_until`] serves until a shutdown future fires, then
 //! drains in-flight requests and makes the journal durable.
@@ -12,14 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use uuid::Uuid;
 use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
-use crate::domain::{now_ms, Email, Password};
-use crate::error::ApiError;
+use crate::bootstrap::{ensure_admin, AdminError};
 use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
@@ -27,7 +25,7 @@ use crate::routes::{router, Limits};
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::telemetry::prometheus;
-use crate::users::{Role, StoredUser, UserStore, UserStoreError};
+use crate::users::{UserStore, UserStoreError};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +46,7 @@ pub enum StartupError {
     },
     /// The administrator could not be set up.
     #[error("setting up the administrator: {0}")]
-    Admin(ApiError),
+    Admin(#[from] AdminError),
     /// The stored or configured risk rules could not be put in force.
     #[error("putting the risk rules in force: {0}")]
     Rules(#[from] RuleStartError),
@@ -74,6 +72,7 @@ pub struct Application {
     embedded: EmbeddedLedger,
     publisher: Option<EventPublisher>,
     generated_admin_password: Option<String>,
+    admin_email: String,
     shutdown_grace: Duration,
 }
 
@@ -133,7 +132,7 @@ impl Application {
         );
         let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
             .await
-            .map_err(StartupError::Admin)?;
+            .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
         let state = AppState::new(
             embedded.ledger.clone(),
             users,
@@ -146,7 +145,7 @@ impl Application {
             Some(issuer) => state.with_external_issuer(issuer),
             None => state,
         };
-        let generated_admin_password = ensure_admin(&state, &settings).await.map_err(StartupError::Admin)?;
+        let generated_admin_password = ensure_admin(&state, &settings).await?;
         // Before serving: no transfer may pass unchecked by a stored rule.
         crate::risk::start(&state, &settings.risk_rules).await?;
 
@@ -182,6 +181,7 @@ impl Application {
             embedded,
             publisher,
             generated_admin_password,
+            admin_email: settings.admin_email.clone(),
             shutdown_grace,
         })
     }
@@ -205,6 +205,11 @@ impl Application {
     /// once, it is not stored anywhere but as a hash.
     pub fn generated_admin_password(&self) -> Option<&str> {
         self.generated_admin_password.as_deref()
+    }
+
+    /// The administrator's email, as configured.
+    pub fn admin_email(&self) -> &str {
+        &self.admin_email
     }
 
     /// Serves until `shutdown` completes; then stops accepting, finishes
@@ -287,48 +292,4 @@ async fn external_issuer(settings: &Settings) -> Result<Option<ExternalIssuer>, 
     };
     let opened = ExternalIssuer::open(issuer, audience, source).await;
     opened.map(Some).map_err(|e| StartupError::Setting { name, reason: e.to_string() })
-}
-
-/// Makes sure the configured admin exists with the admin role. Returns the
-/// password when it had to generate one.
-async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Option<String>, ApiError> {
-    let email = Email::parse(&settings.admin_email)?;
-    let configured = settings.admin_password.as_ref().map(|p| p.expose().to_string());
-    match state.users.by_email(email.as_str())? {
-        Some(mut user) => {
-            let mut changed = user.role != Role::Admin;
-            user.role = Role::Admin;
-            if let Some(password) = configured {
-                let matches =
-                    state.passwords.verify(password.clone(), Some(user.password_hash.clone())).await?;
-                if !matches {
-                    user.password_hash = state.passwords.hash(Password::parse(password)?).await?;
-                    changed = true;
-                }
-            }
-            if changed {
-                state.users.update(&user).await?;
-            }
-            Ok(None)
-        }
-        None => {
-            let (password, generated) = match configured {
-                Some(password) => (password, None),
-                None => {
-                    let password = random_token(16);
-                    (password.clone(), Some(password))
-                }
-            };
-            let user = StoredUser {
-                id: Uuid::new_v4(),
-                email: email.as_str().to_string(),
-                name: "Administrator".to_string(),
-                password_hash: state.passwords.hash(Password::parse(password)?).await?,
-                role: Role::Admin,
-                created_at_ms: now_ms(),
-            };
-            state.users.create(&user).await?;
-            Ok(generated)
-        }
-    }
 }

@@ -7,7 +7,8 @@
 //! - `refresh_tokens`: SHA-256 of a refresh token -> [`RefreshRecord`] as JSON
 //!   (the token itself is never stored);
 //! - `owned_accounts`: user UUID ++ account UUID -> empty, to list a user's accounts;
-//! - `meta`: settings kept across restarts (the generated token secret);
+//! - `meta`: settings kept across restarts (the generated token secret, the
+//!   id of the administrator made at start);
 //! - `risk_rules`: rule UUID (16 bytes) -> [`StoredRule`] as JSON. The ledger
 //!   checks risk rules but does not keep them: they are configuration, kept here.
 //!
@@ -219,6 +220,22 @@ impl UserStore {
         decode(&bytes, "refresh token").map(Some)
     }
 
+    /// Ends every session of `user`: removes each of their refresh tokens.
+    /// Returns how many there were. Scans every refresh token: it runs when
+    /// a password is reset at start, not per request.
+    pub async fn revoke_sessions(&self, user: Uuid) -> Result<usize, UserStoreError> {
+        let mut revoked = 0;
+        for entry in self.refresh_tokens.iter() {
+            let (key, value) = entry?;
+            let record: RefreshRecord = decode(&value, "refresh token")?;
+            if record.user_id == user && self.refresh_tokens.remove(key)?.is_some() {
+                revoked += 1;
+            }
+        }
+        self.flush().await?;
+        Ok(revoked)
+    }
+
     /// Records that `user` owns `account` (before the ledger opens it, so a
     /// crash in between leaves an index entry with no account, which listing skips).
     pub async fn add_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
@@ -283,6 +300,17 @@ impl UserStore {
         let removed = self.risk_rules.remove(id.as_bytes())?.is_some();
         self.flush().await?;
         Ok(removed)
+    }
+
+    /// A value kept in the `meta` tree.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, UserStoreError> {
+        Ok(self.meta.get(key)?.map(|value| value.to_vec()))
+    }
+
+    /// Sets a value in the `meta` tree.
+    pub async fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), UserStoreError> {
+        self.meta.insert(key, value)?;
+        self.flush().await
     }
 
     /// A value kept in the `meta` tree, made by `make` the first time.

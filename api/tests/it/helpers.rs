@@ -236,6 +236,8 @@ pub struct Server {
     pub base: String,
     /// The password printed at first start, if any.
     pub password: Option<String>,
+    /// The whole line that showed it.
+    pub password_line: Option<String>,
 }
 
 impl Server {
@@ -266,27 +268,31 @@ impl Server {
         };
         let had_users = dir.join("users.sled").exists();
         let mut child = command.spawn().context("starting wallet")?;
-        let (lines_tx, lines) = mpsc::channel::<String>();
+        let (lines_tx, lines) = mpsc::channel::<(Stream, String)>();
         let stderr = child.stderr.take().context("no stderr")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let tx = lines_tx.clone();
         std::thread::spawn(move || {
-            BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+            let lines = BufReader::new(stderr).lines().map_while(Result::ok);
+            lines.for_each(|l| drop(tx.send((Stream::Stderr, l))))
         });
         std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(lines_tx.send(l)))
+            let lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            lines.for_each(|l| drop(lines_tx.send((Stream::Stdout, l))))
         });
         let mut address = None;
         let mut password = None;
+        let mut password_line = None;
         // On a new data directory without a configured password the binary
-        // prints one (on stdout) before it serves (logged on stderr); the two
-        // pipes are read by two threads, so the lines may arrive in either
-        // order: wait for both.
+        // prints one (on stderr, never stdout, which may be kept) before it
+        // serves; the two pipes are read by two threads, so the lines may
+        // arrive in either order: wait for both.
         let expect_password = admin_password.is_none() && !had_users;
         let found = wait_for(Duration::from_secs(60), || {
-            while let Ok(line) = lines.try_recv() {
-                if let Some(p) = line.strip_prefix("generated admin password (shown once): ") {
-                    password = Some(p.trim().to_string());
+            while let Ok((stream, line)) = lines.try_recv() {
+                if stream == Stream::Stderr && line.starts_with(GENERATED_PASSWORD_LINE) {
+                    password = line.rsplit_once(": ").map(|(_, p)| p.trim().to_string());
+                    password_line = Some(line.clone());
                 }
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "serving" {
@@ -303,7 +309,7 @@ impl Server {
             let _ = child.kill();
             anyhow::bail!("the server did not log its address");
         };
-        Ok(Server { child, base: format!("http://{address}"), password })
+        Ok(Server { child, base: format!("http://{address}"), password, password_line })
     }
 
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
@@ -321,6 +327,54 @@ impl Server {
             }
         }
     }
+}
+
+/// What the binary prints, on stderr, before a generated admin password.
+pub const GENERATED_PASSWORD_LINE: &str = "generated admin password";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `wallet serve` on `dir` expecting it to fail at start; returns its stderr.
+pub async fn failed_start(
+    dir: &std::path::Path,
+    admin_password: Option<&str>,
+    extra: &[&str],
+) -> anyhow::Result<String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env_remove("WALLET_ADMIN_EMAIL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match admin_password {
+        Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
+        None => command.env_remove("WALLET_ADMIN_PASSWORD"),
+    };
+    let mut child = command.spawn().context("starting wallet")?;
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            anyhow::bail!("wallet did not stop");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    anyhow::ensure!(!status.success(), "wallet started: {stderr}");
+    Ok(stderr)
 }
 
 /// Whether the child has exited (then no password line will come).

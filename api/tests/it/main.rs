@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod binary;
+mod bootstrap;
 mod events;
 mod helpers;
 mod limits;

@@ -2,7 +2,6 @@
 //! served by a small HTTP server inside the test to the real `wallet` binary.
 
 use std::future::IntoFuture;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::helpers::{base64url, Server, TestApp};
+use crate::helpers::{base64url, failed_start, Server, TestApp};
 
 const ISSUER: &str = "https://idp.example.com/";
 const AUDIENCE: &str = "wallet";
@@ -284,37 +283,6 @@ async fn the_jwks_url_is_fetched_again_in_the_background_and_a_failed_fetch_keep
     Ok(())
 }
 
-/// Runs `wallet serve` expecting it to fail at start; returns its stderr.
-async fn failed_start(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wallet"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4"])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .env("WALLET_ADMIN_PASSWORD", "admin-password-1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting wallet")?;
-    let end = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            anyhow::bail!("wallet did not stop");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
-    }
-    anyhow::ensure!(!status.success(), "wallet started: {stderr}");
-    Ok(stderr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_fails_clearly_when_the_jwks_url_cannot_be_fetched() -> anyhow::Result<()> {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -322,16 +290,27 @@ async fn the_start_fails_clearly_when_the_jwks_url_cannot_be_fetched() -> anyhow
     drop(closed);
     let oidc = ["--oidc-issuer", ISSUER, "--oidc-audience", AUDIENCE, "--oidc-jwks-url"];
     let dir = tempfile::tempdir()?;
-    let stderr = failed_start(dir.path(), &[&oidc[..], &[url.as_str()]].concat()).await?;
+    let stderr =
+        failed_start(dir.path(), Some("admin-password-1"), &[&oidc[..], &[url.as_str()]].concat()).await?;
     assert!(stderr.contains(&format!("invalid setting oidc_jwks_url: fetching the JWKS {url}")), "{stderr}");
 
     let jwks_server = JwksServer::start(json!({"keys": []})).await?;
     jwks_server.served.failing.store(true, Ordering::SeqCst);
-    let stderr = failed_start(dir.path(), &[&oidc[..], &[jwks_server.url.as_str()]].concat()).await?;
+    let stderr = failed_start(
+        dir.path(),
+        Some("admin-password-1"),
+        &[&oidc[..], &[jwks_server.url.as_str()]].concat(),
+    )
+    .await?;
     assert!(stderr.contains("HTTP status 500"), "{stderr}");
 
     jwks_server.served.failing.store(false, Ordering::SeqCst);
-    let stderr = failed_start(dir.path(), &[&oidc[..], &[jwks_server.url.as_str()]].concat()).await?;
+    let stderr = failed_start(
+        dir.path(),
+        Some("admin-password-1"),
+        &[&oidc[..], &[jwks_server.url.as_str()]].concat(),
+    )
+    .await?;
     assert!(stderr.contains("holds no usable public key"), "{stderr}");
     Ok(())
 }
