@@ -250,6 +250,8 @@ error_answers! {
     NotFound = [NOT_FOUND];
     /// 409.
     Conflict = [CONFLICT];
+    /// 429: the rate limit per client address, which holds on every route.
+    RateLimited = [TOO_MANY_REQUESTS];
     /// 422: refused by the ledger.
     Unprocessable = [UNPROCESSABLE];
     /// 503.

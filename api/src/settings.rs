@@ -247,7 +247,7 @@ pub struct Settings {
     /// Most transfers in flight at once; past it requests get 429.
     #[arg(long, env = "WALLET_IN_FLIGHT_MAX", default_value_t = 1 << 16)]
     pub in_flight_max: usize,
-    /// Requests per second allowed from one client address (sustained).
+    /// Requests per second allowed from one client address (sustained), on every route.
     #[arg(long, env = "WALLET_RATE_LIMIT_PER_SECOND", default_value_t = 2000.0)]
     pub rate_limit_per_second: f64,
     /// Requests one client address may send in a burst.
@@ -265,6 +265,11 @@ pub struct Settings {
     /// Sign-ups, logins and refreshes one client address may send in a burst.
     #[arg(long, env = "WALLET_LOGIN_RATE_LIMIT_BURST", default_value_t = 10)]
     pub login_rate_limit_burst: u32,
+    /// Seconds after which a metric series that was not updated is forgotten
+    /// (dropped from `/metrics` until it is updated again).
+    #[arg(long, env = "WALLET_METRICS_IDLE_TIMEOUT_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_idle_timeout_seconds: u64,
     /// Argon2id memory cost in KiB (OWASP: 19456).
     #[arg(long, env = "WALLET_PASSWORD_MEMORY_KIB", default_value_t = 19_456, hide = true)]
     pub password_memory_kib: u32,

@@ -138,7 +138,7 @@ impl Application {
             users,
             tokens,
             passwords,
-            prometheus(),
+            prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
             embedded.journal_stats(),
         );
         let state = match external {

@@ -1,5 +1,5 @@
 //! The router: every route, and the layers around them (metrics, tracing,
-//! timeout, body limit). One file per area:
+//! timeout, body limit, the per-address rate limit). One file per area:
 //! - [`health`] serves `/healthz`, `/readyz`, `/metrics`;
 //! - [`users`] serves `/v1/users`, `/v1/auth/token`, `/v1/auth/refresh`;
 //! - [`accounts`] serves `/v1/accounts`;
@@ -58,8 +58,9 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .route("/v1/risk/rules", post(risk::create_rule).get(risk::list_rules))
         .route("/v1/risk/rules/{id}", get(risk::get_rule).put(risk::replace_rule).delete(risk::delete_rule))
         .route("/v1/risk/decisions", get(risk::list_decisions))
-        .layer(rates.per_token)
-        .layer(rates.per_address);
+        .layer(rates.per_token);
+    // The per-address limit wraps every route, the fallback included: a
+    // request to no route costs as much to answer and to count as any other.
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -68,6 +69,7 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(rates.per_address)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(middleware::from_fn_with_state(limits.request_timeout, timeout))
         .layer(middleware::from_fn(track_http))

@@ -303,9 +303,14 @@ impl Server {
             if expect_password && password.is_none() && !child_exited(&mut child) {
                 return None;
             }
-            address.clone()
+            match &address {
+                Some(address) => Some(Some(address.clone())),
+                // Exited before serving: no address will come.
+                None if child_exited(&mut child) => Some(None),
+                None => None,
+            }
         });
-        let Some(address) = found else {
+        let Some(Some(address)) = found else {
             let _ = child.kill();
             anyhow::bail!("the server did not log its address");
         };

@@ -8,6 +8,7 @@ mod bootstrap;
 mod events;
 mod helpers;
 mod limits;
+mod metrics;
 mod money;
 mod oidc;
 mod risk;
