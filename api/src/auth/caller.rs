@@ -1,0 +1,105 @@
+//! Who is calling: the [`Caller`] extractor every protected route takes.
+//! The caller's role is read from the user store on every request, not
+//! trusted from the token.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::Algorithm;
+use uuid::Uuid;
+
+use crate::domain::{now_ms, Email, UserName};
+use crate::error::ApiError;
+use crate::oidc::{ExternalClaims, ExternalIssuer};
+use crate::state::AppState;
+use crate::users::{Role, StoredUser};
+
+/// Who is calling: an authenticated user, as stored now.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The user.
+    pub user: StoredUser,
+}
+
+impl Caller {
+    /// The caller's id.
+    pub fn id(&self) -> Uuid {
+        self.user.id
+    }
+
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.user.role == Role::Admin
+    }
+
+    /// Refuses callers who are not admins.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let missing =
+            || ApiError::Unauthorized { code: "missing_token", detail: "send Authorization: Bearer <token>" };
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+        let header = header.to_str().map_err(|_| missing())?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(missing)?;
+        let invalid =
+            || ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" };
+        let token_header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        // Our tokens are HS256 and only HS256; an external issuer's are asymmetric.
+        if token_header.alg != Algorithm::HS256 {
+            let external = state.external.as_ref().ok_or_else(invalid)?;
+            let claims = external.verify(token, &token_header).await?;
+            let user = external_user(state, external, claims).await?;
+            return Ok(Caller { user });
+        }
+        let user_id = state.tokens.verify(token)?;
+        let user = state.users.get(user_id).map_err(|error| {
+            tracing::error!(%error, "reading a user failed");
+            ApiError::Internal
+        })?;
+        let user = user.ok_or(ApiError::Unauthorized {
+            code: "invalid_token",
+            detail: "the access token's user does not exist",
+        })?;
+        Ok(Caller { user })
+    }
+}
+
+/// The local user of an external subject, created at its first token.
+async fn external_user(
+    state: &AppState,
+    external: &ExternalIssuer,
+    claims: ExternalClaims,
+) -> Result<StoredUser, ApiError> {
+    let id = external.user_id(&claims.sub);
+    if let Some(user) = state.users.get(id)? {
+        return Ok(user);
+    }
+    let email = claims.email.as_deref().and_then(|e| Email::parse(e).ok()).map(|e| e.as_str().to_string());
+    let name = claims.name.as_deref().and_then(|n| UserName::parse(n).ok()).map(|n| n.as_str().to_string());
+    let user = StoredUser {
+        id,
+        email: email.unwrap_or_default(),
+        name: name.unwrap_or_else(|| claims.sub.chars().take(crate::domain::NAME_LEN_MAX).collect()),
+        // Not a PHC string: no password ever matches; the issuer authenticates.
+        password_hash: String::new(),
+        role: Role::User,
+        created_at_ms: now_ms(),
+    };
+    tracing::info!(user = %id, issuer = external.issuer(), "first token of an external subject: user created");
+    Ok(state.users.create_external(&user).await?)
+}

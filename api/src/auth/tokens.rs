@@ -1,0 +1,134 @@
+//! Access tokens: HS256 JWTs that must carry `exp`, `iss`, `aud` and `sub`.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::now_ms;
+use crate::error::ApiError;
+
+/// Shortest accepted token secret, in bytes.
+pub const SECRET_LEN_MIN: usize = 32;
+
+/// The claims of an access token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user's UUID.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (seconds since the Unix epoch).
+    pub exp: u64,
+    /// Issued at (seconds since the Unix epoch); optional on the way in.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// A freshly issued pair of tokens.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    /// The JWT.
+    pub access_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The one-use refresh token (only its hash is stored).
+    pub refresh_token: String,
+}
+
+/// Issues and checks tokens.
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    access_ttl_seconds: u64,
+    refresh_ttl_seconds: u64,
+}
+
+impl Tokens {
+    /// Tokens signed with `secret` (HS256).
+    pub fn new(
+        secret: &[u8],
+        issuer: String,
+        audience: String,
+        access_ttl_seconds: u64,
+        refresh_ttl_seconds: u64,
+    ) -> Tokens {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Tokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer,
+            audience,
+            access_ttl_seconds,
+            refresh_ttl_seconds,
+        }
+    }
+
+    /// A signed access token for `user`.
+    pub fn access_token(&self, user: Uuid) -> Result<String, ApiError> {
+        let now = now_ms() / 1000;
+        let claims = Claims {
+            sub: user.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: now + self.access_ttl_seconds,
+            iat: now,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| ApiError::Internal)
+    }
+
+    /// The user an access token names, if it is valid.
+    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+        let invalid =
+            ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" };
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| match error
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                ApiError::Unauthorized { code: "token_expired", detail: "the access token has expired" }
+            }
+            _ => ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" },
+        })?;
+        Uuid::try_parse(&data.claims.sub).map_err(|_| invalid)
+    }
+
+    /// Access lifetime in seconds.
+    pub fn access_ttl_seconds(&self) -> u64 {
+        self.access_ttl_seconds
+    }
+
+    /// Refresh lifetime in milliseconds.
+    pub fn refresh_ttl_ms(&self) -> u64 {
+        self.refresh_ttl_seconds.saturating_mul(1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(secret: &[u8]) -> Tokens {
+        Tokens::new(secret, "wallet".into(), "wallet-api".into(), 60, 600)
+    }
+
+    #[test]
+    fn tokens_round_trip_and_foreign_ones_are_refused() -> Result<(), ApiError> {
+        let ours = tokens(&[7; 32]);
+        let user = Uuid::new_v4();
+        let token = ours.access_token(user)?;
+        assert_eq!(ours.verify(&token)?, user);
+        assert!(tokens(&[8; 32]).verify(&token).is_err());
+        let other_audience = Tokens::new(&[7; 32], "wallet".into(), "other".into(), 60, 600);
+        assert!(other_audience.verify(&token).is_err());
+        Ok(())
+    }
+}
