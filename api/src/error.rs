@@ -10,7 +10,7 @@ use wallet_actors::risk::RuleError;
 use wallet_actors::{LedgerError, Rejection};
 
 /// Why a request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// The ledger refused the command; nothing changed.
     #[error("{0}")]
@@ -96,6 +96,12 @@ pub enum ApiError {
     /// The client sent too many requests; nothing was attempted.
     #[error("too many requests; retry after {retry_after_seconds} s")]
     RateLimited {
+        /// When to retry.
+        retry_after_seconds: u64,
+    },
+    /// Too many failed logins for this email lately; the password was not checked.
+    #[error("too many failed logins for this email; retry after {retry_after_seconds} s")]
+    LoginThrottled {
         /// When to retry.
         retry_after_seconds: u64,
     },
@@ -222,6 +228,7 @@ impl ApiError {
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::LoginThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "login_throttled"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -283,7 +290,8 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::RateLimited { retry_after_seconds } => {
+            ApiError::RateLimited { retry_after_seconds }
+            | ApiError::LoginThrottled { retry_after_seconds } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
             }
             _ => {}
@@ -425,5 +433,15 @@ mod tests {
         let mismatch = ApiError::InvalidAsset(AssetError::ScaleMismatch { expected: 2, given: 3 });
         assert_eq!(mismatch.status_and_code(), (StatusCode::BAD_REQUEST, "scale_mismatch"));
         assert_eq!(mismatch.to_string(), "ISO 4217 gives this currency scale 2, not 3");
+    }
+
+    /// The codes and statuses the security work (issue 18) added: clients
+    /// branch on them, so a change here is a breaking change.
+    #[test]
+    fn security_codes_and_statuses_are_pinned() {
+        let cases = [(ApiError::LoginThrottled { retry_after_seconds: 1 }, 429, "login_throttled")];
+        for (error, status, code) in cases {
+            assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).unwrap_or_default(), code));
+        }
     }
 }

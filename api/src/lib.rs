@@ -14,7 +14,9 @@
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
 //! - [`bootstrap`]: the administrator made at start, never by promoting a user.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
-//! - [`rate`]: rate limits per client address, per token, and on logins.
+//! - [`client`]: the client's address (behind trusted proxies), and the key limits count it by.
+//! - [`rate`]: rate limits per client, per authenticated user, and on logins.
+//! - [`login_throttle`]: failed logins per email, with a growing delay.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
 //! - [`users`]: the sled-backed user store (users, tokens, owned accounts, risk rules).
 //! - [`risk`]: risk rules kept for the ledger: stored, configured defaults, handed over.
@@ -23,9 +25,11 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod client;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod login_throttle;
 pub mod oidc;
 pub mod openapi;
 pub mod rate;

@@ -141,8 +141,9 @@ const UNPROCESSABLE: ErrorAnswer = ErrorAnswer {
 const TOO_MANY_REQUESTS: ErrorAnswer = ErrorAnswer {
     status: 429,
     name: "TooManyRequests",
-    description: "Rate limited (rate_limited) or the ledger is overloaded (overloaded); nothing was \
-        attempted: retry after `Retry-After` seconds.",
+    description: "Rate limited (rate_limited), too many failed logins for this email lately \
+        (login_throttled: the password was not checked), or the ledger is overloaded (overloaded); \
+        nothing was attempted: retry after `Retry-After` seconds.",
     header: Some(("Retry-After", "Seconds to wait before retrying.")),
 };
 const INTERNAL: ErrorAnswer = ErrorAnswer {

@@ -10,12 +10,13 @@
 //! persist, since a configured rule that exists by name is left alone.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 use crate::wire::RuleBody;
 
@@ -253,10 +254,10 @@ pub struct Settings {
     /// Requests one client address may send in a burst.
     #[arg(long, env = "WALLET_RATE_LIMIT_BURST", default_value_t = 4000)]
     pub rate_limit_burst: u32,
-    /// Requests per second allowed with one bearer token (sustained).
+    /// Requests per second allowed to one authenticated user, whatever their tokens (sustained).
     #[arg(long, env = "WALLET_USER_RATE_LIMIT_PER_SECOND", default_value_t = 500.0)]
     pub user_rate_limit_per_second: f64,
-    /// Requests one bearer token may send in a burst.
+    /// Requests one authenticated user may send in a burst.
     #[arg(long, env = "WALLET_USER_RATE_LIMIT_BURST", default_value_t = 1000)]
     pub user_rate_limit_burst: u32,
     /// Sign-ups, logins and refreshes per minute from one client address (sustained).
@@ -265,6 +266,23 @@ pub struct Settings {
     /// Sign-ups, logins and refreshes one client address may send in a burst.
     #[arg(long, env = "WALLET_LOGIN_RATE_LIMIT_BURST", default_value_t = 10)]
     pub login_rate_limit_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client, as addresses or networks
+    /// (`10.0.0.0/8,192.0.2.7`). From anyone else the header is ignored; without
+    /// this, behind a proxy every client is the proxy's address.
+    #[arg(long, env = "WALLET_TRUSTED_PROXIES", value_delimiter = ',', value_parser = network)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Failed logins in a row for one email that cost nothing; each further one locks
+    /// that email's logins for 1 s, 2 s, 4 s, ... (429 login_throttled).
+    #[arg(long, env = "WALLET_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = 5)]
+    pub login_failures_before_delay: u32,
+    /// The longest delay after failed logins for one email.
+    #[arg(long, env = "WALLET_LOGIN_DELAY_MAX_SECONDS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_delay_max_seconds: u64,
+    /// An email's count of failed logins starts over after this long without one.
+    #[arg(long, env = "WALLET_LOGIN_FAILURES_RESET_SECONDS", default_value_t = 12 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_failures_reset_seconds: u64,
     /// Seconds after which a metric series that was not updated is forgotten
     /// (dropped from `/metrics` until it is updated again).
     #[arg(long, env = "WALLET_METRICS_IDLE_TIMEOUT_SECONDS", default_value_t = 600,
@@ -317,6 +335,18 @@ fn http_url(text: &str) -> Result<reqwest::Url, String> {
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("the scheme must be http or https, not {other}")),
+    }
+}
+
+/// An address (a /32 or /128) or a network in CIDR notation.
+fn network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    match text.parse::<IpNet>() {
+        Ok(network) => Ok(network.trunc()),
+        Err(_) => text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("not an address or a network: {text}")),
     }
 }
 
@@ -402,6 +432,15 @@ mod tests {
         std::fs::write(&path, rule.replace("name =", "title ="))?;
         let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("risk_rules")), "an unknown field is refused");
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() -> Result<(), clap::Error> {
+        let settings = Settings::from_args(["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,2001:db8::/32"])?;
+        let shown: Vec<String> = settings.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(Settings::from_args(["--trusted-proxies", "proxy.example.com"]).is_err());
         Ok(())
     }
 

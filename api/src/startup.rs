@@ -18,6 +18,8 @@ use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
+use crate::client::TrustedProxies;
+use crate::login_throttle::{LoginThrottle, ThrottlePolicy};
 use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
@@ -133,11 +135,17 @@ impl Application {
         let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
             .await
             .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
+        let login_throttle = LoginThrottle::new(ThrottlePolicy {
+            failures_before_delay: settings.login_failures_before_delay,
+            delay_max: Duration::from_secs(settings.login_delay_max_seconds),
+            reset_after: Duration::from_secs(settings.login_failures_reset_seconds),
+        });
         let state = AppState::new(
             embedded.ledger.clone(),
             users,
             tokens,
             passwords,
+            login_throttle,
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
             embedded.journal_stats(),
         );
@@ -154,11 +162,11 @@ impl Application {
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
         };
         let rates = RateLayers::new(RateLimits {
-            per_address: Bucket {
+            per_client: Bucket {
                 per_second: settings.rate_limit_per_second,
                 burst: settings.rate_limit_burst,
             },
-            per_token: Bucket {
+            per_user: Bucket {
                 per_second: settings.user_rate_limit_per_second,
                 burst: settings.user_rate_limit_burst,
             },
@@ -171,7 +179,8 @@ impl Application {
             name: "rate limits",
             reason: "rates and bursts must be positive".into(),
         })?;
-        let router = router(state.clone(), limits, rates);
+        let trusted = Arc::new(TrustedProxies::new(settings.trusted_proxies.clone()));
+        let router = router(state.clone(), limits, rates, trusted);
         let shutdown_grace = Duration::from_millis(settings.shutdown_grace_ms);
         Ok(Application {
             listener,

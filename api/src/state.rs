@@ -12,6 +12,7 @@ use wallet_storage::JournalStats;
 use crate::auth::{Caller, Passwords, Tokens};
 use crate::domain::ledger_user_id;
 use crate::error::ApiError;
+use crate::login_throttle::LoginThrottle;
 use crate::oidc::ExternalIssuer;
 use crate::users::{UserStore, UserStoreError};
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// Password hashing.
     pub passwords: Passwords,
+    /// Failed password checks per email.
+    pub login_throttle: Arc<LoginThrottle>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: PrometheusHandle,
     /// The journal's counters, for `/metrics`.
@@ -55,6 +58,7 @@ impl AppState {
         users: UserStore,
         tokens: Tokens,
         passwords: Passwords,
+        login_throttle: Arc<LoginThrottle>,
         metrics: PrometheusHandle,
         journal_stats: Arc<JournalStats>,
     ) -> AppState {
@@ -63,6 +67,7 @@ impl AppState {
             users,
             tokens: Arc::new(tokens),
             passwords,
+            login_throttle,
             metrics,
             journal_stats,
             external: None,

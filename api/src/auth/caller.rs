@@ -1,10 +1,14 @@
-//! Who is calling: the [`Caller`] extractor every protected route takes.
+//! Who is calling: the [`Caller`] extractor every protected route takes,
+//! and the [`authenticate`] middleware that finds it once per request.
 //! The caller's role is read from the user store on every request, not
 //! trusted from the token.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use jsonwebtoken::Algorithm;
 use uuid::Uuid;
 
@@ -42,13 +46,14 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+impl Caller {
+    /// Authenticates the request whose headers are `headers`: its bearer
+    /// token, ours or the external issuer's, and the user it names as
+    /// stored now.
+    pub async fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
         let missing =
             || ApiError::Unauthorized { code: "missing_token", detail: "send Authorization: Bearer <token>" };
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+        let header = headers.get(AUTHORIZATION).ok_or_else(missing)?;
         let header = header.to_str().map_err(|_| missing())?;
         let token = header
             .strip_prefix("Bearer ")
@@ -76,6 +81,33 @@ impl FromRequestParts<AppState> for Caller {
             detail: "the access token's user does not exist",
         })?;
         Ok(Caller { user })
+    }
+}
+
+/// How a request's `Authorization` header authenticated, found once per
+/// request by [`authenticate`] and kept in its extensions: the per-user
+/// rate limit counts the caller's id, and the handler's [`Caller`] is this.
+#[derive(Clone, Debug)]
+pub struct Authentication(pub Result<Caller, ApiError>);
+
+/// Authenticates a request that carries an `Authorization` header (one
+/// without is left alone: it may be for a public route).
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if request.headers().contains_key(AUTHORIZATION) {
+        let outcome = Caller::from_headers(request.headers(), &state).await;
+        request.extensions_mut().insert(Authentication(outcome));
+    }
+    next.run(request).await
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match parts.extensions.remove::<Authentication>() {
+            Some(Authentication(outcome)) => outcome,
+            None => Caller::from_headers(&parts.headers, state).await,
+        }
     }
 }
 

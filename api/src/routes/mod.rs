@@ -1,11 +1,13 @@
 //! The router: every route, and the layers around them (metrics, tracing,
-//! timeout, body limit, the per-address rate limit). One file per area:
+//! timeout, body limit, the client's address, the per-client rate limit;
+//! on `/v1`, authentication and the per-user rate limit). One file per area:
 //! - [`health`] serves `/healthz`, `/readyz`, `/metrics`;
 //! - [`users`] serves `/v1/users`, `/v1/auth/token`, `/v1/auth/refresh`;
 //! - [`accounts`] serves `/v1/accounts`;
 //! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`;
 //! - [`risk`] serves `/v1/risk/rules`, `/v1/risk/decisions`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -15,8 +17,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::caller::authenticate;
+use crate::client::{client_address, TrustedProxies};
 use crate::error::ApiError;
-use crate::rate::RateLayers;
+use crate::rate::{limit_per_user, RateLayers};
 use crate::state::AppState;
 use crate::telemetry::track_http;
 
@@ -35,8 +39,9 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// Every route of the API.
-pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
+/// Every route of the API. `trusted` are the proxies whose
+/// `X-Forwarded-For` names the client ([`crate::client`]).
+pub fn router(state: AppState, limits: Limits, rates: RateLayers, trusted: Arc<TrustedProxies>) -> Router {
     let v1 = Router::new()
         .route("/v1/users", post(users::create_user).layer(rates.login.clone()).get(users::list_users))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
@@ -58,8 +63,9 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .route("/v1/risk/rules", post(risk::create_rule).get(risk::list_rules))
         .route("/v1/risk/rules/{id}", get(risk::get_rule).put(risk::replace_rule).delete(risk::delete_rule))
         .route("/v1/risk/decisions", get(risk::list_decisions))
-        .layer(rates.per_token);
-    // The per-address limit wraps every route, the fallback included: a
+        .layer(middleware::from_fn_with_state(rates.per_user, limit_per_user))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // The per-client limit wraps every route, the fallback included: a
     // request to no route costs as much to answer and to count as any other.
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -69,7 +75,8 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers) -> Router {
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(rates.per_address)
+        .layer(rates.per_client)
+        .layer(middleware::from_fn_with_state(trusted, client_address))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(middleware::from_fn_with_state(limits.request_timeout, timeout))
         .layer(middleware::from_fn(track_http))

@@ -172,15 +172,26 @@ pub async fn token(
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Json<TokenView>, ApiError> {
     let invalid = ApiError::Unauthorized { code: "invalid_credentials", detail: "wrong email or password" };
-    let user = match Email::parse(&body.email) {
-        Ok(email) => state.users.by_email(email.as_str())?,
-        Err(_) => None,
+    let email = Email::parse(&body.email).ok();
+    // Counted per email whether or not someone has it (no account can have
+    // a malformed one, so those are not counted).
+    let attempt = email.as_ref().map(|email| state.login_throttle.begin(email.as_str())).transpose()?;
+    let user = match &email {
+        Some(email) => state.users.by_email(email.as_str())?,
+        None => None,
     };
+    // An unknown email is checked against a decoy hash, so both take as long.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !state.passwords.verify(body.password, hash).await? {
+    let matches = state.passwords.verify(body.password, hash).await?;
+    let Some(user) = user.filter(|_| matches) else {
+        if let Some(attempt) = attempt {
+            attempt.failed();
+        }
         return Err(invalid);
+    };
+    if let Some(attempt) = attempt {
+        attempt.succeeded();
     }
-    let user = user.ok_or(invalid)?;
     Ok(Json(issue(&state, user.id).await?))
 }
 

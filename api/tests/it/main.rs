@@ -11,5 +11,6 @@ mod limits;
 mod metrics;
 mod money;
 mod oidc;
+mod rate_keys;
 mod risk;
 mod supervision;
