@@ -87,6 +87,8 @@ pub async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Optio
                 password_hash: state.passwords.hash(password).await.map_err(AdminError::Hash)?,
                 role: Role::Admin,
                 created_at_ms: now_ms(),
+                disabled: false,
+                session_epoch: 0,
             };
             state.users.create(&user).await?;
             state.users.set_meta(ADMIN_ID_KEY, user.id.as_bytes()).await?;
@@ -100,7 +102,7 @@ pub async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Optio
 /// differ, and ends the administrator's sessions.
 async fn reset_password_if_changed(
     state: &AppState,
-    mut user: StoredUser,
+    user: StoredUser,
     password: Password,
 ) -> Result<(), AdminError> {
     let hash = Some(user.password_hash.clone());
@@ -109,9 +111,9 @@ async fn reset_password_if_changed(
     if matches {
         return Ok(());
     }
-    user.password_hash = state.passwords.hash(password).await.map_err(AdminError::Hash)?;
-    state.users.update(&user).await?;
-    let revoked = state.users.revoke_sessions(user.id).await?;
+    let password_hash = state.passwords.hash(password).await.map_err(AdminError::Hash)?;
+    state.users.modify(user.id, |user| user.password_hash.clone_from(&password_hash)).await?;
+    let revoked = state.users.end_sessions(user.id).await?;
     tracing::warn!(
         user = %user.id,
         revoked_sessions = revoked,

@@ -77,6 +77,14 @@ pub enum ApiError {
     /// Valid credentials, but not allowed here.
     #[error("this operation needs the admin role")]
     Forbidden,
+    /// Valid credentials, but this request is refused for a reason of its own.
+    #[error("{detail}")]
+    Denied {
+        /// Stable code, e.g. `wrong_password`.
+        code: &'static str,
+        /// Why.
+        detail: &'static str,
+    },
     /// The thing asked for does not exist, or the caller may not see it.
     #[error("{what} not found")]
     NotFound {
@@ -224,6 +232,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Denied { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -439,7 +448,16 @@ mod tests {
     /// branch on them, so a change here is a breaking change.
     #[test]
     fn security_codes_and_statuses_are_pinned() {
-        let cases = [(ApiError::LoginThrottled { retry_after_seconds: 1 }, 429, "login_throttled")];
+        let unauthorized = |code| ApiError::Unauthorized { code, detail: "" };
+        let cases = [
+            (ApiError::LoginThrottled { retry_after_seconds: 1 }, 429, "login_throttled"),
+            (unauthorized("token_revoked"), 401, "token_revoked"),
+            (unauthorized("user_disabled"), 401, "user_disabled"),
+            (unauthorized("refresh_token_reused"), 401, "refresh_token_reused"),
+            (unauthorized("session_expired"), 401, "session_expired"),
+            (ApiError::Denied { code: "wrong_password", detail: "" }, 403, "wrong_password"),
+            (ApiError::Conflict { code: "cannot_disable_self", detail: "" }, 409, "cannot_disable_self"),
+        ];
         for (error, status, code) in cases {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).unwrap_or_default(), code));
         }

@@ -18,7 +18,8 @@
 //! - [`rate`]: rate limits per client, per authenticated user, and on logins.
 //! - [`login_throttle`]: failed logins per email, with a growing delay.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
-//! - [`users`]: the sled-backed user store (users, tokens, owned accounts, risk rules).
+//! - [`users`]: the sled-backed user store (users, sessions, owned accounts, risk rules).
+//! - [`sessions`]: refresh-token families: rotation, reuse detection, absolute lifetime.
 //! - [`risk`]: risk rules kept for the ledger: stored, configured defaults, handed over.
 //! - [`state`]: what handlers share, and the object-level authorization checks.
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
@@ -35,6 +36,7 @@ pub mod openapi;
 pub mod rate;
 pub mod risk;
 pub mod routes;
+pub mod sessions;
 pub mod settings;
 pub mod startup;
 pub mod state;

@@ -29,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
                 // Shown once (only its hash is stored), on stderr: stdout may
                 // be kept where others read it.
                 eprintln!(
-                    "generated admin password for {} (shown once; change it by starting \
-                     with WALLET_ADMIN_PASSWORD set): {password}",
+                    "generated admin password for {} (shown once; change it with \
+                     POST /v1/users/me/password, or by starting with WALLET_ADMIN_PASSWORD set): {password}",
                     app.admin_email()
                 );
             }

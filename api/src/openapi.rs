@@ -21,7 +21,7 @@ use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{accounts, health, money, risk, users};
+use crate::routes::{accounts, health, money, risk, sessions, users};
 
 /// The API's OpenAPI description.
 #[derive(OpenApi)]
@@ -31,7 +31,9 @@ use crate::routes::{accounts, health, money, risk, users};
         with a stable `code`."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        users::create_user, users::me, users::update_me, users::list_users, users::token, users::refresh,
+        users::create_user, users::me, users::update_me, users::list_users, users::disable_user,
+        users::enable_user,
+        sessions::token, sessions::refresh, sessions::logout, sessions::change_password,
         accounts::create_account, accounts::get_account, accounts::list_accounts, accounts::account_transfers,
         accounts::freeze,
         accounts::unfreeze, accounts::close,
@@ -90,14 +92,17 @@ const BAD_REQUEST: ErrorAnswer = ErrorAnswer {
 const UNAUTHORIZED: ErrorAnswer = ErrorAnswer {
     status: 401,
     name: "Unauthorized",
-    description: "No valid credentials: missing_token, invalid_token, token_expired; at login \
-        invalid_credentials or invalid_refresh_token.",
+    description: "No valid credentials: missing_token, invalid_token, token_expired, token_revoked \
+        (the user's sessions ended since it was issued), user_disabled; at login invalid_credentials; \
+        at refresh invalid_refresh_token, refresh_token_reused (the session is revoked), \
+        session_expired, user_disabled.",
     header: Some(("WWW-Authenticate", "Always `Bearer`.")),
 };
 const FORBIDDEN: ErrorAnswer = ErrorAnswer {
     status: 403,
     name: "Forbidden",
-    description: "A valid token, but the operation needs the admin role (forbidden).",
+    description: "A valid token, but the operation needs the admin role (forbidden), or a password \
+        change's current password is wrong (wrong_password).",
     header: None,
 };
 const NOT_FOUND: ErrorAnswer = ErrorAnswer {
@@ -113,7 +118,7 @@ const CONFLICT: ErrorAnswer = ErrorAnswer {
     name: "Conflict",
     description: "Conflicts with what exists: exists_with_different_fields (the id was used with \
         another body), in_flight or pending_transfer_busy (retry), account_exists, email_taken, \
-        too_many_rules.",
+        too_many_rules, cannot_disable_self.",
     header: None,
 };
 const PAYLOAD_TOO_LARGE: ErrorAnswer = ErrorAnswer {

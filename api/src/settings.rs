@@ -223,9 +223,14 @@ pub struct Settings {
     /// Lifetime of an access token.
     #[arg(long, env = "WALLET_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900)]
     pub access_token_ttl_seconds: u64,
-    /// Lifetime of a refresh token.
+    /// A refresh token unused for this long expires (each refresh hands out a new one).
     #[arg(long, env = "WALLET_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600)]
     pub refresh_token_ttl_seconds: u64,
+    /// A session ends this long after its login, however often it is refreshed; then
+    /// the user logs in again.
+    #[arg(long, env = "WALLET_SESSION_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_lifetime_seconds: u64,
     /// Email of the administrator, created at start if missing.
     #[arg(long, env = "WALLET_ADMIN_EMAIL", default_value = "admin@wallet.local")]
     pub admin_email: String,

@@ -131,6 +131,7 @@ impl Application {
             settings.jwt_audience.clone(),
             settings.access_token_ttl_seconds,
             settings.refresh_token_ttl_seconds,
+            settings.session_lifetime_seconds,
         );
         let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
             .await

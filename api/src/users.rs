@@ -4,8 +4,8 @@
 //! Trees:
 //! - `users`: user UUID (16 bytes) -> [`StoredUser`] as JSON;
 //! - `emails`: normalised email -> user UUID, so an email is taken once;
-//! - `refresh_tokens`: SHA-256 of a refresh token -> [`RefreshRecord`] as JSON
-//!   (the token itself is never stored);
+//! - `sessions`: user UUID ++ session UUID -> [`crate::sessions::SessionRecord`]
+//!   as JSON (the refresh token itself is never stored; [`crate::sessions`]);
 //! - `owned_accounts`: user UUID ++ account UUID -> empty, to list a user's accounts;
 //! - `meta`: settings kept across restarts (the generated token secret, the
 //!   id of the administrator made at start);
@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use uuid::Uuid;
+
+use crate::sessions::SessionStore;
 
 /// Most items one listing returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
@@ -75,15 +77,15 @@ pub struct StoredUser {
     pub role: Role,
     /// When the user signed up (ms since the Unix epoch).
     pub created_at_ms: u64,
-}
-
-/// A refresh token's record, keyed by the token's hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefreshRecord {
-    /// Whose.
-    pub user_id: Uuid,
-    /// Until when (ms since the Unix epoch).
-    pub expires_at_ms: u64,
+    /// Disabled by an administrator: no token of theirs works, and they
+    /// cannot log in.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Moves on each time every session of the user ends (logout, password
+    /// change, disabling): access tokens carry the epoch they were issued
+    /// in, and one of an earlier epoch is refused.
+    #[serde(default)]
+    pub session_epoch: u64,
 }
 
 /// A risk rule as stored: the body the API (or the configuration) took,
@@ -105,7 +107,7 @@ pub struct UserStore {
     db: sled::Db,
     users: sled::Tree,
     emails: sled::Tree,
-    refresh_tokens: sled::Tree,
+    sessions: SessionStore,
     owned_accounts: sled::Tree,
     meta: sled::Tree,
     risk_rules: sled::Tree,
@@ -123,10 +125,13 @@ impl UserStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<UserStore, UserStoreError> {
         let db = wallet_storage::snapshot::open_sled(&sled::Config::new().path(path))?;
+        // Refresh tokens of versions before sessions: they are refused (their
+        // holders log in again), so nothing should keep their hashes.
+        db.drop_tree("refresh_tokens")?;
         Ok(UserStore {
             users: db.open_tree("users")?,
             emails: db.open_tree("emails")?,
-            refresh_tokens: db.open_tree("refresh_tokens")?,
+            sessions: SessionStore::open(&db)?,
             owned_accounts: db.open_tree("owned_accounts")?,
             meta: db.open_tree("meta")?,
             risk_rules: db.open_tree("risk_rules")?,
@@ -207,33 +212,42 @@ impl UserStore {
         Ok(found)
     }
 
-    /// Stores a refresh token's record under the token's hash.
-    pub async fn put_refresh(&self, token_hash: &[u8], record: &RefreshRecord) -> Result<(), UserStoreError> {
-        self.refresh_tokens.insert(token_hash, encode(record, "refresh token")?)?;
-        self.flush().await
+    /// The sessions ([`crate::sessions`]).
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
     }
 
-    /// Removes and returns a refresh token's record: each token is used once.
-    pub async fn take_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>, UserStoreError> {
-        let Some(bytes) = self.refresh_tokens.remove(token_hash)? else { return Ok(None) };
-        self.flush().await?;
-        decode(&bytes, "refresh token").map(Some)
-    }
-
-    /// Ends every session of `user`: removes each of their refresh tokens.
-    /// Returns how many there were. Scans every refresh token: it runs when
-    /// a password is reset at start, not per request.
-    pub async fn revoke_sessions(&self, user: Uuid) -> Result<usize, UserStoreError> {
-        let mut revoked = 0;
-        for entry in self.refresh_tokens.iter() {
-            let (key, value) = entry?;
-            let record: RefreshRecord = decode(&value, "refresh token")?;
-            if record.user_id == user && self.refresh_tokens.remove(key)?.is_some() {
-                revoked += 1;
+    /// Changes a stored user with `change`, against concurrent changes (a
+    /// name edited while an administrator disables the user keeps both).
+    /// Returns the user as stored now, or `None` if there is no such user.
+    pub async fn modify(
+        &self,
+        id: Uuid,
+        change: impl Fn(&mut StoredUser),
+    ) -> Result<Option<StoredUser>, UserStoreError> {
+        loop {
+            let Some(current) = self.users.get(id.as_bytes())? else { return Ok(None) };
+            let mut user: StoredUser = decode(&current, "user")?;
+            change(&mut user);
+            let next = encode(&user, "user")?;
+            if self.users.compare_and_swap(id.as_bytes(), Some(current), Some(next))?.is_ok() {
+                self.flush().await?;
+                return Ok(Some(user));
             }
         }
-        self.flush().await?;
-        Ok(revoked)
+    }
+
+    /// Ends every session of `user`: their refresh tokens stop working, and
+    /// their access tokens too (the session epoch moves on). Returns how
+    /// many sessions there were.
+    ///
+    /// Sessions end before the epoch moves: a refresh reads the epoch
+    /// before it spends its token, so one that got in before the end
+    /// issues an access token of the old epoch, revoked a moment later.
+    pub async fn end_sessions(&self, user: Uuid) -> Result<usize, UserStoreError> {
+        let ended = self.sessions.end_all(user).await?;
+        self.modify(user, |user| user.session_epoch = user.session_epoch.wrapping_add(1)).await?;
+        Ok(ended)
     }
 
     /// Records that `user` owns `account` (before the ledger opens it, so a
@@ -345,6 +359,8 @@ mod tests {
             password_hash: "x".to_string(),
             role: Role::User,
             created_at_ms: 1,
+            disabled: false,
+            session_epoch: 0,
         }
     }
 

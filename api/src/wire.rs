@@ -86,6 +86,8 @@ pub struct UserView {
     pub name: String,
     /// `user` or `admin`.
     pub role: Role,
+    /// Disabled by an administrator: none of the user's tokens work.
+    pub disabled: bool,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -98,6 +100,7 @@ impl From<&StoredUser> for UserView {
             email: user.email.clone(),
             name: user.name.clone(),
             role: user.role,
+            disabled: user.disabled,
             created_at: rfc3339(user.created_at_ms),
         }
     }
@@ -193,6 +196,16 @@ pub struct TokenBody {
 pub struct RefreshBody {
     /// A refresh token from an earlier token response; each works once.
     pub refresh_token: String,
+}
+
+/// `POST /v1/users/me/password`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeBody {
+    /// The password now.
+    pub current_password: String,
+    /// The new one (8 characters to 256 bytes).
+    pub new_password: String,
 }
 
 /// A token response.

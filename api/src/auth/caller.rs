@@ -69,10 +69,10 @@ impl Caller {
             let external = state.external.as_ref().ok_or_else(invalid)?;
             let claims = external.verify(token, &token_header).await?;
             let user = external_user(state, external, claims).await?;
-            return Ok(Caller { user });
+            return Caller::enabled(user);
         }
-        let user_id = state.tokens.verify(token)?;
-        let user = state.users.get(user_id).map_err(|error| {
+        let verified = state.tokens.verify(token)?;
+        let user = state.users.get(verified.user_id).map_err(|error| {
             tracing::error!(%error, "reading a user failed");
             ApiError::Internal
         })?;
@@ -80,6 +80,22 @@ impl Caller {
             code: "invalid_token",
             detail: "the access token's user does not exist",
         })?;
+        // Disabling ends sessions too; say why the token stopped working.
+        let caller = Caller::enabled(user)?;
+        if verified.session_epoch != caller.user.session_epoch {
+            return Err(ApiError::Unauthorized {
+                code: "token_revoked",
+                detail: "the user's sessions ended after this token was issued; log in again",
+            });
+        }
+        Ok(caller)
+    }
+
+    /// `user` as a caller, unless an administrator disabled them.
+    fn enabled(user: StoredUser) -> Result<Caller, ApiError> {
+        if user.disabled {
+            return Err(ApiError::Unauthorized { code: "user_disabled", detail: "this user is disabled" });
+        }
         Ok(Caller { user })
     }
 }
@@ -131,6 +147,8 @@ async fn external_user(
         password_hash: String::new(),
         role: Role::User,
         created_at_ms: now_ms(),
+        disabled: false,
+        session_epoch: 0,
     };
     tracing::info!(user = %id, issuer = external.issuer(), "first token of an external subject: user created");
     Ok(state.users.create_external(&user).await?)

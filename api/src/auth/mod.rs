@@ -1,6 +1,10 @@
 //! Authentication: argon2id password hashes, HS256 access tokens (JWT),
-//! one-use refresh tokens, and the [`Caller`] extractor every protected
-//! route takes.
+//! and the [`Caller`] extractor every protected route takes. Refresh tokens
+//! belong to sessions ([`crate::sessions`]).
+//!
+//! An access token stops working before it expires when its user is
+//! disabled (401 `user_disabled`) or every session of its user ended since
+//! it was issued (401 `token_revoked`: logout, a password change).
 //!
 //! Access tokens must carry `exp`, `iss`, `aud` and `sub`, and are checked
 //! for all four; only HS256 is accepted, so `alg: none` and algorithm
@@ -13,7 +17,6 @@
 //! - [`caller`]: the [`Caller`] extractor, and the local users of an external issuer.
 
 use rand_core::{OsRng, RngCore};
-use sha2::{Digest, Sha256};
 
 pub mod caller;
 pub mod passwords;
@@ -21,7 +24,7 @@ pub mod tokens;
 
 pub use caller::Caller;
 pub use passwords::Passwords;
-pub use tokens::{Claims, IssuedTokens, Tokens, SECRET_LEN_MIN};
+pub use tokens::{Claims, IssuedTokens, Tokens, Verified, SECRET_LEN_MIN};
 
 /// `bytes` random bytes as lower-case hex.
 pub fn random_token(bytes: usize) -> String {
@@ -39,11 +42,6 @@ pub fn hex(bytes: &[u8]) -> String {
         text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
     text
-}
-
-/// The key a refresh token is stored under.
-pub fn refresh_token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 #[cfg(test)]

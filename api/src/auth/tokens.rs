@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::now_ms;
 use crate::error::ApiError;
+use crate::sessions::SessionPolicy;
 
 /// Shortest accepted token secret, in bytes.
 pub const SECRET_LEN_MIN: usize = 32;
@@ -24,6 +25,18 @@ pub struct Claims {
     /// Issued at (seconds since the Unix epoch); optional on the way in.
     #[serde(default)]
     pub iat: u64,
+    /// The user's session epoch when issued ([`crate::users::StoredUser::session_epoch`]).
+    #[serde(default)]
+    pub session_epoch: u64,
+}
+
+/// What a valid access token says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Whose token.
+    pub user_id: Uuid,
+    /// The user's session epoch when it was issued.
+    pub session_epoch: u64,
 }
 
 /// A freshly issued pair of tokens.
@@ -46,6 +59,7 @@ pub struct Tokens {
     audience: String,
     access_ttl_seconds: u64,
     refresh_ttl_seconds: u64,
+    session_lifetime_seconds: u64,
 }
 
 impl Tokens {
@@ -56,6 +70,7 @@ impl Tokens {
         audience: String,
         access_ttl_seconds: u64,
         refresh_ttl_seconds: u64,
+        session_lifetime_seconds: u64,
     ) -> Tokens {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&issuer]);
@@ -70,11 +85,12 @@ impl Tokens {
             audience,
             access_ttl_seconds,
             refresh_ttl_seconds,
+            session_lifetime_seconds,
         }
     }
 
-    /// A signed access token for `user`.
-    pub fn access_token(&self, user: Uuid) -> Result<String, ApiError> {
+    /// A signed access token for `user`, in their session epoch `session_epoch`.
+    pub fn access_token(&self, user: Uuid, session_epoch: u64) -> Result<String, ApiError> {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: user.to_string(),
@@ -82,12 +98,13 @@ impl Tokens {
             aud: self.audience.clone(),
             exp: now + self.access_ttl_seconds,
             iat: now,
+            session_epoch,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| ApiError::Internal)
     }
 
-    /// The user an access token names, if it is valid.
-    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+    /// The user an access token names, and its session epoch, if it is valid.
+    pub fn verify(&self, token: &str) -> Result<Verified, ApiError> {
         let invalid =
             ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" };
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| match error
@@ -98,7 +115,8 @@ impl Tokens {
             }
             _ => ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" },
         })?;
-        Uuid::try_parse(&data.claims.sub).map_err(|_| invalid)
+        let user_id = Uuid::try_parse(&data.claims.sub).map_err(|_| invalid)?;
+        Ok(Verified { user_id, session_epoch: data.claims.session_epoch })
     }
 
     /// Access lifetime in seconds.
@@ -106,9 +124,12 @@ impl Tokens {
         self.access_ttl_seconds
     }
 
-    /// Refresh lifetime in milliseconds.
-    pub fn refresh_ttl_ms(&self) -> u64 {
-        self.refresh_ttl_seconds.saturating_mul(1000)
+    /// How long sessions and refresh tokens live.
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            refresh_ttl_ms: self.refresh_ttl_seconds.saturating_mul(1000),
+            lifetime_ms: self.session_lifetime_seconds.saturating_mul(1000),
+        }
     }
 }
 
@@ -117,17 +138,17 @@ mod tests {
     use super::*;
 
     fn tokens(secret: &[u8]) -> Tokens {
-        Tokens::new(secret, "wallet".into(), "wallet-api".into(), 60, 600)
+        Tokens::new(secret, "wallet".into(), "wallet-api".into(), 60, 600, 6000)
     }
 
     #[test]
     fn tokens_round_trip_and_foreign_ones_are_refused() -> Result<(), ApiError> {
         let ours = tokens(&[7; 32]);
         let user = Uuid::new_v4();
-        let token = ours.access_token(user)?;
-        assert_eq!(ours.verify(&token)?, user);
+        let token = ours.access_token(user, 7)?;
+        assert_eq!(ours.verify(&token)?, Verified { user_id: user, session_epoch: 7 });
         assert!(tokens(&[8; 32]).verify(&token).is_err());
-        let other_audience = Tokens::new(&[7; 32], "wallet".into(), "other".into(), 60, 600);
+        let other_audience = Tokens::new(&[7; 32], "wallet".into(), "other".into(), 60, 600, 6000);
         assert!(other_audience.verify(&token).is_err());
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! timeout, body limit, the client's address, the per-client rate limit;
 //! on `/v1`, authentication and the per-user rate limit). One file per area:
 //! - [`health`] serves `/healthz`, `/readyz`, `/metrics`;
-//! - [`users`] serves `/v1/users`, `/v1/auth/token`, `/v1/auth/refresh`;
+//! - [`users`] serves `/v1/users` (sign-up, profile, disabling users);
+//! - [`sessions`] serves `/v1/auth/token`, `/v1/auth/refresh`, `/v1/auth/logout`,
+//!   `/v1/users/me/password`;
 //! - [`accounts`] serves `/v1/accounts`;
 //! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`;
 //! - [`risk`] serves `/v1/risk/rules`, `/v1/risk/decisions`.
@@ -28,6 +30,7 @@ pub mod accounts;
 pub mod health;
 pub mod money;
 pub mod risk;
+pub mod sessions;
 pub mod users;
 
 /// Limits the router applies.
@@ -45,8 +48,12 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers, trusted: Arc<T
     let v1 = Router::new()
         .route("/v1/users", post(users::create_user).layer(rates.login.clone()).get(users::list_users))
         .route("/v1/users/me", get(users::me).patch(users::update_me))
-        .route("/v1/auth/token", post(users::token).layer(rates.login.clone()))
-        .route("/v1/auth/refresh", post(users::refresh).layer(rates.login))
+        .route("/v1/users/me/password", post(sessions::change_password))
+        .route("/v1/users/{id}/disable", post(users::disable_user))
+        .route("/v1/users/{id}/enable", post(users::enable_user))
+        .route("/v1/auth/token", post(sessions::token).layer(rates.login.clone()))
+        .route("/v1/auth/refresh", post(sessions::refresh).layer(rates.login))
+        .route("/v1/auth/logout", post(sessions::logout))
         .route("/v1/accounts", post(accounts::create_account).get(accounts::list_accounts))
         .route("/v1/accounts/{id}", get(accounts::get_account))
         .route("/v1/accounts/{id}/transfers", get(accounts::account_transfers))

@@ -1,21 +1,19 @@
-//! Users and tokens: sign-up, the caller's profile, the admin's user list,
-//! login and refresh.
+//! Users: sign-up, the caller's profile, and what administrators do with
+//! users (list, disable, enable). Logins and tokens are in [`super::sessions`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
 
-use crate::auth::{random_token, refresh_token_hash, Caller};
-use crate::domain::{now_ms, parse_uuid, Email, UserName};
+use crate::auth::Caller;
+use crate::domain::{now_ms, parse_uuid, UserName};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, Unauthorized, V1};
+use crate::extract::{ApiJson, ApiQuery, IdPath};
+use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, V1};
 use crate::state::AppState;
-use crate::users::{RefreshRecord, Role, StoredUser};
-use crate::wire::{
-    ListQuery, NewUser, NewUserBody, Page, RefreshBody, TokenBody, TokenView, UpdateUserBody, UserView,
-};
+use crate::users::{Role, StoredUser};
+use crate::wire::{ListQuery, NewUser, NewUserBody, Page, UpdateUserBody, UserView};
 
 /// Default page size of listings.
 pub const PAGE_SIZE_DEFAULT: usize = 100;
@@ -62,6 +60,8 @@ pub async fn create_user(
         password_hash: state.passwords.hash(password).await?,
         role: Role::User,
         created_at_ms: now_ms(),
+        disabled: false,
+        session_epoch: 0,
     };
     state.users.create(&user).await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
@@ -100,12 +100,10 @@ pub async fn update_me(
     caller: Caller,
     ApiJson(body): ApiJson<UpdateUserBody>,
 ) -> Result<Json<UserView>, ApiError> {
-    let mut user = caller.user;
-    if let Some(name) = body.name {
-        user.name = UserName::parse(&name)?.as_str().to_string();
-        state.users.update(&user).await?;
-    }
-    Ok(Json(UserView::from(&user)))
+    let Some(name) = body.name else { return Ok(Json(UserView::from(&caller.user))) };
+    let name = UserName::parse(&name)?.as_str().to_string();
+    let user = state.users.modify(caller.id(), |user| user.name.clone_from(&name)).await?;
+    Ok(Json(UserView::from(&user.unwrap_or(caller.user))))
 }
 
 /// `GET /v1/users`: admin only.
@@ -141,86 +139,78 @@ pub async fn list_users(
     Ok(Json(Page { items: users.iter().map(UserView::from).collect(), next_cursor }))
 }
 
-async fn issue(state: &AppState, user: Uuid) -> Result<TokenView, ApiError> {
-    let access_token = state.tokens.access_token(user)?;
-    let refresh_token = format!("wrt_{}", random_token(32));
-    let record = RefreshRecord { user_id: user, expires_at_ms: now_ms() + state.tokens.refresh_ttl_ms() };
-    state.users.put_refresh(&refresh_token_hash(&refresh_token), &record).await?;
-    Ok(TokenView {
-        access_token,
-        token_type: "Bearer".to_string(),
-        expires_in: state.tokens.access_ttl_seconds(),
-        refresh_token,
-    })
-}
-
-/// `POST /v1/auth/token`: email and password for a token pair; 401 `invalid_credentials`.
-#[utoipa::path(
-    post,
-    path = "/v1/auth/token",
-    tag = "auth",
-    request_body = TokenBody,
-    responses(
-        (status = 200, body = TokenView),
-        JsonBody,
-        Unauthorized,
-        V1,
-    ),
-)]
-pub async fn token(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<TokenBody>,
-) -> Result<Json<TokenView>, ApiError> {
-    let invalid = ApiError::Unauthorized { code: "invalid_credentials", detail: "wrong email or password" };
-    let email = Email::parse(&body.email).ok();
-    // Counted per email whether or not someone has it (no account can have
-    // a malformed one, so those are not counted).
-    let attempt = email.as_ref().map(|email| state.login_throttle.begin(email.as_str())).transpose()?;
-    let user = match &email {
-        Some(email) => state.users.by_email(email.as_str())?,
-        None => None,
-    };
-    // An unknown email is checked against a decoy hash, so both take as long.
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let matches = state.passwords.verify(body.password, hash).await?;
-    let Some(user) = user.filter(|_| matches) else {
-        if let Some(attempt) = attempt {
-            attempt.failed();
-        }
-        return Err(invalid);
-    };
-    if let Some(attempt) = attempt {
-        attempt.succeeded();
-    }
-    Ok(Json(issue(&state, user.id).await?))
-}
-
-/// `POST /v1/auth/refresh`: a refresh token (used up) for a new pair; 401
-/// `invalid_refresh_token`.
-#[utoipa::path(
-    post,
-    path = "/v1/auth/refresh",
-    tag = "auth",
-    request_body = RefreshBody,
-    responses(
-        (status = 200, body = TokenView),
-        JsonBody,
-        Unauthorized,
-        V1,
-    ),
-)]
-pub async fn refresh(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Json<TokenView>, ApiError> {
-    let invalid =
-        ApiError::Unauthorized { code: "invalid_refresh_token", detail: "the refresh token is not valid" };
-    let record = state.users.take_refresh(&refresh_token_hash(&body.refresh_token)).await?.ok_or(invalid)?;
-    if record.expires_at_ms <= now_ms() || state.users.get(record.user_id)?.is_none() {
-        return Err(ApiError::Unauthorized {
-            code: "invalid_refresh_token",
-            detail: "the refresh token is not valid",
+/// Sets whether the user `id` is disabled; admin only, and not oneself.
+async fn set_disabled(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    disabled: bool,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require_admin()?;
+    let id = parse_uuid("id", id)?;
+    if id == caller.id() {
+        return Err(ApiError::Conflict {
+            code: "cannot_disable_self",
+            detail: "an administrator cannot disable or enable themselves",
         });
     }
-    Ok(Json(issue(&state, record.user_id).await?))
+    let not_found = ApiError::NotFound { code: "user_not_found", what: "user" };
+    let user = state.users.modify(id, |user| user.disabled = disabled).await?.ok_or(not_found)?;
+    if disabled {
+        let ended = state.users.end_sessions(id).await?;
+        tracing::info!(user = %id, by = %caller.id(), ended_sessions = ended, "user disabled");
+    } else {
+        tracing::info!(user = %id, by = %caller.id(), "user enabled");
+    }
+    Ok(Json(UserView::from(&user)))
+}
+
+/// `POST /v1/users/{id}/disable`: admin only. The user's tokens stop
+/// working at once and their sessions end; they cannot log in until enabled.
+/// 409 `cannot_disable_self`.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{id}/disable",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
+    responses(
+        (status = 200, body = UserView),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Authenticated,
+    ),
+)]
+pub async fn disable_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<UserView>, ApiError> {
+    set_disabled(&state, &caller, &id, true).await
+}
+
+/// `POST /v1/users/{id}/enable`: admin only; the user may log in again.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{id}/enable",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, format = "uuid", description = "UUID")),
+    responses(
+        (status = 200, body = UserView),
+        BadRequest,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Authenticated,
+    ),
+)]
+pub async fn enable_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<UserView>, ApiError> {
+    set_disabled(&state, &caller, &id, false).await
 }

@@ -13,4 +13,5 @@ mod money;
 mod oidc;
 mod rate_keys;
 mod risk;
+mod sessions;
 mod supervision;
