@@ -116,6 +116,9 @@ pub enum ApiError {
     /// Too much work in flight; nothing was attempted.
     #[error("the ledger is overloaded; retry later")]
     Overloaded,
+    /// As many password hashes as allowed are computed or waiting; nothing was attempted.
+    #[error("too many password checks at once; retry after 1 s")]
+    HashingBusy,
     /// Storage failed or the service is stopping; the outcome may be unknown.
     #[error("the service is unavailable; the outcome is unknown, retry with the same id")]
     Unavailable,
@@ -240,6 +243,7 @@ impl ApiError {
             ApiError::LoginThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "login_throttled"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::HashingBusy => (StatusCode::SERVICE_UNAVAILABLE, "hashing_busy"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -296,7 +300,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized { .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::HashingBusy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::RateLimited { retry_after_seconds }
@@ -457,6 +461,7 @@ mod tests {
             (unauthorized("session_expired"), 401, "session_expired"),
             (ApiError::Denied { code: "wrong_password", detail: "" }, 403, "wrong_password"),
             (ApiError::Conflict { code: "cannot_disable_self", detail: "" }, 409, "cannot_disable_self"),
+            (ApiError::HashingBusy, 503, "hashing_busy"),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).unwrap_or_default(), code));

@@ -74,7 +74,7 @@ struct ErrorAnswer {
     status: u16,
     name: &'static str,
     description: &'static str,
-    /// A header the answer always carries: name, description.
+    /// A header the answer carries (always, unless its description says when): name, description.
     header: Option<(&'static str, &'static str)>,
 }
 
@@ -161,8 +161,9 @@ const UNAVAILABLE: ErrorAnswer = ErrorAnswer {
     status: 503,
     name: "Unavailable",
     description: "Storage failed, or the service is stopping or rebuilding (unavailable); the outcome \
-        of a write is unknown: retry it with the same id.",
-    header: None,
+        of a write is unknown: retry it with the same id. Or too many password checks at once \
+        (hashing_busy, with `Retry-After`): nothing was attempted.",
+    header: Some(("Retry-After", "Seconds to wait before retrying (with hashing_busy).")),
 };
 const TIMEOUT: ErrorAnswer = ErrorAnswer {
     status: 504,

@@ -312,6 +312,11 @@ pub struct Settings {
     /// Most durable events waiting for NATS in memory.
     #[arg(long, env = "WALLET_EVENTS_QUEUE_MAX", default_value_t = 1_000_000)]
     pub events_queue_max: usize,
+    /// Password hashes computed at once (each takes the memory cost above and a thread);
+    /// as many more may wait, and a request beyond gets 503 `hashing_busy` with
+    /// `Retry-After`. Default: the number of cores.
+    #[arg(long, env = "WALLET_PASSWORD_HASHES_MAX", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub password_hashes_max: Option<u32>,
     /// Default risk rules: the configuration file's `[[risk_rules]]` (no flag
     /// or variable sets them). Created at start unless a stored rule has the name.
     #[arg(skip)]

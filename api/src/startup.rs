@@ -133,9 +133,14 @@ impl Application {
             settings.refresh_token_ttl_seconds,
             settings.session_lifetime_seconds,
         );
-        let passwords = Passwords::new(settings.password_memory_kib, settings.password_iterations)
-            .await
-            .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
+        let hashes_max = settings.password_hashes_max.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            |max| max as usize,
+        );
+        let passwords =
+            Passwords::new(settings.password_memory_kib, settings.password_iterations, hashes_max)
+                .await
+                .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
         let login_throttle = LoginThrottle::new(ThrottlePolicy {
             failures_before_delay: settings.login_failures_before_delay,
             delay_max: Duration::from_secs(settings.login_delay_max_seconds),

@@ -39,7 +39,8 @@ fn token_view(state: &AppState, user: &StoredUser, refresh_token: String) -> Res
 
 /// `POST /v1/auth/token`: email and password for a token pair, starting a
 /// session; 401 `invalid_credentials` (a disabled user's too), 429
-/// `login_throttled`.
+/// `login_throttled`, 400 `invalid_password` (longer than any password
+/// can be: refused before hashing), 503 `hashing_busy`.
 #[utoipa::path(
     post,
     path = "/v1/auth/token",
@@ -56,6 +57,13 @@ pub async fn token(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<(NoStore, Json<TokenView>), ApiError> {
+    // No password is longer (sign-up refuses them): hashing one would only cost us.
+    if body.password.len() > PASSWORD_LEN_MAX {
+        return Err(ApiError::InvalidField {
+            code: "invalid_password",
+            detail: format!("a password has at most {PASSWORD_LEN_MAX} bytes"),
+        });
+    }
     let invalid = ApiError::Unauthorized { code: "invalid_credentials", detail: "wrong email or password" };
     let email = Email::parse(&body.email).ok();
     // Counted per email whether or not someone has it (no account can have

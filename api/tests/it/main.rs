@@ -6,6 +6,7 @@ mod auth;
 mod binary;
 mod bootstrap;
 mod events;
+mod hashing;
 mod helpers;
 mod limits;
 mod metrics;
