@@ -17,6 +17,7 @@
 //! - [`client`]: the client's address (behind trusted proxies), and the key limits count it by.
 //! - [`rate`]: rate limits per client, per authenticated user, and on logins.
 //! - [`login_throttle`]: failed logins per email, with a growing delay.
+//! - [`keys`]: the token signing keys (ids, rotation) and the generated secret's 0600 file.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
 //! - [`users`]: the sled-backed user store (users, sessions, owned accounts, risk rules).
 //! - [`sessions`]: refresh-token families: rotation, reuse detection, absolute lifetime.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod login_throttle;
 pub mod oidc;
 pub mod openapi;

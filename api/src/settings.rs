@@ -193,6 +193,11 @@ pub struct Settings {
     /// unset, one is generated at first start and kept in the data directory.
     #[arg(long, env = "WALLET_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+    /// A secret whose tokens are still accepted, though none is signed with it: while
+    /// rotating, the old `--jwt-secret` (or the old `<data-dir>/jwt_secret`), kept for one
+    /// access-token lifetime so no one is logged out.
+    #[arg(long, env = "WALLET_JWT_PREVIOUS_SECRET", hide_env_values = true)]
+    pub jwt_previous_secret: Option<Secret>,
     /// The `iss` claim of access tokens, required on every token.
     #[arg(long, env = "WALLET_JWT_ISSUER", default_value = "wallet")]
     pub jwt_issuer: String,

@@ -16,15 +16,16 @@ use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
-use crate::auth::{random_token, Passwords, Tokens, SECRET_LEN_MIN};
+use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
+use crate::keys::{generated_secret, private_directory, KeyError, SigningKey};
 use crate::login_throttle::{LoginThrottle, ThrottlePolicy};
 use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
-use crate::settings::Settings;
+use crate::settings::{Secret, Settings};
 use crate::state::AppState;
 use crate::telemetry::prometheus;
 use crate::users::{UserStore, UserStoreError};
@@ -46,6 +47,9 @@ pub enum StartupError {
         /// Why.
         reason: String,
     },
+    /// The token signing keys could not be set up.
+    #[error("setting up the token signing keys: {0}")]
+    Keys(#[from] KeyError),
     /// The administrator could not be set up.
     #[error("setting up the administrator: {0}")]
     Admin(#[from] AdminError),
@@ -102,6 +106,7 @@ impl Application {
             events: events.clone().map(|queue| queue as Arc<dyn wallet_actors::events::EventSink>),
             ..EmbeddedOptions::default()
         };
+        private_directory(&settings.data_dir)?;
         let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
         let publisher = match (&settings.nats_url, events) {
             (Some(url), Some(queue)) => {
@@ -115,18 +120,27 @@ impl Application {
         let users_path: PathBuf = settings.data_dir.join("users.sled");
         let users = UserStore::open(&users_path)?;
 
-        let secret = match &settings.jwt_secret {
-            Some(secret) if secret.expose().len() >= SECRET_LEN_MIN => secret.expose().as_bytes().to_vec(),
-            Some(_) => {
+        let configured = |name: &'static str, secret: &Secret| {
+            if secret.expose().len() < SECRET_LEN_MIN {
                 return Err(StartupError::Setting {
-                    name: "jwt_secret",
+                    name,
                     reason: format!("must have at least {SECRET_LEN_MIN} bytes"),
-                })
+                });
             }
-            None => users.meta_or_insert("jwt_secret", || random_token(32).into_bytes()).await?,
+            Ok(SigningKey::new(secret.expose().as_bytes()))
         };
+        let current = match &settings.jwt_secret {
+            Some(secret) => configured("jwt_secret", secret)?,
+            None => SigningKey::new(&generated_secret(&settings.data_dir, &users).await?),
+        };
+        let previous = settings
+            .jwt_previous_secret
+            .as_ref()
+            .map(|s| configured("jwt_previous_secret", s))
+            .transpose()?;
         let tokens = Tokens::new(
-            &secret,
+            &current,
+            previous.as_ref(),
             settings.jwt_issuer.clone(),
             settings.jwt_audience.clone(),
             settings.access_token_ttl_seconds,

@@ -327,6 +327,14 @@ impl UserStore {
         self.flush().await
     }
 
+    /// Removes a value from the `meta` tree.
+    pub async fn remove_meta(&self, key: &str) -> Result<(), UserStoreError> {
+        if self.meta.remove(key)?.is_some() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// A value kept in the `meta` tree, made by `make` the first time.
     pub async fn meta_or_insert(
         &self,

@@ -1,4 +1,6 @@
-//! Access tokens: HS256 JWTs that must carry `exp`, `iss`, `aud` and `sub`.
+//! Access tokens: HS256 JWTs that must carry `exp`, `iss`, `aud` and `sub`,
+//! signed with the current key and naming it in `kid`; a previous key
+//! still checks the tokens it signed ([`crate::keys`]).
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -6,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::now_ms;
 use crate::error::ApiError;
+use crate::keys::SigningKey;
 use crate::sessions::SessionPolicy;
 
 /// Shortest accepted token secret, in bytes.
@@ -50,10 +53,19 @@ pub struct IssuedTokens {
     pub refresh_token: String,
 }
 
+/// A key that checks tokens.
+struct CheckingKey {
+    kid: String,
+    decoding: DecodingKey,
+}
+
 /// Issues and checks tokens.
 pub struct Tokens {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The current key's id.
+    kid: String,
+    /// The current key first, then the previous one if any.
+    checking: Vec<CheckingKey>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -63,9 +75,10 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Tokens signed with `secret` (HS256).
+    /// Tokens signed with `current` (HS256), and checked with it or `previous`.
     pub fn new(
-        secret: &[u8],
+        current: &SigningKey,
+        previous: Option<&SigningKey>,
         issuer: String,
         audience: String,
         access_ttl_seconds: u64,
@@ -77,9 +90,14 @@ impl Tokens {
         validation.set_audience(&[&audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
+        let checking = std::iter::once(current)
+            .chain(previous)
+            .map(|key| CheckingKey { kid: key.kid.clone(), decoding: DecodingKey::from_secret(&key.secret) })
+            .collect();
         Tokens {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(&current.secret),
+            kid: current.kid.clone(),
+            checking,
             validation,
             issuer,
             audience,
@@ -100,21 +118,30 @@ impl Tokens {
             iat: now,
             session_epoch,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| ApiError::Internal)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        encode(&header, &claims, &self.encoding).map_err(|_| ApiError::Internal)
     }
 
     /// The user an access token names, and its session epoch, if it is valid.
     pub fn verify(&self, token: &str) -> Result<Verified, ApiError> {
         let invalid =
             ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" };
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| match error
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                ApiError::Unauthorized { code: "token_expired", detail: "the access token has expired" }
-            }
-            _ => ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" },
-        })?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid.clone())?;
+        // A token without a `kid` was signed before keys had ids: with the current key.
+        let key = match header.kid {
+            Some(kid) => self.checking.iter().find(|key| key.kid == kid).ok_or_else(|| invalid.clone())?,
+            None => self.checking.first().ok_or_else(|| invalid.clone())?,
+        };
+        let data =
+            decode::<Claims>(token, &key.decoding, &self.validation).map_err(|error| match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::Unauthorized { code: "token_expired", detail: "the access token has expired" }
+                }
+                _ => {
+                    ApiError::Unauthorized { code: "invalid_token", detail: "the access token is not valid" }
+                }
+            })?;
         let user_id = Uuid::try_parse(&data.claims.sub).map_err(|_| invalid)?;
         Ok(Verified { user_id, session_epoch: data.claims.session_epoch })
     }
@@ -138,7 +165,7 @@ mod tests {
     use super::*;
 
     fn tokens(secret: &[u8]) -> Tokens {
-        Tokens::new(secret, "wallet".into(), "wallet-api".into(), 60, 600, 6000)
+        Tokens::new(&SigningKey::new(secret), None, "wallet".into(), "wallet-api".into(), 60, 600, 6000)
     }
 
     #[test]
@@ -148,8 +175,27 @@ mod tests {
         let token = ours.access_token(user, 7)?;
         assert_eq!(ours.verify(&token)?, Verified { user_id: user, session_epoch: 7 });
         assert!(tokens(&[8; 32]).verify(&token).is_err());
-        let other_audience = Tokens::new(&[7; 32], "wallet".into(), "other".into(), 60, 600, 6000);
+        let other_audience =
+            Tokens::new(&SigningKey::new(&[7; 32]), None, "wallet".into(), "other".into(), 60, 600, 6000);
         assert!(other_audience.verify(&token).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_previous_key_checks_its_tokens_until_it_is_dropped() -> Result<(), ApiError> {
+        let (old, new) = (SigningKey::new(&[1; 32]), SigningKey::new(&[2; 32]));
+        let make = |current: &SigningKey, previous: Option<&SigningKey>| {
+            Tokens::new(current, previous, "wallet".into(), "wallet-api".into(), 60, 600, 6000)
+        };
+        let user = Uuid::new_v4();
+        let before = make(&old, None).access_token(user, 0)?;
+        let rotating = make(&new, Some(&old));
+        assert_eq!(rotating.verify(&before)?.user_id, user);
+        let after = rotating.access_token(user, 0)?;
+        assert_eq!(jsonwebtoken::decode_header(&after).ok().and_then(|h| h.kid), Some(new.kid.clone()));
+        let rotated = make(&new, None);
+        assert_eq!(rotated.verify(&after)?.user_id, user);
+        assert!(rotated.verify(&before).is_err(), "the old key is gone");
         Ok(())
     }
 }
