@@ -67,6 +67,16 @@ pub enum OidcError {
         /// The client's words, causes included.
         detail: String,
     },
+    /// The URL answered with a redirect, which is not followed.
+    #[error("fetching the JWKS {url}: HTTP status {status}, a redirect to {location}; redirects are not followed: configure the final URL")]
+    Redirect {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// Where it pointed.
+        location: String,
+    },
     /// The URL answered with a status other than success.
     #[error("fetching the JWKS {url}: HTTP status {status}")]
     Status {
@@ -237,6 +247,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn http_client() -> Result<reqwest::Client, OidcError> {
     reqwest::Client::builder()
         .timeout(FETCH_TIMEOUT)
+        // A redirect could lead anywhere, over http too: the configured URL or nothing.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("wallet/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| OidcError::Client { detail: error_chain(&e) })
@@ -248,6 +260,11 @@ async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, 
     let too_large = || OidcError::TooLarge { url: url.to_string(), size_max_bytes: JWKS_SIZE_MAX_BYTES };
     let mut response = client.get(url.clone()).send().await.map_err(failed)?;
     let status = response.status();
+    if status.is_redirection() {
+        let location = response.headers().get(reqwest::header::LOCATION);
+        let location = location.and_then(|l| l.to_str().ok()).unwrap_or("nowhere").to_string();
+        return Err(OidcError::Redirect { url: url.to_string(), status: status.as_u16(), location });
+    }
     if !status.is_success() {
         return Err(OidcError::Status { url: url.to_string(), status: status.as_u16() });
     }

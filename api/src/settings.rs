@@ -215,11 +215,12 @@ pub struct Settings {
     /// unknown key (at most every 30 s). Give this or `--oidc-jwks-url`, not both.
     #[arg(long, env = "WALLET_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<PathBuf>,
-    /// The external issuer's JWKS URL (http or https; its `jwks_uri`). Fetched at start (the
+    /// The external issuer's JWKS URL (its `jwks_uri`; https, or http on a loopback address;
+    /// redirects are not followed). Fetched at start (the
     /// start fails if it cannot be), every `--oidc-jwks-refresh-seconds`, and when a token
     /// names an unknown key (at most every 10 s); a fetch has a 5 s timeout and a 1 MiB cap,
     /// and a failed one keeps the keys held. Give this or `--oidc-jwks-file`, not both.
-    #[arg(long, env = "WALLET_OIDC_JWKS_URL", value_parser = http_url)]
+    #[arg(long, env = "WALLET_OIDC_JWKS_URL", value_parser = jwks_url)]
     pub oidc_jwks_url: Option<reqwest::Url>,
     /// How often the keys at `--oidc-jwks-url` are fetched again in the background.
     #[arg(long, env = "WALLET_OIDC_JWKS_REFRESH_SECONDS", default_value_t = 300,
@@ -345,11 +346,18 @@ impl Settings {
 }
 
 /// An absolute `http` or `https` URL.
-fn http_url(text: &str) -> Result<reqwest::Url, String> {
+/// An https URL, or an http one on this host: keys fetched in the clear
+/// from elsewhere could be swapped by anyone on the path.
+fn jwks_url(text: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+    let host = url.host_str().unwrap_or_default();
+    let address = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+    let loopback = address.map_or(host.eq_ignore_ascii_case("localhost"), |address| address.is_loopback());
     match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => Err(format!("the scheme must be http or https, not {other}")),
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err("the scheme must be https (http only for a loopback address)".to_string()),
+        other => Err(format!("the scheme must be https, not {other}")),
     }
 }
 
@@ -448,6 +456,20 @@ mod tests {
         let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("risk_rules")), "an unknown field is refused");
         Ok(())
+    }
+
+    #[test]
+    fn a_jwks_url_is_https_or_on_this_host() {
+        for good in
+            ["https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://[::1]:9/", "http://localhost/"]
+        {
+            assert!(jwks_url(good).is_ok(), "{good}");
+        }
+        for bad in
+            ["http://idp.example/jwks", "http://10.0.0.1/", "ftp://idp.example/", "http://127.0.0.1.nip.io/"]
+        {
+            assert!(jwks_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

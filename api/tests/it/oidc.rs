@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode as ServedStatus;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -330,6 +330,31 @@ async fn exactly_one_of_a_jwks_file_and_a_jwks_url_is_needed() -> anyhow::Result
             .await
             .err()
             .context("it started")?;
-    assert!(format!("{error:#}").contains("http or https"), "{error:#}");
+    assert!(format!("{error:#}").contains("must be https"), "{error:#}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_must_be_https_off_this_host_and_redirects_are_not_followed() -> anyhow::Result<()> {
+    let oidc = ["--oidc-issuer", ISSUER, "--oidc-audience", AUDIENCE, "--oidc-jwks-url"];
+    // In the clear from another host, anyone on the path could hand us keys.
+    let cleartext = [&oidc[..], &["http://idp.example.com/jwks.json"]].concat();
+    let error = TestApp::spawn_with(tempfile::tempdir()?, &cleartext).await.err().context("it started")?;
+    assert!(format!("{error:#}").contains("must be https"), "{error:#}");
+
+    // A redirect could lead anywhere: the start fails rather than follow it.
+    let key = SigningKey::generate("k1")?;
+    let jwks_server = JwksServer::start(jwks(&[&key])).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let redirecting = format!("http://{}/jwks.json", listener.local_addr()?);
+    let target = jwks_server.url.clone();
+    let router = Router::new().route("/jwks.json", get(move || async move { Redirect::temporary(&target) }));
+    tokio::spawn(axum::serve(listener, router).into_future());
+    let dir = tempfile::tempdir()?;
+    let stderr =
+        failed_start(dir.path(), Some("admin-password-1"), &[&oidc[..], &[redirecting.as_str()]].concat())
+            .await?;
+    assert!(stderr.contains("redirects are not followed"), "{stderr}");
+    assert_eq!(jwks_server.hits(), 0, "the redirect was not followed");
     Ok(())
 }
