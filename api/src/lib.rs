@@ -13,6 +13,7 @@
 //! - [`extract`]: extractors whose failures are problem documents too.
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
 //! - [`bootstrap`]: the administrator made at start, never by promoting a user.
+//! - [`serve`]: the accept loop: a connection cap and a header-read time-out.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
 //! - [`client`]: the client's address (behind trusted proxies), and the key limits count it by.
 //! - [`rate`]: rate limits per client, per authenticated user, and on logins.
@@ -38,6 +39,7 @@ pub mod openapi;
 pub mod rate;
 pub mod risk;
 pub mod routes;
+pub mod serve;
 pub mod sessions;
 pub mod settings;
 pub mod startup;

@@ -22,6 +22,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => {
             let data_dir = settings.data_dir.clone();
+            for name in &settings.secrets_given_as_flags {
+                tracing::warn!(
+                    setting = name,
+                    "a secret given as a flag is visible to every local user in `ps`; \
+                     set WALLET_{} in the environment instead",
+                    name.to_uppercase()
+                );
+            }
             let app = Application::build(settings)
                 .await
                 .with_context(|| format!("starting the node in {}", data_dir.display()))?;

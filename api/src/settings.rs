@@ -110,8 +110,13 @@ impl Cli {
     {
         let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
         let matches = Cli::command().try_get_matches_from(args.clone())?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let Some(path) = cli.config.clone() else { return Ok(cli) };
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let secret_flags = secrets_given_as_flags(&matches);
+        let Some(path) = cli.config.clone() else {
+            let Command::Serve(settings) = &mut cli.command;
+            settings.secrets_given_as_flags = secret_flags;
+            return Ok(cli);
+        };
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         let table: toml::Table = toml::from_str(&text)
@@ -153,10 +158,23 @@ impl Cli {
         }
         let mut cli = Cli::try_parse_from(args)?;
         match &mut cli.command {
-            Command::Serve(settings) => settings.risk_rules = risk_rules,
+            Command::Serve(settings) => {
+                settings.risk_rules = risk_rules;
+                settings.secrets_given_as_flags = secret_flags;
+            }
         }
         Ok(cli)
     }
+}
+
+/// The secret settings given on the command line, where every local user
+/// can read them (`ps`, `/proc/<pid>/cmdline`).
+fn secrets_given_as_flags(matches: &clap::ArgMatches) -> Vec<&'static str> {
+    let Some(serve) = matches.subcommand_matches("serve") else { return Vec::new() };
+    ["jwt_secret", "jwt_previous_secret", "admin_password"]
+        .into_iter()
+        .filter(|id| serve.value_source(id) == Some(ValueSource::CommandLine))
+        .collect()
 }
 
 /// The subcommands.
@@ -191,11 +209,13 @@ pub struct Settings {
     pub shards: u16,
     /// Secret for signing access tokens (HS256, at least 32 bytes). When
     /// unset, one is generated at first start and kept in the data directory.
+    /// Prefer the environment variable: a flag's value is visible to every
+    /// local user in `ps`.
     #[arg(long, env = "WALLET_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
     /// A secret whose tokens are still accepted, though none is signed with it: while
     /// rotating, the old `--jwt-secret` (or the old `<data-dir>/jwt_secret`), kept for one
-    /// access-token lifetime so no one is logged out.
+    /// access-token lifetime so no one is logged out. Prefer the environment variable (`ps`).
     #[arg(long, env = "WALLET_JWT_PREVIOUS_SECRET", hide_env_values = true)]
     pub jwt_previous_secret: Option<Secret>,
     /// The `iss` claim of access tokens, required on every token.
@@ -241,7 +261,8 @@ pub struct Settings {
     #[arg(long, env = "WALLET_ADMIN_EMAIL", default_value = "admin@wallet.local")]
     pub admin_email: String,
     /// Password of the administrator. When unset and the administrator does
-    /// not exist yet, a random one is generated and printed once.
+    /// not exist yet, a random one is generated and printed once. Prefer the
+    /// environment variable: a flag's value is visible to every local user in `ps`.
     #[arg(long, env = "WALLET_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
     /// Largest request body accepted; larger bodies get 413.
@@ -250,6 +271,15 @@ pub struct Settings {
     /// How long a request may take before it gets 504.
     #[arg(long, env = "WALLET_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
     pub request_timeout_ms: u64,
+    /// Most connections served at once; beyond, new connections wait in the backlog.
+    #[arg(long, env = "WALLET_CONNECTIONS_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections_max: u32,
+    /// How long a client may take to send a request's head (line and headers) before it
+    /// is disconnected, so slow clients cannot hold every socket.
+    #[arg(long, env = "WALLET_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests before dropping their connections.
     #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -323,6 +353,9 @@ pub struct Settings {
     /// `Retry-After`. Default: the number of cores.
     #[arg(long, env = "WALLET_PASSWORD_HASHES_MAX", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub password_hashes_max: Option<u32>,
+    /// The secret settings given as flags (visible in `ps`), to warn about.
+    #[arg(skip)]
+    pub secrets_given_as_flags: Vec<&'static str>,
     /// Default risk rules: the configuration file's `[[risk_rules]]` (no flag
     /// or variable sets them). Created at start unless a stored rule has the name.
     #[arg(skip)]

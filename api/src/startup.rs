@@ -4,7 +4,7 @@
 //! [`Application::run_until`] serves until a shutdown future fires, then
 //! drains in-flight requests and makes the journal durable.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -25,6 +25,7 @@ use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
+use crate::serve::{serve, ConnectionLimits};
 use crate::settings::{Secret, Settings};
 use crate::state::AppState;
 use crate::telemetry::prometheus;
@@ -64,9 +65,6 @@ pub enum StartupError {
         /// The error.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("serving HTTP: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A built, bound, not yet serving application.
@@ -80,6 +78,7 @@ pub struct Application {
     generated_admin_password: Option<String>,
     admin_email: String,
     shutdown_grace: Duration,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -212,6 +211,10 @@ impl Application {
             generated_admin_password,
             admin_email: settings.admin_email.clone(),
             shutdown_grace,
+            connection_limits: ConnectionLimits {
+                connections_max: settings.connections_max as usize,
+                header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+            },
         })
     }
 
@@ -248,19 +251,19 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let Application { listener, address, router, state, embedded, publisher, shutdown_grace, .. } = self;
+        let Application {
+            listener, address, router, state, embedded, publisher, shutdown_grace, connection_limits, ..
+        } = self;
         tracing::info!(%address, "serving");
         let jwks_refresh = state.external.clone().and_then(|external| external.spawn_refresh());
         let ready = state.ready.clone();
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                ready.store(false, Ordering::Relaxed);
-                tracing::info!("shutting down: finishing in-flight requests");
-                let _ = fired_tx.send(());
-            })
-            .into_future();
+        let serve = serve(listener, router, connection_limits, async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = fired_tx.send(());
+        });
         // Connections that are still busy after the grace period are dropped,
         // so that a slow client cannot hold the shutdown forever.
         let grace = shutdown_grace;
@@ -270,13 +273,12 @@ impl Application {
             }
             tokio::time::sleep(grace).await;
         };
-        let served = tokio::select! {
-            served = serve => served,
+        tokio::select! {
+            () = serve => {}
             () = deadline => {
                 tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping open connections");
-                Ok(())
             }
-        };
+        }
         if let Some(task) = jwks_refresh {
             task.abort();
         }
@@ -287,7 +289,6 @@ impl Application {
         }
         let flushed = state.users.flush().await;
         tracing::info!("stopped; the journal is durable");
-        served.map_err(StartupError::Serve)?;
         flushed?;
         Ok(())
     }

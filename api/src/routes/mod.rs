@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::X_CONTENT_TYPE_OPTIONS;
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::caller::authenticate;
@@ -87,6 +90,12 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers, trusted: Arc<T
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(middleware::from_fn_with_state(limits.request_timeout, timeout))
         .layer(middleware::from_fn(track_http))
+        // On every answer, errors and the fallback included: a browser must
+        // not guess a type other than the one sent (a JSON body as HTML).
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -8,6 +8,7 @@ mod bootstrap;
 mod events;
 mod hashing;
 mod helpers;
+mod hygiene;
 mod keys;
 mod limits;
 mod metrics;
