@@ -250,6 +250,16 @@ impl UserStore {
         Ok(ended)
     }
 
+    /// Whether `user`'s index names `account` (an index entry may name an
+    /// account whose opening never happened, or, after an admin's opening of
+    /// unknown outcome, another's account: confirm with the ledger).
+    pub fn owns(&self, user: Uuid, account: Uuid) -> Result<bool, UserStoreError> {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(user.as_bytes());
+        key.extend_from_slice(account.as_bytes());
+        Ok(self.owned_accounts.contains_key(key)?)
+    }
+
     /// Records that `user` owns `account` (before the ledger opens it, so a
     /// crash in between leaves an index entry with no account, which listing skips).
     pub async fn add_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
@@ -270,15 +280,24 @@ impl UserStore {
     }
 
     /// Accounts `user` owns, in id order, after `after`, at most `limit`.
+    /// The scan starts at the cursor, not at the user's first account.
     pub fn owned(&self, user: Uuid, after: Option<Uuid>, limit: usize) -> Result<Vec<Uuid>, UserStoreError> {
+        let mut start = user.as_bytes().to_vec();
+        if let Some(after) = after {
+            // user ++ after ++ 0 sorts right after user ++ after and before any later key.
+            start.extend_from_slice(after.as_bytes());
+            start.push(0);
+        }
         let mut found = Vec::new();
-        for entry in self.owned_accounts.scan_prefix(user.as_bytes()) {
+        for entry in self.owned_accounts.range(start..) {
             let (key, _) = entry?;
-            let account =
-                Uuid::from_slice(&key[16..]).map_err(|_| UserStoreError::Decode { what: "account index" })?;
-            if after.is_some_and(|a| account <= a) {
-                continue;
+            if !key.starts_with(user.as_bytes()) {
+                break;
             }
+            let account = key
+                .get(16..)
+                .and_then(|id| Uuid::from_slice(id).ok())
+                .ok_or(UserStoreError::Decode { what: "account index" })?;
             found.push(account);
             if found.len() >= limit.min(LIST_LIMIT_MAX) {
                 break;
@@ -386,6 +405,18 @@ mod tests {
             store.add_owned(ada.id, account).await?;
             assert_eq!(store.owned(ada.id, None, 10)?, vec![account]);
             assert_eq!(store.owned(ada.id, Some(account), 10)?, Vec::<Uuid>::new());
+            // A page starts after its cursor and never runs into the next user's entries.
+            let next_user = Uuid::from_u128(ada.id.as_u128().wrapping_add(1));
+            store.add_owned(next_user, Uuid::from_u128(0)).await?;
+            let (low, high) = (Uuid::from_u128(1), Uuid::from_u128(u128::MAX));
+            store.add_owned(ada.id, low).await?;
+            store.add_owned(ada.id, high).await?;
+            let mut all = vec![low, account, high];
+            all.sort();
+            assert_eq!(store.owned(ada.id, None, 10)?, all);
+            assert_eq!(store.owned(ada.id, Some(all[0]), 1)?, vec![all[1]]);
+            assert_eq!(store.owned(ada.id, Some(high), 10)?, Vec::<Uuid>::new());
+            assert!(store.owns(ada.id, account)? && !store.owns(next_user, account)?);
         }
         let store = UserStore::open(&path)?;
         assert_eq!(store.by_email("ada@example.com")?, Some(ada.clone()));

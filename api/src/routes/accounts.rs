@@ -19,6 +19,9 @@ use crate::wire::{
     parse_amount, AccountView, HistoryItemView, HistoryQuery, ListQuery, NewAccountBody, Page, TransferView,
 };
 
+/// Most index entries one page of `GET /v1/accounts` reads.
+const INDEX_SCAN_PER_PAGE_MAX: usize = 10 * crate::users::LIST_LIMIT_MAX;
+
 /// `POST /v1/accounts`: opens an account for the caller.
 ///
 /// 400 `missing_scale`, `scale_mismatch`, `malformed_asset`; 403 when a user sets an
@@ -148,19 +151,32 @@ pub async fn list_accounts(
     let after = query.cursor.as_deref().map(|c| parse_uuid("cursor", c)).transpose()?;
     let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
     let ledger_owner = ledger_user_id(owner)?;
-    let ids = state.users.owned(owner, after, limit)?;
-    let next_cursor = (ids.len() == limit).then(|| ids.last().map(Uuid::to_string)).flatten();
-    let mut items = Vec::with_capacity(ids.len());
-    for id in ids {
-        let id = AccountId::new(id.as_u128()).map_err(|_| ApiError::Internal)?;
-        // An index entry whose opening never reached the ledger, or that names
-        // an account of someone else, is skipped.
-        if let Some(view) = state.ledger.account(id).await? {
-            if view.account.user_id == ledger_owner {
-                items.push(AccountView::from(&view.account));
+    let mut items = Vec::with_capacity(limit);
+    let mut cursor = after;
+    let mut scanned = 0;
+    // An index entry whose opening never reached the ledger, or that names
+    // an account of someone else, is skipped, and the page filled from the
+    // entries after it; the scan is bounded, and a page cut short by the
+    // bound still carries its cursor.
+    let exhausted = loop {
+        let wanted = limit - items.len();
+        let ids = state.users.owned(owner, cursor, wanted)?;
+        scanned += ids.len();
+        let exhausted = ids.len() < wanted;
+        for id in ids {
+            cursor = Some(id);
+            let id = AccountId::new(id.as_u128()).map_err(|_| ApiError::Internal)?;
+            if let Some(view) = state.ledger.account(id).await? {
+                if view.account.user_id == ledger_owner {
+                    items.push(AccountView::from(&view.account));
+                }
             }
         }
-    }
+        if exhausted || items.len() == limit || scanned >= INDEX_SCAN_PER_PAGE_MAX {
+            break exhausted;
+        }
+    };
+    let next_cursor = if exhausted { None } else { cursor.map(|c| c.to_string()) };
     Ok(Json(Page { items, next_cursor }))
 }
 

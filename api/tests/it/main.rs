@@ -2,6 +2,7 @@
 //! temporary data directory and talks HTTP over loopback.
 
 mod accounts;
+mod accounts_pages;
 mod auth;
 mod binary;
 mod bootstrap;
