@@ -13,7 +13,7 @@ use wallet_actors::transfer::BATCH_SIZE_MAX;
 use wallet_actors::{settlement_account_id, Rejection, TransferId, TransferRequest, TransferResult, UserId};
 
 use crate::auth::Caller;
-use crate::domain::{client_transfer_id, derived_transfer_id, ledger_user_id, transfer_id};
+use crate::domain::{client_transfer_id, derived_transfer_id, transfer_id};
 use crate::error::ApiError;
 use crate::extract::{optional_json, ApiBytes, ApiJson, IdPath};
 use crate::openapi::{
@@ -289,9 +289,8 @@ async fn may_see(state: &AppState, caller: &Caller, record: &TransferRecord) -> 
     if caller.is_admin() {
         return Ok(true);
     }
-    let me = ledger_user_id(caller.id())?;
     for id in [record.transfer.debit_account_id, record.transfer.credit_account_id] {
-        if state.owner_of(id).await? == Some(me) {
+        if state.caller_owns(caller, id).await? {
             return Ok(true);
         }
     }

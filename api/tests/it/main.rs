@@ -3,6 +3,7 @@
 
 mod accounts;
 mod accounts_pages;
+mod amplification;
 mod auth;
 mod binary;
 mod bootstrap;
