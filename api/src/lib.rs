@@ -11,6 +11,7 @@
 //! - [`domain`]: values parsed at the edge (email, password, name, UUID ids, timestamps).
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
 //! - [`extract`]: extractors whose failures are problem documents too.
+//! - [`admission`]: each user's share of the transfers in flight.
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
 //! - [`bootstrap`]: the administrator made at start, never by promoting a user.
 //! - [`serve`]: the accept loop: a connection cap and a header-read time-out.
@@ -26,6 +27,7 @@
 //! - [`state`]: what handlers share, and the object-level authorization checks.
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
 
+pub mod admission;
 pub mod auth;
 pub mod bootstrap;
 pub mod client;

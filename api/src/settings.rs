@@ -289,6 +289,11 @@ pub struct Settings {
     /// Most transfers in flight at once; past it requests get 429.
     #[arg(long, env = "WALLET_IN_FLIGHT_MAX", default_value_t = 1 << 16)]
     pub in_flight_max: usize,
+    /// Most transfers of one user in flight at once, so one user cannot take the whole
+    /// `--in-flight-max`; past it their requests get 429 `overloaded`. Default: a quarter
+    /// of `--in-flight-max`.
+    #[arg(long, env = "WALLET_USER_IN_FLIGHT_MAX")]
+    pub user_in_flight_max: Option<usize>,
     /// Requests per second allowed from one client address (sustained), on every route.
     #[arg(long, env = "WALLET_RATE_LIMIT_PER_SECOND", default_value_t = 2000.0)]
     pub rate_limit_per_second: f64,

@@ -16,6 +16,7 @@ use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
+use crate::admission::UserAdmission;
 use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
@@ -27,7 +28,7 @@ use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
 use crate::serve::{serve, ConnectionLimits};
 use crate::settings::{Secret, Settings};
-use crate::state::AppState;
+use crate::state::{AppState, Throttles};
 use crate::telemetry::prometheus;
 use crate::users::{UserStore, UserStoreError};
 
@@ -164,7 +165,12 @@ impl Application {
             users,
             tokens,
             passwords,
-            login_throttle,
+            Throttles {
+                login_throttle,
+                admission: UserAdmission::new(
+                    settings.user_in_flight_max.unwrap_or(settings.in_flight_max / 4),
+                ),
+            },
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
             embedded.journal_stats(),
         );

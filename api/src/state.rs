@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
 use wallet_storage::JournalStats;
 
+use crate::admission::UserAdmission;
 use crate::auth::{Caller, Passwords, Tokens};
 use crate::domain::ledger_user_id;
 use crate::error::ApiError;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub passwords: Passwords,
     /// Failed password checks per email.
     pub login_throttle: Arc<LoginThrottle>,
+    /// Each user's share of the transfers in flight.
+    pub admission: Arc<UserAdmission>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: PrometheusHandle,
     /// The journal's counters, for `/metrics`.
@@ -51,6 +54,14 @@ pub struct AppState {
     owners: Arc<Mutex<HashMap<AccountId, UserId>>>,
 }
 
+/// What bounds the work callers can cause, handed to [`AppState::new`].
+pub struct Throttles {
+    /// Failed password checks per email.
+    pub login_throttle: Arc<LoginThrottle>,
+    /// Each user's share of the transfers in flight.
+    pub admission: Arc<UserAdmission>,
+}
+
 impl AppState {
     /// Builds the state.
     pub fn new(
@@ -58,16 +69,18 @@ impl AppState {
         users: UserStore,
         tokens: Tokens,
         passwords: Passwords,
-        login_throttle: Arc<LoginThrottle>,
+        throttles: Throttles,
         metrics: PrometheusHandle,
         journal_stats: Arc<JournalStats>,
     ) -> AppState {
+        let Throttles { login_throttle, admission } = throttles;
         AppState {
             ledger,
             users,
             tokens: Arc::new(tokens),
             passwords,
             login_throttle,
+            admission,
             metrics,
             journal_stats,
             external: None,

@@ -128,6 +128,7 @@ async fn settle(
         reference: command.reference,
         metadata: None,
     };
+    let _admitted = state.admission.admit(caller.id(), 1)?;
     respond(state, state.ledger.submit_one(request).await?)
 }
 
@@ -186,6 +187,7 @@ pub async fn create_transfer(
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
     let command = TransferCommand::try_from(body)?;
     state.check_owner(&caller, command.from, Rejection::DebitAccountNotFound).await?;
+    let _admitted = state.admission.admit(caller.id(), 1)?;
     respond(&state, state.ledger.submit_one(command.request).await?)
 }
 
@@ -267,6 +269,7 @@ pub async fn create_batch(
         }
     }
     if !requests.is_empty() {
+        let _admitted = state.admission.admit(caller.id(), requests.len())?;
         let outcomes = state.ledger.submit(requests, body.atomic).await?;
         for (index, outcome) in indexes.into_iter().zip(outcomes) {
             results[index] = Some(match respond(&state, outcome) {
@@ -391,6 +394,7 @@ async fn resolve(
     if pending.transfer.review.is_some() {
         caller.require_admin()?;
     }
+    let _admitted = state.admission.admit(caller.id(), 1)?;
     respond(state, state.ledger.submit_one(request).await?)
 }
 

@@ -87,3 +87,30 @@ async fn made_up_sources_in_a_batch_cost_no_shard_reads() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_gets_a_share_of_the_in_flight_budget_not_all_of_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let flags = ["--in-flight-max", "10", "--user-in-flight-max", "4"];
+    let server = Server::start_with(dir.path(), Some("admin-password-1"), &flags)?;
+    let base = server.base.as_str();
+    let admin = admin_token(base).await?;
+    let (token, from) = funded_user(base, &admin, "greedy").await?;
+    let (_, to) = funded_user(base, &admin, "payee").await?;
+    let batch = |size: usize| {
+        let item = || json!({"id": Uuid::new_v4().to_string(), "from_account_id": from, "to_account_id": to, "amount": "1"});
+        json!({"transfers": (0..size).map(|_| item()).collect::<Vec<_>>(), "atomic": false})
+    };
+    // Five would fit the ledger's ten, but not one user's four.
+    let (status, reply) = post(base, "/v1/transfers/batch", Some(&token), &batch(5)).await?;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("overloaded")),
+        "{reply}"
+    );
+    let (status, reply) = post(base, "/v1/transfers/batch", Some(&token), &batch(4)).await?;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let applied = reply["results"].as_array().map(|r| r.iter().filter(|r| r["status"] == 201).count());
+    assert_eq!(applied, Some(4));
+    Ok(())
+}
