@@ -130,6 +130,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "10000000",
         "--user-rate-limit-burst",
         "10000000",
+        // One user (the admin) sends all the load: give it the whole in-flight budget.
+        "--user-in-flight-max",
+        "65536",
     ])
     .context("settings")?;
     let app = Application::build(settings).await.context("starting the application")?;

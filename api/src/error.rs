@@ -462,6 +462,12 @@ mod tests {
             (ApiError::Denied { code: "wrong_password", detail: "" }, 403, "wrong_password"),
             (ApiError::Conflict { code: "cannot_disable_self", detail: "" }, 409, "cannot_disable_self"),
             (ApiError::HashingBusy, 503, "hashing_busy"),
+            (ApiError::Conflict { code: "too_many_accounts", detail: "" }, 409, "too_many_accounts"),
+            (
+                ApiError::InvalidField { code: "asset_not_allowed", detail: String::new() },
+                400,
+                "asset_not_allowed",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).unwrap_or_default(), code));

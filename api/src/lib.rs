@@ -12,6 +12,7 @@
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
 //! - [`extract`]: extractors whose failures are problem documents too.
 //! - [`admission`]: each user's share of the transfers in flight.
+//! - [`assets`]: the assets accounts may be opened in (ISO 4217 and configured ones).
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
 //! - [`bootstrap`]: the administrator made at start, never by promoting a user.
 //! - [`serve`]: the accept loop: a connection cap and a header-read time-out.
@@ -28,6 +29,7 @@
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
 
 pub mod admission;
+pub mod assets;
 pub mod auth;
 pub mod bootstrap;
 pub mod client;

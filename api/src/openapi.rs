@@ -85,7 +85,8 @@ const BAD_REQUEST: ErrorAnswer = ErrorAnswer {
         `code` says which (e.g. malformed_body, unknown_field, malformed_query, invalid_id, \
         reserved_transfer_id, malformed_amount, amount_too_large, zero_amount, same_account, \
         malformed_asset, missing_scale, scale_mismatch, invalid_cursor, invalid_email, \
-        invalid_password, invalid_name, batch_size_out_of_range, unknown_rule_kind, invalid_parameters). \
+        invalid_password, invalid_name, batch_size_out_of_range, unknown_rule_kind, invalid_parameters, \
+        asset_not_allowed). \
         Nothing changed.",
     header: None,
 };
@@ -118,7 +119,7 @@ const CONFLICT: ErrorAnswer = ErrorAnswer {
     name: "Conflict",
     description: "Conflicts with what exists: exists_with_different_fields (the id was used with \
         another body), in_flight or pending_transfer_busy (retry), account_exists, email_taken, \
-        too_many_rules, cannot_disable_self.",
+        too_many_rules, cannot_disable_self, too_many_accounts.",
     header: None,
 };
 const PAYLOAD_TOO_LARGE: ErrorAnswer = ErrorAnswer {

@@ -18,6 +18,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use crate::assets::ConfiguredAsset;
 use crate::wire::RuleBody;
 
 /// Shown at the end of `wallet --help` and `wallet serve --help`.
@@ -294,6 +295,17 @@ pub struct Settings {
     /// of `--in-flight-max`.
     #[arg(long, env = "WALLET_USER_IN_FLIGHT_MAX")]
     pub user_in_flight_max: Option<usize>,
+    /// Most accounts one user may open for themselves (an admin may open more for them);
+    /// beyond, 409 `too_many_accounts`. Per-account limits and velocity rules mean little if
+    /// anyone can open accounts without end.
+    #[arg(long, env = "WALLET_ACCOUNTS_PER_USER_MAX", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub accounts_per_user_max: u32,
+    /// Assets accounts may be opened in besides the ISO 4217 currencies, each with its scale
+    /// (`BTC:8,XAU:3`); any other gets 400 `asset_not_allowed` (each asset opens a
+    /// settlement account that stays for ever).
+    #[arg(long, env = "WALLET_ASSETS", value_delimiter = ',')]
+    pub assets: Vec<ConfiguredAsset>,
     /// Requests per second allowed from one client address (sustained), on every route.
     #[arg(long, env = "WALLET_RATE_LIMIT_PER_SECOND", default_value_t = 2000.0)]
     pub rate_limit_per_second: f64,

@@ -17,6 +17,7 @@ use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::admission::UserAdmission;
+use crate::assets::AllowedAssets;
 use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
@@ -28,7 +29,7 @@ use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
 use crate::serve::{serve, ConnectionLimits};
 use crate::settings::{Secret, Settings};
-use crate::state::{AppState, Throttles};
+use crate::state::{AccountRules, AppState, Throttles};
 use crate::telemetry::prometheus;
 use crate::users::{UserStore, UserStoreError};
 
@@ -173,7 +174,11 @@ impl Application {
             },
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
             embedded.journal_stats(),
-        );
+        )
+        .with_account_rules(AccountRules {
+            allowed_assets: AllowedAssets::new(&settings.assets),
+            accounts_per_user_max: settings.accounts_per_user_max as usize,
+        });
         let state = match external {
             Some(issuer) => state.with_external_issuer(issuer),
             None => state,

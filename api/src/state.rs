@@ -10,6 +10,7 @@ use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
 use wallet_storage::JournalStats;
 
 use crate::admission::UserAdmission;
+use crate::assets::AllowedAssets;
 use crate::auth::{Caller, Passwords, Tokens};
 use crate::domain::ledger_user_id;
 use crate::error::ApiError;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub login_throttle: Arc<LoginThrottle>,
     /// Each user's share of the transfers in flight.
     pub admission: Arc<UserAdmission>,
+    /// What accounts users may open.
+    pub account_rules: Arc<AccountRules>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: PrometheusHandle,
     /// The journal's counters, for `/metrics`.
@@ -52,6 +55,21 @@ pub struct AppState {
     /// Owners of accounts seen so far. An account's owner never changes, so
     /// this saves a shard round trip per transfer.
     owners: Arc<Mutex<HashMap<AccountId, UserId>>>,
+}
+
+/// What accounts users may open.
+#[derive(Clone, Debug)]
+pub struct AccountRules {
+    /// The assets accounts may be in.
+    pub allowed_assets: AllowedAssets,
+    /// Most accounts one user may open (an admin may open more for them).
+    pub accounts_per_user_max: usize,
+}
+
+impl Default for AccountRules {
+    fn default() -> Self {
+        AccountRules { allowed_assets: AllowedAssets::default(), accounts_per_user_max: 100 }
+    }
 }
 
 /// What bounds the work callers can cause, handed to [`AppState::new`].
@@ -81,6 +99,7 @@ impl AppState {
             passwords,
             login_throttle,
             admission,
+            account_rules: Arc::default(),
             metrics,
             journal_stats,
             external: None,
@@ -89,6 +108,12 @@ impl AppState {
             settled_assets: Arc::default(),
             owners: Arc::default(),
         }
+    }
+
+    /// Opens accounts under `rules`.
+    pub fn with_account_rules(mut self, rules: AccountRules) -> AppState {
+        self.account_rules = Arc::new(rules);
+        self
     }
 
     /// Accepts the tokens of `issuer` too.

@@ -41,6 +41,9 @@ pub enum UserStoreError {
     /// The email belongs to another user.
     #[error("email already registered")]
     EmailTaken,
+    /// A lock of the store was poisoned by a panic while held.
+    #[error("user store: a lock was poisoned")]
+    Poisoned,
 }
 
 impl From<TransactionError<UserStoreError>> for UserStoreError {
@@ -108,6 +111,9 @@ pub struct UserStore {
     users: sled::Tree,
     emails: sled::Tree,
     sessions: SessionStore,
+    /// Held from counting a user's accounts to adding one, so that
+    /// concurrent openings cannot pass a cap together.
+    opening: std::sync::Arc<std::sync::Mutex<()>>,
     owned_accounts: sled::Tree,
     meta: sled::Tree,
     risk_rules: sled::Tree,
@@ -132,6 +138,7 @@ impl UserStore {
             users: db.open_tree("users")?,
             emails: db.open_tree("emails")?,
             sessions: SessionStore::open(&db)?,
+            opening: std::sync::Arc::default(),
             owned_accounts: db.open_tree("owned_accounts")?,
             meta: db.open_tree("meta")?,
             risk_rules: db.open_tree("risk_rules")?,
@@ -268,6 +275,31 @@ impl UserStore {
         key.extend_from_slice(account.as_bytes());
         self.owned_accounts.insert(key, Vec::<u8>::new())?;
         self.flush().await
+    }
+
+    /// Records that `user` owns `account`, as [`UserStore::add_owned`] does,
+    /// unless the user's index already names `accounts_max` accounts;
+    /// returns whether it was recorded.
+    pub async fn add_owned_capped(
+        &self,
+        user: Uuid,
+        account: Uuid,
+        accounts_max: usize,
+    ) -> Result<bool, UserStoreError> {
+        {
+            let _opening = self.opening.lock().map_err(|_| UserStoreError::Poisoned)?;
+            if self.owned_accounts.scan_prefix(user.as_bytes()).keys().take(accounts_max).count()
+                >= accounts_max
+            {
+                return Ok(false);
+            }
+            let mut key = Vec::with_capacity(32);
+            key.extend_from_slice(user.as_bytes());
+            key.extend_from_slice(account.as_bytes());
+            self.owned_accounts.insert(key, Vec::<u8>::new())?;
+        }
+        self.flush().await?;
+        Ok(true)
     }
 
     /// Forgets an index entry whose account was not opened for `user`.

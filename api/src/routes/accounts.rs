@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
 use wallet_actors::{
-    is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, Asset, NewAccount, Rejection,
+    is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, NewAccount, Rejection,
 };
 
 use crate::auth::Caller;
@@ -51,7 +51,7 @@ pub async fn create_account(
     if privileged {
         caller.require_admin()?;
     }
-    let asset = Asset::with_iso_scale(&body.asset, body.scale).map_err(ApiError::InvalidAsset)?;
+    let asset = state.account_rules.allowed_assets.asset(&body.asset, body.scale)?;
     let owner = match &body.user_id {
         Some(text) => {
             let owner = parse_uuid("user_id", text)?;
@@ -83,7 +83,17 @@ pub async fn create_account(
     // Opened first so that no user account can ever take its id.
     state.ensure_settlement_account(asset).await?;
     let index_key = Uuid::from_u128(id.get());
-    state.users.add_owned(owner, index_key).await?;
+    if caller.is_admin() {
+        state.users.add_owned(owner, index_key).await?;
+    } else {
+        let accounts_max = state.account_rules.accounts_per_user_max;
+        if !state.users.add_owned_capped(owner, index_key, accounts_max).await? {
+            return Err(ApiError::Conflict {
+                code: "too_many_accounts",
+                detail: "this user has as many accounts as one user may open; an administrator may open more",
+            });
+        }
+    }
     let new = NewAccount { id, user_id: ledger_user_id(owner)?, asset, flags, overdraft_limit };
     match state.ledger.open_account(new).await {
         Ok(account) => Ok((StatusCode::CREATED, Json(AccountView::from(&account)))),

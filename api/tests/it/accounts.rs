@@ -105,7 +105,7 @@ async fn an_admin_cannot_hand_one_users_account_to_another() -> anyhow::Result<(
 
 #[tokio::test]
 async fn an_iso_currency_takes_its_scale_from_iso_4217() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+    let app = TestApp::spawn_with(tempfile::tempdir()?, &["--assets", "BTC:8,XAU:3"]).await?;
     let (_, token) = app.user("ada").await?;
     for (asset, scale) in [("USD", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3), ("CLF", 4)] {
         let reply = app.post("/v1/accounts", Some(&token), &json!({"asset": asset})).await?;
@@ -123,9 +123,8 @@ async fn an_iso_currency_takes_its_scale_from_iso_4217() -> anyhow::Result<()> {
     }
 
     let refused = [
-        (json!({"asset": "BTC"}), "missing_scale"),
-        // ISO lists no minor unit for gold ("N.A."), so it needs one.
-        (json!({"asset": "XAU"}), "missing_scale"),
+        // A configured asset has its configured scale.
+        (json!({"asset": "BTC", "scale": 2}), "scale_mismatch"),
         (json!({"asset": "USD", "scale": 3}), "scale_mismatch"),
         (json!({"asset": "JPY", "scale": 2}), "scale_mismatch"),
         (json!({"asset": "usd"}), "malformed_asset"),

@@ -7,6 +7,7 @@ mod amplification;
 mod auth;
 mod binary;
 mod bootstrap;
+mod business_limits;
 mod events;
 mod hashing;
 mod helpers;
