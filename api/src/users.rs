@@ -184,12 +184,6 @@ impl UserStore {
         }
     }
 
-    /// Replaces a stored user (same id and email).
-    pub async fn update(&self, user: &StoredUser) -> Result<(), UserStoreError> {
-        self.users.insert(user.id.as_bytes(), encode(user, "user")?)?;
-        self.flush().await
-    }
-
     /// A user by id.
     pub fn get(&self, id: Uuid) -> Result<Option<StoredUser>, UserStoreError> {
         self.users.get(id.as_bytes())?.map(|bytes| decode(&bytes, "user")).transpose()
@@ -384,25 +378,6 @@ impl UserStore {
             self.flush().await?;
         }
         Ok(())
-    }
-
-    /// A value kept in the `meta` tree, made by `make` the first time.
-    pub async fn meta_or_insert(
-        &self,
-        key: &str,
-        make: impl FnOnce() -> Vec<u8>,
-    ) -> Result<Vec<u8>, UserStoreError> {
-        if let Some(value) = self.meta.get(key)? {
-            return Ok(value.to_vec());
-        }
-        let value = make();
-        match self.meta.compare_and_swap(key, None as Option<&[u8]>, Some(value.clone()))? {
-            Ok(()) => {
-                self.flush().await?;
-                Ok(value)
-            }
-            Err(current) => Ok(current.current.map(|v| v.to_vec()).unwrap_or(value)),
-        }
     }
 }
 
