@@ -52,6 +52,12 @@ pub struct SessionRecord {
     pub refresh_expires_at_ms: u64,
     /// SHA-256 of the live refresh token's secret, hex.
     pub secret_hash: String,
+    /// The user's session epoch at the login: a session started by a login
+    /// that raced with the end of every session (its password checked just
+    /// before a change, its session written just after) is stale once the
+    /// epoch has moved on.
+    #[serde(default)]
+    pub session_epoch: u64,
 }
 
 /// What presenting a refresh token came to.
@@ -133,10 +139,12 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Starts a session of `user` at `now_ms`; returns its first refresh token.
+    /// Starts a session of `user`, whose session epoch is `session_epoch`,
+    /// at `now_ms`; returns its first refresh token.
     pub async fn start(
         &self,
         user: Uuid,
+        session_epoch: u64,
         now_ms: u64,
         policy: SessionPolicy,
     ) -> Result<String, UserStoreError> {
@@ -149,16 +157,20 @@ impl SessionStore {
             expires_at_ms,
             refresh_expires_at_ms: now_ms.saturating_add(policy.refresh_ttl_ms).min(expires_at_ms),
             secret_hash: secret_hash(&secret),
+            session_epoch,
         };
         self.tree.insert(key(user, family), encode(&record)?)?;
         self.flush().await?;
         Ok(token(user, family, &secret))
     }
 
-    /// Spends `refresh_token` at `now_ms` (see the module docs).
+    /// Spends `refresh_token` at `now_ms` (see the module docs); a session
+    /// started in a session epoch other than `session_epoch`, the user's
+    /// now, is stale and ends (`Unknown`).
     pub async fn refresh(
         &self,
         refresh_token: &str,
+        session_epoch: u64,
         now_ms: u64,
         policy: SessionPolicy,
     ) -> Result<Refreshed, UserStoreError> {
@@ -177,7 +189,7 @@ impl SessionStore {
             self.end(key, &current).await?;
             return Ok(Refreshed::SessionExpired);
         }
-        if now_ms >= record.refresh_expires_at_ms {
+        if now_ms >= record.refresh_expires_at_ms || record.session_epoch != session_epoch {
             self.end(key, &current).await?;
             return Ok(Refreshed::Unknown);
         }
@@ -271,12 +283,12 @@ mod tests {
     async fn a_reused_token_revokes_its_family_and_only_its_family() -> anyhow::Result<()> {
         let (_dir, store) = store()?;
         let user = Uuid::new_v4();
-        let first = store.start(user, 0, POLICY).await?;
-        let other = store.start(user, 0, POLICY).await?;
-        let second = rotated(store.refresh(&first, 10, POLICY).await?)?;
-        assert_eq!(store.refresh(&first, 20, POLICY).await?, Refreshed::Reused { user_id: user });
-        assert_eq!(store.refresh(&second, 30, POLICY).await?, Refreshed::Unknown, "the family is gone");
-        rotated(store.refresh(&other, 40, POLICY).await?)?;
+        let first = store.start(user, 0, 0, POLICY).await?;
+        let other = store.start(user, 0, 0, POLICY).await?;
+        let second = rotated(store.refresh(&first, 0, 10, POLICY).await?)?;
+        assert_eq!(store.refresh(&first, 0, 20, POLICY).await?, Refreshed::Reused { user_id: user });
+        assert_eq!(store.refresh(&second, 0, 30, POLICY).await?, Refreshed::Unknown, "the family is gone");
+        rotated(store.refresh(&other, 0, 40, POLICY).await?)?;
         Ok(())
     }
 
@@ -284,13 +296,27 @@ mod tests {
     async fn a_session_ends_at_its_absolute_lifetime_and_when_left_idle() -> anyhow::Result<()> {
         let (_dir, store) = store()?;
         let user = Uuid::new_v4();
-        let mut token = store.start(user, 0, POLICY).await?;
+        let mut token = store.start(user, 0, 0, POLICY).await?;
         for now in [90, 180, 240] {
-            token = rotated(store.refresh(&token, now, POLICY).await?)?;
+            token = rotated(store.refresh(&token, 0, now, POLICY).await?)?;
         }
-        assert_eq!(store.refresh(&token, 250, POLICY).await?, Refreshed::SessionExpired);
-        let idle = store.start(user, 1000, POLICY).await?;
-        assert_eq!(store.refresh(&idle, 1100, POLICY).await?, Refreshed::Unknown);
+        assert_eq!(store.refresh(&token, 0, 250, POLICY).await?, Refreshed::SessionExpired);
+        let idle = store.start(user, 0, 1000, POLICY).await?;
+        assert_eq!(store.refresh(&idle, 0, 1100, POLICY).await?, Refreshed::Unknown);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_session_started_in_an_ended_epoch_is_stale() -> anyhow::Result<()> {
+        let (_dir, store) = store()?;
+        let user = Uuid::new_v4();
+        // A login whose password was checked in epoch 0 writes its session
+        // after a password change moved the user to epoch 1.
+        let late = store.start(user, 0, 0, POLICY).await?;
+        assert_eq!(store.refresh(&late, 1, 10, POLICY).await?, Refreshed::Unknown);
+        assert_eq!(store.count(user), 0, "and it is gone");
+        let current = store.start(user, 1, 20, POLICY).await?;
+        rotated(store.refresh(&current, 1, 30, POLICY).await?)?;
         Ok(())
     }
 
@@ -299,14 +325,14 @@ mod tests {
         let (_dir, store) = store()?;
         let user = Uuid::new_v4();
         for text in ["", "wrt_", "wrt_abc_def", "xyz", &format!("wrt_{}{}_", user.simple(), user.simple())] {
-            assert_eq!(store.refresh(text, 0, POLICY).await?, Refreshed::Unknown, "{text}");
+            assert_eq!(store.refresh(text, 0, 0, POLICY).await?, Refreshed::Unknown, "{text}");
         }
-        let oldest = store.start(user, 0, POLICY).await?;
+        let oldest = store.start(user, 0, 0, POLICY).await?;
         for now in 1..(SESSIONS_PER_USER_MAX as u64 + 5) {
-            store.start(user, now, POLICY).await?;
+            store.start(user, 0, now, POLICY).await?;
         }
         assert_eq!(store.count(user), SESSIONS_PER_USER_MAX);
-        assert_eq!(store.refresh(&oldest, 80, POLICY).await?, Refreshed::Unknown, "the oldest went first");
+        assert_eq!(store.refresh(&oldest, 0, 80, POLICY).await?, Refreshed::Unknown, "the oldest went first");
         assert_eq!(store.end_all(user).await?, SESSIONS_PER_USER_MAX);
         assert_eq!(store.count(user), 0);
         Ok(())

@@ -89,8 +89,11 @@ pub async fn token(
     if user.disabled {
         return Err(invalid);
     }
-    let refresh_token =
-        state.users.sessions().start(user.id, now_ms(), state.tokens.session_policy()).await?;
+    let refresh_token = state
+        .users
+        .sessions()
+        .start(user.id, user.session_epoch, now_ms(), state.tokens.session_policy())
+        .await?;
     Ok((NO_STORE, Json(token_view(&state, &user, refresh_token)?)))
 }
 
@@ -120,7 +123,8 @@ pub async fn refresh(
     // (logout, password change) also moves the user's session epoch on,
     // which revokes the access token issued below.
     let user = state.users.get(user_id)?.ok_or_else(invalid_refresh_token)?;
-    match sessions.refresh(&body.refresh_token, now_ms(), state.tokens.session_policy()).await? {
+    let policy = state.tokens.session_policy();
+    match sessions.refresh(&body.refresh_token, user.session_epoch, now_ms(), policy).await? {
         Refreshed::Rotated { refresh_token, .. } => {
             if user.disabled {
                 sessions.end_all(user.id).await?;
