@@ -263,7 +263,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Application {
-            listener, address, router, state, embedded, publisher, shutdown_grace, connection_limits, ..
+            listener,
+            address,
+            router,
+            state,
+            embedded,
+            publisher,
+            shutdown_grace,
+            connection_limits,
+            ..
         } = self;
         tracing::info!(%address, "serving");
         let jwks_refresh = state.external.clone().and_then(|external| external.spawn_refresh());
