@@ -102,6 +102,15 @@ impl Run {
                     self.queue.done(pending.len());
                     pending.clear();
                     pause = Duration::from_millis(50);
+                    if self.queue.is_empty() {
+                        for account in self.queue.take_lagging() {
+                            if let Err(error) = self.catch_up(&client, &js, &stream, account).await {
+                                tracing::warn!(%error, %account, "catching up an account's events failed; retrying");
+                                self.stream_last.remove(&account);
+                                self.queue.lag(account);
+                            }
+                        }
+                    }
                 }
                 Err(error) => {
                     // The batch may or may not be stored: learn it from the
@@ -155,7 +164,10 @@ impl Run {
         Ok((client, stream))
     }
 
-    /// Publishes what of `entries` the stream does not hold yet.
+    /// Publishes what of `entries` the stream does not hold yet, in
+    /// batches of at most `batch_max`. Entries missing before one (the
+    /// queue dropped them when it was full) are read back from the durable
+    /// history first, so an account's events never skip a sequence.
     async fn publish(
         &mut self,
         client: &async_nats::Client,
@@ -170,30 +182,87 @@ impl Run {
                 unknown.insert(last_in_stream(stream, entry.account_id).await?);
             }
         }
-        let mut events = Vec::with_capacity(entries.len());
-        let mut last = known_last(&self.stream_last, entries);
+        let mut batch = Batch { events: Vec::new(), last: known_last(&self.stream_last, entries) };
         for entry in entries {
-            let held = last.get(&entry.account_id).copied().unwrap_or(0);
+            let held = batch.last.get(&entry.account_id).copied().unwrap_or(0);
             if entry.sequence <= held {
                 continue;
             }
-            if entry.sequence != held + 1 {
-                // Only a dropped queue entry (the queue was full) leaves a gap.
-                metrics::counter!("wallet_events_gaps_total").increment(1);
-                tracing::error!(account = %entry.account_id, after = held, next = entry.sequence, "a gap in an account's events");
+            let mut after = held;
+            while after + 1 < entry.sequence {
+                metrics::counter!("wallet_events_read_back_total").increment(1);
+                let wanted = (entry.sequence - after - 1).min(1000) as usize;
+                let missing = self.ledger.history(entry.account_id, after, wanted).await?;
+                let missing: Vec<_> = missing.into_iter().filter(|m| m.sequence < entry.sequence).collect();
+                if missing.is_empty() {
+                    return Err(format!("the history of {} lacks {}", entry.account_id, after + 1).into());
+                }
+                for read in &missing {
+                    after = read.sequence;
+                    self.add(&mut batch, read, client, js).await?;
+                }
             }
-            last.insert(entry.account_id, entry.sequence);
-            events.push(self.render(entry));
+            self.add(&mut batch, entry, client, js).await?;
         }
-        if events.is_empty() {
+        self.send(&mut batch, client, js).await
+    }
+
+    /// Adds an event to the batch, sending the batch first if it is full.
+    async fn add(
+        &mut self,
+        batch: &mut Batch,
+        entry: &HistoryEntry,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+    ) -> Result<(), Failure> {
+        if batch.events.len() >= self.options.batch_max {
+            self.send(batch, client, js).await?;
+        }
+        batch.last.insert(entry.account_id, entry.sequence);
+        batch.events.push(self.render(entry));
+        Ok(())
+    }
+
+    /// Sends the batch's events, if any; then the stream holds what `last` says.
+    async fn send(
+        &mut self,
+        batch: &mut Batch,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+    ) -> Result<(), Failure> {
+        if batch.events.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        self.send_batch(client, js, &events).await?;
+        self.send_batch(client, js, &batch.events).await?;
         metrics::histogram!("wallet_events_publish_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("wallet_events_published_total").increment(events.len() as u64);
-        self.stream_last.extend(last);
+        metrics::counter!("wallet_events_published_total").increment(batch.events.len() as u64);
+        self.stream_last.extend(batch.last.iter().map(|(account, last)| (*account, *last)));
+        batch.events.clear();
         Ok(())
+    }
+
+    /// Accounts whose newest entries the queue dropped: their events are
+    /// read back from history, from what the stream holds on.
+    async fn catch_up(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        stream: &stream::Stream,
+        account: AccountId,
+    ) -> Result<(), Failure> {
+        loop {
+            let held = match self.stream_last.get(&account) {
+                Some(held) => *held,
+                None => last_in_stream(stream, account).await?,
+            };
+            self.stream_last.insert(account, held);
+            let entries = self.ledger.history(account, held, self.options.batch_max).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            self.publish(client, js, stream, &entries).await?;
+        }
     }
 
     fn render(&self, entry: &HistoryEntry) -> LedgerEvent {
@@ -247,6 +316,12 @@ async fn last_in_stream(stream: &stream::Stream, account: AccountId) -> Result<u
         Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Events about to be sent, and the last sequence of each account once they are.
+struct Batch {
+    events: Vec<LedgerEvent>,
+    last: HashMap<AccountId, u64>,
 }
 
 /// The known last sequences of the accounts among `entries`.

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use wallet_actors::events::EventSink;
 use wallet_actors::shard::HistoryEntry;
-use wallet_actors::ShardId;
+use wallet_actors::{AccountId, ShardId};
 
 /// Durable history entries waiting for the publisher.
 pub struct EventQueue {
@@ -17,6 +17,9 @@ pub struct EventQueue {
     handed: AtomicU64,
     done: AtomicU64,
     dropped: AtomicU64,
+    /// Accounts some of whose entries were dropped: the publisher reads
+    /// them back from history.
+    lagging: Mutex<std::collections::BTreeSet<AccountId>>,
 }
 
 impl EventQueue {
@@ -30,6 +33,7 @@ impl EventQueue {
             handed: AtomicU64::new(0),
             done: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            lagging: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -62,6 +66,18 @@ impl EventQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Accounts whose dropped entries the publisher still has to read back.
+    pub(crate) fn take_lagging(&self) -> Vec<AccountId> {
+        self.lagging.lock().map(|mut l| std::mem::take(&mut *l).into_iter().collect()).unwrap_or_default()
+    }
+
+    /// The publisher could not catch `account` up yet.
+    pub(crate) fn lag(&self, account: AccountId) {
+        if let Ok(mut lagging) = self.lagging.lock() {
+            lagging.insert(account);
+        }
+    }
+
     /// The publisher is done with `n` more entries.
     pub(crate) fn done(&self, n: usize) {
         self.done.fetch_add(n as u64, Ordering::SeqCst);
@@ -75,8 +91,15 @@ impl EventSink for EventQueue {
         let Ok(mut queue) = self.entries.lock() else { return };
         if queue.len() + entries.len() > self.capacity {
             drop(queue);
+            // Dropped from memory, not lost: they are durable history, and
+            // the publisher reads them back (before the account's next
+            // event, or when the queue has drained).
             self.dropped.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("wallet_events_dropped_total").increment(n);
+            if let Ok(mut lagging) = self.lagging.lock() {
+                lagging.extend(entries.iter().map(|e| e.account_id));
+            }
+            self.ready.notify_one();
             return;
         }
         queue.extend(entries);
