@@ -260,3 +260,40 @@ async fn events_the_queue_had_no_room_for_are_read_back_from_history() -> anyhow
     );
     Ok(())
 }
+
+/// While NATS is down the node stays ready (it serves; the outbox grows)
+/// and `/metrics` says how many durable events wait; once NATS is back the
+/// backlog drains.
+#[tokio::test]
+async fn while_nats_is_down_the_node_stays_ready_and_reports_its_backlog() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nats = NatsServer::start(&dir.path().join("nats"))?;
+    let url = nats.url();
+    let server =
+        Server::start_with(&dir.path().join("wallet"), Some(PASSWORD), &["--nats-url", url.as_str()])?;
+    let books = Books::open(&server.base).await?;
+    nats.kill()?;
+    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let clients = books.load(stop.clone(), acknowledged.clone());
+    wait_for_count(&acknowledged, 200).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let ready = books.client.get(format!("{}/readyz", books.base)).send().await?.status();
+    anyhow::ensure!(ready == StatusCode::OK, "/readyz answered {ready} while NATS was down");
+    let lag = |metrics: &str| -> Option<f64> {
+        metrics.lines().find(|l| l.starts_with("wallet_events_outbox_lag "))?.split(' ').nth(1)?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = books.client.get(format!("{}/metrics", books.base)).send().await?.text().await?;
+        if lag(&metrics).is_some_and(|waiting| waiting >= 200.0) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no backlog reported: {:?}", lag(&metrics));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.restart()?;
+    wait_until_published(&url, &books).await
+}
