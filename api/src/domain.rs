@@ -169,10 +169,7 @@ pub fn ledger_user_id(user: Uuid) -> Result<UserId, ApiError> {
     UserId::new(user.as_u128()).map_err(|_| ApiError::Internal)
 }
 
-/// A ledger id as UUID text.
-pub fn uuid_text(value: u128) -> String {
-    Uuid::from_u128(value).hyphenated().to_string()
-}
+pub use wallet_actors::events::uuid_text;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
