@@ -7,18 +7,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::Server;
-
-async fn token(client: &reqwest::Client, base: &str, email: &str, password: &str) -> anyhow::Result<String> {
-    let reply = client
-        .post(format!("{base}/v1/auth/token"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await?;
-    anyhow::ensure!(reply.status() == StatusCode::OK, "login: {}", reply.status());
-    let body: serde_json::Value = reply.json().await?;
-    body["access_token"].as_str().map(str::to_string).context("no token")
-}
+use crate::helpers::{login as token, Server};
 
 /// SIGTERM stops the binary cleanly (exit 0), and what it acknowledged is
 /// there when it starts again on the same directory.

@@ -15,7 +15,7 @@ use serde_json::json;
 use wallet_actors::events::LedgerEvent;
 use wallet_testkit::nats::NatsServer;
 
-use crate::helpers::Server;
+use crate::helpers::{login as token, Server};
 
 const PASSWORD: &str = "admin-password-1";
 
@@ -24,17 +24,6 @@ struct Books {
     base: String,
     user: String,
     accounts: Vec<String>,
-}
-
-async fn token(client: &reqwest::Client, base: &str, email: &str, password: &str) -> anyhow::Result<String> {
-    let reply = client
-        .post(format!("{base}/v1/auth/token"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await?;
-    anyhow::ensure!(reply.status() == StatusCode::OK, "login: {}", reply.status());
-    let body: serde_json::Value = reply.json().await?;
-    body["access_token"].as_str().map(str::to_string).context("no token")
 }
 
 impl Books {

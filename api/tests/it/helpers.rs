@@ -230,6 +230,24 @@ pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
     None
 }
 
+/// Logs in over HTTP and returns the access token (for servers started as
+/// a child process, which have no [`TestApp`]).
+pub async fn login(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let reply = client
+        .post(format!("{base}/v1/auth/token"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status() == reqwest::StatusCode::OK, "login: {}", reply.status());
+    let body: serde_json::Value = reply.json().await?;
+    body["access_token"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no token"))
+}
+
 /// A running `wallet serve` child process: the real binary.
 pub struct Server {
     child: Child,
