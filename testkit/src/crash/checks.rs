@@ -55,7 +55,24 @@ pub async fn check_books(
     use std::collections::BTreeMap;
     use wallet_actors::transfer::TransferKind;
     use wallet_actors::TransferStatus;
-    let transfers = node.all_transfers()?;
+    // On a live node holds expire in the background: take the transfers
+    // between two reads of the accounts that agree, so that no change fell
+    // between the transfers and the balances compared with them.
+    let sorted = |mut accounts: Vec<wallet_actors::Account>| {
+        accounts.sort_by_key(|a| a.id);
+        accounts
+    };
+    let mut attempts = 0;
+    let (transfers, accounts) = loop {
+        let before = sorted(node.ledger.accounts().await?);
+        let transfers = node.all_transfers()?;
+        let after = sorted(node.ledger.accounts().await?);
+        if before == after {
+            break (transfers, after);
+        }
+        attempts += 1;
+        anyhow::ensure!(attempts < 100, "the accounts never held still for a check");
+    };
     let by_id: BTreeMap<u128, _> = transfers.iter().map(|r| (r.transfer.id.get(), r)).collect();
     for (id, request) in acknowledged {
         let record = by_id.get(id).ok_or_else(|| anyhow::anyhow!("acknowledged transfer {id} is missing"))?;
@@ -84,7 +101,7 @@ pub async fn check_books(
         }
     }
     let (mut posted, mut pending) = (0i128, 0i128);
-    for account in node.ledger.accounts().await? {
+    for account in accounts {
         account.check_limits()?;
         let b = account.balances;
         posted += b.credits_posted as i128 - b.debits_posted as i128;
