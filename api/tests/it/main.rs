@@ -8,6 +8,7 @@ mod auth;
 mod binary;
 mod bootstrap;
 mod business_limits;
+mod event_books;
 mod events;
 mod hashing;
 mod helpers;

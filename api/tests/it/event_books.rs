@@ -1,0 +1,173 @@
+//! What the ledger-event tests share: a user's four funded accounts with
+//! clients moving money between them, the stream read back, and the checks
+//! that each account's events are once each, in order, up to the API's.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::json;
+use wallet_actors::events::LedgerEvent;
+
+use crate::helpers::login as token;
+
+pub const PASSWORD: &str = "admin-password-1";
+
+pub struct Books {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub user: String,
+    pub accounts: Vec<String>,
+}
+
+impl Books {
+    pub async fn open(base: &str) -> anyhow::Result<Books> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let admin = token(&client, base, "admin@wallet.local", PASSWORD).await?;
+        let sign_up = json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"});
+        client.post(format!("{base}/v1/users")).json(&sign_up).send().await?;
+        let user = token(&client, base, "ada@example.com", "correct horse battery").await?;
+        let mut accounts = Vec::new();
+        for _ in 0..4 {
+            let reply = client
+                .post(format!("{base}/v1/accounts"))
+                .bearer_auth(&user)
+                .json(&json!({"asset": "USD"}))
+                .send()
+                .await?;
+            let body: serde_json::Value = reply.json().await?;
+            accounts.push(body["id"].as_str().context("no account id")?.to_string());
+        }
+        for account in &accounts {
+            let deposit =
+                json!({"id": uuid::Uuid::new_v4().to_string(), "account_id": account, "amount": "1000000"});
+            let reply =
+                client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
+            anyhow::ensure!(reply.status() == StatusCode::CREATED, "deposit: {}", reply.status());
+        }
+        Ok(Books { client, base: base.to_string(), user, accounts })
+    }
+
+    /// Eight clients transferring until `stop` is set or the server dies;
+    /// counts what was acknowledged.
+    pub fn load(
+        &self,
+        stop: Arc<AtomicBool>,
+        acknowledged: Arc<AtomicU64>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..8usize)
+            .map(|worker| {
+                let (client, base, user, accounts) =
+                    (self.client.clone(), self.base.clone(), self.user.clone(), self.accounts.clone());
+                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+                tokio::spawn(async move {
+                    let mut round = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        round += 1;
+                        let from = &accounts[(worker + round) % accounts.len()];
+                        let to = &accounts[(worker + round + 1) % accounts.len()];
+                        let body = json!({"id": uuid::Uuid::new_v4().to_string(), "from_account_id": from,
+                            "to_account_id": to, "amount": (1 + round % 7).to_string()});
+                        match client
+                            .post(format!("{base}/v1/transfers"))
+                            .bearer_auth(&user)
+                            .json(&body)
+                            .send()
+                            .await
+                        {
+                            Ok(reply) if reply.status().is_success() => {
+                                acknowledged.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The API's sequence and available balance of each account.
+    pub async fn read(&self) -> anyhow::Result<BTreeMap<String, (u64, String)>> {
+        let mut seen = BTreeMap::new();
+        for account in &self.accounts {
+            let reply = self
+                .client
+                .get(format!("{}/v1/accounts/{account}", self.base))
+                .bearer_auth(&self.user)
+                .send()
+                .await?;
+            let body: serde_json::Value = reply.json().await?;
+            let sequence = body["sequence"].as_u64().context("no sequence")?;
+            let available = body["balance"]["available"].as_str().context("no balance")?.to_string();
+            seen.insert(account.clone(), (sequence, available));
+        }
+        Ok(seen)
+    }
+}
+
+/// Every event in the stream, in stream order.
+pub async fn stream_events(url: &str) -> anyhow::Result<Vec<LedgerEvent>> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WALLET_EVENTS").await?;
+    let last = stream.get_info().await?.state.last_sequence;
+    let mut events = Vec::new();
+    for sequence in 1..=last {
+        let message = stream.direct_get(sequence).await?;
+        events.push(serde_json::from_slice(&message.payload)?);
+    }
+    Ok(events)
+}
+
+/// Each account's events are 1, 2, ... in stream order, once each; returns
+/// the last event of each account.
+pub fn check_order(events: &[LedgerEvent]) -> anyhow::Result<BTreeMap<String, &LedgerEvent>> {
+    let mut last: BTreeMap<String, &LedgerEvent> = BTreeMap::new();
+    for event in events {
+        let before = last.get(&event.account_id).map_or(0, |e| e.sequence);
+        anyhow::ensure!(
+            event.sequence == before + 1,
+            "account {}: event {} after {before} (a repeat or a gap)",
+            event.account_id,
+            event.sequence
+        );
+        anyhow::ensure!(
+            event.event_id == format!("{}:{}", event.account_id, event.sequence),
+            "event id {}",
+            event.event_id
+        );
+        last.insert(event.account_id.clone(), event);
+    }
+    Ok(last)
+}
+
+pub async fn wait_for_count(acknowledged: &AtomicU64, at_least: u64) {
+    let started = Instant::now();
+    while acknowledged.load(Ordering::Relaxed) < at_least && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the stream holds each account's events in order, once each,
+/// up to the API's sequence and balance.
+pub async fn wait_until_published(url: &str, books: &Books) -> anyhow::Result<()> {
+    let api = books.read().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = stream_events(url).await?;
+        let last = check_order(&events)?;
+        let published: BTreeMap<String, (u64, String)> = api
+            .keys()
+            .filter_map(|a| last.get(a).map(|e| (a.clone(), (e.sequence, e.balance.available.clone()))))
+            .collect();
+        if published == api {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stream did not catch up: {published:?}, API {api:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
