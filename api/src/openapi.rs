@@ -21,7 +21,7 @@ use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{accounts, health, money, risk, sessions, users};
+use crate::routes::{accounts, events, health, money, risk, sessions, users};
 
 /// The API's OpenAPI description.
 #[derive(OpenApi)]
@@ -36,7 +36,7 @@ use crate::routes::{accounts, health, money, risk, sessions, users};
         sessions::token, sessions::refresh, sessions::logout, sessions::change_password,
         accounts::create_account, accounts::get_account, accounts::list_accounts, accounts::account_transfers,
         accounts::freeze,
-        accounts::unfreeze, accounts::close,
+        accounts::unfreeze, accounts::close, events::account_events,
         money::deposit, money::withdraw, money::create_transfer, money::create_batch, money::get_transfer,
         money::post_pending, money::void_pending,
         risk::create_rule, risk::list_rules, risk::get_rule, risk::replace_rule, risk::delete_rule,

@@ -365,6 +365,14 @@ pub struct Settings {
     /// Most durable events waiting for NATS in memory.
     #[arg(long, env = "WALLET_EVENTS_QUEUE_MAX", default_value_t = 1_000_000)]
     pub events_queue_max: usize,
+    /// How often a Server-Sent Events stream with nothing to send sends a
+    /// heartbeat comment, in milliseconds (proxies close idle connections).
+    #[arg(long, env = "WALLET_EVENTS_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub events_heartbeat_ms: u64,
+    /// Server-Sent Events streams open on this node at once; past it a new
+    /// one gets 503.
+    #[arg(long, env = "WALLET_EVENTS_STREAMS_MAX", default_value_t = 10_000)]
+    pub events_streams_max: usize,
     /// Password hashes computed at once (each takes the memory cost above and a thread);
     /// as many more may wait, and a request beyond gets 503 `hashing_busy` with
     /// `Retry-After`. Default: the number of cores.

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use wallet_actors::events::EventSink;
 use wallet_actors::LedgerConfig;
-use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
+use wallet_cluster::events::{
+    EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,
+};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::admission::UserAdmission;
@@ -97,6 +100,11 @@ impl Application {
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
         let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
+        let live = Arc::new(LiveEvents::new(LiveOptions {
+            watchers_max: settings.events_streams_max,
+            ..LiveOptions::default()
+        }));
+        let outbox = events.clone().map(|queue| queue as Arc<dyn EventSink>);
         let options = EmbeddedOptions {
             ledger: LedgerConfig {
                 shard_count: settings.shards,
@@ -104,7 +112,7 @@ impl Application {
                 request_timeout_ms: settings.ledger_timeout_ms,
                 ..LedgerConfig::default()
             },
-            events: events.clone().map(|queue| queue as Arc<dyn wallet_actors::events::EventSink>),
+            events: Some(Arc::new(EventFeeds::new(live.clone(), outbox))),
             ..EmbeddedOptions::default()
         };
         private_directory(&settings.data_dir)?;
@@ -175,6 +183,7 @@ impl Application {
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
             embedded.journal_stats(),
         )
+        .with_live_events(live, Duration::from_millis(settings.events_heartbeat_ms))
         .with_account_rules(AccountRules {
             allowed_assets: AllowedAssets::new(&settings.assets),
             accounts_per_user_max: settings.accounts_per_user_max as usize,
@@ -276,10 +285,12 @@ impl Application {
         tracing::info!(%address, "serving");
         let jwks_refresh = state.external.clone().and_then(|external| external.spawn_refresh());
         let ready = state.ready.clone();
+        let stopping = state.stopping.clone();
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = serve(listener, router, connection_limits, async move {
             shutdown.await;
             ready.store(false, Ordering::Relaxed);
+            stopping.send_replace(true);
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = fired_tx.send(());
         });

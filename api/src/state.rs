@@ -4,9 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
+use wallet_cluster::events::{LiveEvents, LiveOptions};
 use wallet_storage::JournalStats;
 
 use crate::admission::UserAdmission;
@@ -46,6 +48,13 @@ pub struct AppState {
     pub external: Option<Arc<ExternalIssuer>>,
     /// False once shutdown starts: `/readyz` then says 503.
     pub ready: Arc<AtomicBool>,
+    /// This node's live ledger events, for Server-Sent Events streams.
+    pub live_events: Arc<LiveEvents>,
+    /// How often an idle event stream sends a heartbeat.
+    pub events_heartbeat: Duration,
+    /// Set to true when shutdown starts: open event streams end, so the
+    /// graceful shutdown does not wait for them.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Held while risk rules change: each change writes the store, then
     /// hands the whole set to the ledger, and two changes interleaved could
     /// leave the ledger without one of them.
@@ -104,6 +113,9 @@ impl AppState {
             journal_stats,
             external: None,
             ready: Arc::new(AtomicBool::new(true)),
+            live_events: Arc::new(LiveEvents::new(LiveOptions::default())),
+            events_heartbeat: Duration::from_secs(15),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             rule_changes: Arc::default(),
             settled_assets: Arc::default(),
             owners: Arc::default(),
@@ -113,6 +125,13 @@ impl AppState {
     /// Opens accounts under `rules`.
     pub fn with_account_rules(mut self, rules: AccountRules) -> AppState {
         self.account_rules = Arc::new(rules);
+        self
+    }
+
+    /// Serves live events from `live`, with a heartbeat every `heartbeat`.
+    pub fn with_live_events(mut self, live: Arc<LiveEvents>, heartbeat: Duration) -> AppState {
+        self.live_events = live;
+        self.events_heartbeat = heartbeat;
         self
     }
 

@@ -1,16 +1,21 @@
 //! The ledger events publisher: shards hand it durable history entries
 //! ([`EventQueue`], the engine's `EventSink`), and a task publishes them to
 //! JetStream in atomic batches ([`EventPublisher`]), after finding out what
-//! an earlier run or an unacknowledged batch already stored.
+//! an earlier run or an unacknowledged batch already stored. The same
+//! entries go to this node's live watchers ([`LiveEvents`], the HTTP API's
+//! Server-Sent Events); [`EventFeeds`] hands them to both.
 
+mod live;
 mod publisher;
 mod queue;
 
+pub use live::{EventFeeds, LiveEvents, LiveOptions, Subscription, TooManyWatchers};
 pub use publisher::{EventPublisher, PublisherOptions};
 pub use queue::EventQueue;
 
-use wallet_actors::events::uuid_text;
-use wallet_actors::AccountId;
+use wallet_actors::events::{uuid_text, LedgerEvent};
+use wallet_actors::shard::{HistoryEntry, HistoryEvent};
+use wallet_actors::{AccountId, Ledger};
 
 /// The stream every event goes to.
 pub const STREAM: &str = "WALLET_EVENTS";
@@ -21,4 +26,14 @@ pub const SUBJECTS: &str = "wallet.events.>";
 /// The subject of an account's events: `wallet.events.<account uuid>`.
 pub fn subject(account_id: AccountId) -> String {
     format!("wallet.events.{}", uuid_text(account_id.get()))
+}
+
+/// The event of a durable history entry, with the transfer its leg names
+/// (read from the ledger: a void and an expiry differ only there).
+pub fn render(ledger: &Ledger, entry: &HistoryEntry) -> LedgerEvent {
+    let transfer = match &entry.event {
+        HistoryEvent::Leg(leg) => ledger.transfer(leg.transfer_id),
+        _ => None,
+    };
+    LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref()))
 }

@@ -6,6 +6,7 @@
 //! - [`sessions`] serves `/v1/auth/token`, `/v1/auth/refresh`, `/v1/auth/logout`,
 //!   `/v1/users/me/password`;
 //! - [`accounts`] serves `/v1/accounts`;
+//! - [`events`] serves `/v1/accounts/{id}/events` (Server-Sent Events);
 //! - [`money`] serves `/v1/deposits`, `/v1/withdrawals`, `/v1/transfers`;
 //! - [`risk`] serves `/v1/risk/rules`, `/v1/risk/decisions`.
 
@@ -30,6 +31,7 @@ use crate::state::AppState;
 use crate::telemetry::track_http;
 
 pub mod accounts;
+pub mod events;
 pub mod health;
 pub mod money;
 pub mod risk;
@@ -60,6 +62,7 @@ pub fn router(state: AppState, limits: Limits, rates: RateLayers, trusted: Arc<T
         .route("/v1/accounts", post(accounts::create_account).get(accounts::list_accounts))
         .route("/v1/accounts/{id}", get(accounts::get_account))
         .route("/v1/accounts/{id}/transfers", get(accounts::account_transfers))
+        .route("/v1/accounts/{id}/events", get(events::account_events))
         .route("/v1/accounts/{id}/freeze", post(accounts::freeze))
         .route("/v1/accounts/{id}/unfreeze", post(accounts::unfreeze))
         .route("/v1/accounts/{id}/close", post(accounts::close))

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use wallet_actors::events::LedgerEvent;
-use wallet_actors::shard::{HistoryEntry, HistoryEvent};
+use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{AccountId, Ledger};
 
 use super::{subject, EventQueue, STREAM, SUBJECTS};
@@ -266,11 +266,7 @@ impl Run {
     }
 
     fn render(&self, entry: &HistoryEntry) -> LedgerEvent {
-        let transfer = match &entry.event {
-            HistoryEvent::Leg(leg) => self.ledger.transfer(leg.transfer_id),
-            _ => None,
-        };
-        LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref()))
+        super::render(&self.ledger, entry)
     }
 
     /// One atomic batch: all of it is stored, or none. The headers are set
