@@ -10,7 +10,10 @@
 //! `--hot-share` one side is the hot account) for `--duration-s` seconds.
 //! Every transfer is durable before its request returns. Ends with one JSON
 //! line: throughput, request latency percentiles, RSS, and with `--restart`
-//! the time to reopen the ledger.
+//! the time to reopen the ledger. With `--nats-url` every change is also
+//! published to NATS JetStream as a ledger event, as `wallet serve` does:
+//! it reports events/s and the outbox lag (changes durable but not yet
+//! acknowledged by JetStream) sampled every 10 ms.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,11 +26,13 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
+use wallet_actors::events::EventSink;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,
     TransferRequest, UserId,
 };
+use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 #[derive(Parser, Debug, Clone)]
@@ -89,6 +94,9 @@ struct Args {
     /// nothing): across shards, the coordinator's prepare and commit.
     #[arg(long)]
     linked: bool,
+    /// Publish ledger events to this NATS server (JetStream) during the run.
+    #[arg(long)]
+    nats_url: Option<String>,
 }
 
 /// One rule of each kind, global, that the load never violates: every
@@ -194,8 +202,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let temporary = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
-    let node = EmbeddedLedger::open(&dir, options(&args)).await.context("opening the ledger")?;
+    let queue = args.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(10_000_000)));
+    let mut opening = options(&args);
+    opening.events = queue.clone().map(|queue| queue as Arc<dyn EventSink>);
+    let node = EmbeddedLedger::open(&dir, opening).await.context("opening the ledger")?;
     let ledger = node.ledger.clone();
+    let publisher = match (&args.nats_url, &queue) {
+        (Some(url), Some(queue)) => {
+            Some(EventPublisher::spawn(queue.clone(), ledger.clone(), PublisherOptions::new(url.clone())))
+        }
+        _ => None,
+    };
     let asset = Asset::new("USD", 2)?;
     ledger.ensure_settlement_account(asset).await?;
     let settlement = settlement_account_id(&asset);
@@ -241,6 +258,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.rules {
         ledger.set_rules(five_rules()?).await?;
     }
+    // The setup's events published first, so the run measures the load's own.
+    let setup_events_drain_s = match &queue {
+        Some(queue) => drain(queue).await?,
+        None => 0.0,
+    };
+    let (_, published_before) = queue.as_ref().map_or((0, 0), |q| q.progress());
+    let lag_sampler = queue
+        .clone()
+        .map(|queue| tokio::spawn(sample_lag(queue, Instant::now() + Duration::from_secs(args.duration_s))));
     let journal = node.journal_stats();
     let (records_before, syncs_before) =
         (journal.records.load(Ordering::Relaxed), journal.syncs.load(Ordering::Relaxed));
@@ -324,6 +350,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let (_, published_after) = queue.as_ref().map_or((0, 0), |q| q.progress());
+    let lag = match lag_sampler {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
+    let events_drain_s = match &queue {
+        Some(queue) => drain(queue).await?,
+        None => 0.0,
+    };
+    if let Some(publisher) = publisher {
+        publisher.stop().await;
+    }
     let records = journal.records.load(Ordering::Relaxed) - records_before;
     let syncs = (journal.syncs.load(Ordering::Relaxed) - syncs_before).max(1);
     let rss = rss_bytes();
@@ -365,7 +403,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "rss_bytes": rss,
         "setup_s": (setup_s * 10.0).round() / 10.0,
         "restart_ms": restart_ms,
+        "events": args.nats_url.is_some(),
+        "events_per_sec": (published_after.saturating_sub(published_before) as f64 / elapsed).round(),
+        "events_lag_p50": lag.as_ref().map(|h| h.value_at_quantile(0.50)),
+        "events_lag_p99": lag.as_ref().map(|h| h.value_at_quantile(0.99)),
+        "events_lag_max": lag.as_ref().map(|h| h.max()),
+        "events_drain_s": (events_drain_s * 10.0).round() / 10.0,
+        "setup_events_drain_s": (setup_events_drain_s * 10.0).round() / 10.0,
     });
     println!("{report}");
     Ok(())
+}
+
+/// Waits until the publisher is done with every event it was handed;
+/// returns how long that took.
+async fn drain(queue: &EventQueue) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    loop {
+        let (handed, done) = queue.progress();
+        if done >= handed {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "events not published in 10 min");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The outbox lag (events durable, not yet acknowledged by JetStream) every 10 ms until `until`.
+async fn sample_lag(queue: Arc<EventQueue>, until: Instant) -> anyhow::Result<Histogram<u64>> {
+    let mut lag = Histogram::<u64>::new(3)?;
+    while Instant::now() < until {
+        let (handed, done) = queue.progress();
+        lag.record(handed.saturating_sub(done))?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(lag)
 }
