@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod money;
 mod oidc;
+mod projection;
 mod rate_keys;
 mod risk;
 mod sessions;
