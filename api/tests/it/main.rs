@@ -19,6 +19,7 @@ mod limits;
 mod metrics;
 mod money;
 mod oidc;
+mod projection;
 mod rate_keys;
 mod risk;
 mod sessions;
