@@ -9,6 +9,7 @@ mod binary;
 mod bootstrap;
 mod business_limits;
 mod event_books;
+mod event_schemas;
 mod events;
 mod hashing;
 mod helpers;
