@@ -22,4 +22,5 @@ mod oidc;
 mod rate_keys;
 mod risk;
 mod sessions;
+mod subscriber;
 mod supervision;
