@@ -111,6 +111,13 @@ impl Books {
 
 /// Every event in the stream, in stream order.
 pub async fn stream_events(url: &str) -> anyhow::Result<Vec<LedgerEvent>> {
+    let values = stream_json(url).await?;
+    values.into_iter().map(|value| Ok(serde_json::from_value(value)?)).collect()
+}
+
+/// Every message in the stream as the JSON it was sent as (no field dropped
+/// or defaulted by a Rust type), in stream order.
+pub async fn stream_json(url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("WALLET_EVENTS").await?;
