@@ -28,11 +28,14 @@ pub fn subject(account_id: AccountId) -> String {
     format!("wallet.events.{}", uuid_text(account_id.get()))
 }
 
-/// The event of a durable history entry, with the transfer its leg names
-/// (read from the ledger: a void and an expiry differ only there).
+/// The event of a durable history entry. A leg that releases a hold needs
+/// the transfer it names (a void and an expiry differ only there, and a post
+/// or void names its hold); no other event does, and the lookup is skipped:
+/// a transfer a checkpoint moved out of memory costs a storage read, and
+/// a publisher catching up after an outage renders mostly such transfers.
 pub fn render(ledger: &Ledger, entry: &HistoryEntry) -> LedgerEvent {
     let transfer = match &entry.event {
-        HistoryEvent::Leg(leg) => ledger.transfer(leg.transfer_id),
+        HistoryEvent::Leg(leg) if leg.pending_sub > 0 => ledger.transfer(leg.transfer_id),
         _ => None,
     };
     LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref()))
