@@ -80,8 +80,6 @@ pub async fn create_account(
         Some(text) => parse_amount("overdraft_limit", text)?,
         None => Amount::ZERO,
     };
-    // Opened first so that no user account can ever take its id.
-    state.ensure_settlement_account(asset).await?;
     let index_key = Uuid::from_u128(id.get());
     if caller.is_admin() {
         state.users.add_owned(owner, index_key).await?;
@@ -93,6 +91,13 @@ pub async fn create_account(
                 detail: "this user has as many accounts as one user may open; an administrator may open more",
             });
         }
+    }
+    // After the cap (a refused opening changes nothing, not even this) and
+    // before the account: a deposit into it needs the asset's settlement
+    // account. Settlement ids are reserved, so no account can take one.
+    if let Err(error) = state.ensure_settlement_account(asset).await {
+        state.users.remove_owned(owner, index_key).await?;
+        return Err(error);
     }
     let new = NewAccount { id, user_id: ledger_user_id(owner)?, asset, flags, overdraft_limit };
     match state.ledger.open_account(new).await {

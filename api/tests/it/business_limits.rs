@@ -24,6 +24,16 @@ async fn a_user_opens_at_most_the_configured_number_of_accounts() -> anyhow::Res
     );
     let listed = app.get("/v1/accounts", Some(&token)).await?;
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(3), "the refusal opened nothing");
+    // Not even the settlement account of the asset nobody holds yet.
+    let euro = wallet_actors::settlement_account_id(&wallet_actors::Asset::new("EUR", 2)?);
+    let settlement = wallet_actors::events::uuid_text(euro.get());
+    let read = app.get(&format!("/v1/accounts/{settlement}"), Some(&app.admin_token)).await?;
+    assert_eq!(
+        read.status,
+        StatusCode::NOT_FOUND,
+        "the refusal opened the EUR settlement account: {}",
+        read.body
+    );
     // Another user has a cap of their own, and an administrator may open more.
     let (_, other) = app.user("pearl").await?;
     app.account(&other).await?;
