@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::account::{Balances, Side};
-use crate::ids::ShardId;
+use crate::ids::{AccountId, ShardId};
 use crate::shard::{HistoryEntry, HistoryEvent};
 use crate::transfer::{Transfer, TransferKind};
 use crate::AccountStatus;
@@ -27,6 +27,21 @@ pub trait EventSink: Send + Sync {
     /// takes entries out of what recovery replays, waits a bounded time for
     /// the second to reach what the first was when it captured.
     fn progress(&self) -> (u64, u64);
+
+    /// Accounts whose handed entries are not all published yet (queued,
+    /// being sent, or dropped and to be read back). A checkpoint records
+    /// them with the snapshot it writes: it takes their entries out of what
+    /// a restart replays, so the next start must catch them up instead.
+    fn unsettled(&self) -> Vec<AccountId> {
+        Vec::new()
+    }
+
+    /// At start: `accounts`, recorded by the last checkpoint as unsettled,
+    /// may have durable entries no replay hands again; the feed reads them
+    /// back from the history (from what it finds already published).
+    fn resume(&self, accounts: Vec<AccountId>) {
+        let _ = accounts;
+    }
 }
 
 /// What happened to the account.

@@ -173,6 +173,15 @@ impl EmbeddedLedger {
         .await?;
         ledger.set_history_index(history.clone());
         ledger.set_decision_index(Some(Arc::new(snapshot.clone())));
+        if let Some(events) = &options.events {
+            if !meta.events_unsettled.is_empty() {
+                tracing::info!(
+                    accounts = meta.events_unsettled.len(),
+                    "catching up events the last checkpoint left unpublished"
+                );
+                events.resume(meta.events_unsettled.clone());
+            }
+        }
         let checkpointer = Checkpointer {
             ledger: ledger.clone(),
             journal: journal.clone(),
@@ -477,9 +486,14 @@ impl Checkpointer {
         at_point(points::CHECKPOINT_MARKED)?;
         // Every record before the marker is durable, so its history was
         // handed to the events' feed: wait until it is published.
-        if let Some(events) = &self.events {
-            wait_for_events(events.as_ref()).await;
-        }
+        // Whatever is still unpublished is recorded with the snapshot.
+        let events_unsettled = match &self.events {
+            Some(events) => {
+                wait_for_events(events.as_ref()).await;
+                events.unsettled()
+            }
+            None => Vec::new(),
+        };
         let decisions: Vec<_> =
             self.ledger.recent_decisions().into_iter().filter(|d| d.id < next_decision_id).collect();
         let journal_dir = self.journal_dir.clone();
@@ -508,6 +522,7 @@ impl Checkpointer {
                 open_commits,
                 next_commit_id,
                 next_decision_id,
+                events_unsettled,
             };
             // The index first: until the meta names the new segment, the
             // journal still has these transfers, so a crash in between only

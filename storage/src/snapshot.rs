@@ -7,7 +7,10 @@
 //! - `holds`: pending transfer id -> `Hold`;
 //! - `decisions`: decision id (8 bytes, big endian) -> risk `Decision`;
 //!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
-//! - `meta`: `checkpoint` -> [`CheckpointMeta`] without its open commits;
+//! - `meta`: `checkpoint` -> [`CheckpointMeta`] without its open commits
+//!   and its unsettled accounts;
+//! - `events_unsettled`: account id -> nothing: the meta's accounts whose
+//!   events were not all published (rewritten by each checkpoint);
 //! - `open_commits`: the meta's segment (8 bytes, big endian) ++ commit id
 //!   (8 bytes) -> `OpenCommit`: one value each, since all of them together
 //!   could pass a frame's limit (a commit holds up to 8,189 transfers).
@@ -49,6 +52,11 @@ pub struct CheckpointMeta {
     /// The id the first decision after this checkpoint's marker gets: the
     /// snapshot holds those before, replay numbers those after from here.
     pub next_decision_id: u64,
+    /// Accounts with changes before this checkpoint that the events
+    /// publisher had not published when it was written: no replay hands
+    /// those again, so the next start catches these accounts up from their
+    /// history (`docs/ARCHITECTURE.md`, "Ledger events", invariant 4).
+    pub events_unsettled: Vec<wallet_actors::AccountId>,
 }
 
 /// What a snapshot holds, loaded.
@@ -70,6 +78,7 @@ pub struct SnapshotStore {
     decisions_by_account: sled::Tree,
     meta: sled::Tree,
     open_commits: sled::Tree,
+    events_unsettled: sled::Tree,
 }
 
 /// The meta as stored: [`CheckpointMeta`] without its open commits, which
@@ -138,6 +147,7 @@ impl SnapshotStore {
             decisions: db.open_tree("decisions").map_err(&error)?,
             decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
+            events_unsettled: db.open_tree("events_unsettled").map_err(&error)?,
             open_commits: db.open_tree("open_commits").map_err(&error)?,
             db,
         })
@@ -169,11 +179,24 @@ impl SnapshotStore {
             if open_commits.len() as u64 != stored.open_commits {
                 return Err(StorageError::Corrupt { path: path.join("open_commits"), offset: 0 });
             }
+            let mut events_unsettled = Vec::new();
+            for item in self.events_unsettled.iter() {
+                let (key, _) = item.map_err(&error)?;
+                let id = <[u8; 16]>::try_from(key.as_ref())
+                    .ok()
+                    .and_then(|bytes| wallet_actors::AccountId::new(u128::from_be_bytes(bytes)).ok())
+                    .ok_or_else(|| StorageError::Corrupt {
+                        path: path.join("events_unsettled"),
+                        offset: 0,
+                    })?;
+                events_unsettled.push(id);
+            }
             loaded.meta = Some(CheckpointMeta {
                 replay_from_segment: stored.replay_from_segment,
                 open_commits,
                 next_commit_id: stored.next_commit_id,
                 next_decision_id: stored.next_decision_id,
+                events_unsettled,
             });
         }
         Ok(loaded)
@@ -244,6 +267,18 @@ impl SnapshotStore {
             let key = open_commit_key(segment, open.commit.commit_id.0);
             self.open_commits.insert(key, frame::encode(open, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         }
+        // Replaced whole, before the meta: a crash in between leaves the
+        // earlier meta in force with its journal, whose replay hands those
+        // entries again, so a set that is too new only costs a catch-up.
+        let mut unsettled = sled::Batch::default();
+        for item in self.events_unsettled.iter() {
+            let (key, _) = item.map_err(&error)?;
+            unsettled.remove(key);
+        }
+        for account in &meta.events_unsettled {
+            unsettled.insert(&account.get().to_be_bytes(), &[]);
+        }
+        self.events_unsettled.apply_batch(unsettled).map_err(&error)?;
         self.db.flush().map_err(&error)?;
         let stored = StoredMeta {
             replay_from_segment: segment,

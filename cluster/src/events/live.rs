@@ -156,12 +156,15 @@ impl Drop for Subscription {
 pub struct EventFeeds {
     live: Arc<LiveEvents>,
     outbox: Option<Arc<dyn EventSink>>,
+    /// Without an outbox: the accounts the last checkpoint left unsettled,
+    /// kept for the next (a run without NATS does not forget them).
+    carried: Mutex<Vec<AccountId>>,
 }
 
 impl EventFeeds {
     /// Feeds `live`, and `outbox` if there is one.
     pub fn new(live: Arc<LiveEvents>, outbox: Option<Arc<dyn EventSink>>) -> EventFeeds {
-        EventFeeds { live, outbox }
+        EventFeeds { live, outbox, carried: Mutex::new(Vec::new()) }
     }
 }
 
@@ -177,6 +180,24 @@ impl EventSink for EventFeeds {
     /// so a checkpoint never waits for them.
     fn progress(&self) -> (u64, u64) {
         self.outbox.as_ref().map_or((0, 0), |outbox| outbox.progress())
+    }
+
+    fn unsettled(&self) -> Vec<AccountId> {
+        match &self.outbox {
+            Some(outbox) => outbox.unsettled(),
+            None => self.carried.lock().map(|carried| carried.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn resume(&self, accounts: Vec<AccountId>) {
+        match &self.outbox {
+            Some(outbox) => outbox.resume(accounts),
+            None => {
+                if let Ok(mut carried) = self.carried.lock() {
+                    *carried = accounts;
+                }
+            }
+        }
     }
 }
 

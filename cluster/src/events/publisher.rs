@@ -96,6 +96,7 @@ impl Run {
         let js = jetstream::new(client.clone());
         let mut pending: Vec<HistoryEntry> = Vec::new();
         let mut pause = Duration::from_millis(50);
+        let mut catch_up_pause = Duration::from_millis(50);
         loop {
             if pending.is_empty() {
                 pending = self.queue.take(self.options.batch_max).await;
@@ -107,11 +108,19 @@ impl Run {
                     pending.clear();
                     pause = Duration::from_millis(50);
                     if self.queue.is_empty() {
-                        for account in self.queue.take_lagging() {
-                            if let Err(error) = self.catch_up(&client, &js, &stream, account).await {
-                                tracing::warn!(%error, %account, "catching up an account's events failed; retrying");
-                                self.stream_last.remove(&account);
-                                self.queue.lag(account);
+                        for (account, mark) in self.queue.lagging() {
+                            match self.catch_up(&client, &js, &stream, account).await {
+                                Ok(()) => {
+                                    self.queue.caught_up(account, mark);
+                                    catch_up_pause = Duration::from_millis(50);
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, %account, "catching up an account's events failed; retrying");
+                                    self.stream_last.remove(&account);
+                                    tokio::time::sleep(catch_up_pause).await;
+                                    catch_up_pause = (catch_up_pause * 2).min(Duration::from_secs(2));
+                                    break;
+                                }
                             }
                         }
                     }
