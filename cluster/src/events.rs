@@ -33,10 +33,23 @@ pub fn subject(account_id: AccountId) -> String {
 /// or void names its hold); no other event does, and the lookup is skipped:
 /// a transfer a checkpoint moved out of memory costs a storage read, and
 /// a publisher catching up after an outage renders mostly such transfers.
-pub fn render(ledger: &Ledger, entry: &HistoryEntry) -> LedgerEvent {
+///
+/// Without that transfer the event would come out different (a void for
+/// an expiry, no `pending_id`), and the same change must always give the
+/// same event: so it is an error, and the caller tries again later. The
+/// ledger records a transfer before it hands on the entries it made, so
+/// only a failed storage read gets here.
+pub fn render(ledger: &Ledger, entry: &HistoryEntry) -> Result<LedgerEvent, TransferUnreadable> {
     let transfer = match &entry.event {
-        HistoryEvent::Leg(leg) if leg.pending_sub > 0 => ledger.transfer(leg.transfer_id),
+        HistoryEvent::Leg(leg) if leg.pending_sub > 0 => {
+            Some(ledger.transfer(leg.transfer_id).ok_or(TransferUnreadable(leg.transfer_id))?)
+        }
         _ => None,
     };
-    LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref()))
+    Ok(LedgerEvent::render(entry, transfer.as_ref().map(|record| record.transfer.as_ref())))
 }
+
+/// The transfer a history entry names could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("transfer {0} of a durable history entry could not be read")]
+pub struct TransferUnreadable(pub wallet_actors::TransferId);

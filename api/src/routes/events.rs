@@ -160,8 +160,15 @@ impl Feed {
     }
 
     fn send(&mut self, entry: &HistoryEntry) -> Option<Event> {
+        // Unreadable: the stream ends, and the client resumes from its last id.
+        let event = match wallet_cluster::events::render(&self.ledger, entry) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "ending an event stream");
+                return None;
+            }
+        };
         self.last = entry.sequence;
-        let event = wallet_cluster::events::render(&self.ledger, entry);
         Event::default().id(entry.sequence.to_string()).json_data(&event).ok()
     }
 }

@@ -244,7 +244,7 @@ impl Run {
             self.send(batch, client, js).await?;
         }
         batch.last.insert(entry.account_id, entry.sequence);
-        batch.events.push(self.render(entry));
+        batch.events.push(super::render(&self.ledger, entry)?);
         Ok(())
     }
 
@@ -288,10 +288,6 @@ impl Run {
             }
             self.publish(client, js, stream, &entries).await?;
         }
-    }
-
-    fn render(&self, entry: &HistoryEntry) -> LedgerEvent {
-        super::render(&self.ledger, entry)
     }
 
     /// One atomic batch: all of it is stored, or none. The headers are set
