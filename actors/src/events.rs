@@ -28,6 +28,15 @@ pub trait EventSink: Send + Sync {
     /// the second to reach what the first was when it captured.
     fn progress(&self) -> (u64, u64);
 
+    /// Whether entries made now need handing: when false, shards skip
+    /// copying what they make, so a node with no subscriber pays nothing
+    /// on its write path. Entries made while it said false are never
+    /// handed later; a sink that starts wanting reads them from the
+    /// durable history (a live watcher replays it before going live).
+    fn wants_entries(&self) -> bool {
+        true
+    }
+
     /// Accounts whose handed entries are not all published yet (queued,
     /// being sent, or dropped and to be read back). A checkpoint records
     /// them with the snapshot it writes: it takes their entries out of what

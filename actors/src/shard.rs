@@ -232,8 +232,9 @@ pub struct ShardState {
     history_recent: Vec<HistoryEntry>,
     /// ... and captured but not yet confirmed written.
     history_flushing: Arc<Vec<HistoryEntry>>,
-    /// How many of `history_recent` went to the ledger events' feed
-    /// ([`ShardState::take_new_history`]); stays 0 without a feed.
+    /// How many of `history_recent` went to the ledger events' feed, or
+    /// were skipped because it wanted none ([`ShardState::take_new_history`],
+    /// [`ShardState::skip_new_history`]); stays 0 without a feed.
     events_mark: usize,
     /// Risk rules checked with every new debit.
     rules: Arc<RuleSet>,
@@ -813,6 +814,12 @@ impl ShardState {
         let new = self.history_recent[self.events_mark.min(self.history_recent.len())..].to_vec();
         self.events_mark = self.history_recent.len();
         new
+    }
+
+    /// Marks the history made since the last take as seen without copying
+    /// it: the feed wants nothing now.
+    pub fn skip_new_history(&mut self) {
+        self.events_mark = self.history_recent.len();
     }
 
     /// History entries of an account after `after_sequence` still held in

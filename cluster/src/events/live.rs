@@ -182,6 +182,12 @@ impl EventSink for EventFeeds {
         self.outbox.as_ref().map_or((0, 0), |outbox| outbox.progress())
     }
 
+    /// An outbox wants every entry; live watchers only while any is open
+    /// (one opening now reads what it missed from the history).
+    fn wants_entries(&self) -> bool {
+        self.outbox.is_some() || self.live.watching() > 0
+    }
+
     fn unsettled(&self) -> Vec<AccountId> {
         match &self.outbox {
             Some(outbox) => outbox.unsettled(),
