@@ -51,45 +51,6 @@ impl Books {
         Ok(Books { client, base: base.to_string(), user, accounts })
     }
 
-    /// Eight clients transferring until `stop` is set or the server dies;
-    /// counts what was acknowledged.
-    pub fn load(
-        &self,
-        stop: Arc<AtomicBool>,
-        acknowledged: Arc<AtomicU64>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..8usize)
-            .map(|worker| {
-                let (client, base, user, accounts) =
-                    (self.client.clone(), self.base.clone(), self.user.clone(), self.accounts.clone());
-                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
-                tokio::spawn(async move {
-                    let mut round = 0usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        round += 1;
-                        let from = &accounts[(worker + round) % accounts.len()];
-                        let to = &accounts[(worker + round + 1) % accounts.len()];
-                        let body = json!({"id": uuid::Uuid::new_v4().to_string(), "from_account_id": from,
-                            "to_account_id": to, "amount": (1 + round % 7).to_string()});
-                        match client
-                            .post(format!("{base}/v1/transfers"))
-                            .bearer_auth(&user)
-                            .json(&body)
-                            .send()
-                            .await
-                        {
-                            Ok(reply) if reply.status().is_success() => {
-                                acknowledged.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
-                })
-            })
-            .collect()
-    }
-
     /// The API's sequence and available balance of each account.
     pub async fn read(&self) -> anyhow::Result<BTreeMap<String, (u64, String)>> {
         let mut seen = BTreeMap::new();
@@ -106,6 +67,71 @@ impl Books {
             seen.insert(account.clone(), (sequence, available));
         }
         Ok(seen)
+    }
+}
+
+/// Eight clients moving money between the books' accounts until stopped
+/// (or until the server goes away), counting what was acknowledged.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(books: &Books) -> Load {
+        let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let clients = (0..8usize)
+            .map(|worker| {
+                let (client, base, user, accounts) =
+                    (books.client.clone(), books.base.clone(), books.user.clone(), books.accounts.clone());
+                let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+                tokio::spawn(async move {
+                    let mut round = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        round += 1;
+                        let from = &accounts[(worker + round) % accounts.len()];
+                        let to = &accounts[(worker + round + 1) % accounts.len()];
+                        let body = json!({"id": uuid::Uuid::new_v4().to_string(), "from_account_id": from,
+                            "to_account_id": to, "amount": (1 + round % 7).to_string()});
+                        let url = format!("{base}/v1/transfers");
+                        match client.post(url).bearer_auth(&user).json(&body).send().await {
+                            Ok(reply) if reply.status().is_success() => {
+                                acknowledged.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acknowledged, clients }
+    }
+
+    /// Transfers acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits (30 s at most) until `count` transfers were acknowledged.
+    pub async fn reach(&self, count: u64) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while self.acknowledged() < count && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let done = self.acknowledged();
+        anyhow::ensure!(done >= count, "only {done} of {count} transfers under load");
+        Ok(())
+    }
+
+    /// Stops the clients and waits for them; gives what was acknowledged.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            let _ = client.await;
+        }
+        self.acknowledged.load(Ordering::Relaxed)
     }
 }
 
@@ -150,13 +176,6 @@ pub fn check_order(events: &[LedgerEvent]) -> anyhow::Result<BTreeMap<String, &L
         last.insert(event.account_id.clone(), event);
     }
     Ok(last)
-}
-
-pub async fn wait_for_count(acknowledged: &AtomicU64, at_least: u64) {
-    let started = Instant::now();
-    while acknowledged.load(Ordering::Relaxed) < at_least && started.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until the stream holds each account's events in order, once each,

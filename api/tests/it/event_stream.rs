@@ -4,15 +4,13 @@
 //! once, in sequence; heartbeats on an idle stream; 404 for another user's
 //! account; the node's own events work without NATS.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::StatusCode;
 use wallet_actors::events::LedgerEvent;
 
-use crate::event_books::{wait_for_count, Books, PASSWORD};
+use crate::event_books::{Books, Load, PASSWORD};
 use crate::helpers::{Server, TestApp};
 
 /// One SSE frame.
@@ -120,12 +118,11 @@ async fn a_stream_resumed_after_kill_9_sees_every_event_once_in_order() -> anyho
     let watched = books.accounts[0].clone();
 
     // From the opening, while money moves: history first, then live.
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
+    let load = Load::start(&books);
     let mut stream = EventStream::open(&books.client, &books.base, &books.user, &watched, None).await?;
     let first = stream.read_through(0, 2).await?;
     anyhow::ensure!(first[0].kind.name() == "account.opened", "first event {:?}", first[0].kind);
-    wait_for_count(&acknowledged, 200).await;
+    load.reach(200).await?;
     let (now, _) = sequence_of(&books, &watched).await?;
     stream.read_through(2, now).await?;
     let mut last = now;
@@ -133,10 +130,7 @@ async fn a_stream_resumed_after_kill_9_sees_every_event_once_in_order() -> anyho
     // Killed under load, mid-stream.
     server.signal("-KILL")?;
     server.wait()?;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
+    load.stop().await;
     // What the stream had room to carry before the kill (acknowledged or not,
     // each was durable before it was sent) ...
     while let Some(frame) = stream.next().await? {
@@ -149,14 +143,10 @@ async fn a_stream_resumed_after_kill_9_sees_every_event_once_in_order() -> anyho
     // ... then the rest after the restart, from `Last-Event-ID`, while money moves again.
     server = Server::start(&data, Some(PASSWORD))?;
     books.base = server.base.clone();
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
+    let load = Load::start(&books);
     let mut stream = EventStream::open(&books.client, &books.base, &books.user, &watched, Some(last)).await?;
-    wait_for_count(&acknowledged, 200).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
+    load.reach(200).await?;
+    load.stop().await;
     let (end, available) = sequence_of(&books, &watched).await?;
     let rest = stream.read_through(last, end).await?;
     let final_event = rest.last().context("no events after the restart")?;

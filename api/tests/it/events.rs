@@ -4,14 +4,12 @@
 //! while transfers go on. Every account's events are in the stream once
 //! each, in sequence order without a gap, and end at the API's balance.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use wallet_testkit::nats::NatsServer;
 
-use crate::event_books::{wait_for_count, wait_until_published, Books, PASSWORD};
+use crate::event_books::{wait_until_published, Books, Load, PASSWORD};
 use crate::helpers::Server;
 
 #[tokio::test]
@@ -27,16 +25,11 @@ async fn every_change_is_published_once_in_order_across_kill_9_and_a_nats_outage
 
     // Kill -9 the node under load, twice (it comes back on another port).
     for _ in 0..2 {
-        let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let clients = books.load(stop.clone(), acknowledged.clone());
-        wait_for_count(&acknowledged, 300).await;
+        let load = Load::start(&books);
+        load.reach(300).await?;
         server.signal("-KILL")?;
         server.wait()?;
-        stop.store(true, Ordering::Relaxed);
-        for client in clients {
-            let _ = client.await;
-        }
-        anyhow::ensure!(acknowledged.load(Ordering::Relaxed) >= 300, "too few transfers before the kill");
+        load.stop().await;
         // Past the duplicate window: `Nats-Msg-Id` no longer hides a second
         // publication of what the restart replays.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -45,19 +38,15 @@ async fn every_change_is_published_once_in_order_across_kill_9_and_a_nats_outage
     }
 
     // NATS away for three duplicate windows while money moves.
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
-    wait_for_count(&acknowledged, 100).await;
+    let load = Load::start(&books);
+    load.reach(100).await?;
     nats.kill()?;
     let outage = Instant::now();
-    wait_for_count(&acknowledged, 400).await;
+    load.reach(400).await?;
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed())).await;
     nats.restart()?;
-    wait_for_count(&acknowledged, 600).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
+    load.reach(600).await?;
+    load.stop().await;
 
     wait_until_published(&url, &books).await
 }
@@ -74,16 +63,11 @@ async fn events_the_queue_had_no_room_for_are_read_back_from_history() -> anyhow
     let server = Server::start_with(&dir.path().join("wallet"), Some(PASSWORD), &flags)?;
     let books = Books::open(&server.base).await?;
     nats.kill()?;
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
-    wait_for_count(&acknowledged, 500).await;
+    let load = Load::start(&books);
+    load.reach(500).await?;
     nats.restart()?;
-    wait_for_count(&acknowledged, 800).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
-    anyhow::ensure!(acknowledged.load(Ordering::Relaxed) >= 800, "too few transfers");
+    load.reach(800).await?;
+    load.stop().await;
     wait_until_published(&url, &books).await?;
     let metrics = books.client.get(format!("{}/metrics", books.base)).send().await?.text().await?;
     anyhow::ensure!(
@@ -105,13 +89,9 @@ async fn while_nats_is_down_the_node_stays_ready_and_reports_its_backlog() -> an
         Server::start_with(&dir.path().join("wallet"), Some(PASSWORD), &["--nats-url", url.as_str()])?;
     let books = Books::open(&server.base).await?;
     nats.kill()?;
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
-    wait_for_count(&acknowledged, 200).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
+    let load = Load::start(&books);
+    load.reach(200).await?;
+    load.stop().await;
     let ready = books.client.get(format!("{}/readyz", books.base)).send().await?.status();
     anyhow::ensure!(ready == StatusCode::OK, "/readyz answered {ready} while NATS was down");
     let lag = |metrics: &str| -> Option<f64> {
@@ -145,13 +125,9 @@ async fn events_a_checkpoint_could_not_wait_for_are_published_after_a_restart() 
     let mut server = Server::start_with(&data, Some(PASSWORD), &flags)?;
     let mut books = Books::open(&server.base).await?;
     nats.kill()?;
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
-    wait_for_count(&acknowledged, 200).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
+    let load = Load::start(&books);
+    load.reach(200).await?;
+    load.stop().await;
     let metrics = books.client.get(format!("{}/metrics", books.base)).send().await?.text().await?;
     server.signal("-TERM")?;
     let status = server.wait()?;

@@ -6,15 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use wallet_testkit::nats::NatsServer;
 use wallet_testkit::postgres::Postgres;
 
-use crate::event_books::{wait_for_count, wait_until_published, Books, PASSWORD};
+use crate::event_books::{wait_until_published, Books, Load, PASSWORD};
 use crate::helpers::Server;
 
 /// The example's binary: `cargo test` (and so nextest) builds a package's
@@ -94,9 +92,8 @@ async fn the_projection_matches_the_api_after_a_kill_9_mid_stream() -> anyhow::R
     let log = dir.path().join("projection.log");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients = books.load(stop.clone(), acknowledged.clone());
-    wait_for_count(&acknowledged, 200).await;
+    let load = Load::start(&books);
+    load.reach(200).await?;
 
     // Killed once it has written, while the load still makes events.
     let mut projection = start_projection(&url, &pg_url, &log, &[])?;
@@ -114,16 +111,8 @@ async fn the_projection_matches_the_api_after_a_kill_9_mid_stream() -> anyhow::R
     };
     projection.kill()?;
     projection.wait()?;
-    let at_kill = acknowledged.load(Ordering::Relaxed);
-    wait_for_count(&acknowledged, at_kill + 300).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let _ = client.await;
-    }
-    anyhow::ensure!(
-        acknowledged.load(Ordering::Relaxed) >= at_kill + 300,
-        "too few transfers after the kill"
-    );
+    load.reach(load.acknowledged() + 300).await?;
+    load.stop().await;
     wait_until_published(&url, &books).await?;
 
     // Started again, it resumes from its durable consumer and runs to the end.

@@ -7,15 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::Value;
 use wallet_testkit::nats::NatsServer;
 
-use crate::event_books::{wait_for_count, wait_until_published, Books, PASSWORD};
+use crate::event_books::{wait_until_published, Books, Load, PASSWORD};
 use crate::helpers::{login, Server};
 
 /// Cargo builds the examples with the tests, into `target/<profile>/examples/`
@@ -79,35 +77,6 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.kill();
-        }
-    }
-}
-
-/// Load until `stop` is set: the clients, and what they had acknowledged.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<AtomicU64>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(books: &Books) -> Load {
-        let (stop, acknowledged) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let clients = books.load(stop.clone(), acknowledged.clone());
-        Load { stop, acknowledged, clients }
-    }
-
-    async fn reach(&self, count: u64) -> anyhow::Result<()> {
-        wait_for_count(&self.acknowledged, count).await;
-        let done = self.acknowledged.load(Ordering::Relaxed);
-        anyhow::ensure!(done >= count, "only {done} of {count} transfers under load");
-        Ok(())
-    }
-
-    async fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            let _ = client.await;
         }
     }
 }
