@@ -9,11 +9,14 @@
 //! - [`scan`]: what a checkpoint reads from the journal segments it retires.
 //! - [`embedded`]: the single-node ledger: recover from the data directory,
 //!   then serve.
+//! - `checkpoint`: what the embedded node does in the background: checkpoints,
+//!   and rebuilding the shards from durable state after a failure.
 //! - [`runs`]: immutable sorted runs: the transfer index and account history.
 //! - [`faults`]: named points where tests make storage fail or stop.
 
 use std::path::{Path, PathBuf};
 
+mod checkpoint;
 pub mod embedded;
 pub mod faults;
 pub mod frame;
@@ -23,7 +26,8 @@ pub mod scan;
 pub mod segment;
 pub mod snapshot;
 
-pub use embedded::{CheckpointReport, EmbeddedLedger, EmbeddedOptions, RecoveryReport};
+pub use checkpoint::CheckpointReport;
+pub use embedded::{EmbeddedLedger, EmbeddedOptions, RecoveryReport};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
 
 /// Why storage failed.
