@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use wallet_actors::account::{Leg, Side};
-use wallet_actors::record::{Applied, Journal, Record, SequencedEvent, RECORD_FORMAT_VERSION};
+use wallet_actors::ports::Journal;
+use wallet_actors::record::{Applied, Record, SequencedEvent, RECORD_FORMAT_VERSION};
 use wallet_actors::shard::{HoldChange, Planned, ShardState};
 use wallet_actors::transfer::{Transfer, TransferKind};
 use wallet_actors::{AccountEvent, ShardId};

@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
-use wallet_actors::events::EventSink;
+use wallet_actors::ports::EventSink;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,

@@ -16,8 +16,8 @@ mod shared;
 mod supervisor;
 
 pub use msg::{ChainOp, CreditOp, OpOutcome, OutcomeSender, PrepareOutcome, ShardMsg};
-pub use router::{LocalRouter, ShardRouter};
-pub use shared::{Failure, HistoryIndex, JournalGate, Shared};
+pub use router::LocalRouter;
+pub use shared::{Failure, JournalGate, Shared};
 pub use supervisor::{ShardSupervisor, SupervisorMsg, SupervisorState};
 
 use std::sync::atomic::Ordering;
@@ -26,7 +26,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::ids::ShardId;
-use crate::record::{Applied, JournalError, Record, ShardApplied};
+use crate::ports::JournalError;
+use crate::record::{Applied, Record, ShardApplied};
 use crate::rejection::Rejection;
 use crate::shard::{commit_record, IndexedRejection, Planned, ShardState};
 use crate::LedgerError;

@@ -7,51 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::account::{Balances, Side};
-use crate::ids::{AccountId, ShardId};
 use crate::shard::{HistoryEntry, HistoryEvent};
 use crate::transfer::{Transfer, TransferKind};
 use crate::AccountStatus;
-
-/// Where shards hand the history entries whose records are durable: the
-/// ledger events' feed (an outbox publisher). Called on the journal's
-/// completion thread, in each shard's record order, and at the start of
-/// every generation of shards with the entries recovery replayed (already
-/// durable; possibly published before a crash, so a feed deduplicates by
-/// account sequence). It must not block.
-pub trait EventSink: Send + Sync {
-    /// `entries` of `shard`, durable, in the order they were made.
-    fn durable(&self, shard: ShardId, entries: Vec<HistoryEntry>);
-
-    /// How many entries it was handed, and how many of those it is done
-    /// with (published, or found published before). A checkpoint, which
-    /// takes entries out of what recovery replays, waits a bounded time for
-    /// the second to reach what the first was when it captured.
-    fn progress(&self) -> (u64, u64);
-
-    /// Whether entries made now need handing: when false, shards skip
-    /// copying what they make, so a node with no subscriber pays nothing
-    /// on its write path. Entries made while it said false are never
-    /// handed later; a sink that starts wanting reads them from the
-    /// durable history (a live watcher replays it before going live).
-    fn wants_entries(&self) -> bool {
-        true
-    }
-
-    /// Accounts whose handed entries are not all published yet (queued,
-    /// being sent, or dropped and to be read back). A checkpoint records
-    /// them with the snapshot it writes: it takes their entries out of what
-    /// a restart replays, so the next start must catch them up instead.
-    fn unsettled(&self) -> Vec<AccountId> {
-        Vec::new()
-    }
-
-    /// At start: `accounts`, recorded by the last checkpoint as unsettled,
-    /// may have durable entries no replay hands again; the feed reads them
-    /// back from the history (from what it finds already published).
-    fn resume(&self, accounts: Vec<AccountId>) {
-        let _ = accounts;
-    }
-}
 
 /// What happened to the account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

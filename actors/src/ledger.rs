@@ -29,11 +29,12 @@ use crate::actor::{
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{stable_hash, AccountId, UserId};
-use crate::record::{append_durable, Clock, Journal, Record};
+use crate::ports::{append_durable, Ports, Stored};
+use crate::record::Record;
 use crate::recovery::Recovered;
 use crate::registry::TransferRecord;
 use crate::rejection::Rejection;
-use crate::risk::{Decision, DecisionIndex, DecisionLog, Rule, RuleSet};
+use crate::risk::{Decision, DecisionLog, Rule, RuleSet};
 use crate::shard::{HoldChange, Planned};
 use crate::transfer::TransferStatus;
 use crate::LedgerError;
@@ -162,13 +163,12 @@ struct Inner {
     next_commit_id: AtomicU64,
     timeout: Duration,
     /// Emptied at shutdown, so the snapshot store can close.
-    account_source: std::sync::RwLock<Option<Arc<dyn crate::shard::AccountSource>>>,
+    account_source: std::sync::RwLock<Option<Arc<dyn crate::ports::AccountSource>>>,
 }
 
 /// What every generation of a ledger shares.
 struct Base {
     config: Arc<LedgerConfig>,
-    clock: Arc<dyn Clock>,
     /// Woken when a generation fails.
     failed: Arc<Notify>,
     rules: std::sync::RwLock<Arc<RuleSet>>,
@@ -176,8 +176,15 @@ struct Base {
     /// rules change during a rebuild reaches the new shards.
     rules_change: tokio::sync::Mutex<()>,
     admission: Arc<Semaphore>,
-    /// Where every generation's shards hand durable history (ledger events).
-    events: Option<Arc<dyn crate::events::EventSink>>,
+    /// What every generation is plugged into; its stored parts are let go
+    /// of at shutdown ([`Ledger::detach_storage`]).
+    ports: std::sync::RwLock<Ports>,
+}
+
+impl Base {
+    fn ports(&self) -> Ports {
+        self.ports.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 /// The current generation and what all of them share.
@@ -201,20 +208,23 @@ pub struct Ledger {
 async fn spawn_generation(
     recovered: Recovered,
     completions: Vec<Record>,
-    journal: Arc<dyn Journal>,
     cell: &Base,
 ) -> Result<Inner, LedgerError> {
+    let ports = cell.ports();
     let router = Arc::new(LocalRouter::default());
-    let gate = Arc::new(JournalGate::new(journal));
+    let gate = Arc::new(JournalGate::new(ports.journal));
+    let decisions = DecisionLog::new(recovered.next_decision_id, recovered.decisions);
+    decisions.set_index(ports.stored.decisions);
     let mut shared = Shared::new(
         router.clone(),
         gate.clone(),
         recovered.registry,
-        DecisionLog::new(recovered.next_decision_id, recovered.decisions),
-        cell.clock.clone(),
+        decisions,
+        ports.clock,
         cell.failed.clone(),
     );
-    shared.events = cell.events.clone();
+    shared.events = ports.events;
+    shared.history = std::sync::RwLock::new(ports.stored.history);
     let shared = Arc::new(shared);
     let timeout = Duration::from_millis(cell.config.request_timeout_ms);
     for record in completions {
@@ -278,6 +288,18 @@ async fn ask_shard<T: Send + 'static>(
 }
 
 impl Inner {
+    /// Lets go of storage: its indexes and account source.
+    fn detach_storage(&self) {
+        self.shared.registry.detach_index();
+        if let Ok(mut slot) = self.shared.history.write() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.account_source.write() {
+            *slot = None;
+        }
+        self.shared.decisions.set_index(None);
+    }
+
     /// Refuses work once this generation failed.
     fn check_serving(&self) -> Result<(), LedgerError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
@@ -317,21 +339,18 @@ impl Ledger {
     pub async fn start(
         recovered: Recovered,
         completions: Vec<Record>,
-        journal: Arc<dyn Journal>,
-        clock: Arc<dyn Clock>,
+        ports: Ports,
         config: LedgerConfig,
-        events: Option<Arc<dyn crate::events::EventSink>>,
     ) -> Result<Ledger, LedgerError> {
         let base = Base {
-            events,
             admission: Arc::new(Semaphore::new(config.in_flight_max)),
             config: Arc::new(config),
-            clock,
+            ports: std::sync::RwLock::new(ports),
             failed: Arc::new(Notify::new()),
             rules: Default::default(),
             rules_change: tokio::sync::Mutex::new(()),
         };
-        let inner = spawn_generation(recovered, completions, journal, &base).await?;
+        let inner = spawn_generation(recovered, completions, &base).await?;
         let cell = Cell {
             current: ArcSwap::from_pointee(inner),
             base,
@@ -403,32 +422,16 @@ impl Ledger {
     }
 
     /// Replaces the halted shards by new ones started on `recovered` (state
-    /// read back from storage after [`Ledger::halt`]), keeping the rules and
-    /// the history and decision indexes. Every clone of this ledger serves
-    /// from the new shards once this returns.
-    pub async fn restart(
-        &self,
-        recovered: Recovered,
-        completions: Vec<Record>,
-        journal: Arc<dyn Journal>,
-    ) -> Result<(), LedgerError> {
+    /// read back from storage after [`Ledger::halt`]), on the same ports and
+    /// rules. Every clone of this ledger serves from the new shards once
+    /// this returns.
+    pub async fn restart(&self, recovered: Recovered, completions: Vec<Record>) -> Result<(), LedgerError> {
         let _rules = self.cell.base.rules_change.lock().await;
         let old = self.inner();
-        let inner = spawn_generation(recovered, completions, journal, &self.cell.base).await?;
-        let history = old.shared.history.read().ok().and_then(|h| h.clone());
-        if let Ok(mut slot) = inner.shared.history.write() {
-            *slot = history;
-        }
-        inner.shared.decisions.set_index(old.shared.decisions.index());
+        let inner = spawn_generation(recovered, completions, &self.cell.base).await?;
         self.cell.current.store(Arc::new(inner));
         // The old generation lets go of storage, which must be able to close.
-        if let Ok(mut slot) = old.shared.history.write() {
-            *slot = None;
-        }
-        if let Ok(mut slot) = old.account_source.write() {
-            *slot = None;
-        }
-        old.shared.decisions.set_index(None);
+        old.detach_storage();
         self.cell.rebuilds.fetch_add(1, Ordering::SeqCst);
         metrics::counter!("wallet_shard_rebuilds_total").increment(1);
         Ok(())
@@ -495,7 +498,7 @@ impl Ledger {
             return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
         }
         let shard = self.shard_of(new.id).clone();
-        let account = new.opened_at(self.cell.base.clock.now_ms());
+        let account = new.opened_at(self.inner().shared.clock.now_ms());
         self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
     }
 
@@ -608,11 +611,6 @@ impl Ledger {
         self.inner().shared.decisions.list(account_id, after_id, limit).map_err(|_| LedgerError::Unavailable)
     }
 
-    /// Sets (or, with `None`, lets go of) where older decisions are read.
-    pub fn set_decision_index(&self, index: Option<Arc<dyn DecisionIndex>>) {
-        self.inner().shared.decisions.set_index(index);
-    }
-
     /// Decisions held in memory, for a snapshot.
     pub fn recent_decisions(&self) -> Vec<Decision> {
         self.inner().shared.decisions.recent()
@@ -629,22 +627,14 @@ impl Ledger {
         self.inner().shared.decisions.forget_up_to(up_to_id);
     }
 
-    /// Sets where history older than the last snapshot is read.
-    pub fn set_history_index(&self, index: Arc<dyn crate::actor::HistoryIndex>) {
-        if let Ok(mut slot) = self.inner().shared.history.write() {
-            *slot = Some(index);
-        }
-    }
-
-    /// Lets go of the history index and the account source (at shutdown,
-    /// after the shards stopped), so storage can close.
-    pub fn detach_history_index(&self) {
-        if let Ok(mut slot) = self.inner().shared.history.write() {
-            *slot = None;
-        }
-        if let Ok(mut slot) = self.inner().account_source.write() {
-            *slot = None;
-        }
+    /// Lets go of every stored part of its ports (at shutdown, after the
+    /// shards stopped), so storage can close. From then on no transfer id
+    /// can be claimed and no older history, decision or account read.
+    pub fn detach_storage(&self) {
+        let mut ports = self.cell.base.ports.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ports.stored = Stored::default();
+        drop(ports);
+        self.inner().detach_storage();
     }
 
     /// Tells every shard that storage wrote the last capture's history.

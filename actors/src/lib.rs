@@ -1,7 +1,7 @@
 //! # wallet-actors: the ledger's domain and its shard actors
 //!
 //! Everything here is pure or in-memory: no disk, no network, no HTTP.
-//! Storage plugs in through [`record::Journal`]; time through [`record::Clock`].
+//! Storage, time, other shards and subscribers plug in through [`ports`].
 //!
 //! Modules, from the smallest piece up:
 //! - [`ids`]: `AccountId`, `UserId`, `TransferId`, `ShardId`, and stable shard placement.
@@ -12,7 +12,8 @@
 //!   the only code that changes a balance.
 //! - [`risk`]: risk rules checked with the debit, and velocity windows.
 //! - [`transfer`]: requests, stored transfers, stateless checks.
-//! - [`record`]: what goes in the journal, and the `Journal` and `Clock` traits.
+//! - [`ports`]: every seam to the world outside the engine, and the `Ports` bundle.
+//! - [`record`]: what goes in the journal.
 //! - [`shard`]: one shard's accounts, holds and reservations, as plain functions.
 //! - [`actor`]: the ractor actor that owns a shard and serializes its messages.
 //! - [`registry`]: transfer ids, for exactly-once and reads by id.
@@ -27,6 +28,7 @@ pub mod events;
 pub mod hash;
 pub mod ids;
 pub mod ledger;
+pub mod ports;
 pub mod record;
 pub mod recovery;
 pub mod registry;

@@ -1,8 +1,9 @@
-//! The journal's records and the traits behind which storage lives.
+//! The journal's records.
 //!
-//! The actors never touch a disk: they hand [`Record`]s to a [`Journal`] and
-//! hear back once the record is durable. The embedded node's journal is a
-//! file (`wallet-storage`); cluster mode adds one on NATS JetStream.
+//! The actors never touch a disk: they hand [`Record`]s to a
+//! [`crate::ports::Journal`] and hear back once the record is durable. The
+//! embedded node's journal is a file (`wallet-storage`); cluster mode adds
+//! one on NATS JetStream.
 
 use std::sync::Arc;
 
@@ -113,103 +114,4 @@ pub struct ShardApplied {
     pub shard_id: ShardId,
     /// Sequence numbers given to its legs, in leg order.
     pub sequences: Vec<u64>,
-}
-
-/// Why a journal could not make a record durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum JournalError {
-    /// A write or sync failed; whether the record is durable is unknown, so
-    /// the ledger stops taking writes until it is restarted and recovers.
-    #[error("journal write failed: {kind}")]
-    Io {
-        /// The I/O error's kind.
-        kind: std::io::ErrorKind,
-    },
-    /// The journal was shut down.
-    #[error("journal is closed")]
-    Closed,
-}
-
-/// Called once a record is durable, or once it is known it may not be.
-pub type OnDurable = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
-
-/// An append-only durable log of [`Record`]s.
-///
-/// Guarantees asked of an implementation: records become durable in the
-/// order appended (a durable record implies every earlier one is durable);
-/// `on_durable` is called exactly once per record, after it is durable, and in
-/// append order; appends never block the caller.
-pub trait Journal: Send + Sync + 'static {
-    /// Queues `record`; calls `on_durable` once it is durable.
-    fn append(&self, record: Record, on_durable: OnDurable);
-
-    /// Calls `on_durable` once every record appended before this call is
-    /// durable (or once it is known one may not be), in order with the
-    /// callbacks of those records. Reads wait on it so that they never show
-    /// a change that a crash could still take back. The default appends an
-    /// empty record; an implementation may write nothing at all.
-    fn when_durable(&self, on_durable: OnDurable) {
-        self.append(Record::Batch(Vec::new()), on_durable);
-    }
-}
-
-/// Appends `record` and waits until it is durable (records recovery
-/// produced, checkpoint markers, barriers: not the hot path, which never
-/// waits inside a shard).
-pub async fn append_durable(journal: &dyn Journal, record: Record) -> Result<(), JournalError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    journal.append(
-        record,
-        Box::new(move |result| {
-            let _ = tx.send(result);
-        }),
-    );
-    rx.await.unwrap_or(Err(JournalError::Closed))
-}
-
-/// The ledger's clock, in milliseconds since the Unix epoch. A trait so tests
-/// can drive pending-transfer expiry.
-pub trait Clock: Send + Sync + 'static {
-    /// Now.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told: for tests.
-#[derive(Debug, Default)]
-pub struct ManualClock(std::sync::atomic::AtomicU64);
-
-impl ManualClock {
-    /// A clock reading `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(std::sync::atomic::AtomicU64::new(now_ms))
-    }
-
-    /// Moves it forward.
-    pub fn advance_ms(&self, by_ms: u64) {
-        self.0.fetch_add(by_ms, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Sets it.
-    pub fn set_ms(&self, now_ms: u64) {
-        self.0.store(now_ms, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }

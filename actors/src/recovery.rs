@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::ids::{CommitId, ShardId};
+use crate::ports::Stored;
 use crate::record::{Commit, Record};
 use crate::registry::TransferRegistry;
 use crate::shard::{ReplayError, ShardState};
@@ -36,7 +37,7 @@ pub struct Recovered {
     /// The id the next durable decision gets.
     pub next_decision_id: u64,
     /// Where passivated accounts are read back from, if anywhere.
-    pub account_source: Option<Arc<dyn crate::shard::AccountSource>>,
+    pub account_source: Option<Arc<dyn crate::ports::AccountSource>>,
 }
 
 /// A commit some of whose shards had not applied their legs.
@@ -66,7 +67,7 @@ pub struct Recovery {
     snapshot_marker: Option<u64>,
     /// Markers of later checkpoints, which did not write their meta.
     later_markers: usize,
-    source: Option<Arc<dyn crate::shard::AccountSource>>,
+    source: Option<Arc<dyn crate::ports::AccountSource>>,
 }
 
 impl Recovery {
@@ -91,14 +92,22 @@ impl Recovery {
 
     /// Starts from a snapshot: open holds, and commits whose legs some
     /// shards had not applied when it was taken. Accounts are read from the
-    /// snapshot when first named ([`Recovery::set_account_source`]).
+    /// snapshot (`stored.accounts`) when first named, and transfers older
+    /// than it from `stored.transfers`.
     pub fn from_snapshot(
         shard_count: u16,
         holds: impl IntoIterator<Item = crate::shard::Hold>,
         open_commits: Vec<OpenCommit>,
         next_commit_id: u64,
+        stored: &Stored,
     ) -> Self {
         let mut recovery = Recovery::new(shard_count);
+        if let Some(transfers) = &stored.transfers {
+            recovery.registry.set_index(transfers.clone());
+        }
+        if let Some(accounts) = &stored.accounts {
+            recovery.set_account_source(accounts.clone());
+        }
         let count = recovery.shard_count;
         for hold in holds {
             let shard = hold.debit_account_id.shard(count).0 as usize;
@@ -157,15 +166,9 @@ impl Recovery {
         self.next_commit_id
     }
 
-    /// The registry being rebuilt: storage sets its index before replay, so
-    /// that a replayed post or void of an older hold updates its status.
-    pub fn registry(&self) -> &Arc<TransferRegistry> {
-        &self.registry
-    }
-
     /// Accounts need not be loaded up front: each is read from `source`
     /// when a record or, later, a message names it.
-    pub fn set_account_source(&mut self, source: Arc<dyn crate::shard::AccountSource>) {
+    fn set_account_source(&mut self, source: Arc<dyn crate::ports::AccountSource>) {
         for shard in &mut self.shards {
             shard.set_source(source.clone());
         }

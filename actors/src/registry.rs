@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::hash::HashMap;
 use crate::ids::{stable_hash, TransferId};
+use crate::ports::{ReadError, TransferIndex};
 use crate::transfer::{Transfer, TransferRequest, TransferStatus};
 
 const STRIPES: usize = 64;
@@ -41,28 +42,14 @@ pub enum Claim {
     Unavailable,
 }
 
-/// Where transfers older than the last snapshot are found: storage keeps
-/// them, so that memory holds only recent ones and "at most once, ever"
-/// still holds.
-pub trait TransferIndex: Send + Sync + 'static {
-    /// The transfer with this id, if storage has it.
-    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError>;
-}
-
 /// The index after shutdown: it knows nothing, so it refuses every look-up.
 struct Detached;
 
 impl TransferIndex for Detached {
-    fn get(&self, _id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
-        Err(TransferIndexError)
+    fn get(&self, _id: TransferId) -> Result<Option<TransferRecord>, ReadError> {
+        Err(ReadError)
     }
 }
-
-/// The index could not be read: whether the id was used is unknown, so the
-/// request must not go ahead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the transfer index could not be read")]
-pub struct TransferIndexError;
 
 /// The id registry: a striped map so that shards of work do not contend,
 /// in front of the storage's [`TransferIndex`].
@@ -97,7 +84,7 @@ impl TransferRegistry {
     }
 
     /// Sets where older transfers are looked up.
-    pub fn set_index(&self, index: Arc<dyn TransferIndex>) {
+    pub(crate) fn set_index(&self, index: Arc<dyn TransferIndex>) {
         if let Ok(mut slot) = self.index.write() {
             *slot = Some(index);
         }
@@ -105,14 +92,14 @@ impl TransferRegistry {
 
     /// Lets go of the index (at shutdown, so storage can close). From then
     /// on nothing may be claimed.
-    pub fn detach_index(&self) {
+    pub(crate) fn detach_index(&self) {
         if let Ok(mut slot) = self.index.write() {
             *slot = Some(Arc::new(Detached));
         }
     }
 
-    fn lookup_index(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
-        let index = self.index.read().map_err(|_| TransferIndexError)?.clone();
+    fn lookup_index(&self, id: TransferId) -> Result<Option<TransferRecord>, ReadError> {
+        let index = self.index.read().map_err(|_| ReadError)?.clone();
         match index {
             Some(index) => index.get(id),
             None => Ok(None),

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::Account;
 use crate::amount::Amount;
 use crate::ids::{AccountId, TransferId, UserId};
+use crate::ports::DecisionIndex;
 use crate::rejection::Rejection;
 
 pub use crate::ids::RuleId;
@@ -519,18 +520,6 @@ mod tests {
     }
 }
 
-/// Where decisions older than the last snapshot are read.
-pub trait DecisionIndex: Send + Sync + 'static {
-    /// Decisions with an id above `after_id`, of `account_id` when given,
-    /// oldest first, at most `limit`.
-    fn decisions(
-        &self,
-        account_id: Option<AccountId>,
-        after_id: u64,
-        limit: usize,
-    ) -> Result<Vec<Decision>, crate::registry::TransferIndexError>;
-}
-
 /// The ledger's decisions: the newest in memory (since the last snapshot),
 /// the rest in a [`DecisionIndex`].
 ///
@@ -594,11 +583,6 @@ impl DecisionLog {
         self.lock().index = index;
     }
 
-    /// Where older decisions are read.
-    pub fn index(&self) -> Option<std::sync::Arc<dyn DecisionIndex>> {
-        self.lock().index.clone()
-    }
-
     /// The decisions in memory, for a snapshot.
     pub fn recent(&self) -> Vec<Decision> {
         self.lock().recent.clone()
@@ -615,7 +599,7 @@ impl DecisionLog {
         account_id: Option<AccountId>,
         after_id: u64,
         limit: usize,
-    ) -> Result<Vec<Decision>, crate::registry::TransferIndexError> {
+    ) -> Result<Vec<Decision>, crate::ports::ReadError> {
         let (index, recent) = {
             let inner = self.lock();
             let recent: Vec<Decision> = inner

@@ -11,8 +11,8 @@ use crate::account::{
 use crate::asset::Asset;
 use crate::hash::{HashMap, HashSet};
 use crate::ids::{AccountId, CommitId, ShardId, TransferId};
+use crate::ports::{AccountSource, ReadError};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
-use crate::registry::TransferIndexError;
 use crate::rejection::Rejection;
 use crate::risk::{Debit, RuleSet};
 use crate::transfer::{Transfer, TransferKind, TransferStatus};
@@ -158,22 +158,12 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Where passivated accounts are read back from: the snapshot store. Reads
-/// are synchronous and short (a key look-up); a failed read poisons the
-/// ledger, as a failed journal write does.
-pub trait AccountSource: Send + Sync + 'static {
-    /// The account as of the last snapshot, if it is there.
-    fn load(&self, account_id: AccountId) -> Result<Option<Account>, TransferIndexError>;
-    /// Every account in the snapshot (audits and tests: reads them all).
-    fn all(&self) -> Result<Vec<Account>, TransferIndexError>;
-}
-
 /// Why durable state could not be loaded or replayed into a shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
     /// An account could not be read back from the snapshot.
     #[error("an account could not be read back from the snapshot")]
-    SnapshotRead(#[from] TransferIndexError),
+    SnapshotRead(#[from] ReadError),
     /// Applying the record (or loading the account) would break a guarantee.
     #[error(transparent)]
     Broken(#[from] InvariantBroken),

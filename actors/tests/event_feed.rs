@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::events::EventSink;
-use wallet_actors::record::{Journal, ManualClock, OnDurable, Record};
+
+use wallet_actors::ports::{EventSink, Journal, ManualClock, OnDurable, Ports};
+use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{
@@ -76,10 +77,11 @@ async fn a_feed_that_wants_nothing_is_handed_nothing() -> anyhow::Result<()> {
     let sink = Arc::new(RecordingSink::default());
     let (recovered, completions) = Recovery::new(4).finish()?;
     let config = LedgerConfig { shard_count: 4, ..LedgerConfig::default() };
-    let clock = Arc::new(ManualClock::new(1));
-    let ledger =
-        Ledger::start(recovered, completions, Arc::new(InstantJournal), clock, config, Some(sink.clone()))
-            .await?;
+    let ports = Ports {
+        events: Some(sink.clone()),
+        ..Ports::new(Arc::new(InstantJournal), Arc::new(ManualClock::new(1)))
+    };
+    let ledger = Ledger::start(recovered, completions, ports, config).await?;
     let user_id = UserId::new(2).map_err(|_| anyhow::anyhow!("user"))?;
     for n in 1..=2 {
         let flags = if n == 1 { AccountFlags::UNLIMITED } else { AccountFlags::WALLET };

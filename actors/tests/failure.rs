@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use wallet_actors::account::AccountFlags;
 use wallet_actors::actor::Failure;
-use wallet_actors::record::{Journal, JournalError, ManualClock, OnDurable, Record};
+use wallet_actors::ports::{Journal, JournalError, ManualClock, OnDurable, Ports};
+use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::{Amount, Asset, Ledger, LedgerConfig, LedgerError, NewAccount, UserId};
 
@@ -22,15 +23,8 @@ impl Journal for FailingJournal {
 async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::Result<()> {
     let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
     let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
-    let ledger = Ledger::start(
-        recovered,
-        completions,
-        Arc::new(FailingJournal),
-        Arc::new(ManualClock::new(1)),
-        config,
-        None,
-    )
-    .await?;
+    let ports = Ports::new(Arc::new(FailingJournal), Arc::new(ManualClock::new(1)));
+    let ledger = Ledger::start(recovered, completions, ports, config).await?;
     assert!(ledger.is_serving());
     assert!(!ledger.needs_restart());
     let new = NewAccount {

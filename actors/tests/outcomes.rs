@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::record::{Journal, ManualClock, OnDurable, Record};
+use wallet_actors::ports::{Journal, ManualClock, OnDurable, Ports};
+use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::risk::{Rule, RuleAction, RuleKind, RuleScope};
 use wallet_actors::{
@@ -75,8 +76,8 @@ fn transfer(n: u128, debit: u128, credit: u128, value: u128) -> anyhow::Result<T
 async fn ledger(journal: Arc<SlowJournal>) -> anyhow::Result<Ledger> {
     let (recovered, completions) = Recovery::new(4).finish()?;
     let config = LedgerConfig { shard_count: 4, request_timeout_ms: 200, ..LedgerConfig::default() };
-    let ledger =
-        Ledger::start(recovered, completions, journal, Arc::new(ManualClock::new(1)), config, None).await?;
+    let ports = Ports::new(journal, Arc::new(ManualClock::new(1)));
+    let ledger = Ledger::start(recovered, completions, ports, config).await?;
     for n in 1..=5 {
         let flags = if n == 1 { AccountFlags::UNLIMITED } else { AccountFlags::WALLET };
         let user_id = UserId::new(2).map_err(|_| anyhow::anyhow!("user"))?;

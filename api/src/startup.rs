@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use wallet_actors::events::EventSink;
+use wallet_actors::ports::EventSink;
 use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{
     EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wallet_actors::record::{append_durable, Journal, Record};
+use wallet_actors::ports::{append_durable, Journal, Stored};
+use wallet_actors::record::Record;
 use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{Ledger, LedgerError};
@@ -38,7 +39,7 @@ fn at_point(point: &'static str) -> Result<(), StorageError> {
     crate::faults::hit(point).map_err(|error| StorageError::io(Path::new(point), error))
 }
 
-fn journal_failed(error: wallet_actors::record::JournalError) -> StorageError {
+fn journal_failed(error: wallet_actors::ports::JournalError) -> StorageError {
     tracing::error!(%error, "journal failed during a checkpoint");
     StorageError::Ledger(LedgerError::Unavailable)
 }
@@ -135,22 +136,34 @@ pub(crate) struct Replayed {
     pub(crate) meta: CheckpointMeta,
 }
 
+/// The ledger's view of what this node stores beyond the journal.
+pub(crate) fn stored(
+    snapshot: &SnapshotStore,
+    runs: &Arc<TransferRuns>,
+    history: &Arc<HistoryRuns>,
+) -> Stored {
+    Stored {
+        transfers: Some(runs.clone()),
+        history: Some(history.clone()),
+        decisions: Some(Arc::new(snapshot.clone())),
+        accounts: Some(Arc::new(snapshot.clone())),
+    }
+}
+
 /// Reads the snapshot's meta and holds, then replays the journal from the
 /// segment it names (accounts are read from the snapshot when named).
 pub(crate) fn replay(
     snapshot: &SnapshotStore,
-    runs: &Arc<TransferRuns>,
+    stored: &Stored,
     journal_dir: &Path,
     shard_count: u16,
 ) -> Result<Replayed, StorageError> {
     let loaded = snapshot.load()?;
     let meta = loaded.meta.clone().unwrap_or_default();
-    let mut recovery =
-        Recovery::from_snapshot(shard_count, loaded.holds, meta.open_commits.clone(), meta.next_commit_id);
+    let (holds, open_commits) = (loaded.holds, meta.open_commits.clone());
+    let mut recovery = Recovery::from_snapshot(shard_count, holds, open_commits, meta.next_commit_id, stored);
     let marker = loaded.meta.as_ref().map(|meta| meta.replay_from_segment);
     recovery.number_decisions(meta.next_decision_id, marker);
-    recovery.registry().set_index(runs.clone());
-    recovery.set_account_source(Arc::new(snapshot.clone()));
     let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record, at| {
         recovery.apply(record).map_err(|source| StorageError::Replay {
             path: at.path.to_path_buf(),
@@ -175,7 +188,7 @@ pub(crate) fn replay(
 
 /// Waits (at most [`EVENTS_WAIT_MS`]) until the events' feed is done with
 /// every entry it was handed so far.
-async fn wait_for_events(events: &dyn wallet_actors::events::EventSink) {
+async fn wait_for_events(events: &dyn wallet_actors::ports::EventSink) {
     let (handed, _) = events.progress();
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EVENTS_WAIT_MS);
     loop {
@@ -208,7 +221,7 @@ pub(crate) struct Checkpointer {
     pub(crate) meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
     pub(crate) journal_dir: PathBuf,
     pub(crate) shard_count: u16,
-    pub(crate) events: Option<Arc<dyn wallet_actors::events::EventSink>>,
+    pub(crate) events: Option<Arc<dyn wallet_actors::ports::EventSink>>,
 }
 
 /// How long a checkpoint waits for the events publisher to publish what the
@@ -252,7 +265,7 @@ impl Checkpointer {
         );
         let next_decision_id = at_marker
             .await
-            .unwrap_or(Err(wallet_actors::record::JournalError::Closed))
+            .unwrap_or(Err(wallet_actors::ports::JournalError::Closed))
             .map_err(journal_failed)?;
         at_point(points::CHECKPOINT_MARKED)?;
         // Every record before the marker is durable, so its history was
@@ -359,16 +372,15 @@ impl Checkpointer {
         self.ledger.halt().await;
         // An empty record: once durable, so is everything appended before.
         append_durable(self.journal.as_ref(), Record::Batch(Vec::new())).await.map_err(journal_failed)?;
-        let (snapshot, runs, journal_dir) =
-            (self.snapshot.clone(), self.runs.clone(), self.journal_dir.clone());
+        let (snapshot, journal_dir) = (self.snapshot.clone(), self.journal_dir.clone());
+        let stored = stored(&self.snapshot, &self.runs, &self.history);
         let shard_count = self.shard_count;
         let replayed =
-            tokio::task::spawn_blocking(move || replay(&snapshot, &runs, &journal_dir, shard_count))
+            tokio::task::spawn_blocking(move || replay(&snapshot, &stored, &journal_dir, shard_count))
                 .await
                 .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
         let Replayed { recovered, completions, report, meta: read_meta } = replayed;
-        let journal: Arc<dyn Journal> = self.journal.clone();
-        self.ledger.restart(recovered, completions, journal).await?;
+        self.ledger.restart(recovered, completions).await?;
         *meta = read_meta;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -384,7 +396,7 @@ mod tests {
     use std::sync::Arc;
 
     use wallet_actors::account::{Balances, Leg, Side};
-    use wallet_actors::actor::HistoryIndex;
+    use wallet_actors::ports::HistoryIndex;
     use wallet_actors::shard::{Captured, HistoryEntry, HistoryEvent};
     use wallet_actors::{AccountId, TransferId};
 

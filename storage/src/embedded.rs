@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wallet_actors::record::{Clock, SystemClock};
+use wallet_actors::ports::{Clock, Ports, SystemClock};
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 
 use crate::checkpoint::{
-    replay, spawn_checkpoints, spawn_supervision, CheckpointReport, Checkpointer, Replayed,
+    replay, spawn_checkpoints, spawn_supervision, stored, CheckpointReport, Checkpointer, Replayed,
 };
 use crate::journal::{FileJournal, JournalOptions, JournalStats, ReadSummary};
 use crate::runs::{HistoryRuns, TransferRuns};
@@ -46,7 +46,7 @@ pub struct EmbeddedOptions {
     /// sled's cache size.
     pub snapshot_cache_bytes: u64,
     /// Where durable history goes for the ledger events (a publisher), if anywhere.
-    pub events: Option<Arc<dyn wallet_actors::events::EventSink>>,
+    pub events: Option<Arc<dyn wallet_actors::ports::EventSink>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -127,7 +127,7 @@ impl EmbeddedLedger {
             let runs = Arc::new(TransferRuns::open(&index_dir)?);
             let history = Arc::new(HistoryRuns::open(&history_dir)?);
             tracing::debug!(opened_ms, index_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
-            let replayed = replay(&store, &runs, &replaying_dir, shard_count)?;
+            let replayed = replay(&store, &stored(&store, &runs, &history), &replaying_dir, shard_count)?;
             Ok::<_, StorageError>((store, runs, history, replayed))
         })
         .await
@@ -136,17 +136,13 @@ impl EmbeddedLedger {
         report.leftover_runs = runs.removed_at_open() + history.removed_at_open();
         tracing::info!(replayed_ms = started.elapsed().as_millis() as u64, ?report, "recovered");
         let journal = Arc::new(FileJournal::start(&journal_dir, options.journal.clone())?);
-        let ledger = Ledger::start(
-            recovered,
-            completions,
-            journal.clone(),
-            options.clock.clone(),
-            options.ledger.clone(),
-            options.events.clone(),
-        )
-        .await?;
-        ledger.set_history_index(history.clone());
-        ledger.set_decision_index(Some(Arc::new(snapshot.clone())));
+        let ports = Ports {
+            journal: journal.clone(),
+            clock: options.clock.clone(),
+            stored: stored(&snapshot, &runs, &history),
+            events: options.events.clone(),
+        };
+        let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
         if let Some(events) = &options.events {
             if !meta.events_unsettled.is_empty() {
                 tracing::info!(
@@ -238,9 +234,7 @@ impl EmbeddedLedger {
             }
         }
         self.ledger.shutdown().await;
-        self.ledger.registry().detach_index();
-        self.ledger.detach_history_index();
-        self.ledger.set_decision_index(None);
+        self.ledger.detach_storage();
         let journal = self.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     }

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use wallet_actors::record::{Journal, JournalError, OnDurable, Record, RECORD_FORMAT_VERSION};
+use wallet_actors::ports::{Journal, JournalError, OnDurable};
+use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 
 use crate::frame::{self, Decoded};
 use crate::segment::{Header, HEADER_LEN};

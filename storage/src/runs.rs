@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wallet_actors::ids::stable_hash;
-use wallet_actors::registry::{TransferIndex, TransferIndexError, TransferRecord};
+use wallet_actors::ports::{ReadError, TransferIndex};
+use wallet_actors::registry::TransferRecord;
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{AccountId, TransferId};
 use xorf::{BinaryFuse8, Filter};
@@ -507,21 +508,21 @@ fn flatten<R: RunRecord>(
 }
 
 impl TransferIndex for TransferRuns {
-    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, TransferIndexError> {
+    fn get(&self, id: TransferId) -> Result<Option<TransferRecord>, ReadError> {
         Runs::get(self, id.into()).map_err(|error| {
             tracing::error!(%error, %id, "transfer index read failed");
-            TransferIndexError
+            ReadError
         })
     }
 }
 
-impl wallet_actors::actor::HistoryIndex for HistoryRuns {
+impl wallet_actors::ports::HistoryIndex for HistoryRuns {
     fn history(
         &self,
         account_id: AccountId,
         after_sequence: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, TransferIndexError> {
+    ) -> Result<Vec<HistoryEntry>, ReadError> {
         let wanted = after_sequence.saturating_add(1);
         let mut entries = Vec::new();
         // Each run gives its first `limit` entries from `wanted` on; the
@@ -537,7 +538,7 @@ impl wallet_actors::actor::HistoryIndex for HistoryRuns {
             })
             .map_err(|error| {
                 tracing::error!(%error, %account_id, "history read failed");
-                TransferIndexError
+                ReadError
             })?;
         }
         entries.sort_by_key(|e| e.sequence);
@@ -620,7 +621,7 @@ mod tests {
 
     #[test]
     fn history_pages_across_runs_and_merges() -> Result<(), StorageError> {
-        use wallet_actors::actor::HistoryIndex;
+        use wallet_actors::ports::HistoryIndex;
         let dir = tempfile::tempdir().map_err(|e| StorageError::io(Path::new("tmp"), e))?;
         let runs = HistoryRuns::open(dir.path())?;
         // Account 7 gets a chunk per checkpoint; its neighbours crowd the blocks.

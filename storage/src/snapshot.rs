@@ -27,8 +27,8 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use wallet_actors::ports::ReadError;
 use wallet_actors::recovery::OpenCommit;
-use wallet_actors::registry::TransferIndexError;
 use wallet_actors::risk::Decision;
 use wallet_actors::shard::{Captured, Hold};
 use wallet_actors::Account;
@@ -159,7 +159,7 @@ impl SnapshotStore {
 
     /// Reads what recovery needs up front: open holds and the meta.
     /// Accounts are read one by one when first named
-    /// ([`wallet_actors::shard::AccountSource`]). Any value that fails its
+    /// ([`wallet_actors::ports::AccountSource`]). Any value that fails its
     /// checksum is an error: a snapshot is never loaded in part.
     pub fn load(&self) -> Result<LoadedSnapshot, StorageError> {
         let path = self.path();
@@ -202,11 +202,11 @@ impl SnapshotStore {
         Ok(loaded)
     }
 
-    fn decision(&self, id: u64) -> Result<Option<Decision>, TransferIndexError> {
-        match self.decisions.get(id.to_be_bytes()).map_err(|_| TransferIndexError)? {
+    fn decision(&self, id: u64) -> Result<Option<Decision>, ReadError> {
+        match self.decisions.get(id.to_be_bytes()).map_err(|_| ReadError)? {
             Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
                 tracing::error!(%error, id, "decision does not decode");
-                TransferIndexError
+                ReadError
             }),
             None => Ok(None),
         }
@@ -307,51 +307,51 @@ fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl I
     })
 }
 
-impl wallet_actors::shard::AccountSource for SnapshotStore {
-    fn load(&self, account_id: wallet_actors::AccountId) -> Result<Option<Account>, TransferIndexError> {
-        let value = self.accounts.get(account_id.get().to_be_bytes()).map_err(|_| TransferIndexError)?;
+impl wallet_actors::ports::AccountSource for SnapshotStore {
+    fn load(&self, account_id: wallet_actors::AccountId) -> Result<Option<Account>, ReadError> {
+        let value = self.accounts.get(account_id.get().to_be_bytes()).map_err(|_| ReadError)?;
         match value {
             None => Ok(None),
             Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
                 tracing::error!(%error, %account_id, "a snapshot account does not decode");
-                TransferIndexError
+                ReadError
             }),
         }
     }
 
-    fn all(&self) -> Result<Vec<Account>, TransferIndexError> {
+    fn all(&self) -> Result<Vec<Account>, ReadError> {
         let mut all = Vec::new();
         for item in self.accounts.iter() {
-            let (_, value) = item.map_err(|_| TransferIndexError)?;
-            all.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|_| TransferIndexError)?);
+            let (_, value) = item.map_err(|_| ReadError)?;
+            all.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|_| ReadError)?);
         }
         Ok(all)
     }
 }
 
-impl wallet_actors::risk::DecisionIndex for SnapshotStore {
+impl wallet_actors::ports::DecisionIndex for SnapshotStore {
     fn decisions(
         &self,
         account_id: Option<wallet_actors::AccountId>,
         after_id: u64,
         limit: usize,
-    ) -> Result<Vec<Decision>, TransferIndexError> {
+    ) -> Result<Vec<Decision>, ReadError> {
         let mut found = Vec::new();
         let from = after_id.saturating_add(1);
         match account_id {
             None => {
                 for item in self.decisions.range(from.to_be_bytes()..).take(limit) {
-                    let (_, value) = item.map_err(|_| TransferIndexError)?;
+                    let (_, value) = item.map_err(|_| ReadError)?;
                     found.push(frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map_err(|error| {
                         tracing::error!(%error, "decision does not decode");
-                        TransferIndexError
+                        ReadError
                     })?);
                 }
             }
             Some(account_id) => {
                 let range = decision_key(account_id, from)..=decision_key(account_id, u64::MAX);
                 for item in self.decisions_by_account.range(range).take(limit) {
-                    let (key, _) = item.map_err(|_| TransferIndexError)?;
+                    let (key, _) = item.map_err(|_| ReadError)?;
                     let id = key.get(16..24).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
                     if let Some(decision) = id.map(|id| self.decision(id)).transpose()?.flatten() {
                         found.push(decision);

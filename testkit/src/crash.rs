@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use wallet_actors::record::SystemClock;
+use wallet_actors::ports::SystemClock;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountStatus, Amount, Ledger, LedgerConfig, NewAccount,

@@ -18,7 +18,7 @@ pub mod postgres;
 use std::path::Path;
 use std::sync::Arc;
 
-use wallet_actors::record::Clock;
+use wallet_actors::ports::Clock;
 use wallet_actors::{
     AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, PendingOptions, TransferId,
     TransferRequest, UserId,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_actors::risk::Rule;
 use wallet_actors::{AccountStatus, LedgerConfig, LedgerError, Rejection, TransferRequest};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};

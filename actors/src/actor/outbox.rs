@@ -14,7 +14,8 @@ use super::{
     Shared,
 };
 use crate::ids::{CommitId, ShardId};
-use crate::record::{OnDurable, Record};
+use crate::ports::OnDurable;
+use crate::record::Record;
 use crate::shard::IndexedRejection;
 
 /// Work a shard holds back until it has handled the messages already in

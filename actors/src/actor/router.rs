@@ -6,14 +6,8 @@ use ractor::ActorRef;
 
 use super::ShardMsg;
 use crate::ids::ShardId;
+use crate::ports::ShardRouter;
 use crate::LedgerError;
-
-/// How shards reach each other. In the embedded node every shard is a
-/// local actor; cluster mode routes some of them over NATS.
-pub trait ShardRouter: Send + Sync + 'static {
-    /// Delivers `message` to `shard`, in order with earlier messages to it.
-    fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError>;
-}
 
 /// The router of the embedded node: the shards' actor references.
 #[derive(Default)]

@@ -5,22 +5,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::ShardRouter;
-use crate::ids::{AccountId, ShardId};
-use crate::record::{Clock, Journal, JournalError, OnDurable, Record};
+use crate::ids::ShardId;
+use crate::ports::{Clock, HistoryIndex, Journal, JournalError, OnDurable, ShardRouter};
+use crate::record::Record;
 use crate::registry::TransferRegistry;
-use crate::shard::HistoryEntry;
-
-/// Where account history older than the last snapshot lives.
-pub trait HistoryIndex: Send + Sync + 'static {
-    /// Entries of `account_id` after `after_sequence`, oldest first, at most `limit`.
-    fn history(
-        &self,
-        account_id: AccountId,
-        after_sequence: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, crate::registry::TransferIndexError>;
-}
 
 /// What the shards share with the rest of the ledger.
 pub struct Shared {
@@ -47,7 +35,7 @@ pub struct Shared {
     /// Set while the shards are stopped on purpose: their ends are not failures.
     pub stopping: AtomicBool,
     /// Where durable history entries go for the ledger events, if anywhere.
-    pub events: Option<Arc<dyn crate::events::EventSink>>,
+    pub events: Option<Arc<dyn crate::ports::EventSink>>,
 }
 
 /// Why a generation of shards stopped serving. Every kind leaves the

@@ -12,7 +12,7 @@ use crate::account::{Account, AccountFlags, AccountStatus, Leg, Side};
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{AccountId, CommitId, TransferId, UserId};
-use crate::record::{Journal, ManualClock, OnDurable};
+use crate::ports::{Journal, ManualClock, OnDurable};
 use crate::registry::TransferRegistry;
 use crate::shard::HoldChange;
 use crate::transfer::{Transfer, TransferKind, TransferRequest};

@@ -200,7 +200,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(LedgerError::Unavailable),
             Err(_) => {
-                inner.shared.poison(crate::record::JournalError::Closed);
+                inner.shared.poison(crate::ports::JournalError::Closed);
                 return Err(LedgerError::Unavailable);
             }
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use wallet_actors::events::EventSink;
+use wallet_actors::ports::EventSink;
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{AccountId, ShardId};
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use wallet_actors::events::EventSink;
+use wallet_actors::ports::EventSink;
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{AccountId, ShardId};
 

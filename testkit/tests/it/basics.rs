@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_actors::{AccountStatus, LedgerError, Rejection, TransferStatus};
 use wallet_testkit::*;
 

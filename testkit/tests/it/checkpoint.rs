@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_actors::TransferRequest;
 use wallet_storage::faults::{self, Fault};
 use wallet_testkit::*;

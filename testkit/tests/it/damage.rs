@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_storage::StorageError;
 use wallet_testkit::*;
 

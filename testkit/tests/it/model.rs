@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_actors::risk::RuleAction;
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountStatus, Amount, LedgerError, NewAccount, Rejection,
@@ -97,7 +97,7 @@ impl Run {
         let dir = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let node = open(&Self::data_dir(&dir), options(clock.clone())).await?;
-        let model = Model::new(wallet_actors::record::Clock::now_ms(clock.as_ref()));
+        let model = Model::new(wallet_actors::ports::Clock::now_ms(clock.as_ref()));
         let mut run = Run {
             dir,
             clock,

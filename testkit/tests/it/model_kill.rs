@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use wallet_actors::record::Clock;
+use wallet_actors::ports::Clock;
 use wallet_actors::risk::RuleAction;
 use wallet_testkit::model::{to_rules, ModelResult};
 use wallet_testkit::model_child::{ChildCommand, ModelChild};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use wallet_actors::account::{AccountEvent, InvariantBroken, Leg, Side};
 use wallet_actors::ids::CommitId;
-use wallet_actors::record::{append_durable, Applied, Commit, ManualClock, Record, SequencedEvent};
+use wallet_actors::ports::{append_durable, ManualClock};
+use wallet_actors::record::{Applied, Commit, Record, SequencedEvent};
 use wallet_actors::shard::ReplayError;
 use wallet_storage::{FileJournal, JournalOptions, StorageError};
 use wallet_testkit::*;

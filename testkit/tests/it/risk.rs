@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wallet_actors::record::{Clock, ManualClock};
+use wallet_actors::ports::{Clock, ManualClock};
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleKindCode, RuleScope};
 use wallet_actors::{Ledger, Rejection, TransferStatus};
 use wallet_testkit::*;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wallet_actors::record::ManualClock;
+use wallet_actors::ports::ManualClock;
 use wallet_actors::transfer::{BATCH_SIZE_MAX, METADATA_LEN_MAX, REFERENCE_LEN_MAX};
 use wallet_actors::TransferRequest;
 use wallet_testkit::*;
