@@ -26,11 +26,12 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
+use wallet_actors::ids::stable_hash;
 use wallet_actors::ports::EventSink;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
-    settlement_account_id, AccountFlags, AccountId, Amount, Asset, LedgerConfig, NewAccount, TransferId,
-    TransferRequest, UserId,
+    settlement_account_id, AccountFlags, AccountId, Amount, Asset, Ledger, LedgerConfig, NewAccount,
+    TransferId, TransferRequest, UserId,
 };
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
@@ -159,8 +160,23 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// A random-looking 128-bit id, as API clients send (UUIDs): unique for
+/// each `n` (the high half is a bijection of `n`), so records have their
+/// real size and ids spread over the whole space.
+fn spread_id(n: u64, salt: u64) -> u128 {
+    let high = stable_hash(u128::from(n));
+    let low = stable_hash(u128::from(n) | u128::from(salt) << 64);
+    u128::from(high) << 64 | u128::from(low) | 1
+}
+
+/// The `n`th wallet account.
 fn account_id(n: u64) -> anyhow::Result<AccountId> {
-    Ok(AccountId::new(u128::from(n) + 1_000)?)
+    Ok(AccountId::new(spread_id(n, 0xacc0))?)
+}
+
+/// The next transfer id.
+fn transfer_id(next: &AtomicU64) -> anyhow::Result<TransferId> {
+    Ok(TransferId::new(spread_id(next.fetch_add(1, Ordering::Relaxed), 0x7a11))?)
 }
 
 fn options(args: &Args) -> EmbeddedOptions {
@@ -213,48 +229,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let asset = Asset::new("USD", 2)?;
-    ledger.ensure_settlement_account(asset).await?;
-    let settlement = settlement_account_id(&asset);
-
-    // Open and fund the accounts, many at a time so group commit works for us.
-    let setup_started = Instant::now();
-    let gate = Arc::new(Semaphore::new(4096));
     let next_id = Arc::new(AtomicU64::new(1));
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..args.accounts {
-        let permit = gate.clone().acquire_owned().await?;
-        let ledger = ledger.clone();
-        let next_id = next_id.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let id = account_id(n)?;
-            let flags = AccountFlags::WALLET;
-            let new =
-                NewAccount { id, user_id: UserId::new(2)?, asset, flags, overdraft_limit: Amount::ZERO };
-            ledger.open_account(new).await?;
-            let fund = TransferRequest::Transfer {
-                id: TransferId::new(u128::from(next_id.fetch_add(1, Ordering::Relaxed)))?,
-                debit_account_id: settlement,
-                credit_account_id: id,
-                amount: Amount::new(1_000_000_000_000)?,
-                pending: None,
-                reference: None,
-                metadata: None,
-            };
-            ledger.submit_one(fund).await?.map_err(|r| anyhow::anyhow!("funding: {r}"))?;
-            anyhow::Ok(())
-        });
-        while tasks.len() > 8192 {
-            if let Some(done) = tasks.join_next().await {
-                done??;
-            }
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let setup_s = setup_started.elapsed().as_secs_f64();
+    let setup_s = open_and_fund(&ledger, &args, &next_id).await?;
     if args.rules {
         ledger.set_rules(five_rules()?).await?;
     }
@@ -271,85 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (records_before, syncs_before) =
         (journal.records.load(Ordering::Relaxed), journal.syncs.load(Ordering::Relaxed));
 
-    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
-    let started = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..args.concurrency {
-        let ledger = ledger.clone();
-        let next_id = next_id.clone();
-        let args = args.clone();
-        clients.spawn(async move {
-            let mut rng =
-                Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut reads = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
-            while Instant::now() < deadline {
-                if rng.chance(args.read_share) {
-                    let sent = Instant::now();
-                    match ledger.account(account_id(rng.below(args.accounts))?).await {
-                        Ok(_) => reads.record(sent.elapsed().as_micros().max(1) as u64)?,
-                        Err(_) => failed += 1,
-                    }
-                    continue;
-                }
-                let mut batch = Vec::with_capacity(args.batch);
-                for _ in 0..args.batch {
-                    let mut debit = rng.below(args.accounts);
-                    let mut credit = rng.below(args.accounts - 1);
-                    if credit >= debit {
-                        credit += 1;
-                    }
-                    if rng.chance(args.hot_share) {
-                        if rng.below(2) == 0 {
-                            debit = 0;
-                        } else {
-                            credit = 0;
-                        }
-                        if debit == credit {
-                            credit = 1;
-                        }
-                    }
-                    batch.push(TransferRequest::Transfer {
-                        id: TransferId::new(u128::from(next_id.fetch_add(1, Ordering::Relaxed)))?,
-                        debit_account_id: account_id(debit)?,
-                        credit_account_id: account_id(credit)?,
-                        amount: Amount::new(1 + u128::from(rng.below(100)))?,
-                        pending: None,
-                        reference: None,
-                        metadata: None,
-                    });
-                }
-                let sent = Instant::now();
-                match ledger.submit(batch, args.linked).await {
-                    Ok(results) => {
-                        for result in results {
-                            if result.is_ok() {
-                                ok += 1
-                            } else {
-                                rejected += 1
-                            }
-                        }
-                    }
-                    Err(_) => failed += 1,
-                }
-                histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
-            }
-            anyhow::Ok((histogram, reads, ok, rejected, failed))
-        });
-    }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut reads = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut ok, mut rejected, mut failed) = (0u64, 0u64, 0u64);
-    while let Some(done) = clients.join_next().await {
-        let (h, read, o, r, f) = done??;
-        histogram.add(h)?;
-        reads.add(read)?;
-        ok += o;
-        rejected += r;
-        failed += f;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let tally = run_clients(&ledger, &args, &next_id).await?;
     let (_, published_after) = queue.as_ref().map_or((0, 0), |q| q.progress());
     let lag = match lag_sampler {
         Some(task) => Some(task.await??),
@@ -365,18 +263,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let records = journal.records.load(Ordering::Relaxed) - records_before;
     let syncs = (journal.syncs.load(Ordering::Relaxed) - syncs_before).max(1);
     let rss = rss_bytes();
-
-    let mut restart_ms = None;
-    if args.restart {
-        node.shutdown().await;
+    node.shutdown().await;
+    let restart_ms = if args.restart {
         let reopen_started = Instant::now();
         let node = EmbeddedLedger::open(&dir, options(&args)).await?;
-        restart_ms = Some(reopen_started.elapsed().as_millis() as u64);
+        let restart_ms = reopen_started.elapsed().as_millis() as u64;
         node.shutdown().await;
+        Some(restart_ms)
     } else {
-        node.shutdown().await;
-    }
+        None
+    };
 
+    let elapsed = tally.elapsed_s;
+    let (histogram, reads) = (&tally.requests, &tally.reads);
     let report = serde_json::json!({
         "accounts": args.accounts,
         "shards": args.shards,
@@ -387,10 +286,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "rules": if args.rules { 5 } else { 0 },
         "duration_s": elapsed,
         "durable": !args.no_sync,
-        "transfers_ok": ok,
-        "transfers_rejected": rejected,
-        "requests_failed": failed,
-        "transfers_per_sec": (ok as f64 / elapsed).round(),
+        "transfers_ok": tally.ok,
+        "transfers_rejected": tally.rejected,
+        "requests_failed": tally.failed,
+        "transfers_per_sec": (tally.ok as f64 / elapsed).round(),
         "requests_per_sec": (histogram.len() as f64 / elapsed).round(),
         "p50_us": histogram.value_at_quantile(0.50),
         "p99_us": histogram.value_at_quantile(0.99),
@@ -413,6 +312,170 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// Opens and funds the accounts, many at a time so group commit works for
+/// us; returns how long it took, in seconds.
+async fn open_and_fund(ledger: &Ledger, args: &Args, next_id: &Arc<AtomicU64>) -> anyhow::Result<f64> {
+    let setup_started = Instant::now();
+    let asset = Asset::new("USD", 2)?;
+    ledger.ensure_settlement_account(asset).await?;
+    let settlement = settlement_account_id(&asset);
+    let gate = Arc::new(Semaphore::new(4096));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..args.accounts {
+        let permit = gate.clone().acquire_owned().await?;
+        let ledger = ledger.clone();
+        let next_id = next_id.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let id = account_id(n)?;
+            let flags = AccountFlags::WALLET;
+            let new =
+                NewAccount { id, user_id: UserId::new(2)?, asset, flags, overdraft_limit: Amount::ZERO };
+            ledger.open_account(new).await?;
+            let fund = TransferRequest::Transfer {
+                id: transfer_id(&next_id)?,
+                debit_account_id: settlement,
+                credit_account_id: id,
+                amount: Amount::new(1_000_000_000_000)?,
+                pending: None,
+                reference: None,
+                metadata: None,
+            };
+            ledger.submit_one(fund).await?.map_err(|r| anyhow::anyhow!("funding: {r}"))?;
+            anyhow::Ok(())
+        });
+        while tasks.len() > 8192 {
+            if let Some(done) = tasks.join_next().await {
+                done??;
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(setup_started.elapsed().as_secs_f64())
+}
+
+/// What the clients did: request and read latencies, and counts.
+struct Tally {
+    requests: Histogram<u64>,
+    reads: Histogram<u64>,
+    ok: u64,
+    rejected: u64,
+    failed: u64,
+    elapsed_s: f64,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            requests: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+            reads: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+            ok: 0,
+            rejected: 0,
+            failed: 0,
+            elapsed_s: 0.0,
+        })
+    }
+
+    fn add(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.requests.add(other.requests)?;
+        self.reads.add(other.reads)?;
+        self.ok += other.ok;
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        Ok(())
+    }
+}
+
+/// Runs `--concurrency` clients for `--duration-s` seconds.
+async fn run_clients(ledger: &Ledger, args: &Args, next_id: &Arc<AtomicU64>) -> anyhow::Result<Tally> {
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..args.concurrency {
+        let (ledger, next_id, args) = (ledger.clone(), next_id.clone(), args.clone());
+        clients.spawn(async move { run_client(ledger, args, next_id, client, deadline).await });
+    }
+    let mut tally = Tally::new()?;
+    while let Some(done) = clients.join_next().await {
+        tally.add(done??)?;
+    }
+    tally.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(tally)
+}
+
+/// One client: reads (with `--read-share`) or requests of `--batch`
+/// transfers between random accounts, one at a time, until `deadline`.
+async fn run_client(
+    ledger: Ledger,
+    args: Args,
+    next_id: Arc<AtomicU64>,
+    client: usize,
+    deadline: Instant,
+) -> anyhow::Result<Tally> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut tally = Tally::new()?;
+    while Instant::now() < deadline {
+        if rng.chance(args.read_share) {
+            let sent = Instant::now();
+            match ledger.account(account_id(rng.below(args.accounts))?).await {
+                Ok(_) => tally.reads.record(sent.elapsed().as_micros().max(1) as u64)?,
+                Err(_) => tally.failed += 1,
+            }
+            continue;
+        }
+        let mut batch = Vec::with_capacity(args.batch);
+        for _ in 0..args.batch {
+            let (debit, credit) = pick_pair(&mut rng, &args);
+            batch.push(TransferRequest::Transfer {
+                id: transfer_id(&next_id)?,
+                debit_account_id: account_id(debit)?,
+                credit_account_id: account_id(credit)?,
+                amount: Amount::new(1 + u128::from(rng.below(100)))?,
+                pending: None,
+                reference: None,
+                metadata: None,
+            });
+        }
+        let sent = Instant::now();
+        match ledger.submit(batch, args.linked).await {
+            Ok(results) => {
+                for result in results {
+                    if result.is_ok() {
+                        tally.ok += 1
+                    } else {
+                        tally.rejected += 1
+                    }
+                }
+            }
+            Err(_) => tally.failed += 1,
+        }
+        tally.requests.record(sent.elapsed().as_micros().max(1) as u64)?;
+    }
+    Ok(tally)
+}
+
+/// Two different accounts; with `--hot-share` one of them is account 0.
+fn pick_pair(rng: &mut Rng, args: &Args) -> (u64, u64) {
+    let mut debit = rng.below(args.accounts);
+    let mut credit = rng.below(args.accounts - 1);
+    if credit >= debit {
+        credit += 1;
+    }
+    if rng.chance(args.hot_share) {
+        if rng.below(2) == 0 {
+            debit = 0;
+        } else {
+            credit = 0;
+        }
+        if debit == credit {
+            credit = 1;
+        }
+    }
+    (debit, credit)
 }
 
 /// Waits until the publisher is done with every event it was handed;
