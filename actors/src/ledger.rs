@@ -17,6 +17,8 @@ mod plan;
 mod reads;
 mod route;
 mod rules;
+#[cfg(test)]
+mod rules_table;
 mod submit;
 
 use generation::{ask_shard, spawn_generation};

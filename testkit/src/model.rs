@@ -462,8 +462,10 @@ impl Model {
                     return Err(Failure::Rejected(Rejection::PendingTransferBusy));
                 }
                 let hold = self.open_hold(pending_id.get()).map_err(Failure::Rejected)?;
+                let expired = hold.expires_at_ms.is_some_and(|at| at <= self.now_ms);
                 let debit_failure = match self.accounts.get(&hold.debit) {
                     None => Some(Rejection::DebitAccountNotFound),
+                    Some(_) if expired => Some(Rejection::PendingTransferExpired),
                     Some(a) => status_failure(a.status, true, false),
                 };
                 let credit_failure = match self.accounts.get(&hold.credit) {

@@ -104,7 +104,11 @@ impl ShardState {
             }
             let expired = hold.expires_at_ms.is_some_and(|at| at <= now_ms);
             match resolution.status {
-                TransferStatus::Posted if expired => return Err(Rejection::PendingTransferExpired),
+                // Refused whether or not the expiry task got to it yet, so
+                // the answer does not depend on when that task ran.
+                TransferStatus::Posted | TransferStatus::Voided if expired => {
+                    return Err(Rejection::PendingTransferExpired)
+                }
                 TransferStatus::Expired if !expired => return Err(Rejection::PendingTransferNotPending),
                 _ => {}
             }
