@@ -46,6 +46,7 @@ pub use ledger::{
     TransferOutcome, TransferResult,
 };
 pub use rejection::Rejection;
+pub use shard::{HistoryEntry, HistoryEvent};
 pub use transfer::{PendingOptions, Transfer, TransferRequest, TransferStatus};
 
 /// Why the ledger could not give a result. [`LedgerError::Rejected`] is a

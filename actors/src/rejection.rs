@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::risk::{RiskHit, RuleAction, RuleKindCode};
+
 /// Input that cannot even be built into a domain value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidInput {
@@ -206,6 +208,26 @@ impl Rejection {
             AccountBalanceNotZero => "account_balance_not_zero",
             AccountHasPending => "account_has_pending",
             InvalidStatusTransition => "invalid_status_transition",
+        }
+    }
+}
+
+/// What the shard answers for a violated rule: a rejection named for the
+/// kind, or for a review rule the request to turn the transfer into a
+/// review hold. (Here, not in `risk`, so that `risk` does not depend on
+/// this module while this one names its `RiskHit`.)
+impl From<RiskHit> for Rejection {
+    fn from(hit: RiskHit) -> Rejection {
+        if hit.action == RuleAction::Review {
+            return Rejection::RiskReview(hit);
+        }
+        match hit.kind {
+            RuleKindCode::BlockedAccount => Rejection::RiskBlockedAccount(hit),
+            RuleKindCode::NewAccountLimit => Rejection::RiskNewAccountLimit(hit),
+            RuleKindCode::MaxAmount => Rejection::RiskMaxAmountExceeded(hit),
+            RuleKindCode::VelocityCount | RuleKindCode::VelocityAmount => {
+                Rejection::RiskVelocityExceeded(hit)
+            }
         }
     }
 }

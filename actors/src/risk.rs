@@ -19,7 +19,6 @@ use crate::account::Account;
 use crate::amount::Amount;
 use crate::ids::{AccountId, TransferId, UserId};
 use crate::ports::DecisionIndex;
-use crate::rejection::Rejection;
 
 pub use crate::ids::RuleId;
 
@@ -242,24 +241,6 @@ pub struct RiskHit {
     pub action: RuleAction,
     /// For a review: when the hold voids itself.
     pub timeout_seconds: Option<u32>,
-}
-
-impl RiskHit {
-    /// What the shard answers: a rejection named for the kind, or for a
-    /// review rule the request to turn the transfer into a review hold.
-    pub fn rejection(self) -> Rejection {
-        if self.action == RuleAction::Review {
-            return Rejection::RiskReview(self);
-        }
-        match self.kind {
-            RuleKindCode::BlockedAccount => Rejection::RiskBlockedAccount(self),
-            RuleKindCode::NewAccountLimit => Rejection::RiskNewAccountLimit(self),
-            RuleKindCode::MaxAmount => Rejection::RiskMaxAmountExceeded(self),
-            RuleKindCode::VelocityCount | RuleKindCode::VelocityAmount => {
-                Rejection::RiskVelocityExceeded(self)
-            }
-        }
-    }
 }
 
 /// The rules in force, in check order. Shared read-only by every shard; a

@@ -603,7 +603,7 @@ impl Model {
             };
             if in_scope && violated {
                 return match rule.action {
-                    RuleAction::Reject => Risk::Veto(rule.hit().rejection()),
+                    RuleAction::Reject => Risk::Veto(Rejection::from(rule.hit())),
                     RuleAction::Review => Risk::Review(rule),
                 };
             }

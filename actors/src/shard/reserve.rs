@@ -137,7 +137,7 @@ impl ShardState {
             in_flight: slot.reserved.new_debits,
             under_review: transfer.review.is_some(),
         });
-        hit.map_or(Ok(()), |hit| Err(hit.rejection()))
+        hit.map_or(Ok(()), |hit| Err(Rejection::from(hit)))
     }
 
     fn check_leg(&self, leg: &Leg, same_op: &[SameOp]) -> Result<(), Rejection> {
