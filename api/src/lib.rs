@@ -7,7 +7,8 @@
 //! - [`settings`]: the command line and its `WALLET_*` environment variables.
 //! - [`startup`]: [`Application`]: build from settings, bind, run until shutdown.
 //! - [`routes`]: the router and one module per area (health, users, accounts, money, risk).
-//! - [`wire`]: the JSON types on the wire, converted to domain types with `TryFrom`.
+//! - [`wire`]: the JSON types on the wire, one module per route group, converted to domain
+//!   types with `TryFrom`.
 //! - [`domain`]: values parsed at the edge (email, password, name, UUID ids, timestamps).
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
 //! - [`extract`]: extractors whose failures are problem documents too.

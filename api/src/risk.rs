@@ -20,7 +20,7 @@ use crate::domain::now_ms;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::users::StoredRule;
-use crate::wire::RuleBody;
+use crate::wire::risk::RuleBody;
 
 /// Most rules at once: every debit is checked against each of them.
 pub const RULES_MAX: usize = 256;

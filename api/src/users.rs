@@ -93,7 +93,7 @@ pub struct StoredUser {
 
 /// A risk rule as stored: the body the API (or the configuration) took,
 /// so that a stored rule is parsed and checked at each start exactly like a
-/// new one ([`crate::wire::RuleBody::into_rule`]).
+/// new one ([`crate::wire::risk::RuleBody::into_rule`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredRule {
     /// Random (v4) id, the ledger's rule id.
@@ -101,7 +101,7 @@ pub struct StoredRule {
     /// When the rule was created (ms since the Unix epoch); a replacement keeps it.
     pub created_at_ms: u64,
     /// The rule.
-    pub rule: crate::wire::RuleBody,
+    pub rule: crate::wire::risk::RuleBody,
 }
 
 /// The store. Cheap to clone.

@@ -15,9 +15,9 @@ use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, Unprocessable};
 use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
-use crate::wire::{
-    parse_amount, AccountView, HistoryItemView, HistoryQuery, ListQuery, NewAccountBody, Page, TransferView,
-};
+use crate::wire::accounts::{AccountView, HistoryItemView, HistoryQuery, NewAccountBody};
+use crate::wire::money::TransferView;
+use crate::wire::{parse_amount, ListQuery, Page};
 
 /// Most index entries one page of `GET /v1/accounts` reads.
 const INDEX_SCAN_PER_PAGE_MAX: usize = 10 * crate::users::LIST_LIMIT_MAX;

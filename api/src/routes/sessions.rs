@@ -16,7 +16,7 @@ use crate::openapi::{Authenticated, Forbidden, JsonBody, Unauthorized, V1};
 use crate::sessions::Refreshed;
 use crate::state::AppState;
 use crate::users::StoredUser;
-use crate::wire::{PasswordChangeBody, RefreshBody, TokenBody, TokenView};
+use crate::wire::sessions::{PasswordChangeBody, RefreshBody, TokenBody, TokenView};
 
 /// A token response's headers: no cache may keep it.
 type NoStore = [(axum::http::HeaderName, &'static str); 2];

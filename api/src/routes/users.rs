@@ -13,7 +13,8 @@ use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, V1};
 use crate::state::AppState;
 use crate::users::{Role, StoredUser};
-use crate::wire::{ListQuery, NewUser, NewUserBody, Page, UpdateUserBody, UserView};
+use crate::wire::users::{NewUser, NewUserBody, UpdateUserBody, UserView};
+use crate::wire::{ListQuery, Page};
 
 /// Default page size of listings.
 pub const PAGE_SIZE_DEFAULT: usize = 100;
