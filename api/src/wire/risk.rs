@@ -8,6 +8,7 @@ use wallet_actors::risk::{
     Decision, Rule, RuleAction, RuleError, RuleId, RuleKind, RuleKindCode, RuleScope, BLOCKED_ACCOUNTS_MAX,
 };
 use wallet_actors::UserId;
+use wallet_storage::users::{StoredRuleAction, StoredRuleBody, StoredRuleScope};
 
 use crate::domain::{account_id, parse_uuid, rfc3339, uuid_text};
 use crate::error::ApiError;
@@ -150,6 +151,9 @@ pub enum RuleParameters {
 /// `[[risk_rules]]` table, and a rule as the user store keeps it. `kind`
 /// and `parameters` are read together, so `parameters` stays raw JSON until
 /// [`RuleBody::into_rule`] knows which object to expect.
+// The store keeps a rule in this JSON form, as a type of its own
+// (`StoredRuleBody`, converted below); the doc above is the OpenAPI
+// document's description too.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
@@ -255,6 +259,49 @@ impl RuleBody {
         };
         rule.validate().map_err(ApiError::InvalidRule)?;
         Ok(rule)
+    }
+}
+
+/// A rule as the user store keeps it: as taken, so that it is parsed and
+/// checked at each start exactly like a new one.
+impl From<RuleBody> for StoredRuleBody {
+    fn from(body: RuleBody) -> Self {
+        StoredRuleBody {
+            name: body.name,
+            kind: body.kind,
+            scope: match body.scope {
+                RuleScopeBody::Global {} => StoredRuleScope::Global {},
+                RuleScopeBody::User { user_id } => StoredRuleScope::User { user_id },
+                RuleScopeBody::Account { account_id } => StoredRuleScope::Account { account_id },
+            },
+            action: match body.action {
+                RuleActionBody::Reject => StoredRuleAction::Reject,
+                RuleActionBody::Review => StoredRuleAction::Review,
+            },
+            parameters: body.parameters,
+            timeout_seconds: body.timeout_seconds,
+        }
+    }
+}
+
+/// A stored rule as taken, to be parsed ([`RuleBody::into_rule`]).
+impl From<StoredRuleBody> for RuleBody {
+    fn from(stored: StoredRuleBody) -> Self {
+        RuleBody {
+            name: stored.name,
+            kind: stored.kind,
+            scope: match stored.scope {
+                StoredRuleScope::Global {} => RuleScopeBody::Global {},
+                StoredRuleScope::User { user_id } => RuleScopeBody::User { user_id },
+                StoredRuleScope::Account { account_id } => RuleScopeBody::Account { account_id },
+            },
+            action: match stored.action {
+                StoredRuleAction::Reject => RuleActionBody::Reject,
+                StoredRuleAction::Review => RuleActionBody::Review,
+            },
+            parameters: stored.parameters,
+            timeout_seconds: stored.timeout_seconds,
+        }
     }
 }
 
@@ -470,6 +517,32 @@ mod tests {
             timeout_seconds: None,
         };
         assert_eq!(body.into_rule(parsed.id).ok(), Some(parsed));
+        Ok(())
+    }
+
+    #[test]
+    fn a_rule_is_stored_in_the_json_of_its_body() -> anyhow::Result<()> {
+        // Earlier versions stored the body itself: their data must read the same.
+        let account = uuid::Uuid::new_v4();
+        let texts = [
+            r#"{"name":"ten","kind":"velocity_count","scope":{"type":"global"},"action":"reject",
+                "parameters":{"window_seconds":60,"count":10}}"#
+                .to_string(),
+            format!(
+                r#"{{"name":"cap","kind":"max_amount","scope":{{"type":"account","account_id":"{account}"}},
+                "action":"review","timeout_seconds":60,"parameters":{{"asset":"USD","amount":"1000"}}}}"#
+            ),
+            r#"{"name":"u","kind":"blocked_account","scope":{"type":"user","user_id":"7"},"action":"reject",
+                "parameters":{"account_ids":["x"]}}"#
+                .to_string(),
+        ];
+        for text in texts {
+            let body: RuleBody = serde_json::from_str(&text)?;
+            let stored = StoredRuleBody::from(body.clone());
+            assert_eq!(serde_json::to_string(&stored)?, serde_json::to_string(&body)?);
+            let read: StoredRuleBody = serde_json::from_str(&serde_json::to_string(&body)?)?;
+            assert_eq!(RuleBody::from(read), body);
+        }
         Ok(())
     }
 }

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use wallet_storage::users::{self, StoredUser};
 
 use crate::domain::{rfc3339, Email, Password, UserName};
 use crate::error::ApiError;
-use crate::users::{Role, StoredUser};
 
 /// `POST /v1/users`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,9 +77,28 @@ impl From<&StoredUser> for UserView {
             id: user.id.to_string(),
             email: user.email.clone(),
             name: user.name.clone(),
-            role: user.role,
+            role: user.role.into(),
             disabled: user.disabled,
             created_at: rfc3339(user.created_at_ms),
+        }
+    }
+}
+
+/// What a user may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads and moves their own accounts.
+    User,
+    /// Everything, including deposits, freezes and other users' accounts.
+    Admin,
+}
+
+impl From<users::Role> for Role {
+    fn from(role: users::Role) -> Self {
+        match role {
+            users::Role::User => Role::User,
+            users::Role::Admin => Role::Admin,
         }
     }
 }
