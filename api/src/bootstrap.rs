@@ -14,13 +14,13 @@
 //! session of the administrator, as any password change does.
 
 use uuid::Uuid;
+use wallet_storage::users::{Role, StoredUser, UserStoreError};
 
 use crate::auth::random_token;
 use crate::domain::{now_ms, Email, Password};
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::users::{Role, StoredUser, UserStoreError};
 
 /// The `meta` key of the id of the administrator the last start created.
 pub const ADMIN_ID_KEY: &str = "admin_id";

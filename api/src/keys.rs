@@ -18,9 +18,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use wallet_storage::users::{UserStore, UserStoreError};
 
 use crate::auth::{hex, random_token};
-use crate::users::{UserStore, UserStoreError};
 
 /// The file a generated secret is kept in, under the data directory.
 pub const SECRET_FILE: &str = "jwt_secret";
@@ -159,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn a_secret_moves_out_of_the_store_into_a_0600_file_and_stays() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let users = UserStore::open(&dir.path().join("users.sled"))?;
+        let users = UserStore::open(&dir.path().join(wallet_storage::users::FILE_NAME))?;
         users.set_meta(LEGACY_META_KEY, &[b'k'; 64]).await?;
         let secret = generated_secret(dir.path(), &users).await?;
         assert_eq!(secret, vec![b'k'; 64], "tokens signed before stay valid");

@@ -7,7 +7,8 @@
 //! - [`settings`]: the command line and its `WALLET_*` environment variables.
 //! - [`startup`]: [`Application`]: build from settings, bind, run until shutdown.
 //! - [`routes`]: the router and one module per area (health, users, accounts, money, risk).
-//! - [`wire`]: the JSON types on the wire, converted to domain types with `TryFrom`.
+//! - [`wire`]: the JSON types on the wire, one module per route group, converted to domain
+//!   types with `TryFrom`.
 //! - [`domain`]: values parsed at the edge (email, password, name, UUID ids, timestamps).
 //! - [`error`]: [`ApiError`], and the one place that maps errors to statuses and codes.
 //! - [`extract`]: extractors whose failures are problem documents too.
@@ -22,8 +23,9 @@
 //! - [`login_throttle`]: failed logins per email, with a growing delay.
 //! - [`keys`]: the token signing keys (ids, rotation) and the generated secret's 0600 file.
 //! - [`oidc`]: tokens of an external OAuth2/OIDC issuer, checked against its JWKS.
-//! - [`users`]: the sled-backed user store (users, sessions, owned accounts, risk rules).
 //! - [`sessions`]: refresh-token families: rotation, reuse detection, absolute lifetime.
+//!   The user store itself (users, sessions, owned accounts, risk rules) is
+//!   `wallet_storage::users`.
 //! - [`risk`]: risk rules kept for the ledger: stored, configured defaults, handed over.
 //! - [`state`]: what handlers share, and the object-level authorization checks.
 //! - [`telemetry`]: tracing, the Prometheus recorder, request metrics.
@@ -49,7 +51,6 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
-pub mod users;
 pub mod wire;
 
 pub use error::ApiError;

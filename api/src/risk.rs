@@ -1,6 +1,6 @@
 //! Risk rules on the API's side. The ledger checks them, with the debit, but
 //! does not keep them: they are configuration, kept in the user store
-//! (`risk_rules`, see [`crate::users`]) and handed to the ledger whole
+//! (`risk_rules`, see [`wallet_storage::users`]) and handed to the ledger whole
 //! ([`wallet_actors::Ledger::set_rules`]) at start, before serving, and after
 //! every change. A change is durable before the ledger sees it, and in force
 //! before it is answered.
@@ -15,12 +15,12 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 use wallet_actors::risk::{Rule, RuleId};
+use wallet_storage::users::StoredRule;
 
 use crate::domain::now_ms;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::users::StoredRule;
-use crate::wire::RuleBody;
+use crate::wire::risk::RuleBody;
 
 /// Most rules at once: every debit is checked against each of them.
 pub const RULES_MAX: usize = 256;
@@ -67,7 +67,7 @@ fn rule_id(id: Uuid) -> Result<RuleId, ApiError> {
 }
 
 fn parse(stored: StoredRule) -> Result<RuleEntry, ApiError> {
-    let rule = stored.rule.into_rule(rule_id(stored.id)?)?;
+    let rule = RuleBody::from(stored.rule).into_rule(rule_id(stored.id)?)?;
     Ok(RuleEntry { rule, created_at_ms: stored.created_at_ms })
 }
 
@@ -116,7 +116,7 @@ async fn insert(state: &AppState, body: RuleBody) -> Result<RuleEntry, ApiError>
             detail: "the most risk rules allowed exist already; delete one first",
         });
     }
-    let stored = StoredRule { id, created_at_ms: now_ms(), rule: body };
+    let stored = StoredRule { id, created_at_ms: now_ms(), rule: body.into() };
     state.users.put_rule(&stored).await?;
     Ok(RuleEntry { rule, created_at_ms: stored.created_at_ms })
 }
@@ -134,7 +134,7 @@ pub async fn replace(state: &AppState, id: Uuid, body: RuleBody) -> Result<RuleE
     let rule = body.clone().into_rule(rule_id(id).map_err(|_| not_found())?)?;
     let _changing = state.rule_changes.lock().await;
     let old = state.users.rule(id)?.ok_or_else(not_found)?;
-    let stored = StoredRule { id, created_at_ms: old.created_at_ms, rule: body };
+    let stored = StoredRule { id, created_at_ms: old.created_at_ms, rule: body.into() };
     state.users.put_rule(&stored).await?;
     install(state).await?;
     Ok(RuleEntry { rule, created_at_ms: stored.created_at_ms })

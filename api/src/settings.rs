@@ -19,7 +19,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::assets::ConfiguredAsset;
-use crate::wire::RuleBody;
+use crate::wire::risk::RuleBody;
 
 /// Shown at the end of `wallet --help` and `wallet serve --help`.
 const CONFIG_HELP: &str = "\

@@ -17,6 +17,7 @@ use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{
     EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,
 };
+use wallet_storage::users::{UserStore, UserStoreError};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::admission::UserAdmission;
@@ -34,7 +35,6 @@ use crate::serve::{serve, ConnectionLimits};
 use crate::settings::{Secret, Settings};
 use crate::state::{AccountRules, AppState, Throttles};
 use crate::telemetry::prometheus;
-use crate::users::{UserStore, UserStoreError};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,7 @@ impl Application {
             }
             _ => None,
         };
-        let users_path: PathBuf = settings.data_dir.join("users.sled");
+        let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
         let users = UserStore::open(&users_path)?;
 
         let configured = |name: &'static str, secret: &Secret| {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
 use wallet_cluster::events::{LiveEvents, LiveOptions};
+use wallet_storage::users::{UserStore, UserStoreError};
 use wallet_storage::JournalStats;
 
 use crate::admission::UserAdmission;
@@ -18,7 +19,6 @@ use crate::domain::ledger_user_id;
 use crate::error::ApiError;
 use crate::login_throttle::LoginThrottle;
 use crate::oidc::ExternalIssuer;
-use crate::users::{UserStore, UserStoreError};
 
 /// Most account owners remembered; past it the map starts over.
 pub const OWNER_CACHE_MAX: usize = 1 << 20;

@@ -13,6 +13,9 @@
 //!   and rebuilding the shards from durable state after a failure.
 //! - [`runs`]: immutable sorted runs: the transfer index and account history.
 //! - [`faults`]: named points where tests make storage fail or stop.
+//! - [`users`]: the API's user store (`users.sled`): users, emails, owned
+//!   accounts, risk rules as written, settings kept across restarts.
+//! - [`sessions`]: refresh-token sessions as the user store keeps them.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +27,9 @@ pub mod journal;
 pub mod runs;
 pub mod scan;
 pub mod segment;
+pub mod sessions;
 pub mod snapshot;
+pub mod users;
 
 pub use checkpoint::CheckpointReport;
 pub use embedded::{EmbeddedLedger, EmbeddedOptions, RecoveryReport};

@@ -11,12 +11,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 use jsonwebtoken::Algorithm;
 use uuid::Uuid;
+use wallet_storage::users::{Role, StoredUser};
 
 use crate::domain::{now_ms, Email, UserName};
 use crate::error::ApiError;
 use crate::oidc::{ExternalClaims, ExternalIssuer};
 use crate::state::AppState;
-use crate::users::{Role, StoredUser};
 
 /// Who is calling: an authenticated user, as stored now.
 #[derive(Clone, Debug)]

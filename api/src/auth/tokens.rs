@@ -28,7 +28,7 @@ pub struct Claims {
     /// Issued at (seconds since the Unix epoch); optional on the way in.
     #[serde(default)]
     pub iat: u64,
-    /// The user's session epoch when issued ([`crate::users::StoredUser::session_epoch`]).
+    /// The user's session epoch when issued ([`wallet_storage::users::StoredUser::session_epoch`]).
     #[serde(default)]
     pub session_epoch: u64,
 }

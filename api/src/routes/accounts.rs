@@ -7,6 +7,7 @@ use uuid::Uuid;
 use wallet_actors::{
     is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, NewAccount, Rejection,
 };
+use wallet_storage::users::LIST_LIMIT_MAX;
 
 use crate::auth::Caller;
 use crate::domain::{account_id, ledger_user_id, parse_uuid};
@@ -15,12 +16,12 @@ use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, Unprocessable};
 use crate::routes::users::PAGE_SIZE_DEFAULT;
 use crate::state::AppState;
-use crate::wire::{
-    parse_amount, AccountView, HistoryItemView, HistoryQuery, ListQuery, NewAccountBody, Page, TransferView,
-};
+use crate::wire::accounts::{AccountView, HistoryItemView, HistoryQuery, NewAccountBody};
+use crate::wire::money::TransferView;
+use crate::wire::{parse_amount, ListQuery, Page};
 
 /// Most index entries one page of `GET /v1/accounts` reads.
-const INDEX_SCAN_PER_PAGE_MAX: usize = 10 * crate::users::LIST_LIMIT_MAX;
+const INDEX_SCAN_PER_PAGE_MAX: usize = 10 * LIST_LIMIT_MAX;
 
 /// `POST /v1/accounts`: opens an account for the caller.
 ///
@@ -164,7 +165,7 @@ pub async fn list_accounts(
         None => caller.id(),
     };
     let after = query.cursor.as_deref().map(|c| parse_uuid("cursor", c)).transpose()?;
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
+    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, LIST_LIMIT_MAX);
     let ledger_owner = ledger_user_id(owner)?;
     let mut items = Vec::with_capacity(limit);
     let mut cursor = after;
@@ -286,7 +287,7 @@ pub async fn close(
 /// but not transfers, so a page reads on past them; only after this many
 /// (thousands of status changes in a row) does it come back short, with a
 /// `next_cursor` to go on from.
-pub const HISTORY_SCAN_MAX: usize = 10 * crate::users::LIST_LIMIT_MAX;
+pub const HISTORY_SCAN_MAX: usize = 10 * LIST_LIMIT_MAX;
 
 /// Largest read of the ledger's history (what `Ledger::history` allows).
 const HISTORY_READ_MAX: usize = 1000;

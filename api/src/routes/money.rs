@@ -20,10 +20,11 @@ use crate::openapi::{
     Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, OptionalBody, Unprocessable,
 };
 use crate::state::AppState;
-use crate::wire::{
-    parse_amount, BatchBody, BatchItemView, BatchView, MoneyBody, MoneyCommand, PostBody, TransferBody,
-    TransferCommand, TransferView, VoidBody,
+use crate::wire::money::{
+    BatchBody, BatchItemView, BatchView, MoneyBody, MoneyCommand, PostBody, TransferBody, TransferCommand,
+    TransferView, VoidBody,
 };
+use crate::wire::parse_amount;
 
 fn count(result: &str) {
     metrics::counter!("wallet_transfers_total", "result" => result.to_string()).increment(1);

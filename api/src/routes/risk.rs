@@ -13,7 +13,8 @@ use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound};
 use crate::risk;
 use crate::state::AppState;
-use crate::wire::{DecisionQuery, DecisionView, Page, RuleBody, RuleView};
+use crate::wire::risk::{DecisionQuery, DecisionView, RuleBody, RuleView};
+use crate::wire::Page;
 
 fn view(entry: &risk::RuleEntry) -> RuleView {
     RuleView::new(&entry.rule, entry.created_at_ms)

@@ -1,5 +1,5 @@
 //! Sessions over HTTP: login, refresh, logout, and password changes
-//! ([`crate::sessions`] keeps the sessions). Token responses carry
+//! ([`crate::sessions`] starts and refreshes the sessions). Token responses carry
 //! `Cache-Control: no-store` (RFC 6749, 5.1): a cache between the client
 //! and us must not keep a credential.
 
@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, PRAGMA};
 use axum::http::StatusCode;
 use axum::Json;
+use wallet_storage::users::StoredUser;
 
 use crate::auth::Caller;
 use crate::domain::{now_ms, Email, Password, PASSWORD_LEN_MAX};
@@ -15,8 +16,7 @@ use crate::extract::ApiJson;
 use crate::openapi::{Authenticated, Forbidden, JsonBody, Unauthorized, V1};
 use crate::sessions::Refreshed;
 use crate::state::AppState;
-use crate::users::StoredUser;
-use crate::wire::{PasswordChangeBody, RefreshBody, TokenBody, TokenView};
+use crate::wire::sessions::{PasswordChangeBody, RefreshBody, TokenBody, TokenView};
 
 /// A token response's headers: no cache may keep it.
 type NoStore = [(axum::http::HeaderName, &'static str); 2];
@@ -89,11 +89,9 @@ pub async fn token(
     if user.disabled {
         return Err(invalid);
     }
-    let refresh_token = state
-        .users
-        .sessions()
-        .start(user.id, user.session_epoch, now_ms(), state.tokens.session_policy())
-        .await?;
+    let policy = state.tokens.session_policy();
+    let refresh_token =
+        crate::sessions::start(state.users.sessions(), user.id, user.session_epoch, now_ms(), policy).await?;
     Ok((NO_STORE, Json(token_view(&state, &user, refresh_token)?)))
 }
 
@@ -124,7 +122,9 @@ pub async fn refresh(
     // which revokes the access token issued below.
     let user = state.users.get(user_id)?.ok_or_else(invalid_refresh_token)?;
     let policy = state.tokens.session_policy();
-    match sessions.refresh(&body.refresh_token, user.session_epoch, now_ms(), policy).await? {
+    match crate::sessions::refresh(sessions, &body.refresh_token, user.session_epoch, now_ms(), policy)
+        .await?
+    {
         Refreshed::Rotated { refresh_token, .. } => {
             if user.disabled {
                 sessions.end_all(user.id).await?;

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
+use wallet_storage::users::{Role, StoredUser, UserStoreError, LIST_LIMIT_MAX};
 
 use crate::auth::Caller;
 use crate::domain::{now_ms, parse_uuid, UserName};
@@ -12,8 +13,8 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, IdPath};
 use crate::openapi::{Authenticated, BadRequest, Conflict, Forbidden, JsonBody, NotFound, V1};
 use crate::state::AppState;
-use crate::users::{Role, StoredUser};
-use crate::wire::{ListQuery, NewUser, NewUserBody, Page, UpdateUserBody, UserView};
+use crate::wire::users::{NewUser, NewUserBody, UpdateUserBody, UserView};
+use crate::wire::{ListQuery, Page};
 
 /// Default page size of listings.
 pub const PAGE_SIZE_DEFAULT: usize = 100;
@@ -29,7 +30,7 @@ pub fn numbered_page(cursor: Option<&str>, limit: Option<usize>) -> Result<(u64,
         })?,
         None => 0,
     };
-    Ok((after, limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX)))
+    Ok((after, limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, LIST_LIMIT_MAX)))
 }
 
 /// `POST /v1/users`: anyone may sign up, as a user; 409 `email_taken`.
@@ -51,7 +52,7 @@ pub async fn create_user(
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let NewUser { email, name, password } = NewUser::try_from(body)?;
     if state.users.by_email(email.as_str())?.is_some() {
-        return Err(crate::users::UserStoreError::EmailTaken.into());
+        return Err(UserStoreError::EmailTaken.into());
     }
     let user = StoredUser {
         id: Uuid::new_v4(),
@@ -133,7 +134,7 @@ pub async fn list_users(
         });
     }
     let after = query.cursor.as_deref().map(|c| parse_uuid("cursor", c)).transpose()?;
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, crate::users::LIST_LIMIT_MAX);
+    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT).clamp(1, LIST_LIMIT_MAX);
     let users = state.users.list(after, limit)?;
     let next_cursor = (users.len() == limit).then(|| users.last().map(|u| u.id.to_string())).flatten();
     Ok(Json(Page { items: users.iter().map(UserView::from).collect(), next_cursor }))

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use reqwest::StatusCode;
 use uuid::Uuid;
-use wallet_api::users::UserStore;
+use wallet_storage::users::{UserStore, FILE_NAME};
 
 use crate::helpers::TestApp;
 
@@ -24,7 +24,7 @@ async fn a_page_is_full_even_past_entries_of_openings_that_never_happened() -> a
     // entries that sort before every real account.
     let dir = app.stop().await?;
     {
-        let users = UserStore::open(&dir.path().join("users.sled"))?;
+        let users = UserStore::open(&dir.path().join(FILE_NAME))?;
         let user = Uuid::try_parse(&user_id)?;
         for n in 1..=5u128 {
             users.add_owned(user, Uuid::from_u128(n)).await?;

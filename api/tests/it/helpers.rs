@@ -284,7 +284,7 @@ impl Server {
             Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
             None => command.env_remove("WALLET_ADMIN_PASSWORD"),
         };
-        let had_users = dir.join("users.sled").exists();
+        let had_users = dir.join(wallet_storage::users::FILE_NAME).exists();
         let mut child = command.spawn().context("starting wallet")?;
         let (lines_tx, lines) = mpsc::channel::<(Stream, String)>();
         let stderr = child.stderr.take().context("no stderr")?;

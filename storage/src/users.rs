@@ -1,5 +1,6 @@
-//! The user store: users, their credentials, refresh tokens, and which
-//! accounts each user owns, in `<data-dir>/users.sled`.
+//! The API's user store: users, their credentials, their sessions, which
+//! accounts each user owns, and risk rules, in `<data-dir>/users.sled`
+//! ([`FILE_NAME`]).
 //!
 //! Trees:
 //! - `users`: user UUID (16 bytes) -> [`StoredUser`] as JSON;
@@ -12,7 +13,12 @@
 //! - `risk_rules`: rule UUID (16 bytes) -> [`StoredRule`] as JSON. The ledger
 //!   checks risk rules but does not keep them: they are configuration, kept here.
 //!
-//! Every write is flushed before the request that made it is answered.
+//! What is stored are types of this module, not the API's wire types: the
+//! API converts (a user to its view, a rule to and from its body), so a
+//! change to the JSON the API speaks cannot change what is on disk.
+//!
+//! Every write is flushed before it returns, so before the request that
+//! made it is answered.
 
 use std::path::Path;
 
@@ -22,6 +28,9 @@ use sled::Transactional;
 use uuid::Uuid;
 
 use crate::sessions::SessionStore;
+
+/// The store's directory in the data directory.
+pub const FILE_NAME: &str = "users.sled";
 
 /// Most items one listing returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
@@ -56,7 +65,7 @@ impl From<TransactionError<UserStoreError>> for UserStoreError {
 }
 
 /// What a user may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads and moves their own accounts.
@@ -91,9 +100,9 @@ pub struct StoredUser {
     pub session_epoch: u64,
 }
 
-/// A risk rule as stored: the body the API (or the configuration) took,
-/// so that a stored rule is parsed and checked at each start exactly like a
-/// new one ([`crate::wire::RuleBody::into_rule`]).
+/// A risk rule as stored: as the API (or the configuration) took it, not
+/// yet parsed, so that a stored rule is parsed and checked at each start
+/// exactly like a new one (by the API, which owns what a rule means).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredRule {
     /// Random (v4) id, the ledger's rule id.
@@ -101,7 +110,55 @@ pub struct StoredRule {
     /// When the rule was created (ms since the Unix epoch); a replacement keeps it.
     pub created_at_ms: u64,
     /// The rule.
-    pub rule: crate::wire::RuleBody,
+    pub rule: StoredRuleBody,
+}
+
+/// A risk rule as written: `kind` and `parameters` are read together when
+/// the rule is parsed, so `parameters` stays raw JSON here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRuleBody {
+    /// A name for people.
+    pub name: String,
+    /// What the rule checks (`max_amount`, ...).
+    pub kind: String,
+    /// Which debits it looks at.
+    pub scope: StoredRuleScope,
+    /// What a violation does.
+    pub action: StoredRuleAction,
+    /// The kind's parameters.
+    pub parameters: serde_json::Value,
+    /// Review rules only: void the hold by itself after this many seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// Which debits a stored rule looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoredRuleScope {
+    /// Every user's account.
+    Global {},
+    /// The accounts of one user.
+    User {
+        /// The user's UUID, as written.
+        user_id: String,
+    },
+    /// One account.
+    Account {
+        /// The account's UUID, as written.
+        account_id: String,
+    },
+}
+
+/// What a stored rule's violation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredRuleAction {
+    /// The transfer is refused.
+    Reject,
+    /// The transfer becomes a hold for review.
+    Review,
 }
 
 /// The store. Cheap to clone.
@@ -130,7 +187,7 @@ fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Resul
 impl UserStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<UserStore, UserStoreError> {
-        let db = wallet_storage::snapshot::open_sled(&sled::Config::new().path(path))?;
+        let db = crate::snapshot::open_sled(&sled::Config::new().path(path))?;
         // Refresh tokens of versions before sessions: they are refused (their
         // holders log in again), so nothing should keep their hashes.
         db.drop_tree("refresh_tokens")?;
@@ -332,8 +389,8 @@ impl UserStore {
         Ok(found)
     }
 
-    /// Every stored risk rule, in id order. Their number is bounded by
-    /// [`crate::risk::RULES_MAX`], checked when one is added.
+    /// Every stored risk rule, in id order. Their number is bounded by the
+    /// API, which checks it when one is added.
     pub fn rules(&self) -> Result<Vec<StoredRule>, UserStoreError> {
         self.risk_rules.iter().values().map(|value| decode(&value?, "risk rule")).collect()
     }
@@ -428,6 +485,27 @@ mod tests {
         let store = UserStore::open(&path)?;
         assert_eq!(store.by_email("ada@example.com")?, Some(ada.clone()));
         assert_eq!(store.list(None, 10)?, vec![ada]);
+        Ok(())
+    }
+
+    #[test]
+    fn stored_values_read_and_write_as_earlier_versions_did() -> anyhow::Result<()> {
+        // A rule as versions whose stored rule was the API's own `RuleBody` wrote it.
+        let rules = [
+            r#"{"id":"0b6f7c5e-6a4b-4f2e-9d3c-1a2b3c4d5e6f","created_at_ms":5,"rule":{"name":"cap","kind":"max_amount","scope":{"type":"user","user_id":"7"},"action":"review","parameters":{"amount":"1000","asset":"USD"},"timeout_seconds":60}}"#,
+            r#"{"id":"0b6f7c5e-6a4b-4f2e-9d3c-1a2b3c4d5e70","created_at_ms":6,"rule":{"name":"ten","kind":"velocity_count","scope":{"type":"global"},"action":"reject","parameters":{"count":10},"timeout_seconds":null}}"#,
+        ];
+        for text in rules {
+            let rule: StoredRule = serde_json::from_str(text)?;
+            assert_eq!(serde_json::to_string(&rule)?, text);
+        }
+        let user = r#"{"id":"0b6f7c5e-6a4b-4f2e-9d3c-1a2b3c4d5e6f","email":"ada@example.com","name":"Ada","password_hash":"x","role":"admin","created_at_ms":1,"disabled":true,"session_epoch":3}"#;
+        let decoded: StoredUser = serde_json::from_str(user)?;
+        assert_eq!(serde_json::to_string(&decoded)?, user);
+        // Users stored before disabling and session epochs existed.
+        let older = r#"{"id":"0b6f7c5e-6a4b-4f2e-9d3c-1a2b3c4d5e6f","email":"ada@example.com","name":"Ada","password_hash":"x","role":"user","created_at_ms":1}"#;
+        let decoded: StoredUser = serde_json::from_str(older)?;
+        assert!(!decoded.disabled && decoded.session_epoch == 0 && decoded.role == Role::User);
         Ok(())
     }
 }
