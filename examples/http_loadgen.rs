@@ -105,6 +105,66 @@ async fn post_raw(
     Ok((status, response.bytes().await?))
 }
 
+/// One client: requests of `--batch` transfers between random accounts,
+/// one at a time, until `deadline`; their latencies, transfers applied, and
+/// requests failed.
+async fn client_loop(
+    client: reqwest::Client,
+    base: String,
+    token: Arc<String>,
+    accounts: Arc<Vec<String>>,
+    args: Args,
+    worker: usize,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut state = (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let single_url = format!("{base}/v1/transfers");
+    let batch_url = format!("{base}/v1/transfers/batch");
+    while Instant::now() < deadline {
+        // Bodies are written as text: building `serde_json::Value`s
+        // cost the client as much CPU as the server spent parsing.
+        let mut transfers = String::with_capacity(args.batch * 160);
+        for n in 0..args.batch {
+            let from = next(accounts.len());
+            let to = (from + 1 + next(accounts.len() - 1)) % accounts.len();
+            if n > 0 {
+                transfers.push(',');
+            }
+            transfers.push_str(&format!(
+                r#"{{"id":"{}","from_account_id":"{}","to_account_id":"{}","amount":"1"}}"#,
+                Uuid::new_v4(),
+                accounts[from],
+                accounts[to]
+            ));
+        }
+        let sent = Instant::now();
+        let result = if args.batch == 1 {
+            post_raw(&client, &single_url, &token, transfers).await
+        } else {
+            let body = format!(r#"{{"transfers":[{transfers}],"atomic":false}}"#);
+            post_raw(&client, &batch_url, &token, body).await
+        };
+        histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
+        match result {
+            Ok((201, _)) if args.batch == 1 => ok += 1,
+            Ok((status, body)) if args.batch > 1 && status < 300 => {
+                let counted: BatchCount = serde_json::from_slice(body.as_ref())?;
+                ok += counted.results.iter().filter(|item| item.status == 201).count() as u64;
+            }
+            _ => failed += 1,
+        }
+    }
+    anyhow::Ok((histogram, ok, failed))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().to_string_lossy().to_string();
@@ -180,54 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for worker in 0..args.concurrency {
         let (client, base, token, accounts, args) =
             (client.clone(), base.clone(), token.clone(), accounts.clone(), args.clone());
-        tasks.spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut ok, mut failed) = (0u64, 0u64);
-            let mut state = (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let mut next = |n: usize| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % n as u64) as usize
-            };
-            let single_url = format!("{base}/v1/transfers");
-            let batch_url = format!("{base}/v1/transfers/batch");
-            while Instant::now() < deadline {
-                // Bodies are written as text: building `serde_json::Value`s
-                // cost the client as much CPU as the server spent parsing.
-                let mut transfers = String::with_capacity(args.batch * 160);
-                for n in 0..args.batch {
-                    let from = next(accounts.len());
-                    let to = (from + 1 + next(accounts.len() - 1)) % accounts.len();
-                    if n > 0 {
-                        transfers.push(',');
-                    }
-                    transfers.push_str(&format!(
-                        r#"{{"id":"{}","from_account_id":"{}","to_account_id":"{}","amount":"1"}}"#,
-                        Uuid::new_v4(),
-                        accounts[from],
-                        accounts[to]
-                    ));
-                }
-                let sent = Instant::now();
-                let result = if args.batch == 1 {
-                    post_raw(&client, &single_url, &token, transfers).await
-                } else {
-                    let body = format!(r#"{{"transfers":[{transfers}],"atomic":false}}"#);
-                    post_raw(&client, &batch_url, &token, body).await
-                };
-                histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
-                match result {
-                    Ok((201, _)) if args.batch == 1 => ok += 1,
-                    Ok((status, body)) if args.batch > 1 && status < 300 => {
-                        let counted: BatchCount = serde_json::from_slice(body.as_ref())?;
-                        ok += counted.results.iter().filter(|item| item.status == 201).count() as u64;
-                    }
-                    _ => failed += 1,
-                }
-            }
-            anyhow::Ok((histogram, ok, failed))
-        });
+        tasks.spawn(client_loop(client, base, token, accounts, args, worker, deadline));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut failed) = (0u64, 0u64);

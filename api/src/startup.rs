@@ -99,63 +99,11 @@ impl Application {
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
-        let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
-        let live = Arc::new(LiveEvents::new(LiveOptions {
-            watchers_max: settings.events_streams_max,
-            ..LiveOptions::default()
-        }));
-        let outbox = events.clone().map(|queue| queue as Arc<dyn EventSink>);
-        let options = EmbeddedOptions {
-            ledger: LedgerConfig {
-                shard_count: settings.shards,
-                in_flight_max: settings.in_flight_max,
-                request_timeout_ms: settings.ledger_timeout_ms,
-                ..LedgerConfig::default()
-            },
-            events: Some(Arc::new(EventFeeds::new(live.clone(), outbox))),
-            ..EmbeddedOptions::default()
-        };
-        private_directory(&settings.data_dir)?;
-        let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
-        let publisher = match (&settings.nats_url, events) {
-            (Some(url), Some(queue)) => {
-                let mut options = PublisherOptions::new(url.clone());
-                options.replicas = settings.events_replicas;
-                options.duplicate_window = Duration::from_millis(settings.events_duplicate_window_ms);
-                Some(EventPublisher::spawn(queue, embedded.ledger.clone(), options))
-            }
-            _ => None,
-        };
+        let (embedded, publisher, live) = open_ledger(&settings).await?;
         let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
         let users = UserStore::open(&users_path)?;
 
-        let configured = |name: &'static str, secret: &Secret| {
-            if secret.expose().len() < SECRET_LEN_MIN {
-                return Err(StartupError::Setting {
-                    name,
-                    reason: format!("must have at least {SECRET_LEN_MIN} bytes"),
-                });
-            }
-            Ok(SigningKey::new(secret.expose().as_bytes()))
-        };
-        let current = match &settings.jwt_secret {
-            Some(secret) => configured("jwt_secret", secret)?,
-            None => SigningKey::new(&generated_secret(&settings.data_dir, &users).await?),
-        };
-        let previous = settings
-            .jwt_previous_secret
-            .as_ref()
-            .map(|s| configured("jwt_previous_secret", s))
-            .transpose()?;
-        let tokens = Tokens::new(
-            &current,
-            previous.as_ref(),
-            settings.jwt_issuer.clone(),
-            settings.jwt_audience.clone(),
-            settings.access_token_ttl_seconds,
-            settings.refresh_token_ttl_seconds,
-            settings.session_lifetime_seconds,
-        );
+        let tokens = tokens(&settings, &users).await?;
         let hashes_max = settings.password_hashes_max.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             |max| max as usize,
@@ -200,24 +148,7 @@ impl Application {
             body_limit_bytes: settings.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
         };
-        let rates = RateLayers::new(RateLimits {
-            per_client: Bucket {
-                per_second: settings.rate_limit_per_second,
-                burst: settings.rate_limit_burst,
-            },
-            per_user: Bucket {
-                per_second: settings.user_rate_limit_per_second,
-                burst: settings.user_rate_limit_burst,
-            },
-            login: Bucket {
-                per_second: settings.login_rate_limit_per_minute / 60.0,
-                burst: settings.login_rate_limit_burst,
-            },
-        })
-        .ok_or(StartupError::Setting {
-            name: "rate limits",
-            reason: "rates and bursts must be positive".into(),
-        })?;
+        let rates = rate_layers(&settings)?;
         let trusted = Arc::new(TrustedProxies::new(settings.trusted_proxies.clone()));
         let router = router(state.clone(), limits, rates, trusted);
         let shutdown_grace = Duration::from_millis(settings.shutdown_grace_ms);
@@ -322,6 +253,86 @@ impl Application {
         flushed?;
         Ok(())
     }
+}
+
+/// Opens the ledger with its event feeds (live watchers, and the NATS
+/// outbox when a URL is set) and starts the publisher.
+async fn open_ledger(
+    settings: &Settings,
+) -> Result<(EmbeddedLedger, Option<EventPublisher>, Arc<LiveEvents>), StartupError> {
+    let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
+    let live = Arc::new(LiveEvents::new(LiveOptions {
+        watchers_max: settings.events_streams_max,
+        ..LiveOptions::default()
+    }));
+    let outbox = events.clone().map(|queue| queue as Arc<dyn EventSink>);
+    let options = EmbeddedOptions {
+        ledger: LedgerConfig {
+            shard_count: settings.shards,
+            in_flight_max: settings.in_flight_max,
+            request_timeout_ms: settings.ledger_timeout_ms,
+            ..LedgerConfig::default()
+        },
+        events: Some(Arc::new(EventFeeds::new(live.clone(), outbox))),
+        ..EmbeddedOptions::default()
+    };
+    private_directory(&settings.data_dir)?;
+    let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
+    let publisher = match (&settings.nats_url, events) {
+        (Some(url), Some(queue)) => {
+            let mut options = PublisherOptions::new(url.clone());
+            options.replicas = settings.events_replicas;
+            options.duplicate_window = Duration::from_millis(settings.events_duplicate_window_ms);
+            Some(EventPublisher::spawn(queue, embedded.ledger.clone(), options))
+        }
+        _ => None,
+    };
+    Ok((embedded, publisher, live))
+}
+
+/// The token issuer: the configured secrets, or one generated and kept.
+async fn tokens(settings: &Settings, users: &UserStore) -> Result<Tokens, StartupError> {
+    let configured = |name: &'static str, secret: &Secret| {
+        if secret.expose().len() < SECRET_LEN_MIN {
+            return Err(StartupError::Setting {
+                name,
+                reason: format!("must have at least {SECRET_LEN_MIN} bytes"),
+            });
+        }
+        Ok(SigningKey::new(secret.expose().as_bytes()))
+    };
+    let current = match &settings.jwt_secret {
+        Some(secret) => configured("jwt_secret", secret)?,
+        None => SigningKey::new(&generated_secret(&settings.data_dir, users).await?),
+    };
+    let previous =
+        settings.jwt_previous_secret.as_ref().map(|s| configured("jwt_previous_secret", s)).transpose()?;
+    let tokens = Tokens::new(
+        &current,
+        previous.as_ref(),
+        settings.jwt_issuer.clone(),
+        settings.jwt_audience.clone(),
+        settings.access_token_ttl_seconds,
+        settings.refresh_token_ttl_seconds,
+        settings.session_lifetime_seconds,
+    );
+    Ok(tokens)
+}
+
+/// The rate limits as layers, refused when a rate or burst is not positive.
+fn rate_layers(settings: &Settings) -> Result<RateLayers, StartupError> {
+    RateLayers::new(RateLimits {
+        per_client: Bucket { per_second: settings.rate_limit_per_second, burst: settings.rate_limit_burst },
+        per_user: Bucket {
+            per_second: settings.user_rate_limit_per_second,
+            burst: settings.user_rate_limit_burst,
+        },
+        login: Bucket {
+            per_second: settings.login_rate_limit_per_minute / 60.0,
+            burst: settings.login_rate_limit_burst,
+        },
+    })
+    .ok_or(StartupError::Setting { name: "rate limits", reason: "rates and bursts must be positive".into() })
 }
 
 /// The external issuer the settings name, if any, with its keys loaded:

@@ -14,8 +14,8 @@ pub use publisher::{EventPublisher, PublisherOptions};
 pub use queue::EventQueue;
 
 use wallet_actors::events::{uuid_text, LedgerEvent};
-use wallet_actors::shard::{HistoryEntry, HistoryEvent};
 use wallet_actors::{AccountId, Ledger};
+use wallet_actors::{HistoryEntry, HistoryEvent};
 
 /// The stream every event goes to.
 pub const STREAM: &str = "WALLET_EVENTS";

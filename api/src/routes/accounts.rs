@@ -355,8 +355,8 @@ pub async fn account_transfers(
 }
 
 /// The page item of a history entry, if it is a transfer's.
-fn history_item(state: &AppState, entry: &wallet_actors::shard::HistoryEntry) -> Option<HistoryItemView> {
-    let wallet_actors::shard::HistoryEvent::Leg(leg) = &entry.event else { return None };
+fn history_item(state: &AppState, entry: &wallet_actors::HistoryEntry) -> Option<HistoryItemView> {
+    let wallet_actors::HistoryEvent::Leg(leg) = &entry.event else { return None };
     let side = match leg.side {
         wallet_actors::account::Side::Debit => "debit",
         wallet_actors::account::Side::Credit => "credit",

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::watch;
 use utoipa::IntoParams;
-use wallet_actors::shard::HistoryEntry;
+use wallet_actors::HistoryEntry;
 use wallet_actors::{AccountId, Ledger, Rejection};
 use wallet_cluster::events::Subscription;
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use wallet_actors::ports::EventSink;
-use wallet_actors::shard::HistoryEntry;
+use wallet_actors::HistoryEntry;
 use wallet_actors::{AccountId, ShardId};
 
 /// Limits of the live feed.
@@ -211,7 +211,7 @@ impl EventSink for EventFeeds {
 mod tests {
     use super::*;
     use wallet_actors::account::Balances;
-    use wallet_actors::shard::HistoryEvent;
+    use wallet_actors::HistoryEvent;
 
     fn id(n: u128) -> AccountId {
         match AccountId::new(n) {

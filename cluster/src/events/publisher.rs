@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use wallet_actors::events::LedgerEvent;
-use wallet_actors::shard::HistoryEntry;
+use wallet_actors::HistoryEntry;
 use wallet_actors::{AccountId, Ledger};
 
 use super::{subject, EventQueue, STREAM, SUBJECTS};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use wallet_actors::ports::EventSink;
-use wallet_actors::shard::HistoryEntry;
+use wallet_actors::HistoryEntry;
 use wallet_actors::{AccountId, ShardId};
 
 /// Durable history entries waiting for the publisher.
