@@ -193,10 +193,16 @@ impl EmbeddedLedger {
 
     /// Every transfer, in memory or in the on-disk index, with its current
     /// status (audits and tests: reads them all).
+    ///
+    /// Memory is read first: a checkpoint running meanwhile adds transfers
+    /// to the index before it drops them from memory, so each is in one
+    /// read or the other. (Index first, a transfer moved in between was in
+    /// neither.) Memory's record wins: its status is the newer.
     pub fn all_transfers(&self) -> Result<Vec<wallet_actors::registry::TransferRecord>, StorageError> {
+        let in_memory = self.ledger.transfers();
         let mut by_id: std::collections::BTreeMap<_, _> =
             self.checkpointer.runs.all()?.into_iter().map(|r| (r.transfer.id, r)).collect();
-        for record in self.ledger.transfers() {
+        for record in in_memory {
             by_id.insert(record.transfer.id, record);
         }
         Ok(by_id.into_values().collect())
