@@ -70,6 +70,11 @@ struct Args {
     /// process: what a restart costs.
     #[arg(long)]
     open_only: bool,
+    /// Small sequential ids (1,000 and up) instead of random 128-bit ones:
+    /// the workload of the sittings before 2026-12-06, for comparing with
+    /// them (records shrink: postcard writes small integers short).
+    #[arg(long)]
+    sequential_ids: bool,
     /// Passivate accounts not named during this many snapshots (-1: never).
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     passivate_after_snapshots: i64,
@@ -160,10 +165,16 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Set from `--sequential-ids` before any id is made.
+static SEQUENTIAL_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A random-looking 128-bit id, as API clients send (UUIDs): unique for
 /// each `n` (the high half is a bijection of `n`), so records have their
 /// real size and ids spread over the whole space.
 fn spread_id(n: u64, salt: u64) -> u128 {
+    if SEQUENTIAL_IDS.load(Ordering::Relaxed) {
+        return u128::from(n) + 1_000;
+    }
     let high = stable_hash(u128::from(n));
     let low = stable_hash(u128::from(n) | u128::from(salt) << 64);
     u128::from(high) << 64 | u128::from(low) | 1
@@ -213,6 +224,7 @@ async fn open_only(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    SEQUENTIAL_IDS.store(args.sequential_ids, Ordering::Relaxed);
     if args.open_only {
         return open_only(&args).await;
     }
