@@ -2,18 +2,22 @@
 //! each message to it, one at a time. It routes, reserves, applies and
 //! journals; it never awaits another actor, and never touches a disk.
 //!
-//! - this file: the actor and how it handles each message;
+//! - this file: the actor, and which method handles each message;
+//! - `accounts`, `transfers`, `coordination`: those methods, by purpose;
 //! - [`msg`]: what a shard can be asked;
 //! - [`outbox`]: what it holds back and sends at once, in dependency order;
 //! - [`shared`]: what a generation of shards shares, and why it fails;
 //! - [`supervisor`]: who hears a shard end;
 //! - [`router`]: how shards reach each other.
 
+mod accounts;
+mod coordination;
 mod msg;
 mod outbox;
 mod router;
 mod shared;
 mod supervisor;
+mod transfers;
 
 pub use msg::{ChainOp, CreditOp, OpOutcome, OutcomeSender, PrepareOutcome, ShardMsg};
 pub use router::LocalRouter;
@@ -25,11 +29,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::ids::ShardId;
 use crate::ports::JournalError;
-use crate::record::{Applied, Record, ShardApplied};
-use crate::rejection::Rejection;
-use crate::shard::{commit_record, IndexedRejection, Planned, ShardState};
+use crate::record::Record;
+use crate::shard::ShardState;
 use crate::LedgerError;
 use outbox::Outbox;
 
@@ -163,84 +165,19 @@ impl RunningShard {
     fn handle(&mut self, message: ShardMsg) {
         self.activate_for(&message);
         match message {
-            ShardMsg::OpenAccount(account, port) => {
-                let Some(port) = self.refuse_if_poisoned(port) else { return };
-                match self.state.open_account(account) {
-                    Err(rejection) => reply(port, Err(LedgerError::Rejected(rejection))),
-                    Ok((account, None)) => reply(port, Ok(account)),
-                    Ok((account, Some(event))) => {
-                        let record = Record::Applied(Applied { events: vec![event], ..Default::default() });
-                        self.journal_then_reply(record, port, Ok(account));
-                    }
-                }
-            }
-            ShardMsg::SetStatus(account_id, status, port) => {
-                let Some(port) = self.refuse_if_poisoned(port) else { return };
-                let now_ms = self.shared.clock.now_ms();
-                match self.state.set_status(account_id, status, now_ms) {
-                    Err(rejection) => reply(port, Err(LedgerError::Rejected(rejection))),
-                    Ok((account, None)) => reply(port, Ok(account)),
-                    Ok((account, Some(event))) => {
-                        let record = Record::Applied(Applied {
-                            events: vec![event],
-                            at_ms: now_ms,
-                            ..Default::default()
-                        });
-                        self.journal_then_reply(record, port, Ok(account));
-                    }
-                }
-            }
+            ShardMsg::OpenAccount(account, port) => self.open_account(account, port),
+            ShardMsg::SetStatus(account_id, status, port) => self.set_status(account_id, status, port),
             ShardMsg::Execute(ops, port) => {
                 let Some(port) = self.refuse_if_poisoned(port) else { return };
                 self.execute(ops, port);
             }
-            ShardMsg::Prepare { commit_id, ops, reply: port } => {
-                let now_ms = self.shared.clock.now_ms();
-                let outcomes = ops
-                    .into_iter()
-                    .map(|(index, op)| match self.state.reserve(&op, now_ms) {
-                        Ok(reservation) => {
-                            let assets = reservation.assets.clone();
-                            self.state.hold_prepared((commit_id, index), op, reservation);
-                            (assets, Ok(()))
-                        }
-                        Err(failure) => (self.state.assets_of(&op), Err(failure)),
-                    })
-                    .collect();
-                self.outbox.prepared.push((port, outcomes));
-            }
-            ShardMsg::Decide { commit_id, committed, aborted } => {
-                for index in aborted {
-                    self.state.abort_prepared((commit_id, index));
-                }
-                if committed.is_empty() {
-                    return;
-                }
-                let mut sequences = Vec::new();
-                for index in committed {
-                    sequences.extend(self.state.commit_prepared((commit_id, index)));
-                }
-                let record = Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
-                self.journal(record, self.shared.poison_on_failure());
-            }
+            ShardMsg::Prepare { commit_id, ops, reply: port } => self.prepare(commit_id, ops, port),
+            ShardMsg::Decide { commit_id, committed, aborted } => self.decide(commit_id, committed, aborted),
             ShardMsg::Flush => self.flush(),
             ShardMsg::Debit(ops) => self.debit(ops),
             ShardMsg::Credit(ops) => self.credit(ops),
-            ShardMsg::Refused(ops, failures) => {
-                let now_ms = self.shared.clock.now_ms();
-                for (refused, failure) in ops.into_iter().zip(failures) {
-                    let first = self.state.first_failure(&refused.op, &refused.debit_assets, failure, now_ms);
-                    let _ = refused.reply.send(Ok(Err(first)));
-                }
-            }
-            ShardMsg::Settle(commit_ids) => {
-                for commit_id in commit_ids {
-                    let sequences = self.state.commit_prepared((commit_id, 0));
-                    let record =
-                        Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
-                    self.journal(record, self.shared.poison_on_failure());
-                }
-            }
+            ShardMsg::Refused(ops, failures) => self.refused(ops, failures),
+            ShardMsg::Settle(commit_ids) => self.settle(commit_ids),
             ShardMsg::Release(commit_ids) => {
                 for commit_id in commit_ids {
                     self.state.abort_prepared((commit_id, 0));
@@ -264,13 +201,7 @@ impl RunningShard {
                 self.state.set_rules(rules);
                 reply(port, ());
             }
-            ShardMsg::ForgetFlushedHistory(idle_epochs) => {
-                self.state.forget_flushed_history();
-                if let Some(idle_epochs) = idle_epochs {
-                    let passivated = self.state.passivate_idle(idle_epochs);
-                    metrics::counter!("wallet_passivations_total").increment(passivated as u64);
-                }
-            }
+            ShardMsg::ForgetFlushedHistory(idle_epochs) => self.forget_flushed_history(idle_epochs),
             ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
                 let entries = self.state.recent_history(account_id, after_sequence, limit);
                 self.reply_when_durable(port, entries);
@@ -285,142 +216,11 @@ impl RunningShard {
         }
     }
 
-    fn execute(&mut self, ops: Vec<Arc<[Planned]>>, port: RpcReplyPort<Result<Vec<OpOutcome>, LedgerError>>) {
-        let now_ms = self.shared.clock.now_ms();
-        let mut outcomes = Vec::with_capacity(ops.len());
-        let mut record = Applied { at_ms: now_ms, ..Applied::default() };
-        for op in &ops {
-            match self.state.execute_local(op, now_ms) {
-                Ok(applied) => {
-                    record.transfers.extend(applied.transfers);
-                    record.resolutions.extend(applied.resolutions);
-                    record.events.extend(applied.events);
-                    record.decisions.extend(applied.decisions);
-                    outcomes.push(Ok(()));
-                }
-                Err(rejection) => outcomes.push(Err(rejection)),
-            }
-        }
-        if record.events.is_empty() {
-            reply(port, Ok(outcomes));
-            return;
-        }
-        let registry = self.shared.registry.clone();
-        let shared = self.shared.clone();
-        let transfers: Vec<_> = record.transfers.clone();
-        let resolutions = record.resolutions.clone();
-        let decisions = record.decisions.clone();
-        self.journal(
-            Record::Applied(record),
-            Box::new(move |result| match result {
-                Ok(()) => {
-                    registry.record_durable(&transfers, &resolutions);
-                    shared.decisions.durable(&decisions);
-                    reply(port, Ok(outcomes));
-                }
-                Err(error) => {
-                    shared.poison(error);
-                    reply(port, Err(LedgerError::Unavailable));
-                }
-            }),
-        );
-    }
-
-    fn debit(&mut self, ops: Vec<ChainOp>) {
-        let now_ms = self.shared.clock.now_ms();
-        let me = self.state.shard_id();
-        let mut onward: std::collections::BTreeMap<ShardId, Vec<CreditOp>> = Default::default();
-        let mut refused: std::collections::BTreeMap<ShardId, (Vec<CreditOp>, Vec<IndexedRejection>)> =
-            Default::default();
-        for chain in ops {
-            if self.shared.poisoned.load(Ordering::Relaxed) {
-                let _ = chain.reply.send(Err(LedgerError::Unavailable));
-                continue;
-            }
-            match self.state.reserve(&chain.op, now_ms) {
-                Err(rejection) if rejection.1 <= Rejection::DebitAccountNotFound => {
-                    // Nothing the credit side finds can come first.
-                    let _ = chain.reply.send(Ok(Err(rejection)));
-                }
-                Err(rejection) => {
-                    let entry = refused.entry(chain.credit_shard).or_default();
-                    entry.0.push(CreditOp {
-                        commit_id: chain.commit_id,
-                        debit_assets: self.state.assets_of(&chain.op),
-                        op: chain.op,
-                        debit_shard: me,
-                        reply: chain.reply,
-                    });
-                    entry.1.push(rejection);
-                }
-                Ok(reservation) => {
-                    let debit_assets = reservation.assets.clone();
-                    self.state.hold_prepared((chain.commit_id, 0), chain.op.clone(), reservation);
-                    onward.entry(chain.credit_shard).or_default().push(CreditOp {
-                        commit_id: chain.commit_id,
-                        op: chain.op,
-                        debit_shard: me,
-                        debit_assets,
-                        reply: chain.reply,
-                    });
-                }
-            }
-        }
-        for (shard, (ops, failures)) in refused {
-            let entry = self.outbox.refused.entry(shard).or_default();
-            entry.0.extend(ops);
-            entry.1.extend(failures);
-        }
-        for (shard, credits) in onward {
-            self.outbox.credits.entry(shard).or_default().extend(credits);
-        }
-    }
-
-    fn credit(&mut self, ops: Vec<CreditOp>) {
-        let now_ms = self.shared.clock.now_ms();
-        let me = self.state.shard_id();
-        for credit in ops {
-            if self.shared.poisoned.load(Ordering::Relaxed) {
-                let _ = credit.reply.send(Err(LedgerError::Unavailable));
-                continue;
-            }
-            match self.state.accept_credit(&credit.op, &credit.debit_assets, now_ms) {
-                Err(rejection) => {
-                    // The release goes out at the flush, and the answer right
-                    // after it: a caller who closes the debit account next
-                    // must not find the refused transfer still reserved.
-                    self.outbox.releases.entry(credit.debit_shard).or_default().push(credit.commit_id);
-                    self.outbox.after_releases.push((credit.reply, Err(rejection)));
-                }
-                Ok(sequences) => {
-                    let applied_by = Some(ShardApplied { shard_id: me, sequences });
-                    let commit = commit_record(credit.commit_id, credit.op.iter(), applied_by);
-                    let decisions = commit.decisions.clone();
-                    let shared = self.shared.clone();
-                    let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
-                    self.journal(
-                        Record::Commit(commit),
-                        Box::new(move |result| match result {
-                            Ok(()) => {
-                                let resolutions: Vec<_> = op.iter().filter_map(Planned::resolution).collect();
-                                shared.registry.record_durable(
-                                    op.iter().filter_map(|p| p.transfer.as_ref()),
-                                    &resolutions,
-                                );
-                                shared.decisions.durable(&decisions);
-                                // Settle before answering, so that a read the
-                                // caller makes next finds the debit applied.
-                                let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
-                                let _ = port.send(Ok(Ok(())));
-                            }
-                            Err(error) => {
-                                shared.poison(error);
-                                let _ = port.send(Err(LedgerError::Unavailable));
-                            }
-                        }),
-                    );
-                }
-            }
+    fn forget_flushed_history(&mut self, idle_epochs: Option<u64>) {
+        self.state.forget_flushed_history();
+        if let Some(idle_epochs) = idle_epochs {
+            let passivated = self.state.passivate_idle(idle_epochs);
+            metrics::counter!("wallet_passivations_total").increment(passivated as u64);
         }
     }
 

@@ -11,10 +11,10 @@ use super::*;
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Side};
 use crate::amount::Amount;
 use crate::asset::Asset;
-use crate::ids::{AccountId, CommitId, TransferId, UserId};
+use crate::ids::{AccountId, CommitId, ShardId, TransferId, UserId};
 use crate::ports::{Journal, ManualClock, OnDurable};
 use crate::registry::TransferRegistry;
-use crate::shard::HoldChange;
+use crate::shard::{HoldChange, Planned};
 use crate::transfer::{Transfer, TransferKind, TransferRequest};
 
 /// Keeps what was appended, in order, and calls nothing back until told.

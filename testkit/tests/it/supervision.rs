@@ -99,8 +99,53 @@ async fn crashed_shards_are_rebuilt_from_durable_state_while_the_node_runs() -> 
     anyhow::ensure!(acknowledged.len() > 1_000, "only {} transfers acknowledged", acknowledged.len());
     check_books(&node, &acknowledged).await?;
 
-    // Rules in force before the crashes are in force after the rebuilds,
-    // also one set while shards were being rebuilt.
+    rules_survive_a_rebuild(&node).await?;
+
+    // What the rebuilt shards hold is what the files hold.
+    let live = node.ledger.accounts().await?;
+    node.stop_without_checkpoint().await;
+    // Reopened with holds kept from expiring, so the books stay still while read.
+    let node = crash::open_for_checks(dir.path()).await?;
+    let reopened = node.ledger.accounts().await?;
+    same_but_expiries(&live, &reopened)?;
+    check_books(&node, &acknowledged).await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// The accounts a reopened node holds against those its live self showed:
+/// equal, except where the live node's expiry task expired a hold between
+/// the read and the stop (that, and only that, may differ).
+fn same_but_expiries(
+    live: &[wallet_actors::Account],
+    reopened: &[wallet_actors::Account],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        reopened.len() == live.len(),
+        "{} accounts reopened, {} live",
+        reopened.len(),
+        live.len()
+    );
+    for (live, reopened) in live.iter().zip(reopened) {
+        let (l, r) = (live.balances, reopened.balances);
+        let expired_since = live.id == reopened.id
+            && l.debits_posted == r.debits_posted
+            && l.credits_posted == r.credits_posted
+            && r.debits_pending <= l.debits_pending
+            && r.credits_pending <= l.credits_pending
+            && reopened.sequence > live.sequence
+            && reopened.debit_window == live.debit_window;
+        anyhow::ensure!(
+            live == reopened || expired_since,
+            "reopened differs from live: {live:#?} against {reopened:#?}"
+        );
+    }
+    Ok(())
+}
+
+/// Rules in force before the crashes are in force after the rebuilds, also
+/// one set while a shard is being rebuilt (the sixth rebuild).
+async fn rules_survive_a_rebuild(node: &wallet_storage::EmbeddedLedger) -> anyhow::Result<()> {
     let limit = wallet_actors::risk::Rule {
         id: wallet_actors::risk::RuleId::new(1).map_err(|_| anyhow::anyhow!("rule id"))?,
         name: "at most 500".into(),
@@ -153,45 +198,5 @@ async fn crashed_shards_are_rebuilt_from_durable_state_while_the_node_runs() -> 
         matches!(refused, Err(wallet_actors::Rejection::RiskMaxAmountExceeded(_))),
         "{refused:?}"
     );
-
-    // What the rebuilt shards hold is what the files hold.
-    let live = node.ledger.accounts().await?;
-    node.stop_without_checkpoint().await;
-    // Reopened with holds kept from expiring, so the books stay still while read.
-    let node = crash::open_for_checks(dir.path()).await?;
-    let reopened = node.ledger.accounts().await?;
-    same_but_expiries(&live, &reopened)?;
-    check_books(&node, &acknowledged).await?;
-    node.shutdown().await;
-    Ok(())
-}
-
-/// The accounts a reopened node holds against those its live self showed:
-/// equal, except where the live node's expiry task expired a hold between
-/// the read and the stop (that, and only that, may differ).
-fn same_but_expiries(
-    live: &[wallet_actors::Account],
-    reopened: &[wallet_actors::Account],
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        reopened.len() == live.len(),
-        "{} accounts reopened, {} live",
-        reopened.len(),
-        live.len()
-    );
-    for (live, reopened) in live.iter().zip(reopened) {
-        let (l, r) = (live.balances, reopened.balances);
-        let expired_since = live.id == reopened.id
-            && l.debits_posted == r.debits_posted
-            && l.credits_posted == r.credits_posted
-            && r.debits_pending <= l.debits_pending
-            && r.credits_pending <= l.credits_pending
-            && reopened.sequence > live.sequence
-            && reopened.debit_window == live.debit_window;
-        anyhow::ensure!(
-            live == reopened || expired_since,
-            "reopened differs from live: {live:#?} against {reopened:#?}"
-        );
-    }
     Ok(())
 }
