@@ -16,9 +16,9 @@
 use uuid::Uuid;
 use wallet_storage::users::{Role, StoredUser, UserStoreError};
 
-use crate::auth::random_token;
 use crate::domain::{now_ms, Email, Password};
 use crate::error::ApiError;
+use crate::random::random_token;
 use crate::settings::Settings;
 use crate::state::AppState;
 

@@ -1,13 +1,14 @@
 //! The API's own domain values, parsed once at the edge: emails, passwords,
 //! names, UUID ids, and timestamps on the wire.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 use wallet_actors::{AccountId, TransferId, UserId};
 
 use crate::error::ApiError;
-use crate::settings::Secret;
 
 /// Longest email accepted (RFC 5321's path limit).
 pub const EMAIL_LEN_MAX: usize = 254;
@@ -177,6 +178,36 @@ pub fn now_ms() -> u64 {
 }
 
 pub use wallet_actors::events::rfc3339;
+
+/// A secret string: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wallet_storage::users::{UserStore, UserStoreError};
 
-use crate::auth::{hex, random_token};
+use crate::random::{hex, random_token};
 
 /// The file a generated secret is kept in, under the data directory.
 pub const SECRET_FILE: &str = "jwt_secret";

@@ -15,10 +15,12 @@
 //! - [`admission`]: each user's share of the transfers in flight.
 //! - [`assets`]: the assets accounts may be opened in (ISO 4217 and configured ones).
 //! - [`auth`]: argon2id passwords, JWT access tokens, refresh tokens, the `Caller`.
+//! - [`authenticate`]: how a request finds its `Caller` (middleware and extractor).
 //! - [`bootstrap`]: the administrator made at start, never by promoting a user.
 //! - [`serve`]: the accept loop: a connection cap and a header-read time-out.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers and wire types.
 //! - [`client`]: the client's address (behind trusted proxies), and the key limits count it by.
+//! - [`random`]: random tokens and hex, shared by auth, sessions and keys.
 //! - [`rate`]: rate limits per client, per authenticated user, and on logins.
 //! - [`login_throttle`]: failed logins per email, with a growing delay.
 //! - [`keys`]: the token signing keys (ids, rotation) and the generated secret's 0600 file.
@@ -33,6 +35,7 @@
 pub mod admission;
 pub mod assets;
 pub mod auth;
+pub mod authenticate;
 pub mod bootstrap;
 pub mod client;
 pub mod domain;
@@ -42,6 +45,7 @@ pub mod keys;
 pub mod login_throttle;
 pub mod oidc;
 pub mod openapi;
+pub mod random;
 pub mod rate;
 pub mod risk;
 pub mod routes;

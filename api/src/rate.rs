@@ -6,7 +6,7 @@
 //! A client is its address as [`crate::client`] finds it (behind a trusted
 //! proxy, the forwarded one), an IPv6 client its /64. A user is the id of
 //! the caller the `Authorization` header authenticated
-//! ([`crate::auth::caller::authenticate`]), never the header's bytes: two
+//! ([`crate::authenticate::authenticate`]), never the header's bytes: two
 //! tokens of one user, or one token with extra spaces, share a bucket, and
 //! an invalid token is no key at all (its request is counted per client).
 //! Anonymous requests are counted per client only. Failed logins are also
@@ -29,7 +29,7 @@ use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use uuid::Uuid;
 
-use crate::auth::caller::Authentication;
+use crate::authenticate::Authentication;
 use crate::client::{ClientIp, ClientKey};
 use crate::error::ApiError;
 
@@ -147,7 +147,7 @@ impl UserLimiter {
 }
 
 /// Counts a request of an authenticated caller against their bucket; runs
-/// after [`crate::auth::caller::authenticate`].
+/// after [`crate::authenticate::authenticate`].
 pub async fn limit_per_user(
     State(limiter): State<Arc<UserLimiter>>,
     request: Request,

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use wallet_storage::sessions::{SessionRecord, SessionStore};
 use wallet_storage::users::UserStoreError;
 
-use crate::auth::{hex, random_token};
+use crate::random::{hex, random_token};
 
 /// Most sessions one user holds at once.
 pub const SESSIONS_PER_USER_MAX: usize = 64;

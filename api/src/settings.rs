@@ -9,16 +9,15 @@
 //! an operator starts with rules in place, and later edits through the API
 //! persist, since a configured rule that exists by name is left alone.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::assets::ConfiguredAsset;
+use crate::domain::Secret;
 use crate::wire::risk::RuleBody;
 
 /// Shown at the end of `wallet --help` and `wallet serve --help`.
@@ -428,36 +427,6 @@ fn network(text: &str) -> Result<IpNet, String> {
             .parse::<IpAddr>()
             .map(IpNet::from)
             .map_err(|_| format!("not an address or a network: {text}")),
-    }
-}
-
-/// A secret string: never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
     }
 }
 

@@ -25,6 +25,7 @@ use crate::assets::AllowedAssets;
 use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
+use crate::domain::Secret;
 use crate::keys::{generated_secret, private_directory, KeyError, SigningKey};
 use crate::login_throttle::{LoginThrottle, ThrottlePolicy};
 use crate::oidc::{ExternalIssuer, JwksSource};
@@ -32,7 +33,7 @@ use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
 use crate::serve::{serve, ConnectionLimits};
-use crate::settings::{Secret, Settings};
+use crate::settings::Settings;
 use crate::state::{AccountRules, AppState, Throttles};
 use crate::telemetry::prometheus;
 

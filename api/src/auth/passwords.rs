@@ -13,9 +13,9 @@ use argon2::{Algorithm as Argon2Algorithm, Argon2, Params, Version};
 use rand_core::OsRng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::random_token;
 use crate::domain::Password;
 use crate::error::ApiError;
+use crate::random::random_token;
 
 /// Hashes and checks passwords with argon2id, off the async threads.
 #[derive(Clone)]

@@ -23,7 +23,7 @@ use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::caller::authenticate;
+use crate::authenticate::authenticate;
 use crate::client::{client_address, TrustedProxies};
 use crate::error::ApiError;
 use crate::rate::{limit_per_user, RateLayers};
