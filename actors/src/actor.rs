@@ -22,7 +22,7 @@ mod transfers;
 pub use msg::{ChainOp, CreditOp, OpOutcome, OutcomeSender, PrepareOutcome, ShardMsg};
 pub use router::LocalRouter;
 pub use shared::{Failure, JournalGate, Shared};
-pub use supervisor::{ShardSupervisor, SupervisorMsg, SupervisorState};
+pub use supervisor::{ShardSupervisor, SupervisorMsg};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

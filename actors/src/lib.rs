@@ -5,7 +5,7 @@
 //!
 //! Modules, from the smallest piece up:
 //! - [`ids`]: `AccountId`, `UserId`, `TransferId`, `ShardId`, and stable shard placement.
-//! - [`hash`]: the hasher of in-memory maps.
+//! - `hash` (internal): the hasher of in-memory maps.
 //! - [`amount`], [`asset`]: money in minor units, and what it is money of.
 //! - [`rejection`]: every named way a command is refused, with stable codes.
 //! - [`account`]: the account, its balances, and its handler (`check`, `apply`),
@@ -15,19 +15,19 @@
 //! - [`ports`]: every seam to the world outside the engine, and the `Ports` bundle.
 //! - [`record`]: what goes in the journal.
 //! - [`shard`]: one shard's accounts, holds and reservations, as plain functions.
-//! - [`actor`]: the ractor actor that owns a shard and serializes its messages.
+//! - `actor` (internal): the ractor actor that owns a shard and serializes its messages.
 //! - [`registry`]: transfer ids, for exactly-once and reads by id.
 //! - [`recovery`]: rebuilding shards from journal records.
-//! - [`ledger`]: the handle callers use; routes and coordinates across shards.
+//! - `ledger` (internal; its types are re-exported here): the handle callers use; routes and coordinates across shards.
 
 pub mod account;
-pub mod actor;
+pub(crate) mod actor;
 pub mod amount;
 pub mod asset;
 pub mod events;
-pub mod hash;
+pub(crate) mod hash;
 pub mod ids;
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod ports;
 pub mod record;
 pub mod recovery;
@@ -38,14 +38,15 @@ pub mod shard;
 pub mod transfer;
 
 pub use account::{Account, AccountEvent, AccountFlags, AccountStatus, Balances};
+pub use actor::Failure;
 pub use amount::Amount;
-pub use asset::Asset;
+pub use asset::{iso4217_scale, Asset, AssetError};
 pub use ids::{AccountId, ShardId, TransferId, UserId};
 pub use ledger::{
     is_reserved_account_id, settlement_account_id, AccountView, Ledger, LedgerConfig, NewAccount,
     TransferOutcome, TransferResult,
 };
-pub use rejection::Rejection;
+pub use rejection::{InvalidInput, Rejection};
 pub use shard::{HistoryEntry, HistoryEvent};
 pub use transfer::{PendingOptions, Transfer, TransferRequest, TransferStatus};
 

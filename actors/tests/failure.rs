@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::actor::Failure;
+use wallet_actors::Failure;
 use wallet_actors::ports::{Journal, JournalError, ManualClock, OnDurable, Ports};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;

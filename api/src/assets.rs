@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use wallet_actors::asset::{iso4217_scale, AssetError};
 use wallet_actors::Asset;
+use wallet_actors::{iso4217_scale, AssetError};
 
 use crate::error::ApiError;
 

@@ -122,7 +122,7 @@ pub fn transfer_id(field: &'static str, text: &str) -> Result<TransferId, ApiErr
 /// The top bits of every transfer id the server derives, and of no id a
 /// client may send: transfer ids in `ffffffff-…` are the server's, as
 /// account ids there are the settlement accounts'
-/// (`wallet_actors::ledger::SETTLEMENT_ID_PREFIX`).
+/// (`SETTLEMENT_ID_PREFIX` in `actors/src/ledger.rs`).
 ///
 /// A post or void sent without an id gets [`derived_transfer_id`], so that
 /// a retry is a replay and only one resolution of a hold can win. Were the

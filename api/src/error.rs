@@ -4,9 +4,9 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use wallet_actors::asset::AssetError;
-use wallet_actors::rejection::InvalidInput;
 use wallet_actors::risk::RuleError;
+use wallet_actors::AssetError;
+use wallet_actors::InvalidInput;
 use wallet_actors::{LedgerError, Rejection};
 
 /// Why a request failed.

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wallet_actors::actor::Failure;
 use wallet_actors::ports::ManualClock;
 use wallet_actors::shard::Captured;
+use wallet_actors::Failure;
 use wallet_actors::{Amount, LedgerError, Rejection};
 use wallet_storage::snapshot::SnapshotStore;
 use wallet_testkit::*;
