@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::Failure;
 use wallet_actors::ports::{Journal, JournalError, ManualClock, OnDurable, Ports};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
+use wallet_actors::Failure;
 use wallet_actors::{Amount, Asset, Ledger, LedgerConfig, LedgerError, NewAccount, UserId};
 
 /// A journal whose disk is gone (a unit stand-in for a failed `fdatasync`).

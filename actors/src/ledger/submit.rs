@@ -14,6 +14,7 @@ use super::plan::plan;
 use super::route::run_ops;
 use super::{Inner, Ledger, TransferOutcome, TransferResult};
 use crate::actor::OpOutcome;
+use crate::ids::TransferId;
 use crate::record::Record;
 use crate::registry::{Claim, TransferRecord, TransferRegistry};
 use crate::rejection::Rejection;
@@ -44,92 +45,18 @@ impl Ledger {
         linked: bool,
     ) -> Result<Vec<TransferResult>, LedgerError> {
         let inner = self.inner();
-        inner.check_serving()?;
-        if requests.is_empty() || requests.len() > BATCH_SIZE_MAX {
-            return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
-        }
-        if inner.shared.registry.recorded() >= inner.config.unsnapshotted_transfers_max {
-            metrics::counter!("wallet_overloaded_total", "reason" => "snapshot_behind").increment(1);
-            return Err(LedgerError::Overloaded);
-        }
-        let permit = self
-            .cell
-            .base
-            .admission
-            .clone()
-            .try_acquire_many_owned(requests.len() as u32)
-            .map_err(|_| LedgerError::Overloaded)?;
+        let permit = self.admit(&inner, requests.len())?;
         let now_ms = inner.shared.clock.now_ms();
-        let registry = &inner.shared.registry;
-
-        let mut results: Vec<Option<TransferResult>> = vec![None; requests.len()];
-        let mut planned: Vec<(usize, Planned)> = Vec::with_capacity(requests.len());
-        let mut claimed = Vec::with_capacity(requests.len());
+        let mut claims = Claims::new(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
-            if let Err(rejection) = request.check_stateless() {
-                results[index] = Some(Err(rejection));
-                continue;
-            }
-            let request = Arc::new(request);
-            match registry.claim(&request) {
-                Claim::New => {}
-                Claim::Replay(record) => {
-                    results[index] = Some(Ok(TransferOutcome { record, replayed: true }));
-                    continue;
-                }
-                Claim::Conflict => {
-                    results[index] = Some(Err(Rejection::ExistsWithDifferentFields));
-                    continue;
-                }
-                Claim::InFlight => {
-                    results[index] = Some(Err(Rejection::InFlight));
-                    continue;
-                }
-                Claim::Unavailable => {
-                    for id in claimed {
-                        registry.release(id);
-                    }
-                    return Err(LedgerError::Unavailable);
-                }
-            }
-            match plan(registry, &request, now_ms) {
-                Ok(p) => {
-                    claimed.push(request.id());
-                    planned.push((index, p));
-                }
-                Err(rejection) => {
-                    registry.release(request.id());
-                    results[index] = Some(Err(rejection));
-                }
-            }
+            claims.claim_and_plan(&inner.shared.registry, index, request, now_ms)?;
         }
-
         if linked {
-            // A linked batch retried whole gets its first outcomes back.
-            if results.iter().all(|r| matches!(r, Some(Ok(_)))) {
-                return Ok(results.into_iter().flatten().collect());
-            }
-            // Otherwise it fails as a whole at its first failure; a replay
-            // mixed with new transfers counts as a failure.
-            if let Some(first) = results.iter().position(|r| r.is_some()) {
-                let reason = match &results[first] {
-                    Some(Err(rejection)) => *rejection,
-                    _ => Rejection::LinkedTransferFailed,
-                };
-                for id in claimed {
-                    registry.release(id);
-                }
-                return Ok(linked_failure(results.len(), first as u32, reason));
+            if let Some(settled) = claims.settle_linked(&inner.shared.registry) {
+                return Ok(settled);
             }
         }
-
-        // Group planned transfers into operations.
-        let ops: Vec<(Vec<usize>, Arc<[Planned]>)> = if linked {
-            let (indexes, items): (Vec<usize>, Vec<Planned>) = planned.into_iter().unzip();
-            vec![(indexes, items.into())]
-        } else {
-            planned.into_iter().map(|(index, p)| (vec![index], Arc::from(vec![p]))).collect()
-        };
+        let (ops, results) = claims.into_ops(linked);
         let timeout = inner.timeout;
         let submission = Submission { inner, ops, results, now_ms, _permit: permit };
         // On the caller's task while it waits (a task per request cost about
@@ -138,6 +65,124 @@ impl Ledger {
             Ok(result) => result,
             Err(_) => Err(LedgerError::Timeout),
         }
+    }
+}
+
+impl Ledger {
+    /// Admission: a serving generation, a batch of allowed size, a snapshot
+    /// not too far behind, and room in flight for every transfer.
+    fn admit(&self, inner: &Inner, count: usize) -> Result<tokio::sync::OwnedSemaphorePermit, LedgerError> {
+        inner.check_serving()?;
+        if count == 0 || count > BATCH_SIZE_MAX {
+            return Err(LedgerError::Rejected(Rejection::BatchSizeOutOfRange));
+        }
+        if inner.shared.registry.recorded() >= inner.config.unsnapshotted_transfers_max {
+            metrics::counter!("wallet_overloaded_total", "reason" => "snapshot_behind").increment(1);
+            return Err(LedgerError::Overloaded);
+        }
+        self.cell
+            .base
+            .admission
+            .clone()
+            .try_acquire_many_owned(count as u32)
+            .map_err(|_| LedgerError::Overloaded)
+    }
+}
+
+/// Each operation with the indexes of its requests.
+type Ops = Vec<(Vec<usize>, Arc<[Planned]>)>;
+
+/// A request's transfers after their ids are claimed and they are planned:
+/// results known already (rejections, replays) and the plans of the rest.
+struct Claims {
+    results: Vec<Option<TransferResult>>,
+    planned: Vec<(usize, Planned)>,
+    claimed: Vec<TransferId>,
+}
+
+impl Claims {
+    fn new(count: usize) -> Claims {
+        Claims {
+            results: vec![None; count],
+            planned: Vec::with_capacity(count),
+            claimed: Vec::with_capacity(count),
+        }
+    }
+
+    /// Stateless checks, the id's claim, the plan. An id whose use cannot
+    /// be known (storage unreadable) fails the whole request, and frees
+    /// what it had claimed.
+    fn claim_and_plan(
+        &mut self,
+        registry: &TransferRegistry,
+        index: usize,
+        request: TransferRequest,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        if let Err(rejection) = request.check_stateless() {
+            self.results[index] = Some(Err(rejection));
+            return Ok(());
+        }
+        let request = Arc::new(request);
+        let known = match registry.claim(&request) {
+            Claim::New => None,
+            Claim::Replay(record) => Some(Ok(TransferOutcome { record, replayed: true })),
+            Claim::Conflict => Some(Err(Rejection::ExistsWithDifferentFields)),
+            Claim::InFlight => Some(Err(Rejection::InFlight)),
+            Claim::Unavailable => {
+                self.release(registry);
+                return Err(LedgerError::Unavailable);
+            }
+        };
+        if let Some(result) = known {
+            self.results[index] = Some(result);
+            return Ok(());
+        }
+        match plan(registry, &request, now_ms) {
+            Ok(planned) => {
+                self.claimed.push(request.id());
+                self.planned.push((index, planned));
+            }
+            Err(rejection) => {
+                registry.release(request.id());
+                self.results[index] = Some(Err(rejection));
+            }
+        }
+        Ok(())
+    }
+
+    /// A linked batch that is settled already: retried whole, it gets its
+    /// first outcomes back; with any failure (a replay mixed with new
+    /// transfers counts as one) it fails whole at the first.
+    fn settle_linked(&mut self, registry: &TransferRegistry) -> Option<Vec<TransferResult>> {
+        if self.results.iter().all(|r| matches!(r, Some(Ok(_)))) {
+            return Some(std::mem::take(&mut self.results).into_iter().flatten().collect());
+        }
+        let first = self.results.iter().position(|r| r.is_some())?;
+        let reason = match &self.results[first] {
+            Some(Err(rejection)) => *rejection,
+            _ => Rejection::LinkedTransferFailed,
+        };
+        self.release(registry);
+        Some(linked_failure(self.results.len(), first as u32, reason))
+    }
+
+    fn release(&mut self, registry: &TransferRegistry) {
+        for id in self.claimed.drain(..) {
+            registry.release(id);
+        }
+    }
+
+    /// The planned transfers as operations (one, linked; or one each), with
+    /// the results known so far.
+    fn into_ops(self, linked: bool) -> (Ops, Vec<Option<TransferResult>>) {
+        let ops = if linked {
+            let (indexes, items): (Vec<usize>, Vec<Planned>) = self.planned.into_iter().unzip();
+            vec![(indexes, items.into())]
+        } else {
+            self.planned.into_iter().map(|(index, p)| (vec![index], Arc::from(vec![p]))).collect()
+        };
+        (ops, self.results)
     }
 }
 
@@ -179,8 +224,7 @@ impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
 /// runs to the end whether or not its caller still waits.
 struct Submission {
     inner: Arc<Inner>,
-    /// Each operation with the indexes of its requests.
-    ops: Vec<(Vec<usize>, Arc<[Planned]>)>,
+    ops: Ops,
     /// Results known before routing (rejections, replays), by request index.
     results: Vec<Option<TransferResult>>,
     now_ms: u64,
