@@ -15,6 +15,7 @@ use crate::asset::Asset;
 use crate::ids::{AccountId, ShardId, TransferId, UserId};
 use crate::registry::TransferRegistry;
 use crate::rejection::Rejection;
+use crate::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope, RuleSet};
 use crate::shard::{Hold, ShardState};
 use crate::transfer::{PendingOptions, TransferRequest};
 
@@ -37,6 +38,10 @@ struct Books {
 struct Visible {
     accounts: Vec<(Account, Reserved)>,
     holds: Vec<Hold>,
+}
+
+fn user() -> UserId {
+    UserId::new(2).unwrap_or_else(|_| unreachable!("user ids here are not zero"))
 }
 
 fn account_id(n: u128) -> AccountId {
@@ -64,7 +69,8 @@ impl Books {
         let asset = Asset::new(asset, 2).unwrap_or_else(|_| unreachable!("asset codes here are valid"));
         let account = Account {
             id: account_id(id),
-            user_id: UserId::SYSTEM,
+            // Sources are the system's (settlement accounts: no rule checks them).
+            user_id: if id == SOURCE || id == SOURCE + 100 { UserId::SYSTEM } else { user() },
             asset,
             flags,
             overdraft_limit: Amount::new(overdraft).unwrap_or(Amount::ZERO),
@@ -272,6 +278,43 @@ fn command(books: &mut Books, text: &str) -> TransferRequest {
     }
 }
 
+/// Rules from the table's sixth column, `;`-separated: `max_amount N`,
+/// `velocity_count N per S`, `velocity_amount N per S`, `blocked credit`,
+/// `new_account_limit N`; `review` after one makes it a review rule.
+fn rules_of(text: &str) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for (n, spec) in text.split(';').map(str::trim).filter(|r| !r.is_empty()).enumerate() {
+        let words: Vec<&str> = spec.split_whitespace().collect();
+        let usd = || "USD".to_string();
+        let kind = match words[..] {
+            ["max_amount", n, ..] => RuleKind::MaxAmount { asset: usd(), amount: amount(number(n)) },
+            ["velocity_count", n, "per", s, ..] => {
+                RuleKind::VelocityCount { window_seconds: number(s) as u32, count: number(n) as u32 }
+            }
+            ["velocity_amount", n, "per", s, ..] => RuleKind::VelocityAmount {
+                asset: usd(),
+                window_seconds: number(s) as u32,
+                amount: amount(number(n)),
+            },
+            ["blocked", "credit", ..] => RuleKind::BlockedAccount { account_ids: vec![account_id(CREDIT)] },
+            ["new_account_limit", n, ..] => {
+                RuleKind::NewAccountLimit { seconds: 3600, asset: usd(), amount: amount(number(n)) }
+            }
+            _ => panic!("unknown rule {spec}"),
+        };
+        let review = words.last() == Some(&"review");
+        rules.push(Rule {
+            id: RuleId::new(n as u128 + 1).unwrap_or_else(|_| unreachable!()),
+            name: spec.to_string(),
+            kind,
+            scope: RuleScope::Global,
+            action: if review { RuleAction::Review } else { RuleAction::Reject },
+            timeout_seconds: None,
+        });
+    }
+    rules
+}
+
 fn check_after(books: &Books, name: &str, check: &str) {
     let (side, value) = check.split_once('=').unwrap_or_else(|| panic!("{name}: bad check {check}"));
     let (who, field) = side.split_once('.').unwrap_or_else(|| panic!("{name}: bad check {check}"));
@@ -293,11 +336,16 @@ fn every_case_of_the_table_holds() {
     let mut cases = 0;
     for line in TABLE.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let columns: Vec<&str> = line.split('|').map(str::trim).collect();
-        let [name, debit, credit, text, expected] = columns[..] else { panic!("bad line: {line}") };
+        let (name, debit, credit, text, expected, rules) = match columns[..] {
+            [name, debit, credit, text, expected] => (name, debit, credit, text, expected, ""),
+            [name, debit, credit, text, expected, rules] => (name, debit, credit, text, expected, rules),
+            _ => panic!("bad line: {line}"),
+        };
         let mut books = Books::new();
         let debit = prepare(&mut books, DEBIT, debit);
         let credit = prepare(&mut books, CREDIT, credit);
         finish(&mut books, debit, credit);
+        books.shard.set_rules(Arc::new(RuleSet::new(rules_of(rules))));
         let request = command(&mut books, text);
         let outcome = books.step(request);
         let mut expected = expected.split_whitespace();
