@@ -186,6 +186,32 @@ pub(crate) fn replay(
     Ok(Replayed { recovered, completions, report, meta })
 }
 
+/// Reads the segments a checkpoint retires (from the meta in force up to
+/// `segment`) for the transfers they stored and the commits still waiting
+/// for a shard. Older segments a failed deletion left behind were retired
+/// by an earlier checkpoint, so they are skipped.
+fn scan_retired(
+    journal_dir: &Path,
+    previous: &CheckpointMeta,
+    segment: u64,
+    shard_count: u16,
+    runs: &Arc<TransferRuns>,
+) -> Result<
+    (Vec<wallet_actors::registry::TransferRecord>, Vec<wallet_actors::recovery::OpenCommit>),
+    StorageError,
+> {
+    let older: Vec<u64> = segments(journal_dir)?
+        .into_iter()
+        .filter(|&i| i >= previous.replay_from_segment && i < segment)
+        .collect();
+    let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
+    read_segments(journal_dir, &older, false, |record, _| {
+        scan.apply(record);
+        Ok(())
+    })?;
+    scan.finish()
+}
+
 /// Waits (at most [`EVENTS_WAIT_MS`]) until the events' feed is done with
 /// every entry it was handed so far.
 async fn wait_for_events(events: &dyn wallet_actors::ports::EventSink) {
@@ -288,18 +314,8 @@ impl Checkpointer {
         let next_commit_id = self.ledger.next_commit_id();
         let shard_count = self.shard_count;
         let (mut report, new_meta, transfers, deleted) = tokio::task::spawn_blocking(move || {
-            // Only the segments since the meta in force: older ones a failed
-            // deletion left behind were retired by an earlier checkpoint.
-            let older: Vec<u64> = segments(&journal_dir)?
-                .into_iter()
-                .filter(|&i| i >= previous.replay_from_segment && i < segment)
-                .collect();
-            let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
-            read_segments(&journal_dir, &older, false, |record, _| {
-                scan.apply(record);
-                Ok(())
-            })?;
-            let (transfers, open_commits) = scan.finish()?;
+            let (transfers, open_commits) =
+                scan_retired(&journal_dir, &previous, segment, shard_count, &runs)?;
             let scanned_ms = started.elapsed().as_millis() as u64;
             let new_meta = CheckpointMeta {
                 replay_from_segment: segment,

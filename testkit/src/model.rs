@@ -434,53 +434,52 @@ impl Model {
                 Ok(false)
             }
             TransferRequest::PostPending { pending_id, amount, .. } => {
-                if resolved.contains(&pending_id.get()) {
-                    return Err(Failure::Rejected(Rejection::PendingTransferBusy));
-                }
-                let hold = self.open_hold(pending_id.get()).map_err(Failure::Rejected)?;
-                let value = amount.map_or(hold.amount, |a| a.get());
-                let expired = hold.expires_at_ms.is_some_and(|at| at <= self.now_ms);
-                let debit_failure = match self.accounts.get(&hold.debit) {
-                    None => Some(Rejection::DebitAccountNotFound),
-                    Some(_) if expired => Some(Rejection::PendingTransferExpired),
-                    Some(a) => status_failure(a.status, true, true),
-                };
-                let credit_failure = match self.accounts.get(&hold.credit) {
-                    None => Some(Rejection::CreditAccountNotFound),
-                    Some(a) => status_failure(a.status, false, true),
-                };
-                if let Some(failure) = [debit_failure, credit_failure].into_iter().flatten().min() {
-                    return Err(Failure::Rejected(failure));
-                }
-                resolved.insert(pending_id.get());
-                self.release(hold, value);
-                self.finish_resolution(id, request, pending_id.get(), TransferStatus::Posted);
-                Ok(false)
+                let posted = Some(amount.map(|a| a.get()));
+                self.resolve_hold(request, pending_id.get(), resolved, posted)
             }
             TransferRequest::VoidPending { pending_id, .. } => {
-                if resolved.contains(&pending_id.get()) {
-                    return Err(Failure::Rejected(Rejection::PendingTransferBusy));
-                }
-                let hold = self.open_hold(pending_id.get()).map_err(Failure::Rejected)?;
-                let expired = hold.expires_at_ms.is_some_and(|at| at <= self.now_ms);
-                let debit_failure = match self.accounts.get(&hold.debit) {
-                    None => Some(Rejection::DebitAccountNotFound),
-                    Some(_) if expired => Some(Rejection::PendingTransferExpired),
-                    Some(a) => status_failure(a.status, true, false),
-                };
-                let credit_failure = match self.accounts.get(&hold.credit) {
-                    None => Some(Rejection::CreditAccountNotFound),
-                    Some(a) => status_failure(a.status, false, false),
-                };
-                if let Some(failure) = [debit_failure, credit_failure].into_iter().flatten().min() {
-                    return Err(Failure::Rejected(failure));
-                }
-                resolved.insert(pending_id.get());
-                self.release(hold, 0);
-                self.finish_resolution(id, request, pending_id.get(), TransferStatus::Voided);
-                Ok(false)
+                self.resolve_hold(request, pending_id.get(), resolved, None)
             }
         }
+    }
+
+    /// Posts (`posted`: `Some` of the amount, all of it when `None`) or
+    /// voids (`posted`: `None`) a hold: refused when another request of the
+    /// batch resolved it, when its time has come, or when either account's
+    /// status forbids it (a frozen account may still release a hold).
+    fn resolve_hold(
+        &mut self,
+        request: &TransferRequest,
+        pending_id: u128,
+        resolved: &mut std::collections::BTreeSet<u128>,
+        posted: Option<Option<u128>>,
+    ) -> Result<bool, Failure> {
+        if resolved.contains(&pending_id) {
+            return Err(Failure::Rejected(Rejection::PendingTransferBusy));
+        }
+        let hold = self.open_hold(pending_id).map_err(Failure::Rejected)?;
+        let expired = hold.expires_at_ms.is_some_and(|at| at <= self.now_ms);
+        let adds = posted.is_some();
+        let debit_failure = match self.accounts.get(&hold.debit) {
+            None => Some(Rejection::DebitAccountNotFound),
+            Some(_) if expired => Some(Rejection::PendingTransferExpired),
+            Some(a) => status_failure(a.status, true, adds),
+        };
+        let credit_failure = match self.accounts.get(&hold.credit) {
+            None => Some(Rejection::CreditAccountNotFound),
+            Some(a) => status_failure(a.status, false, adds),
+        };
+        if let Some(failure) = [debit_failure, credit_failure].into_iter().flatten().min() {
+            return Err(Failure::Rejected(failure));
+        }
+        resolved.insert(pending_id);
+        let (value, status) = match posted {
+            Some(amount) => (amount.unwrap_or(hold.amount), TransferStatus::Posted),
+            None => (0, TransferStatus::Voided),
+        };
+        self.release(hold, value);
+        self.finish_resolution(request.id().get(), request, pending_id, status);
+        Ok(false)
     }
 
     /// Expires every hold whose time has come; returns how many.

@@ -98,45 +98,17 @@ pub(super) async fn run_ops(
     Ok(outcomes.into_iter().map(|o| o.unwrap_or(Err((0, Rejection::LinkedTransferFailed)))).collect())
 }
 
-/// Operations of one coordinated commit by shard: (index in the commit, operation).
-type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
-
-/// The coordinator of operations spanning shards: prepare everywhere, decide,
-/// make the decision durable in one commit record, then tell the shards.
-async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
-    let shard_count = inner.config.shard_count;
-    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
-    let mut by_shard: ByShard = BTreeMap::new();
-    for (index, op) in ops.iter().enumerate() {
-        let mut shards: Vec<u16> =
-            op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            by_shard.entry(shard).or_default().push((index as u32, op.clone()));
-        }
-    }
-
-    let mut waiting = Vec::with_capacity(by_shard.len());
-    for (shard, shard_ops) in &by_shard {
-        let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
-        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
-        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
-        if inner.shards[*shard as usize].cast(message).is_err() {
-            abort_all(&inner, commit_id, &by_shard);
-            return Err(LedgerError::Unavailable);
-        }
-        waiting.push((indexes, rx));
-    }
-
-    // Combine: the first failure by (transfer index, check order) wins.
+/// What the shards answered to `Prepare`, combined: for each operation its
+/// first failure by (transfer index, check order), an asset mismatch
+/// between shards included. `None` when a shard did not answer.
+async fn first_failures(
+    ops: &[Arc<[Planned]>],
+    waiting: Vec<(Vec<u32>, oneshot::Receiver<Vec<PrepareOutcome>>)>,
+) -> Option<Vec<Option<IndexedRejection>>> {
     let mut failures: Vec<Option<IndexedRejection>> = vec![None; ops.len()];
     let mut assets: Vec<BTreeMap<AccountId, Asset>> = vec![BTreeMap::new(); ops.len()];
     for (indexes, rx) in waiting {
-        let Ok(prepared) = rx.await else {
-            abort_all(&inner, commit_id, &by_shard);
-            return Err(LedgerError::Unavailable);
-        };
+        let Ok(prepared) = rx.await else { return None };
         for (index, outcome) in indexes.into_iter().zip(prepared) {
             let slot = index as usize;
             let (found, outcome) = outcome;
@@ -171,39 +143,87 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
             }
         }
     }
+    Some(failures)
+}
+
+/// Appends the one record that decides the commit for `committed`, and
+/// waits until it is durable.
+async fn append_commit(
+    inner: &Arc<Inner>,
+    commit_id: CommitId,
+    ops: &[Arc<[Planned]>],
+    committed: &[usize],
+) -> Result<(), LedgerError> {
+    let commit = crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
+    let (transfers, resolutions, decisions) =
+        (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
+    let (tx, rx) = oneshot::channel();
+    let shared = inner.shared.clone();
+    inner.shared.journal.append(
+        Record::Commit(commit),
+        // Recorded in the callback, in journal order: a checkpoint that
+        // retires this record finds its transfers in the registry (to
+        // evict) and its decisions numbered.
+        Box::new(move |result| {
+            match result {
+                Ok(()) => {
+                    shared.registry.record_durable(&transfers, &resolutions);
+                    shared.decisions.durable(&decisions);
+                }
+                Err(error) => shared.poison(error),
+            }
+            let _ = tx.send(result);
+        }),
+    );
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(LedgerError::Unavailable),
+        Err(_) => {
+            inner.shared.poison(crate::ports::JournalError::Closed);
+            Err(LedgerError::Unavailable)
+        }
+    }
+}
+
+/// Operations of one coordinated commit by shard: (index in the commit, operation).
+type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
+
+/// The coordinator of operations spanning shards: prepare everywhere, decide,
+/// make the decision durable in one commit record, then tell the shards.
+async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
+    let shard_count = inner.config.shard_count;
+    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+    let mut by_shard: ByShard = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let mut shards: Vec<u16> =
+            op.iter().flat_map(|p| p.legs.iter()).map(|l| l.account_id.shard(shard_count).0).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            by_shard.entry(shard).or_default().push((index as u32, op.clone()));
+        }
+    }
+
+    let mut waiting = Vec::with_capacity(by_shard.len());
+    for (shard, shard_ops) in &by_shard {
+        let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
+        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
+        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
+        if inner.shards[*shard as usize].cast(message).is_err() {
+            abort_all(&inner, commit_id, &by_shard);
+            return Err(LedgerError::Unavailable);
+        }
+        waiting.push((indexes, rx));
+    }
+
+    let Some(failures) = first_failures(&ops, waiting).await else {
+        abort_all(&inner, commit_id, &by_shard);
+        return Err(LedgerError::Unavailable);
+    };
 
     let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
     if !committed.is_empty() {
-        let commit =
-            crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
-        let (transfers, resolutions, decisions) =
-            (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
-        let (tx, rx) = oneshot::channel();
-        let shared = inner.shared.clone();
-        inner.shared.journal.append(
-            Record::Commit(commit),
-            // Recorded in the callback, in journal order: a checkpoint that
-            // retires this record finds its transfers in the registry (to
-            // evict) and its decisions numbered.
-            Box::new(move |result| {
-                match result {
-                    Ok(()) => {
-                        shared.registry.record_durable(&transfers, &resolutions);
-                        shared.decisions.durable(&decisions);
-                    }
-                    Err(error) => shared.poison(error),
-                }
-                let _ = tx.send(result);
-            }),
-        );
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(LedgerError::Unavailable),
-            Err(_) => {
-                inner.shared.poison(crate::ports::JournalError::Closed);
-                return Err(LedgerError::Unavailable);
-            }
-        }
+        append_commit(&inner, commit_id, &ops, &committed).await?;
     }
 
     for (shard, shard_ops) in &by_shard {
