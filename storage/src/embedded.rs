@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wallet_actors::ports::{Clock, Ports, SystemClock};
-use wallet_actors::{Ledger, LedgerConfig, LedgerError};
+use wallet_actors::{Ledger, LedgerConfig, LedgerError, TransferStatus};
 
 use crate::checkpoint::{
     replay, spawn_checkpoints, spawn_supervision, stored, CheckpointReport, Checkpointer, Replayed,
@@ -197,13 +197,22 @@ impl EmbeddedLedger {
     /// Memory is read first: a checkpoint running meanwhile adds transfers
     /// to the index before it drops them from memory, so each is in one
     /// read or the other. (Index first, a transfer moved in between was in
-    /// neither.) Memory's record wins: its status is the newer.
+    /// neither.) Where both hold one, the later status wins: a status only
+    /// moves from pending to final, and either read may be the newer (a
+    /// hold resolved after the memory read reaches the index as resolved).
     pub fn all_transfers(&self) -> Result<Vec<wallet_actors::registry::TransferRecord>, StorageError> {
         let in_memory = self.ledger.transfers();
         let mut by_id: std::collections::BTreeMap<_, _> =
             self.checkpointer.runs.all()?.into_iter().map(|r| (r.transfer.id, r)).collect();
         for record in in_memory {
-            by_id.insert(record.transfer.id, record);
+            match by_id.get(&record.transfer.id) {
+                Some(stored)
+                    if record.status == TransferStatus::Pending
+                        && stored.status != TransferStatus::Pending => {}
+                _ => {
+                    by_id.insert(record.transfer.id, record);
+                }
+            }
         }
         Ok(by_id.into_values().collect())
     }

@@ -88,9 +88,11 @@ pub(super) async fn ask_shard<T: Send + 'static>(
 }
 
 impl Inner {
-    /// Lets go of storage: its indexes and account source.
+    /// Lets go of storage's indexes and account source. (Not of its
+    /// registry's index: work still finishing on a replaced generation may
+    /// look transfers up there, and the index is the same storage the new
+    /// generation reads; only the shutdown detaches it.)
     fn detach_storage(&self) {
-        self.shared.registry.detach_index();
         if let Ok(mut slot) = self.shared.history.write() {
             *slot = None;
         }
@@ -171,6 +173,10 @@ impl Ledger {
     /// this returns.
     pub async fn restart(&self, recovered: Recovered, completions: Vec<Record>) -> Result<(), LedgerError> {
         let _rules = self.cell.base.rules_change.lock().await;
+        // Stopped (storage may be closing): a rebuild would take it back.
+        if self.cell.stopped.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable);
+        }
         let old = self.inner();
         let inner = spawn_generation(recovered, completions, &self.cell.base).await?;
         self.cell.current.store(Arc::new(inner));
@@ -219,6 +225,8 @@ impl Ledger {
         let mut ports = self.cell.base.ports.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         ports.stored = Stored::default();
         drop(ports);
-        self.inner().detach_storage();
+        let inner = self.inner();
+        inner.shared.registry.detach_index();
+        inner.detach_storage();
     }
 }
