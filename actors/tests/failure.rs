@@ -43,3 +43,18 @@ async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::
     ledger.shutdown().await;
     Ok(())
 }
+
+/// Once stopped, the ledger is not rebuilt: a rebuild would start shards
+/// on storage that its owner may be closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_ledger_is_not_rebuilt() -> anyhow::Result<()> {
+    let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
+    let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
+    let ports = Ports::new(Arc::new(FailingJournal), Arc::new(ManualClock::new(1)));
+    let ledger = Ledger::start(recovered, completions, ports, config).await?;
+    ledger.shutdown().await;
+    let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
+    assert_eq!(ledger.restart(recovered, completions).await, Err(LedgerError::Unavailable));
+    assert_eq!(ledger.rebuilds(), 0);
+    Ok(())
+}
