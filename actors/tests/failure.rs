@@ -19,12 +19,17 @@ impl Journal for FailingJournal {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::Result<()> {
+/// A ledger of two empty shards whose journal always fails.
+async fn started() -> anyhow::Result<Ledger> {
     let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
     let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
     let ports = Ports::new(Arc::new(FailingJournal), Arc::new(ManualClock::new(1)));
-    let ledger = Ledger::start(recovered, completions, ports, config).await?;
+    Ok(Ledger::start(recovered, completions, ports, config).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::Result<()> {
+    let ledger = started().await?;
     assert!(ledger.is_serving());
     assert!(!ledger.needs_restart());
     let new = NewAccount {
@@ -48,10 +53,7 @@ async fn a_failed_journal_write_poisons_the_ledger_until_a_restart() -> anyhow::
 /// on storage that its owner may be closing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_ledger_is_not_rebuilt() -> anyhow::Result<()> {
-    let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
-    let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
-    let ports = Ports::new(Arc::new(FailingJournal), Arc::new(ManualClock::new(1)));
-    let ledger = Ledger::start(recovered, completions, ports, config).await?;
+    let ledger = started().await?;
     ledger.shutdown().await;
     let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
     assert_eq!(ledger.restart(recovered, completions).await, Err(LedgerError::Unavailable));

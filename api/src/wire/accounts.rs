@@ -130,21 +130,13 @@ fn status_text(status: AccountStatus) -> &'static str {
 
 impl From<&Account> for AccountView {
     fn from(account: &Account) -> Self {
-        let b = &account.balances;
         AccountView {
             id: uuid_text(account.id.get()),
             user_id: uuid_text(account.user_id.get()),
             asset: account.asset.code().to_string(),
             scale: account.asset.scale(),
             status: status_text(account.status).to_string(),
-            balance: BalanceView {
-                available: b.available().to_string(),
-                posted: b.posted().to_string(),
-                debits_posted: b.debits_posted.to_string(),
-                credits_posted: b.credits_posted.to_string(),
-                debits_pending: b.debits_pending.to_string(),
-                credits_pending: b.credits_pending.to_string(),
-            },
+            balance: BalanceView::from(&account.balances),
             overdraft_limit: account.overdraft_limit.to_string(),
             created_at: rfc3339(account.created_at_ms),
             sequence: account.sequence,
