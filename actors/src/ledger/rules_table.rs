@@ -167,8 +167,16 @@ impl Books {
     }
 }
 
-/// Sets up one side's account from its spec; returns its hold spec, if any.
-fn prepare(books: &mut Books, id: u128, spec: &str) -> Option<String> {
+/// What an account's spec leaves for after both sides are open: a hold
+/// from it (`hold=`, debit side only), and its status, set last.
+#[derive(Default)]
+struct Later {
+    hold: Option<String>,
+    status: Option<AccountStatus>,
+}
+
+/// Sets up one side's account from its spec (`missing`: none).
+fn prepare(books: &mut Books, id: u128, spec: &str) -> Later {
     let mut tokens = spec.split_whitespace();
     let flags = match tokens.next() {
         Some("wallet") => AccountFlags::WALLET,
@@ -176,21 +184,20 @@ fn prepare(books: &mut Books, id: u128, spec: &str) -> Option<String> {
         Some("receiver") => {
             AccountFlags { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: true }
         }
-        Some("missing") => return None,
+        Some("missing") => return Later::default(),
         other => panic!("unknown account kind {other:?}"),
     };
-    let mut status = AccountStatus::Active;
-    let mut hold = None;
+    let mut later = Later::default();
     let (mut overdraft, mut asset) = (0, "USD".to_string());
     let mut moves = Vec::new();
     for token in tokens {
         match token.split_once('=') {
             Some(("od", n)) => overdraft = number(n),
             Some(("asset", code)) => asset = code.to_string(),
-            Some(("hold", what)) => hold = Some(what.to_string()),
+            Some(("hold", what)) => later.hold = Some(what.to_string()),
             Some((key, n)) => moves.push((key.to_string(), number(n))),
-            None if token == "frozen" => status = AccountStatus::Frozen,
-            None if token == "closed" => status = AccountStatus::Closed,
+            None if token == "frozen" => later.status = Some(AccountStatus::Frozen),
+            None if token == "closed" => later.status = Some(AccountStatus::Closed),
             None => panic!("unknown token {token}"),
         }
     }
@@ -207,11 +214,7 @@ fn prepare(books: &mut Books, id: u128, spec: &str) -> Option<String> {
         };
         books.setup(request);
     }
-    if status != AccountStatus::Active {
-        // Set after any hold of this account is made (below, for the debit side).
-        return Some(format!("{}|{status:?}", hold.unwrap_or_default()));
-    }
-    hold.map(|h| format!("{h}|"))
+    later
 }
 
 fn number(text: &str) -> u128 {
@@ -220,44 +223,38 @@ fn number(text: &str) -> u128 {
 
 /// Makes the debit side's hold (and resolves it as the spec says), then
 /// sets each side's status.
-fn finish(books: &mut Books, debit: Option<String>, credit: Option<String>) {
-    if let Some((hold, _)) = debit.as_deref().and_then(|d| d.split_once('|')) {
-        if !hold.is_empty() {
-            let (value, state) = hold.split_once(':').unwrap_or((hold, "open"));
-            let timeout_seconds = (state == "expired").then_some(1);
-            let id = TransferId::new(HOLD_ID).unwrap_or_else(|_| unreachable!());
-            let request = TransferRequest::Transfer {
-                id,
-                debit_account_id: account_id(DEBIT),
-                credit_account_id: account_id(CREDIT),
-                amount: amount(number(value)),
-                pending: Some(PendingOptions { timeout_seconds }),
-                reference: None,
-                metadata: None,
-            };
-            books.setup(request);
-            match state {
-                "posted" => {
-                    let resolve =
-                        TransferRequest::PostPending { id: books.fresh_id(), pending_id: id, amount: None };
-                    books.setup(resolve);
-                }
-                "voided" => {
-                    let resolve = TransferRequest::VoidPending { id: books.fresh_id(), pending_id: id };
-                    books.setup(resolve);
-                }
-                "expired" => books.now_ms += 2_000,
-                "open" => {}
-                other => panic!("unknown hold state {other}"),
+fn finish(books: &mut Books, debit: Later, credit: Later) {
+    if let Some(hold) = debit.hold.as_deref() {
+        let (value, state) = hold.split_once(':').unwrap_or((hold, "open"));
+        let timeout_seconds = (state == "expired").then_some(1);
+        let id = TransferId::new(HOLD_ID).unwrap_or_else(|_| unreachable!());
+        let request = TransferRequest::Transfer {
+            id,
+            debit_account_id: account_id(DEBIT),
+            credit_account_id: account_id(CREDIT),
+            amount: amount(number(value)),
+            pending: Some(PendingOptions { timeout_seconds }),
+            reference: None,
+            metadata: None,
+        };
+        books.setup(request);
+        match state {
+            "posted" => {
+                let resolve =
+                    TransferRequest::PostPending { id: books.fresh_id(), pending_id: id, amount: None };
+                books.setup(resolve);
             }
+            "voided" => {
+                let resolve = TransferRequest::VoidPending { id: books.fresh_id(), pending_id: id };
+                books.setup(resolve);
+            }
+            "expired" => books.now_ms += 2_000,
+            "open" => {}
+            other => panic!("unknown hold state {other}"),
         }
     }
-    for (id, spec) in [(DEBIT, debit), (CREDIT, credit)] {
-        let status = match spec.as_deref().and_then(|s| s.split_once('|')).map(|(_, s)| s) {
-            Some("Frozen") => AccountStatus::Frozen,
-            Some("Closed") => AccountStatus::Closed,
-            _ => continue,
-        };
+    for (id, later) in [(DEBIT, debit), (CREDIT, credit)] {
+        let Some(status) = later.status else { continue };
         let changed = books.shard.set_status(account_id(id), status, books.now_ms);
         assert!(changed.is_ok(), "setting {id} {status:?}: {changed:?}");
     }
