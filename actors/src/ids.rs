@@ -96,6 +96,16 @@ impl AccountId {
     }
 }
 
+impl UserId {
+    /// The user's home shard among `shard_count` shards: the API places the
+    /// accounts it opens for the user there (an account whose id lands on
+    /// it), so one shard sees every debit of the user's accounts and keeps
+    /// the user's velocity window (`docs/ARCHITECTURE.md`, "Risk rules").
+    pub fn home_shard(self, shard_count: u16) -> ShardId {
+        ShardId((stable_hash(self.get()) % u64::from(shard_count.max(1))) as u16)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

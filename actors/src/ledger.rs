@@ -162,6 +162,23 @@ pub fn is_reserved_account_id(id: AccountId) -> bool {
     id.get() & SETTLEMENT_ID_PREFIX == SETTLEMENT_ID_PREFIX
 }
 
+/// A new account id for `user_id`, on the user's home shard among
+/// `shard_count`, so that shard sees every debit of the user's accounts
+/// and velocity rules scoped to the user count them all
+/// (`docs/ARCHITECTURE.md`, "Risk rules"). Draws random 128-bit values from
+/// `draw` until one lands there outside the reserved range: about
+/// `shard_count` draws.
+pub fn account_id_at_home(user_id: UserId, shard_count: u16, mut draw: impl FnMut() -> u128) -> AccountId {
+    let home = user_id.home_shard(shard_count);
+    loop {
+        if let Ok(id) = AccountId::new(draw()) {
+            if !is_reserved_account_id(id) && id.shard(shard_count) == home {
+                return id;
+            }
+        }
+    }
+}
+
 /// One generation of shards and what they share. A rebuild after a
 /// failure ([`Ledger::restart`]) replaces it whole.
 struct Inner {

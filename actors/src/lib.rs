@@ -43,8 +43,8 @@ pub use amount::Amount;
 pub use asset::{iso4217_scale, Asset, AssetError};
 pub use ids::{AccountId, ShardId, TransferId, UserId};
 pub use ledger::{
-    is_reserved_account_id, settlement_account_id, AccountView, Ledger, LedgerConfig, NewAccount,
-    TransferOutcome, TransferResult,
+    account_id_at_home, is_reserved_account_id, settlement_account_id, AccountView, Ledger, LedgerConfig,
+    NewAccount, TransferOutcome, TransferResult,
 };
 pub use rejection::{InvalidInput, Rejection};
 pub use shard::{HistoryEntry, HistoryEvent};

@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use crate::account::Account;
 use crate::actor::ShardMsg;
-use crate::ids::{AccountId, ShardId, TransferId};
+use crate::ids::{AccountId, ShardId, TransferId, UserId};
 use crate::record::Record;
 use crate::registry::TransferRecord;
-use crate::risk::Decision;
+use crate::risk::{Decision, UserWindow};
 use crate::shard::HistoryEntry;
 use crate::LedgerError;
 
@@ -209,6 +209,8 @@ pub trait DecisionIndex: Send + Sync + 'static {
 pub trait AccountSource: Send + Sync + 'static {
     /// The account as of the last snapshot, if it is there.
     fn load(&self, account_id: AccountId) -> Result<Option<Account>, ReadError>;
+    /// A user's debit window as of the last snapshot, if it has one.
+    fn load_user_window(&self, user_id: UserId) -> Result<Option<UserWindow>, ReadError>;
     /// Every account in the snapshot (audits and tests: reads them all).
     fn all(&self) -> Result<Vec<Account>, ReadError>;
 }

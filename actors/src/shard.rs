@@ -10,17 +10,18 @@ use crate::account::{
 };
 use crate::asset::Asset;
 use crate::hash::{HashMap, HashSet};
-use crate::ids::{AccountId, CommitId, ShardId, TransferId};
+use crate::ids::{AccountId, CommitId, ShardId, TransferId, UserId};
 use crate::ports::{AccountSource, ReadError};
 use crate::record::{Applied, Commit, Resolution, SequencedEvent};
 use crate::rejection::Rejection;
-use crate::risk::{Debit, RuleSet};
+use crate::risk::{Debit, RuleSet, UserWindow};
 use crate::transfer::{Transfer, TransferKind, TransferStatus};
 
 mod apply;
 mod history;
 mod replay;
 mod reserve;
+mod users;
 
 /// A transfer made ready for the shards: its two legs and what it does to holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +145,8 @@ pub struct Captured {
     /// happened, to be written to storage (shared with the shard, which
     /// still serves reads from it until storage confirms).
     pub history: Arc<Vec<HistoryEntry>>,
+    /// Users' debit windows that changed, as they stand now.
+    pub user_windows: Vec<(UserId, UserWindow)>,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +213,9 @@ pub struct ShardState {
     shard_id: ShardId,
     shard_count: u16,
     accounts: HashMap<AccountId, Slot>,
+    /// Debit windows of the users whose home shard this is
+    /// ([`UserId::home_shard`]); resident and passivated like accounts.
+    users: HashMap<UserId, users::UserSlot>,
     holds: HashMap<TransferId, Hold>,
     expiries: BTreeSet<(u64, TransferId)>,
     prepared: HashMap<(CommitId, u32), PreparedOp>,
@@ -220,6 +226,10 @@ pub struct ShardState {
     /// next capture takes them again.
     flushing_accounts: HashSet<AccountId>,
     flushing_holds: HashSet<TransferId>,
+    /// Users' windows changed since the last capture, and captured but not
+    /// yet confirmed written, as for accounts.
+    dirty_users: HashSet<UserId>,
+    flushing_users: HashSet<UserId>,
     /// History not yet in storage: since the last capture ...
     /// (One flat list per shard: a map of per-account lists cost an
     /// allocation of four entries per account touched, gigabytes at a
@@ -249,6 +259,7 @@ impl ShardState {
             shard_id,
             shard_count,
             accounts: HashMap::default(),
+            users: HashMap::default(),
             holds: HashMap::default(),
             expiries: BTreeSet::new(),
             prepared: HashMap::default(),
@@ -256,6 +267,8 @@ impl ShardState {
             dirty_holds: HashSet::default(),
             flushing_accounts: HashSet::default(),
             flushing_holds: HashSet::default(),
+            dirty_users: HashSet::default(),
+            flushing_users: HashSet::default(),
             history_recent: Vec::new(),
             history_flushing: Arc::default(),
             events_mark: 0,
@@ -279,18 +292,20 @@ impl ShardState {
         if !self.owns(account_id) {
             return Ok(());
         }
-        if let Some(slot) = self.accounts.get_mut(&account_id) {
+        let user_id = if let Some(slot) = self.accounts.get_mut(&account_id) {
             slot.touched = self.epoch;
-            return Ok(());
-        }
-        let Some(Source(source)) = &self.source else { return Ok(()) };
-        if let Some(account) = source.load(account_id)? {
+            slot.account.user_id
+        } else {
+            let Some(Source(source)) = &self.source else { return Ok(()) };
+            let Some(account) = source.load(account_id)? else { return Ok(()) };
             account.check_limits()?;
             self.activated += 1;
+            let user_id = account.user_id;
             self.accounts
                 .insert(account_id, Slot { account, reserved: Reserved::default(), touched: self.epoch });
-        }
-        Ok(())
+            user_id
+        };
+        self.activate_user(user_id)
     }
 
     /// Activates every account an operation names.
@@ -332,6 +347,7 @@ impl ShardState {
                 || dirty.contains(id)
                 || flushing.contains(id)
         });
+        self.passivate_idle_users(idle_epochs);
         before - self.accounts.len()
     }
 

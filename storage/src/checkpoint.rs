@@ -14,7 +14,7 @@ use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{Ledger, LedgerError};
 
 use crate::embedded::RecoveryReport;
-use crate::faults::points;
+use crate::faults::{at_point, points};
 use crate::journal::{read_journal_from, read_segments, segments, FileJournal, JournalStats};
 use crate::runs::{HistoryChunk, HistoryRuns, TransferRuns, HISTORY_CHUNK_ENTRIES_MAX};
 use crate::scan::SegmentScan;
@@ -32,11 +32,6 @@ pub struct CheckpointReport {
     pub segments_deleted: usize,
     /// Commits still waiting for a shard.
     pub open_commits: usize,
-}
-
-/// A named point a test may stop the process at, or fail (`crate::faults`).
-fn at_point(point: &'static str) -> Result<(), StorageError> {
-    crate::faults::hit(point).map_err(|error| StorageError::io(Path::new(point), error))
 }
 
 fn journal_failed(error: wallet_actors::ports::JournalError) -> StorageError {

@@ -48,21 +48,34 @@ pub mod points {
     pub const CHECKPOINT_INDEXED: &str = "checkpoint.indexed";
     /// A checkpoint wrote its history run.
     pub const CHECKPOINT_HISTORY: &str = "checkpoint.history";
+    /// A snapshot write put its accounts in sled, and not yet the users'
+    /// debit windows: replay meets accounts newer than their users' windows.
+    pub const SNAPSHOT_ACCOUNTS: &str = "snapshot.accounts";
+    /// A snapshot write put the users' debit windows in sled, and not yet
+    /// its meta: replay meets windows that counted what it replays.
+    pub const SNAPSHOT_USER_WINDOWS: &str = "snapshot.user_windows";
     /// A checkpoint's snapshot and meta are durable (it is in force).
     pub const CHECKPOINT_SNAPSHOT: &str = "checkpoint.snapshot";
     /// A checkpoint deleted the segments it retired.
     pub const CHECKPOINT_DONE: &str = "checkpoint.done";
     /// Every abort point, for tests that visit them all.
-    pub const ABORTS: [&str; 8] = [
+    pub const ABORTS: [&str; 10] = [
         COMMIT_DURABLE,
         CHECKPOINT_ROTATED,
         CHECKPOINT_CAPTURED,
         CHECKPOINT_MARKED,
         CHECKPOINT_INDEXED,
         CHECKPOINT_HISTORY,
+        SNAPSHOT_ACCOUNTS,
+        SNAPSHOT_USER_WINDOWS,
         CHECKPOINT_SNAPSHOT,
         CHECKPOINT_DONE,
     ];
+}
+
+/// Reaches a named point: fails as armed there, or goes on.
+pub(crate) fn at_point(point: &'static str) -> Result<(), crate::StorageError> {
+    hit(point).map_err(|error| crate::StorageError::io(std::path::Path::new(point), error))
 }
 
 #[cfg(feature = "fault-injection")]

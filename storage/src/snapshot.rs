@@ -5,6 +5,8 @@
 //! Trees (every value is one checksummed, versioned frame, see [`crate::frame`]):
 //! - `accounts`: account id (16 bytes, big endian) -> `Account`;
 //! - `holds`: pending transfer id -> `Hold`;
+//! - `user_windows`: user id -> `UserWindow`, the debits a velocity rule
+//!   scoped to the user counts (kept by the user's home shard);
 //! - `decisions`: decision id (8 bytes, big endian) -> risk `Decision`;
 //!   `decisions_by_account`: account id ++ decision id -> nothing (an index).
 //! - `meta`: `checkpoint` -> [`CheckpointMeta`] without its open commits
@@ -29,10 +31,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use wallet_actors::ports::ReadError;
 use wallet_actors::recovery::OpenCommit;
-use wallet_actors::risk::Decision;
+use wallet_actors::risk::{Decision, UserWindow};
 use wallet_actors::shard::{Captured, Hold};
 use wallet_actors::Account;
 
+use crate::faults::{at_point, points};
 use crate::frame;
 use crate::StorageError;
 
@@ -74,6 +77,7 @@ pub struct SnapshotStore {
     db: sled::Db,
     accounts: sled::Tree,
     holds: sled::Tree,
+    user_windows: sled::Tree,
     decisions: sled::Tree,
     decisions_by_account: sled::Tree,
     meta: sled::Tree,
@@ -144,6 +148,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             accounts: db.open_tree("accounts").map_err(&error)?,
             holds: db.open_tree("holds").map_err(&error)?,
+            user_windows: db.open_tree("user_windows").map_err(&error)?,
             decisions: db.open_tree("decisions").map_err(&error)?,
             decisions_by_account: db.open_tree("decisions_by_account").map_err(&error)?,
             meta: db.open_tree("meta").map_err(&error)?,
@@ -237,6 +242,16 @@ impl SnapshotStore {
             }
             self.accounts.apply_batch(batch).map_err(&error)?;
         }
+        at_point(points::SNAPSHOT_ACCOUNTS)?;
+        let windows = captured.iter().flat_map(|shard| shard.user_windows.iter());
+        for chunk in chunked(windows, CHUNK) {
+            let mut batch = sled::Batch::default();
+            for (user_id, window) in chunk {
+                batch.insert(&user_id.get().to_be_bytes(), frame::encode(window, SNAPSHOT_FORMAT_VERSION)?);
+            }
+            self.user_windows.apply_batch(batch).map_err(&error)?;
+        }
+        at_point(points::SNAPSHOT_USER_WINDOWS)?;
         let mut holds = sled::Batch::default();
         for shard in captured {
             for hold in &shard.holds {
@@ -314,6 +329,17 @@ impl wallet_actors::ports::AccountSource for SnapshotStore {
             None => Ok(None),
             Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
                 tracing::error!(%error, %account_id, "a snapshot account does not decode");
+                ReadError
+            }),
+        }
+    }
+
+    fn load_user_window(&self, user_id: wallet_actors::UserId) -> Result<Option<UserWindow>, ReadError> {
+        let value = self.user_windows.get(user_id.get().to_be_bytes()).map_err(|_| ReadError)?;
+        match value {
+            None => Ok(None),
+            Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
+                tracing::error!(%error, %user_id, "a snapshot user window does not decode");
                 ReadError
             }),
         }

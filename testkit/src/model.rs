@@ -65,6 +65,10 @@ pub struct Model {
     pub rules: Vec<ModelRule>,
     /// What the rules decided, in order: (transfer, debited account, rule, action).
     pub decisions: Vec<(u128, u128, u128, RuleAction)>,
+    /// The engine's shard count: a velocity rule scoped to a user counts
+    /// the debits of all the user's accounts on the user's home shard
+    /// (0, as in `Model::default()`, places every account at home).
+    pub shard_count: u16,
 }
 
 /// A risk rule the model knows: `max_amount` of USD or `velocity_count`,
@@ -89,7 +93,8 @@ pub struct ModelRule {
 pub enum ModelRuleKind {
     /// One USD transfer above this.
     MaxUsd(u128),
-    /// More than `count` debits of one account within `window_seconds`.
+    /// More than `count` debits within `window_seconds`: of one account,
+    /// or for a rule scoped to a user, of the user's home accounts.
     Velocity {
         /// The window.
         window_seconds: u32,
@@ -178,9 +183,29 @@ enum Failure {
 }
 
 impl Model {
-    /// An empty model at time `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        Model { now_ms, ..Model::default() }
+    /// An empty model at time `now_ms`, of an engine with `shard_count` shards.
+    pub fn new(now_ms: u64, shard_count: u16) -> Self {
+        Model { now_ms, shard_count, ..Model::default() }
+    }
+
+    /// Whether account `id` of `user` is on the user's home shard.
+    fn at_home(&self, id: u128, user: u128) -> bool {
+        crate::account(id).shard(self.shard_count) == crate::user(user).home_shard(self.shard_count)
+    }
+
+    /// When the debits a velocity rule of `scope` counts for a debit of
+    /// `debit` happened: the user's home accounts' for a rule scoped to the
+    /// user of a home account, the account's own otherwise.
+    fn counted_debits(&self, scope: ModelScope, debit: u128, user: u128) -> Vec<u64> {
+        match scope {
+            ModelScope::User(_) if self.at_home(debit, user) => self
+                .accounts
+                .iter()
+                .filter(|(id, a)| a.user == user && self.at_home(**id, user))
+                .flat_map(|(_, a)| a.debit_times_ms.iter().copied())
+                .collect(),
+            _ => self.accounts.get(&debit).map(|a| a.debit_times_ms.clone()).unwrap_or_default(),
+        }
     }
 
     /// Opens an account (as the engine: idempotent for the same fields).
@@ -595,8 +620,8 @@ impl Model {
                     // one-second buckets make the window exactly "at most
                     // window_seconds ago".
                     let window_ms = u64::from(window_seconds) * 1000;
-                    let seen =
-                        account.debit_times_ms.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
+                    let times = self.counted_debits(rule.scope, debit, account.user);
+                    let seen = times.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
                     seen as u64 + 1 > u64::from(count)
                 }
             };

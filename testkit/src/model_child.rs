@@ -16,13 +16,18 @@ use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 use crate::model::ModelResult;
 
+/// The model test's shard count: wallets 1 and 7 (of user 3) and 2 and 5
+/// (of user 4) are on their owner's home shard, so velocity rules scoped
+/// to those users count across two accounts.
+pub const MODEL_SHARDS: u16 = 4;
+
 /// The model test's engine settings, on `clock`.
 pub fn options(clock: Arc<ManualClock>) -> EmbeddedOptions {
     EmbeddedOptions {
         // Expiry runs only when the test says, so the model can follow it.
         // Passivation after every snapshot: checkpoints drop every clean account.
         ledger: LedgerConfig {
-            shard_count: 4,
+            shard_count: MODEL_SHARDS,
             expiry_interval_ms: 3_600_000,
             passivate_after_snapshots: Some(0),
             ..LedgerConfig::default()

@@ -80,11 +80,23 @@ impl ShardState {
             .get_mut(&leg.account_id)
             .ok_or(InvariantBroken::UnknownAccount { account_id: leg.account_id })?;
         let sequence = sequence.unwrap_or(slot.account.sequence + 1);
-        if sequence > slot.account.sequence {
+        let new_debit = leg.is_new_debit() && slot.account.user_id != UserId::SYSTEM;
+        let (user_id, asset) = (slot.account.user_id, slot.account.asset);
+        let applies = sequence > slot.account.sequence;
+        if applies {
             slot.account.try_apply(sequence, &event)?;
-            if leg.is_new_debit() && slot.account.user_id != crate::ids::UserId::SYSTEM {
+            if new_debit {
                 slot.account.debit_window.record(leg.at_ms, leg.posted_add + leg.pending_add);
             }
+        }
+        // Even when the account has the leg already: a snapshot's accounts
+        // and user windows are written one after the other, so replay may
+        // meet an account newer than its user's window (the window's marks
+        // keep it from counting a debit twice).
+        if new_debit {
+            self.count_user_debit(user_id, asset, leg, sequence);
+        }
+        if applies {
             self.dirty_accounts.insert(leg.account_id);
             self.record_history(leg.account_id, sequence, HistoryEvent::Leg(*leg), leg.at_ms);
         }

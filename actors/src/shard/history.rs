@@ -58,6 +58,7 @@ impl ShardState {
         self.history_flushing = Arc::default();
         self.flushing_accounts.clear();
         self.flushing_holds.clear();
+        self.flushing_users.clear();
     }
 
     /// Takes what changed since the last capture, for a snapshot.
@@ -90,6 +91,7 @@ impl ShardState {
                 None => captured.removed_holds.push(pending_id),
             }
         }
+        captured.user_windows = self.capture_users();
         captured
     }
 }

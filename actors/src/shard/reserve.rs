@@ -64,8 +64,10 @@ impl ShardState {
             }
             let Some(slot) = self.accounts.get_mut(&leg.account_id) else { continue };
             slot.reserved.add(leg);
+            let (user_id, asset) = (slot.account.user_id, slot.account.asset);
             reservation.legs.push(*leg);
-            reservation.assets.push((leg.account_id, slot.account.asset));
+            reservation.assets.push((leg.account_id, asset));
+            self.reserve_user_debit(user_id, asset, leg, true);
             if leg.posted_add > 0 {
                 let entry = match same_op.iter_mut().position(|e| e.account_id == leg.account_id) {
                     Some(position) => &mut same_op[position],
@@ -136,6 +138,7 @@ impl ShardState {
             now_ms,
             in_flight: slot.reserved.new_debits,
             under_review: transfer.review.is_some(),
+            user: self.user_debits(slot.account.user_id),
         });
         hit.map_or(Ok(()), |hit| Err(Rejection::from(hit)))
     }
@@ -158,6 +161,8 @@ impl ShardState {
         for leg in &reservation.legs {
             if let Some(slot) = self.accounts.get_mut(&leg.account_id) {
                 slot.reserved.remove(leg);
+                let (user_id, asset) = (slot.account.user_id, slot.account.asset);
+                self.reserve_user_debit(user_id, asset, leg, false);
             }
         }
         for pending_id in &reservation.busy_holds {

@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use uuid::Uuid;
 use wallet_actors::{
-    is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, NewAccount, Rejection,
+    account_id_at_home, is_reserved_account_id, AccountFlags, AccountId, AccountStatus, Amount, NewAccount,
+    Rejection,
 };
 use wallet_storage::users::LIST_LIMIT_MAX;
 
@@ -65,13 +66,10 @@ pub async fn create_account(
     };
     let id = match &body.id {
         Some(text) => account_id("id", text)?,
-        None => loop {
-            // Skip the (2^-32 likely) draw in the reserved range.
-            let id = AccountId::new(Uuid::new_v4().as_u128()).map_err(|_| ApiError::Internal)?;
-            if !is_reserved_account_id(id) {
-                break id;
-            }
-        },
+        None => {
+            let shard_count = state.ledger.config().shard_count;
+            account_id_at_home(ledger_user_id(owner)?, shard_count, || Uuid::new_v4().as_u128())
+        }
     };
     if is_reserved_account_id(id) {
         return Err(ApiError::Rejected(Rejection::ReservedAccountId));

@@ -21,7 +21,10 @@ pub enum RuleScopeBody {
     /// Every user's account (settlement accounts are never checked). A
     /// struct variant: serde lets a unit variant carry unknown fields.
     Global {},
-    /// The accounts of one user.
+    /// The accounts of one user. Velocity rules with this scope count the
+    /// debits of all of the user's accounts that the API opened (an account
+    /// whose id an admin chose counts with them only if its id lands on the
+    /// user's home shard, and on its own otherwise).
     User {
         /// The user's UUID.
         #[schema(format = "uuid")]
@@ -88,7 +91,8 @@ pub struct MaxAmountParameters {
     pub amount: String,
 }
 
-/// `velocity_count`: more than `count` debits of one account within the window violate it.
+/// `velocity_count`: more than `count` debits of one account (of one user, for a rule scoped
+/// to a user) within the window violate it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VelocityCountParameters {
@@ -98,7 +102,8 @@ pub struct VelocityCountParameters {
     pub count: u32,
 }
 
-/// `velocity_amount`: debits of one account summing above `amount` within the window violate it.
+/// `velocity_amount`: debits of one account (of one user, for a rule scoped to a user)
+/// summing above `amount` within the window violate it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VelocityAmountParameters {

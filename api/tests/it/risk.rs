@@ -400,6 +400,65 @@ async fn a_velocity_limit_is_exact_under_concurrency_and_survives_kill_9() -> an
     Ok(())
 }
 
+/// A velocity rule scoped to a user counts the debits of all the accounts
+/// the API opened for the user (placed on the user's home shard), at once
+/// and across kill -9.
+#[tokio::test]
+async fn a_user_scoped_velocity_rule_counts_across_the_users_accounts() -> anyhow::Result<()> {
+    const TRANSFERS: usize = 12;
+    let dir = tempfile::tempdir()?;
+    let mut node = Node::start(dir.path(), &[]).await?;
+    let (ada_id, ada) = node.user("ada").await?;
+    let (_, bob) = node.user("bob").await?;
+    let accounts = [node.account(&ada, "1000").await?, node.account(&ada, "1000").await?];
+    let bobs = node.account(&bob, "0").await?;
+    node.rule(&json!({
+        "name": "four a minute per user",
+        "kind": "velocity_count",
+        "scope": {"type": "user", "user_id": ada_id},
+        "action": "reject",
+        "parameters": {"window_seconds": 60, "count": 4},
+    }))
+    .await?;
+
+    let mut tasks = Vec::new();
+    for n in 0..TRANSFERS {
+        let (client, base, ada) = (node.client.clone(), node.server.base.clone(), ada.clone());
+        let body =
+            json!({"id": new_id(), "from_account_id": accounts[n % 2], "to_account_id": bobs, "amount": "1"});
+        tasks.push(tokio::spawn(async move {
+            let response =
+                client.post(format!("{base}/v1/transfers")).bearer_auth(&ada).json(&body).send().await?;
+            Reply::read(response).await
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        let reply = task.await??;
+        match (reply.status, reply.code()) {
+            (StatusCode::CREATED, _) => applied += 1,
+            (StatusCode::UNPROCESSABLE_ENTITY, "risk_velocity_exceeded") => {}
+            (status, _) => anyhow::bail!("unexpected answer {status}: {}", reply.body),
+        }
+    }
+    assert_eq!(applied, 4, "the user's two accounts together debit at most four times a minute");
+    assert_eq!(node.available(&bobs).await?, "4");
+
+    node.server.signal("-KILL")?;
+    node.server.wait()?;
+    let node = Node::start(dir.path(), &[]).await?;
+    for from in &accounts {
+        let vetoed = node.transfer(&ada, from, &bobs, "1").await?;
+        assert_eq!(
+            (vetoed.status, vetoed.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "risk_velocity_exceeded"),
+            "the user's window was forgotten: {}",
+            vetoed.body
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn review_holds_wait_for_an_admin_and_decisions_are_listed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

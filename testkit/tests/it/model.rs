@@ -22,7 +22,7 @@ use wallet_actors::{
 };
 use wallet_storage::EmbeddedLedger;
 use wallet_testkit::model::{to_rules, Model, ModelResult, ModelRule};
-use wallet_testkit::model_child::{options, ChildAnswer, ChildCommand, ModelChild};
+use wallet_testkit::model_child::{options, ChildAnswer, ChildCommand, ModelChild, MODEL_SHARDS};
 use wallet_testkit::*;
 
 mod commands;
@@ -97,7 +97,7 @@ impl Run {
         let dir = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let node = open(&Self::data_dir(&dir), options(clock.clone())).await?;
-        let model = Model::new(wallet_actors::ports::Clock::now_ms(clock.as_ref()));
+        let model = Model::new(wallet_actors::ports::Clock::now_ms(clock.as_ref()), MODEL_SHARDS);
         let mut run = Run {
             dir,
             clock,

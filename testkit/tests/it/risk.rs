@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wallet_actors::ports::{Clock, ManualClock};
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleKindCode, RuleScope};
-use wallet_actors::{Ledger, Rejection, TransferStatus};
+use wallet_actors::{Ledger, NewAccount, Rejection, TransferStatus};
 use wallet_testkit::*;
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -342,6 +342,124 @@ async fn concurrent_debits_meet_the_window_exactly_and_a_crash_forgets_none() ->
     clock.advance_ms(61_000);
     assert_eq!(code(&node.ledger.submit_one(posted(202, 1, 2, 1)).await?), "ok");
     node.shutdown().await;
+    Ok(())
+}
+
+/// A rule scoped to a user counts the debits of all of the user's accounts
+/// on the user's home shard (where the API places them): exactly under
+/// concurrency, with debits in flight to other shards, and across a
+/// checkpoint and a crash. An account elsewhere counts on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_scoped_window_counts_across_the_users_home_accounts() -> anyhow::Result<()> {
+    const SHARDS: u16 = 4;
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+    let owner = user(77);
+    let mut draws = 1_000u128..;
+    let mut at_home = || wallet_actors::account_id_at_home(owner, SHARDS, || draws.next().unwrap_or(1)).get();
+    let (home_a, home_b) = (at_home(), at_home());
+    let away = (1_000u128..)
+        .find(|&id| account(id).shard(SHARDS) != owner.home_shard(SHARDS))
+        .ok_or_else(|| anyhow::anyhow!("no id away from home"))?;
+    for (n, id) in [home_a, home_b, away].into_iter().enumerate() {
+        ledger.open_account(NewAccount { user_id: owner, ..wallet(id, usd()) }).await?;
+        ledger.submit_one(posted(10 + n as u128, 1, id, 100)).await??;
+    }
+    let ten = rule(
+        1,
+        RuleKind::VelocityCount { window_seconds: 60, count: 10 },
+        RuleScope::User(owner),
+        RuleAction::Reject,
+    );
+    ledger.set_rules(vec![ten.clone()]).await?;
+    // 64 at once, from both home accounts to wallets in every shard.
+    let tasks: Vec<_> = (0..64u128)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let from = if i % 2 == 0 { home_a } else { home_b };
+            tokio::spawn(async move { ledger.submit_one(posted(100 + i, from, 2 + i % 8, 1)).await })
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for task in tasks {
+        *codes.entry(code(&task.await??)).or_insert(0) += 1;
+    }
+    assert_eq!(codes, [("ok", 10), ("risk_velocity_exceeded", 54)].into_iter().collect());
+    assert_eq!(code(&ledger.submit_one(posted(200, away, 2, 1)).await?), "ok");
+
+    // From a snapshot (the checkpoint writes the window) ...
+    node.checkpoint().await?;
+    assert_eq!(code(&ledger.submit_one(posted(201, home_a, 2, 1)).await?), "risk_velocity_exceeded");
+    // ... and after a crash, from the snapshot and the journal after it.
+    node.stop_without_checkpoint().await;
+    let node = open(dir.path(), test_options(SHARDS, clock.clone())).await?;
+    node.ledger.set_rules(vec![ten]).await?;
+    assert_eq!(code(&node.ledger.submit_one(posted(202, home_b, 2, 1)).await?), "risk_velocity_exceeded");
+
+    // A sum scoped to the user adds both accounts' debits.
+    clock.advance_ms(61_000);
+    let five = RuleKind::VelocityAmount { asset: "USD".into(), window_seconds: 60, amount: amount(5) };
+    node.ledger.set_rules(vec![rule(2, five, RuleScope::User(owner), RuleAction::Reject)]).await?;
+    assert_eq!(code(&node.ledger.submit_one(posted(300, home_a, 2, 3)).await?), "ok");
+    assert_eq!(code(&node.ledger.submit_one(posted(301, home_b, 2, 3)).await?), "risk_velocity_exceeded");
+    assert_eq!(code(&node.ledger.submit_one(posted(302, home_b, 2, 2)).await?), "ok");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A snapshot's accounts and its users' windows are written one after the
+/// other: a checkpoint that stops between them, or after both and before
+/// its meta, leaves replay accounts newer than their user's window, or a
+/// window that counted what replay hands it again. Either way the window
+/// counts each debit once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_stopped_between_accounts_and_user_windows_counts_each_debit_once() -> anyhow::Result<()>
+{
+    use wallet_storage::faults::{self, points, Fault};
+    const SHARDS: u16 = 4;
+    for point in [points::SNAPSHOT_ACCOUNTS, points::SNAPSHOT_USER_WINDOWS] {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let (node, ledger) = funded(dir.path(), clock.clone()).await?;
+        let owner = user(77);
+        let mut draws = 1_000u128..;
+        let mut at_home =
+            || wallet_actors::account_id_at_home(owner, SHARDS, || draws.next().unwrap_or(1)).get();
+        let (home_a, home_b) = (at_home(), at_home());
+        for (n, id) in [home_a, home_b].into_iter().enumerate() {
+            ledger.open_account(NewAccount { user_id: owner, ..wallet(id, usd()) }).await?;
+            ledger.submit_one(posted(10 + n as u128, 1, id, 100)).await??;
+        }
+        let ten = rule(
+            1,
+            RuleKind::VelocityCount { window_seconds: 60, count: 10 },
+            RuleScope::User(owner),
+            RuleAction::Reject,
+        );
+        ledger.set_rules(vec![ten.clone()]).await?;
+        for n in 0..3 {
+            assert_eq!(code(&ledger.submit_one(posted(100 + n, home_a, 2, 1)).await?), "ok");
+        }
+        node.checkpoint().await?; // the window, at 3, is in sled
+        for n in 0..3 {
+            assert_eq!(code(&ledger.submit_one(posted(200 + n, home_b, 3, 1)).await?), "ok");
+        }
+        faults::arm(point, Fault::Error(1));
+        anyhow::ensure!(node.checkpoint().await.is_err(), "{point}: the checkpoint did not stop");
+        node.stop_without_checkpoint().await;
+
+        let node = open(dir.path(), test_options(SHARDS, clock.clone())).await?;
+        node.ledger.set_rules(vec![ten]).await?;
+        for n in 0..4 {
+            let from = if n % 2 == 0 { home_a } else { home_b };
+            let result = node.ledger.submit_one(posted(300 + n, from, 4, 1)).await?;
+            assert_eq!(code(&result), "ok", "{point}: debit {} of 10", 7 + n);
+        }
+        let eleventh = node.ledger.submit_one(posted(400, home_b, 4, 1)).await?;
+        assert_eq!(code(&eleventh), "risk_velocity_exceeded", "{point}: the eleventh debit");
+        node.shutdown().await;
+    }
     Ok(())
 }
 
