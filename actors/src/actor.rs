@@ -8,18 +8,21 @@
 //! - [`outbox`]: what it holds back and sends at once, in dependency order;
 //! - [`shared`]: what a generation of shards shares, and why it fails;
 //! - [`supervisor`]: who hears a shard end;
-//! - [`router`]: how shards reach each other.
+//! - [`router`]: how shards reach each other;
+//! - [`replies`]: answers by correlation id, so no message carries a channel.
 
 mod accounts;
 mod coordination;
 mod msg;
 mod outbox;
+mod replies;
 mod router;
 mod shared;
 mod supervisor;
 mod transfers;
 
-pub use msg::{ChainOp, CreditOp, OpOutcome, OutcomeSender, PrepareOutcome, ShardMsg};
+pub use msg::{ChainOp, CreditOp, OpOutcome, PrepareOutcome, ShardMsg};
+pub use replies::{wait_for, Answer, Replies, ReplyTo};
 pub use router::LocalRouter;
 pub use shared::{Failure, JournalGate, Shared};
 pub use supervisor::{ShardSupervisor, SupervisorMsg};
@@ -167,11 +170,14 @@ impl RunningShard {
         match message {
             ShardMsg::OpenAccount(account, port) => self.open_account(account, port),
             ShardMsg::SetStatus(account_id, status, port) => self.set_status(account_id, status, port),
-            ShardMsg::Execute(ops, port) => {
-                let Some(port) = self.refuse_if_poisoned(port) else { return };
-                self.execute(ops, port);
+            ShardMsg::Execute(ops, to) => {
+                if self.shared.poisoned.load(Ordering::Relaxed) {
+                    self.shared.router.reply(to, Answer::Executed(Err(LedgerError::Unavailable)));
+                    return;
+                }
+                self.execute(ops, to);
             }
-            ShardMsg::Prepare { commit_id, ops, reply: port } => self.prepare(commit_id, ops, port),
+            ShardMsg::Prepare { commit_id, ops, reply: to } => self.prepare(commit_id, ops, to),
             ShardMsg::Decide { commit_id, committed, aborted } => self.decide(commit_id, committed, aborted),
             ShardMsg::Flush => self.flush(),
             ShardMsg::Debit(ops) => self.debit(ops),

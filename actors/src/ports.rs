@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use crate::account::Account;
-use crate::actor::ShardMsg;
+use crate::actor::{Answer, ReplyTo, ShardMsg};
 use crate::ids::{AccountId, ShardId, TransferId, UserId};
 use crate::record::Record;
 use crate::registry::TransferRecord;
@@ -261,4 +261,14 @@ pub trait EventSink: Send + Sync {
 pub trait ShardRouter: Send + Sync + 'static {
     /// Delivers `message` to `shard`, in order with earlier messages to it.
     fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError>;
+    /// Registers an answer to wait for: messages name it by the
+    /// [`ReplyTo`] returned, never by a channel. `unavailable` once closed.
+    fn expect(&self) -> Result<(ReplyTo, tokio::sync::oneshot::Receiver<Answer>), LedgerError>;
+    /// Delivers an answer to whoever registered `to` (dropped if nobody waits).
+    fn reply(&self, to: ReplyTo, answer: Answer);
+    /// Stops waiting for one answer (its message could not be sent).
+    fn cancel(&self, to: ReplyTo);
+    /// Ends every wait with `unavailable`: the shards failed or stop, and
+    /// messages they will never handle name answers that will never come.
+    fn close_replies(&self);
 }

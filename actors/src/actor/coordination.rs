@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use ractor::RpcReplyPort;
-
-use super::{PrepareOutcome, RunningShard};
+use super::{ReplyTo, RunningShard};
 use crate::ids::CommitId;
 use crate::record::Record;
 use crate::shard::Planned;
@@ -13,12 +11,7 @@ use crate::shard::Planned;
 impl RunningShard {
     /// Reserves each operation; answered at the next flush, once every
     /// record a reservation may rely on is appended (`Outbox::prepared`).
-    pub(super) fn prepare(
-        &mut self,
-        commit_id: CommitId,
-        ops: Vec<(u32, Arc<[Planned]>)>,
-        port: RpcReplyPort<Vec<PrepareOutcome>>,
-    ) {
+    pub(super) fn prepare(&mut self, commit_id: CommitId, ops: Vec<(u32, Arc<[Planned]>)>, to: ReplyTo) {
         let now_ms = self.shared.clock.now_ms();
         let outcomes = ops
             .into_iter()
@@ -31,7 +24,7 @@ impl RunningShard {
                 Err(failure) => (self.state.assets_of(&op), Err(failure)),
             })
             .collect();
-        self.outbox.prepared.push((port, outcomes));
+        self.outbox.prepared.push((to, outcomes));
     }
 
     /// The coordinator's decision: apply `committed` (its commit record is

@@ -5,14 +5,12 @@ use std::sync::Arc;
 
 use ractor::RpcReplyPort;
 
+use super::replies::ReplyTo;
 use crate::account::{Account, AccountStatus, Reserved};
 use crate::asset::Asset;
 use crate::ids::{AccountId, CommitId, ShardId};
 use crate::shard::{Captured, HistoryEntry, Hold, IndexedRejection, Planned};
 use crate::LedgerError;
-
-/// Where the outcome of one transfer operation is sent.
-pub type OutcomeSender = tokio::sync::oneshot::Sender<Result<OpOutcome, LedgerError>>;
 
 /// A transfer between two shards, as sent to its debit shard.
 pub struct ChainOp {
@@ -22,8 +20,8 @@ pub struct ChainOp {
     pub op: Arc<[Planned]>,
     /// The shard of its credit account.
     pub credit_shard: ShardId,
-    /// Where the outcome goes.
-    pub reply: OutcomeSender,
+    /// Where the outcome goes (`Answer::Chained`).
+    pub reply: ReplyTo,
 }
 
 /// A transfer between two shards, reserved by its debit shard, as sent on
@@ -37,8 +35,8 @@ pub struct CreditOp {
     pub debit_shard: ShardId,
     /// Assets of the debit side's accounts, for the asset check.
     pub debit_assets: Vec<(AccountId, Asset)>,
-    /// Where the outcome goes.
-    pub reply: OutcomeSender,
+    /// Where the outcome goes (`Answer::Chained`).
+    pub reply: ReplyTo,
 }
 
 /// Outcome of one operation of an [`ShardMsg::Execute`].
@@ -54,16 +52,17 @@ pub enum ShardMsg {
     /// Freeze, unfreeze or close an account; replies once durable.
     SetStatus(AccountId, AccountStatus, RpcReplyPort<Result<Account, LedgerError>>),
     /// Reserve and apply operations whose legs all live here (each one
-    /// all-or-nothing); replies once durable.
-    Execute(Vec<Arc<[Planned]>>, RpcReplyPort<Result<Vec<OpOutcome>, LedgerError>>),
+    /// all-or-nothing); answers (`Answer::Executed`) once durable.
+    Execute(Vec<Arc<[Planned]>>, ReplyTo),
     /// Reserve the legs of operations that span shards, for `commit_id`.
     Prepare {
         /// The coordinated commit.
         commit_id: CommitId,
         /// The operations, by their index in the commit.
         ops: Vec<(u32, Arc<[Planned]>)>,
-        /// One outcome per operation, in the same order.
-        reply: RpcReplyPort<Vec<PrepareOutcome>>,
+        /// Where one outcome per operation goes, in the same order
+        /// (`Answer::Prepared`).
+        reply: ReplyTo,
     },
     /// The coordinator's decision: apply `committed` (whose commit record is
     /// durable), release `aborted`.

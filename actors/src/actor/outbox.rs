@@ -7,10 +7,8 @@
 
 use std::sync::atomic::Ordering;
 
-use ractor::RpcReplyPort;
-
 use super::{
-    reply, AfterDurable, CreditOp, Failure, OpOutcome, OutcomeSender, PrepareOutcome, RunningShard, ShardMsg,
+    AfterDurable, Answer, CreditOp, Failure, OpOutcome, PrepareOutcome, ReplyTo, RunningShard, ShardMsg,
     Shared,
 };
 use crate::ids::{CommitId, ShardId};
@@ -31,13 +29,13 @@ pub(super) struct Outbox {
     /// Answers to callers whose transfer this shard refused: sent after
     /// the releases, so that the debit shard frees the reservation before
     /// anything the caller does next can reach it.
-    pub(super) after_releases: Vec<(OutcomeSender, OpOutcome)>,
+    pub(super) after_releases: Vec<(ReplyTo, OpOutcome)>,
     /// Answers to `Prepare`: a reservation may rely on changes whose
     /// records are still here, and the coordinator's commit record that
     /// follows must not reach the journal before them. Sent once they are
     /// appended (the journal keeps append order), so no record is ever
     /// durable before a record it depends on.
-    pub(super) prepared: Vec<(RpcReplyPort<Vec<PrepareOutcome>>, Vec<PrepareOutcome>)>,
+    pub(super) prepared: Vec<(ReplyTo, Vec<PrepareOutcome>)>,
     /// Answers to reads: sent once every record this shard appended so far
     /// is durable, so a read never shows what a crash could take back.
     pub(super) after_durable: Vec<AfterDurable>,
@@ -123,8 +121,8 @@ impl RunningShard {
         }
         // Every record a reservation may rely on is appended: the
         // coordinator may now append the commit that follows from it.
-        for (port, outcomes) in std::mem::take(&mut self.outbox.prepared) {
-            reply(port, outcomes);
+        for (to, outcomes) in std::mem::take(&mut self.outbox.prepared) {
+            self.shared.router.reply(to, Answer::Prepared(outcomes));
         }
         let send = |shard: ShardId, message: ShardMsg, shared: &Shared| {
             if let Err(error) = shared.router.send(shard, message) {
@@ -142,8 +140,8 @@ impl RunningShard {
         for (shard, commit_ids) in std::mem::take(&mut self.outbox.releases) {
             send(shard, ShardMsg::Release(commit_ids), &self.shared);
         }
-        for (reply, outcome) in std::mem::take(&mut self.outbox.after_releases) {
-            let _ = reply.send(Ok(outcome));
+        for (to, outcome) in std::mem::take(&mut self.outbox.after_releases) {
+            self.shared.router.reply(to, Answer::Chained(Ok(outcome)));
         }
     }
 }

@@ -3,16 +3,19 @@
 //! adds one over NATS.
 
 use ractor::ActorRef;
+use tokio::sync::oneshot;
 
-use super::ShardMsg;
+use super::{Answer, Replies, ReplyTo, ShardMsg};
 use crate::ids::ShardId;
 use crate::ports::ShardRouter;
 use crate::LedgerError;
 
-/// The router of the embedded node: the shards' actor references.
+/// The router of the embedded node: the shards' actor references, and the
+/// answers this node waits for.
 #[derive(Default)]
 pub struct LocalRouter {
     shards: std::sync::OnceLock<Vec<ActorRef<ShardMsg>>>,
+    replies: Replies,
 }
 
 impl LocalRouter {
@@ -27,5 +30,21 @@ impl ShardRouter for LocalRouter {
         let actor =
             self.shards.get().and_then(|s| s.get(shard.0 as usize)).ok_or(LedgerError::Unavailable)?;
         actor.cast(message).map_err(|_| LedgerError::Unavailable)
+    }
+
+    fn expect(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
+        self.replies.expect()
+    }
+
+    fn reply(&self, to: ReplyTo, answer: Answer) {
+        self.replies.answer(to, answer);
+    }
+
+    fn cancel(&self, to: ReplyTo) {
+        self.replies.cancel(to);
+    }
+
+    fn close_replies(&self) {
+        self.replies.close();
     }
 }

@@ -104,11 +104,14 @@ impl Shared {
     }
 
     /// Marks this generation failed (the first failure is the one kept) and
-    /// wakes whoever supervises the ledger.
+    /// wakes whoever supervises the ledger. Every caller still waiting for
+    /// an answer hears `unavailable` now (a crashed shard's messages will
+    /// never be answered; retrying with the same id is safe).
     pub fn fail(&self, failure: Failure) {
         if !self.poisoned.swap(true, Ordering::SeqCst) {
             let _ = self.failure.set(failure);
             tracing::error!(%failure, "the ledger refuses work until its shards are rebuilt from durable state");
+            self.router.close_replies();
             self.failed.notify_one();
         }
     }

@@ -141,15 +141,23 @@ fn port<T>() -> (RpcReplyPort<T>, oneshot::Receiver<T>) {
     (tx.into(), rx)
 }
 
+/// An answer registered with the shard's router, as a caller would.
+fn expect(shard: &RunningShard) -> (ReplyTo, oneshot::Receiver<Answer>) {
+    match shard.shared.router.expect() {
+        Ok(expected) => expected,
+        Err(error) => panic!("the router refuses to register answers: {error}"),
+    }
+}
+
 #[test]
 fn a_prepare_is_answered_only_after_the_records_it_relies_on_are_appended() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal.clone());
     // Account 2 receives 100; its record waits in the outbox.
-    let (executed, mut executed_rx) = port();
+    let (executed, mut executed_rx) = expect(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     // A coordinated commit reserves a debit of those 100 from account 2.
-    let (prepared, mut prepared_rx) = port();
+    let (prepared, mut prepared_rx) = expect(&shard);
     shard.handle(ShardMsg::Prepare {
         commit_id: CommitId(7),
         ops: vec![(0, posted(11, 2, 3, 100))],
@@ -163,12 +171,14 @@ fn a_prepare_is_answered_only_after_the_records_it_relies_on_are_appended() {
     shard.flush();
     assert_eq!(journal.appended(), 1, "the credit's record is appended");
     match prepared_rx.try_recv() {
-        Ok(outcomes) => assert!(matches!(outcomes.as_slice(), [(_, Ok(()))]), "{outcomes:?}"),
-        Err(error) => panic!("no answer to the prepare after the flush: {error}"),
+        Ok(Answer::Prepared(outcomes)) => {
+            assert!(matches!(outcomes.as_slice(), [(_, Ok(()))]), "{outcomes:?}")
+        }
+        other => panic!("no answer to the prepare after the flush: {other:?}"),
     }
     assert!(executed_rx.try_recv().is_err(), "the transfer is not acknowledged before it is durable");
     journal.sync();
-    assert!(matches!(executed_rx.try_recv(), Ok(Ok(_))));
+    assert!(matches!(executed_rx.try_recv(), Ok(Answer::Executed(Ok(_)))));
 }
 
 #[test]
@@ -181,7 +191,7 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
     shard.flush();
     assert!(matches!(read_rx.try_recv(), Ok(Ok(Some(_)))), "an idle shard answers reads at once");
 
-    let (executed, _executed_rx) = port();
+    let (executed, _executed_rx) = expect(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     shard.flush();
     // The credit is appended, not durable: a read must wait for it.

@@ -6,9 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ractor::RpcReplyPort;
-
-use super::{reply, ChainOp, CreditOp, OpOutcome, RunningShard, ShardMsg};
+use super::{Answer, ChainOp, CreditOp, ReplyTo, RunningShard, ShardMsg};
 use crate::ids::{CommitId, ShardId};
 use crate::record::{Applied, Record, ShardApplied};
 use crate::rejection::Rejection;
@@ -16,11 +14,7 @@ use crate::shard::{commit_record, IndexedRejection, Planned};
 use crate::LedgerError;
 
 impl RunningShard {
-    pub(super) fn execute(
-        &mut self,
-        ops: Vec<Arc<[Planned]>>,
-        port: RpcReplyPort<Result<Vec<OpOutcome>, LedgerError>>,
-    ) {
+    pub(super) fn execute(&mut self, ops: Vec<Arc<[Planned]>>, to: ReplyTo) {
         let now_ms = self.shared.clock.now_ms();
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut record = Applied { at_ms: now_ms, ..Applied::default() };
@@ -37,7 +31,7 @@ impl RunningShard {
             }
         }
         if record.events.is_empty() {
-            reply(port, Ok(outcomes));
+            self.shared.router.reply(to, Answer::Executed(Ok(outcomes)));
             return;
         }
         let registry = self.shared.registry.clone();
@@ -51,11 +45,11 @@ impl RunningShard {
                 Ok(()) => {
                     registry.record_durable(&transfers, &resolutions);
                     shared.decisions.durable(&decisions);
-                    reply(port, Ok(outcomes));
+                    shared.router.reply(to, Answer::Executed(Ok(outcomes)));
                 }
                 Err(error) => {
                     shared.poison(error);
-                    reply(port, Err(LedgerError::Unavailable));
+                    shared.router.reply(to, Answer::Executed(Err(LedgerError::Unavailable)));
                 }
             }),
         );
@@ -69,13 +63,13 @@ impl RunningShard {
             Default::default();
         for chain in ops {
             if self.shared.poisoned.load(Ordering::Relaxed) {
-                let _ = chain.reply.send(Err(LedgerError::Unavailable));
+                self.shared.router.reply(chain.reply, Answer::Chained(Err(LedgerError::Unavailable)));
                 continue;
             }
             match self.state.reserve(&chain.op, now_ms) {
                 Err(rejection) if rejection.1 <= Rejection::DebitAccountNotFound => {
                     // Nothing the credit side finds can come first.
-                    let _ = chain.reply.send(Ok(Err(rejection)));
+                    self.shared.router.reply(chain.reply, Answer::Chained(Ok(Err(rejection))));
                 }
                 Err(rejection) => {
                     let entry = refused.entry(chain.credit_shard).or_default();
@@ -116,7 +110,7 @@ impl RunningShard {
         let me = self.state.shard_id();
         for credit in ops {
             if self.shared.poisoned.load(Ordering::Relaxed) {
-                let _ = credit.reply.send(Err(LedgerError::Unavailable));
+                self.shared.router.reply(credit.reply, Answer::Chained(Err(LedgerError::Unavailable)));
                 continue;
             }
             match self.state.accept_credit(&credit.op, &credit.debit_assets, now_ms) {
@@ -132,7 +126,7 @@ impl RunningShard {
                     let commit = commit_record(credit.commit_id, credit.op.iter(), applied_by);
                     let decisions = commit.decisions.clone();
                     let shared = self.shared.clone();
-                    let CreditOp { commit_id, op, debit_shard, reply: port, .. } = credit;
+                    let CreditOp { commit_id, op, debit_shard, reply: to, .. } = credit;
                     self.journal(
                         Record::Commit(commit),
                         Box::new(move |result| match result {
@@ -146,11 +140,11 @@ impl RunningShard {
                                 // Settle before answering, so that a read the
                                 // caller makes next finds the debit applied.
                                 let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
-                                let _ = port.send(Ok(Ok(())));
+                                shared.router.reply(to, Answer::Chained(Ok(Ok(()))));
                             }
                             Err(error) => {
                                 shared.poison(error);
-                                let _ = port.send(Err(LedgerError::Unavailable));
+                                shared.router.reply(to, Answer::Chained(Err(LedgerError::Unavailable)));
                             }
                         }),
                     );
@@ -165,7 +159,7 @@ impl RunningShard {
         let now_ms = self.shared.clock.now_ms();
         for (refused, failure) in ops.into_iter().zip(failures) {
             let first = self.state.first_failure(&refused.op, &refused.debit_assets, failure, now_ms);
-            let _ = refused.reply.send(Ok(Err(first)));
+            self.shared.router.reply(refused.reply, Answer::Chained(Ok(Err(first))));
         }
     }
 

@@ -133,6 +133,9 @@ async fn stop_shards(
     // A stopped shard hands its state to its supervisor; waiting for the
     // supervisor drops it, so storage the shards held can close.
     let _ = supervisor.stop_and_wait(None, Some(timeout)).await;
+    // Messages the stopped shards never handled name answers that will
+    // never come.
+    shared.router.close_replies();
 }
 
 impl Ledger {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::Inner;
-use crate::actor::{ChainOp, OpOutcome, PrepareOutcome, ShardMsg};
+use crate::actor::{wait_for, Answer, ChainOp, OpOutcome, PrepareOutcome, ShardMsg};
 use crate::asset::Asset;
 use crate::ids::AccountId;
 use crate::ids::{CommitId, ShardId};
@@ -43,7 +43,7 @@ pub(super) async fn run_ops(
                 // One transfer between two shards: debit shard, then credit shard.
                 let debit_shard = op[0].legs[0].account_id.shard(shard_count);
                 let credit_shard = op[0].legs[1].account_id.shard(shard_count);
-                let (reply, receiver) = oneshot::channel();
+                let (reply, receiver) = inner.shared.router.expect()?;
                 let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
                 chained.entry(debit_shard.0).or_default().push(ChainOp {
                     commit_id,
@@ -58,7 +58,13 @@ pub(super) async fn run_ops(
     }
     let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
     for (shard, chain_ops) in chained {
-        inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops))?;
+        let replies: Vec<_> = chain_ops.iter().map(|chain| chain.reply).collect();
+        if let Err(error) = inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops)) {
+            for to in replies {
+                inner.shared.router.cancel(to);
+            }
+            return Err(error);
+        }
     }
 
     let coordinated = if spanning.is_empty() {
@@ -73,20 +79,29 @@ pub(super) async fn run_ops(
     let mut waiting = Vec::with_capacity(local.len());
     for (shard, indexes) in &local {
         let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
-        let (tx, rx) = oneshot::channel();
-        inner.shards[*shard as usize]
-            .cast(ShardMsg::Execute(batch, tx.into()))
-            .map_err(|_| LedgerError::Unavailable)?;
+        let (to, rx) = inner.shared.router.expect()?;
+        if let Err(error) = inner.shared.router.send(ShardId(*shard), ShardMsg::Execute(batch, to)) {
+            inner.shared.router.cancel(to);
+            return Err(error);
+        }
         waiting.push((indexes, rx));
     }
     for (indexes, rx) in waiting {
-        let shard_outcomes = rx.await.map_err(|_| LedgerError::Unavailable)??;
+        let executed = |answer| match answer {
+            Answer::Executed(outcomes) => Some(outcomes),
+            _ => None,
+        };
+        let shard_outcomes = wait_for(rx, executed).await??;
         for (index, outcome) in indexes.iter().zip(shard_outcomes) {
             outcomes[*index] = Some(outcome);
         }
     }
     for (index, receiver) in chain_waiting {
-        let outcome = receiver.await.map_err(|_| LedgerError::Unavailable)??;
+        let chained = |answer| match answer {
+            Answer::Chained(outcome) => Some(outcome),
+            _ => None,
+        };
+        let outcome = wait_for(receiver, chained).await??;
         outcomes[index] = Some(outcome);
     }
     if let Some(handle) = coordinated {
@@ -103,12 +118,16 @@ pub(super) async fn run_ops(
 /// between shards included. `None` when a shard did not answer.
 async fn first_failures(
     ops: &[Arc<[Planned]>],
-    waiting: Vec<(Vec<u32>, oneshot::Receiver<Vec<PrepareOutcome>>)>,
+    waiting: Vec<(Vec<u32>, oneshot::Receiver<Answer>)>,
 ) -> Option<Vec<Option<IndexedRejection>>> {
     let mut failures: Vec<Option<IndexedRejection>> = vec![None; ops.len()];
     let mut assets: Vec<BTreeMap<AccountId, Asset>> = vec![BTreeMap::new(); ops.len()];
     for (indexes, rx) in waiting {
-        let Ok(prepared) = rx.await else { return None };
+        let prepared = |answer| match answer {
+            Answer::Prepared(outcomes) => Some(outcomes),
+            _ => None,
+        };
+        let Ok(prepared): Result<Vec<PrepareOutcome>, _> = wait_for(rx, prepared).await else { return None };
         for (index, outcome) in indexes.into_iter().zip(prepared) {
             let slot = index as usize;
             let (found, outcome) = outcome;
@@ -207,9 +226,13 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
     let mut waiting = Vec::with_capacity(by_shard.len());
     for (shard, shard_ops) in &by_shard {
         let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
-        let (tx, rx) = oneshot::channel::<Vec<PrepareOutcome>>();
-        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: tx.into() };
-        if inner.shards[*shard as usize].cast(message).is_err() {
+        let Ok((to, rx)) = inner.shared.router.expect() else {
+            abort_all(&inner, commit_id, &by_shard);
+            return Err(LedgerError::Unavailable);
+        };
+        let message = ShardMsg::Prepare { commit_id, ops: shard_ops.clone(), reply: to };
+        if inner.shared.router.send(ShardId(*shard), message).is_err() {
+            inner.shared.router.cancel(to);
             abort_all(&inner, commit_id, &by_shard);
             return Err(LedgerError::Unavailable);
         }
@@ -230,7 +253,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
         let (committed, aborted): (Vec<u32>, Vec<u32>) =
             shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none());
         // A shard that is gone cannot apply; recovery will, from the commit record.
-        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide { commit_id, committed, aborted });
+        let _ = inner.shared.router.send(ShardId(*shard), ShardMsg::Decide { commit_id, committed, aborted });
     }
     Ok(failures.into_iter().map(|f| f.map_or(Ok(()), Err)).collect())
 }
@@ -238,10 +261,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
 fn abort_all(inner: &Inner, commit_id: CommitId, by_shard: &ByShard) {
     for (shard, shard_ops) in by_shard {
         let aborted = shard_ops.iter().map(|(i, _)| *i).collect();
-        let _ = inner.shards[*shard as usize].cast(ShardMsg::Decide {
-            commit_id,
-            committed: Vec::new(),
-            aborted,
-        });
+        let message = ShardMsg::Decide { commit_id, committed: Vec::new(), aborted };
+        let _ = inner.shared.router.send(ShardId(*shard), message);
     }
 }

@@ -1,0 +1,130 @@
+//! Answers by correlation id. A message between shards names where its
+//! answer goes ([`ReplyTo`], plain data) instead of carrying a channel, so
+//! it could cross a network; the asking side keeps the channel here, under
+//! that id, until the answer comes or the generation of shards ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::{OpOutcome, PrepareOutcome};
+use crate::hash::HashMap;
+use crate::LedgerError;
+
+/// Where an answer goes: a correlation id the asking side registered.
+/// (Cluster mode adds the asking node.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ReplyTo(pub u64);
+
+/// An answer to a transfer message.
+#[derive(Debug)]
+pub enum Answer {
+    /// To `Execute`: one outcome per operation, once durable.
+    Executed(Result<Vec<OpOutcome>, LedgerError>),
+    /// To a transfer between two shards (`Debit`, then `Credit` or
+    /// `Refused`): its outcome, once durable.
+    Chained(Result<OpOutcome, LedgerError>),
+    /// To `Prepare`: one outcome per operation, with the shard's assets.
+    Prepared(Vec<PrepareOutcome>),
+}
+
+const STRIPES: usize = 16;
+
+#[derive(Default)]
+struct Stripe {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    closed: bool,
+}
+
+/// The answers a node waits for. Closed when its generation of shards
+/// fails or stops: a message that will never be handled drops no channel
+/// any more, so closing is what tells every waiter `unavailable`.
+pub struct Replies {
+    stripes: Vec<Mutex<Stripe>>,
+    next: AtomicU64,
+}
+
+impl Default for Replies {
+    fn default() -> Self {
+        Replies { stripes: (0..STRIPES).map(|_| Mutex::default()).collect(), next: AtomicU64::new(1) }
+    }
+}
+
+impl Replies {
+    fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, Stripe> {
+        // Plain data behind the lock: usable after a panic elsewhere.
+        self.stripes[id as usize % STRIPES].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers an answer to wait for; `unavailable` once closed.
+    pub fn expect(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        let mut stripe = self.stripe(id);
+        if stripe.closed {
+            return Err(LedgerError::Unavailable);
+        }
+        stripe.waiting.insert(id, sender);
+        Ok((ReplyTo(id), receiver))
+    }
+
+    /// Delivers an answer. One nobody waits for (answered already, or
+    /// closed) is dropped: the caller timed out or the generation ended.
+    pub fn answer(&self, to: ReplyTo, answer: Answer) {
+        let sender = self.stripe(to.0).waiting.remove(&to.0);
+        if let Some(sender) = sender {
+            let _ = sender.send(answer);
+        }
+    }
+
+    /// Stops waiting for one answer (its message could not be sent).
+    pub fn cancel(&self, to: ReplyTo) {
+        self.stripe(to.0).waiting.remove(&to.0);
+    }
+
+    /// Drops every waiting channel, so every waiter hears `unavailable`,
+    /// and refuses later registrations.
+    pub fn close(&self) {
+        for index in 0..STRIPES {
+            let waiting = {
+                let mut stripe = self.stripe(index as u64);
+                stripe.closed = true;
+                std::mem::take(&mut stripe.waiting)
+            };
+            drop(waiting);
+        }
+    }
+}
+
+/// Waits for an answer of the kind `pick` accepts; `unavailable` when the
+/// replies closed, or (a bug) the answer is of another kind.
+pub async fn wait_for<T>(
+    receiver: oneshot::Receiver<Answer>,
+    pick: impl FnOnce(Answer) -> Option<T>,
+) -> Result<T, LedgerError> {
+    receiver.await.ok().and_then(pick).ok_or(LedgerError::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_reaches_its_waiter_and_closing_frees_the_rest() -> Result<(), LedgerError> {
+        let replies = Replies::default();
+        let (first, first_rx) = replies.expect()?;
+        let (_second, second_rx) = replies.expect()?;
+        replies.answer(first, Answer::Chained(Ok(Ok(()))));
+        let chained = |answer| match answer {
+            Answer::Chained(outcome) => Some(outcome),
+            _ => None,
+        };
+        assert_eq!(wait_for(first_rx, chained).await?, Ok(Ok(())));
+        replies.answer(first, Answer::Chained(Ok(Ok(())))); // twice: dropped
+        replies.close();
+        assert_eq!(wait_for(second_rx, chained).await, Err(LedgerError::Unavailable));
+        assert!(replies.expect().is_err());
+        Ok(())
+    }
+}
