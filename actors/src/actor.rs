@@ -129,16 +129,31 @@ impl Actor for ShardActor {
     }
 }
 
+/// Where one answer goes, as a function of the result: a correlation id
+/// through the router, or (control messages, which stay on the node) a port.
+type AnswerFn<T> = Box<dyn FnOnce(Result<T, LedgerError>) + Send + 'static>;
+
+fn to_port<T: Send + 'static>(port: RpcReplyPort<Result<T, LedgerError>>) -> AnswerFn<T> {
+    Box::new(move |result| reply(port, result))
+}
+
 impl RunningShard {
-    fn refuse_if_poisoned<T: Send + 'static>(
+    /// Answers `to` through the router with the result, as `kind` of answer.
+    fn answer_to<T: Send + 'static>(
         &self,
-        port: RpcReplyPort<Result<T, LedgerError>>,
-    ) -> Option<RpcReplyPort<Result<T, LedgerError>>> {
+        to: ReplyTo,
+        kind: impl FnOnce(Result<T, LedgerError>) -> Answer + Send + 'static,
+    ) -> AnswerFn<T> {
+        let router = self.shared.router.clone();
+        Box::new(move |result| router.reply(to, kind(result)))
+    }
+
+    fn refuse_if_poisoned<T: Send + 'static>(&self, answer: AnswerFn<T>) -> Option<AnswerFn<T>> {
         if self.shared.poisoned.load(Ordering::Relaxed) {
-            reply(port, Err(LedgerError::Unavailable));
+            answer(Err(LedgerError::Unavailable));
             None
         } else {
-            Some(port)
+            Some(answer)
         }
     }
 
@@ -189,16 +204,16 @@ impl RunningShard {
                     self.state.abort_prepared((commit_id, 0));
                 }
             }
-            ShardMsg::GetAccount(account_id, port) => {
+            ShardMsg::GetAccount(account_id, to) => {
                 let found = self.state.account(account_id).map(|(a, r)| (a.clone(), r));
-                self.reply_when_durable(port, found);
+                self.reply_when_durable(self.answer_to(to, Answer::Read), found);
             }
             ShardMsg::DueHolds { now_ms, limit, reply: port } => {
                 reply(port, self.state.due_holds(now_ms, limit));
             }
             ShardMsg::Dump(port) => {
                 let accounts = self.state.accounts().cloned().collect();
-                self.reply_when_durable(port, accounts);
+                self.reply_when_durable(to_port(port), accounts);
             }
             ShardMsg::Resident(port) => reply(port, self.state.resident()),
             #[cfg(feature = "fault-injection")]
@@ -208,9 +223,9 @@ impl RunningShard {
                 reply(port, ());
             }
             ShardMsg::ForgetFlushedHistory(idle_epochs) => self.forget_flushed_history(idle_epochs),
-            ShardMsg::History { account_id, after_sequence, limit, reply: port } => {
+            ShardMsg::History { account_id, after_sequence, limit, reply: to } => {
                 let entries = self.state.recent_history(account_id, after_sequence, limit);
-                self.reply_when_durable(port, entries);
+                self.reply_when_durable(self.answer_to(to, Answer::History), entries);
             }
             ShardMsg::Capture(port) => {
                 // The snapshot must not be ahead of the journal: everything
@@ -234,35 +249,27 @@ impl RunningShard {
     /// this shard has nothing on its way to the journal, else after it. A
     /// generation that failed answers no reads: its memory may be ahead of
     /// what is durable.
-    fn reply_when_durable<T: Send + 'static>(
-        &mut self,
-        port: RpcReplyPort<Result<T, LedgerError>>,
-        value: T,
-    ) {
-        let Some(port) = self.refuse_if_poisoned(port) else { return };
+    fn reply_when_durable<T: Send + 'static>(&mut self, answer: AnswerFn<T>, value: T) {
+        let Some(answer) = self.refuse_if_poisoned(answer) else { return };
         if self.outbox.records.is_empty() && self.unsynced.load(Ordering::SeqCst) == 0 {
-            reply(port, Ok(value));
+            answer(Ok(value));
             return;
         }
         self.outbox.after_durable.push(Box::new(move |result| {
-            reply(port, result.map(|()| value).map_err(|_| LedgerError::Unavailable));
+            answer(result.map(|()| value).map_err(|_| LedgerError::Unavailable));
         }));
     }
 
-    fn journal_then_reply<T: Send + 'static>(
-        &mut self,
-        record: Record,
-        port: RpcReplyPort<Result<T, LedgerError>>,
-        value: Result<T, LedgerError>,
-    ) {
+    /// Journals `record` and answers `value` once it is durable.
+    fn journal_then_reply<T: Send + 'static>(&mut self, record: Record, answer: AnswerFn<T>, value: T) {
         let shared = self.shared.clone();
         self.journal(
             record,
             Box::new(move |result| match result {
-                Ok(()) => reply(port, value),
+                Ok(()) => answer(Ok(value)),
                 Err(error) => {
                     shared.poison(error);
-                    reply(port, Err(LedgerError::Unavailable));
+                    answer(Err(LedgerError::Unavailable));
                 }
             }),
         );

@@ -34,8 +34,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
 use crate::actor::{
-    Failure, JournalGate, LocalRouter, ShardActor, ShardArgs, ShardMsg, ShardSupervisor, Shared,
-    SupervisorMsg,
+    wait_for, Answer, Failure, JournalGate, LocalRouter, ReplyTo, ShardActor, ShardArgs, ShardMsg,
+    ShardSupervisor, Shared, SupervisorMsg,
 };
 use crate::amount::Amount;
 use crate::asset::Asset;
@@ -271,19 +271,42 @@ impl Ledger {
         &self.cell.base.config
     }
 
-    fn shard_of(&self, account_id: AccountId) -> ActorRef<ShardMsg> {
-        self.inner().shards[account_id.shard(self.cell.base.config.shard_count).0 as usize].clone()
-    }
-
     fn check_poisoned(&self) -> Result<(), LedgerError> {
         self.cell.current.load().check_serving()
     }
 
+    /// Asks a control question of one shard of this node (a port answers).
     async fn ask<T: Send + 'static>(
         &self,
         shard: &ActorRef<ShardMsg>,
         message: impl FnOnce(ractor::RpcReplyPort<T>) -> ShardMsg,
     ) -> Result<T, LedgerError> {
         ask_shard(shard, Duration::from_millis(self.cell.base.config.request_timeout_ms), message).await
+    }
+
+    /// Asks the shard that owns `account_id`, through the router: the
+    /// message names its answer by a correlation id, so it could go to
+    /// another node. `pick` takes the answer of the kind asked for.
+    async fn ask_owner<T>(
+        &self,
+        account_id: AccountId,
+        message: impl FnOnce(ReplyTo) -> ShardMsg,
+        pick: impl FnOnce(Answer) -> Option<Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        let inner = self.inner();
+        let router = &inner.shared.router;
+        let (to, answer) = router.expect()?;
+        if let Err(error) = router.send(account_id.shard(self.cell.base.config.shard_count), message(to)) {
+            router.cancel(to);
+            return Err(error);
+        }
+        let timeout = Duration::from_millis(self.cell.base.config.request_timeout_ms);
+        match tokio::time::timeout(timeout, wait_for(answer, pick)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                router.cancel(to);
+                Err(LedgerError::Timeout)
+            }
+        }
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use ractor::RpcReplyPort;
 
 use super::replies::ReplyTo;
-use crate::account::{Account, AccountStatus, Reserved};
+use crate::account::{Account, AccountStatus};
 use crate::asset::Asset;
 use crate::ids::{AccountId, CommitId, ShardId};
-use crate::shard::{Captured, HistoryEntry, Hold, IndexedRejection, Planned};
+use crate::shard::{Captured, Hold, IndexedRejection, Planned};
 use crate::LedgerError;
 
 /// A transfer between two shards, as sent to its debit shard.
@@ -47,10 +47,11 @@ pub type PrepareOutcome = (Vec<(AccountId, Asset)>, OpOutcome);
 
 /// What a shard can be asked.
 pub enum ShardMsg {
-    /// Open an account; the reply comes once it is durable.
-    OpenAccount(Account, RpcReplyPort<Result<Account, LedgerError>>),
-    /// Freeze, unfreeze or close an account; replies once durable.
-    SetStatus(AccountId, AccountStatus, RpcReplyPort<Result<Account, LedgerError>>),
+    /// Open an account; answers (`Answer::Account`) once it is durable.
+    OpenAccount(Account, ReplyTo),
+    /// Freeze, unfreeze or close an account; answers (`Answer::Account`)
+    /// once durable.
+    SetStatus(AccountId, AccountStatus, ReplyTo),
     /// Reserve and apply operations whose legs all live here (each one
     /// all-or-nothing); answers (`Answer::Executed`) once durable.
     Execute(Vec<Arc<[Planned]>>, ReplyTo),
@@ -90,9 +91,9 @@ pub enum ShardMsg {
     Release(Vec<CommitId>),
     /// Send what the shard held back (it sends this to itself).
     Flush,
-    /// Read an account and its reservations. Answered once every change the
-    /// answer shows is durable.
-    GetAccount(AccountId, RpcReplyPort<Result<Option<(Account, Reserved)>, LedgerError>>),
+    /// Read an account and its reservations. Answered (`Answer::Read`) once
+    /// every change the answer shows is durable.
+    GetAccount(AccountId, ReplyTo),
     /// Holds whose timeout has passed.
     DueHolds {
         /// Now, in ledger ms.
@@ -125,7 +126,7 @@ pub enum ShardMsg {
         after_sequence: u64,
         /// At most this many.
         limit: usize,
-        /// The entries, oldest first.
-        reply: RpcReplyPort<Result<Vec<HistoryEntry>, LedgerError>>,
+        /// Where the entries go, oldest first (`Answer::History`).
+        reply: ReplyTo,
     },
 }

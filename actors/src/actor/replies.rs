@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use super::{OpOutcome, PrepareOutcome};
+use crate::account::{Account, Reserved};
 use crate::hash::HashMap;
+use crate::shard::HistoryEntry;
 use crate::LedgerError;
 
 /// Where an answer goes: a correlation id the asking side registered.
@@ -27,6 +29,12 @@ pub enum Answer {
     Chained(Result<OpOutcome, LedgerError>),
     /// To `Prepare`: one outcome per operation, with the shard's assets.
     Prepared(Vec<PrepareOutcome>),
+    /// To `OpenAccount` and `SetStatus`: the account, once durable.
+    Account(Result<Account, LedgerError>),
+    /// To `GetAccount`: the account and its reservations, once durable as shown.
+    Read(Result<Option<(Account, Reserved)>, LedgerError>),
+    /// To `History`: the entries in memory, once durable as shown.
+    History(Result<Vec<HistoryEntry>, LedgerError>),
 }
 
 const STRIPES: usize = 16;

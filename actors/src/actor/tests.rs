@@ -186,18 +186,21 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal.clone());
     // Nothing on its way to the journal: a read is answered at once.
-    let (read, mut read_rx) = port();
+    let (read, mut read_rx) = expect(&shard);
     shard.handle(ShardMsg::GetAccount(id(2), read));
     shard.flush();
-    assert!(matches!(read_rx.try_recv(), Ok(Ok(Some(_)))), "an idle shard answers reads at once");
+    assert!(
+        matches!(read_rx.try_recv(), Ok(Answer::Read(Ok(Some(_))))),
+        "an idle shard answers reads at once"
+    );
 
     let (executed, _executed_rx) = expect(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     shard.flush();
     // The credit is appended, not durable: a read must wait for it.
-    let (read, mut read_rx) = port();
+    let (read, mut read_rx) = expect(&shard);
     shard.handle(ShardMsg::GetAccount(id(2), read));
-    let (history, mut history_rx) = port();
+    let (history, mut history_rx) = expect(&shard);
     shard.handle(ShardMsg::History { account_id: id(2), after_sequence: 0, limit: 10, reply: history });
     shard.flush();
     assert!(read_rx.try_recv().is_err(), "a read showed a balance a crash could still take back");
@@ -205,11 +208,13 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
     journal.sync(); // the credit
     journal.sync(); // the read's wait, queued after it
     match read_rx.try_recv() {
-        Ok(Ok(Some((account, _)))) => assert_eq!(account.balances.credits_posted, 100),
+        Ok(Answer::Read(Ok(Some((account, _))))) => assert_eq!(account.balances.credits_posted, 100),
         other => panic!("{other:?}"),
     }
     match history_rx.try_recv() {
-        Ok(Ok(entries)) => assert_eq!(entries.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2]),
+        Ok(Answer::History(Ok(entries))) => {
+            assert_eq!(entries.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2])
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -218,8 +223,18 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
 fn a_failed_generation_answers_no_reads() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal);
+    // A read asked before the failure, handled after it.
+    let (read, mut read_rx) = expect(&shard);
     shard.shared.fail(Failure::ShardCrashed(ShardId(0)));
-    let (read, mut read_rx) = port();
     shard.handle(ShardMsg::GetAccount(id(2), read));
-    assert!(matches!(read_rx.try_recv(), Ok(Err(LedgerError::Unavailable))));
+    match read_rx.try_recv() {
+        // The failure closed the answers awaited: the reader hears unavailable.
+        Err(oneshot::error::TryRecvError::Closed) => {}
+        other => panic!("a failed generation answered a read: {other:?}"),
+    }
+    // And no later question is taken.
+    assert!(shard.shared.router.expect().is_err());
+    let (dump, mut dump_rx) = port();
+    shard.handle(ShardMsg::Dump(dump));
+    assert!(matches!(dump_rx.try_recv(), Ok(Err(LedgerError::Unavailable))));
 }

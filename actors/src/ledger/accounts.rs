@@ -12,9 +12,8 @@ impl Ledger {
         {
             return Err(LedgerError::Rejected(Rejection::ReservedAccountId));
         }
-        let shard = self.shard_of(new.id).clone();
         let account = new.opened_at(self.inner().shared.clock.now_ms());
-        self.ask(&shard, |port| ShardMsg::OpenAccount(account, port)).await?
+        self.ask_owner(account.id, |to| ShardMsg::OpenAccount(account, to), answered_account).await
     }
 
     /// Opens the settlement account of `asset` if it is not open yet.
@@ -36,14 +35,16 @@ impl Ledger {
         status: AccountStatus,
     ) -> Result<Account, LedgerError> {
         self.check_poisoned()?;
-        let shard = self.shard_of(account_id).clone();
-        self.ask(&shard, |port| ShardMsg::SetStatus(account_id, status, port)).await?
+        self.ask_owner(account_id, |to| ShardMsg::SetStatus(account_id, status, to), answered_account).await
     }
 
     /// Reads an account. Sees every acknowledged write.
     pub async fn account(&self, account_id: AccountId) -> Result<Option<AccountView>, LedgerError> {
-        let shard = self.shard_of(account_id).clone();
-        let found = self.ask(&shard, |port| ShardMsg::GetAccount(account_id, port)).await??;
+        let read = |answer| match answer {
+            Answer::Read(found) => Some(found),
+            _ => None,
+        };
+        let found = self.ask_owner(account_id, |to| ShardMsg::GetAccount(account_id, to), read).await?;
         Ok(found.map(|(account, reserved)| AccountView { account, reserved }))
     }
 
@@ -70,5 +71,13 @@ impl Ledger {
             all.extend(resident.into_iter().map(|account| (account.id, account)));
         }
         Ok(all.into_values().collect())
+    }
+}
+
+/// The answer to `OpenAccount` and `SetStatus`.
+fn answered_account(answer: Answer) -> Option<Result<Account, LedgerError>> {
+    match answer {
+        Answer::Account(account) => Some(account),
+        _ => None,
     }
 }

@@ -44,12 +44,14 @@ impl Ledger {
         limit: usize,
     ) -> Result<Vec<crate::shard::HistoryEntry>, LedgerError> {
         let limit = limit.clamp(1, 1000);
-        let shard = self.shard_of(account_id).clone();
         // Memory first, then storage: an entry that moves between them in
         // between is then seen twice (and deduplicated), never missed.
-        let mut entries = self
-            .ask(&shard, |port| ShardMsg::History { account_id, after_sequence, limit, reply: port })
-            .await??;
+        let message = |to| ShardMsg::History { account_id, after_sequence, limit, reply: to };
+        let history = |answer| match answer {
+            Answer::History(entries) => Some(entries),
+            _ => None,
+        };
+        let mut entries = self.ask_owner(account_id, message, history).await?;
         let index = self.inner().shared.history.read().map_err(|_| LedgerError::Unavailable)?.clone();
         if let Some(index) = index {
             let older =
