@@ -85,15 +85,10 @@ impl Actor for ShardActor {
         let mut state = args.state;
         // What recovery replayed is durable: the events' feed gets it now
         // (it drops what it published before the restart).
-        match &args.shared.events {
-            Some(sink) if sink.wants_entries() => {
-                let replayed = state.take_new_history();
-                if !replayed.is_empty() {
-                    sink.durable(state.shard_id(), replayed);
-                }
+        if let Some((sink, replayed)) = state.history_for(args.shared.events.as_ref()) {
+            if !replayed.is_empty() {
+                sink.durable(state.shard_id(), replayed);
             }
-            Some(_) => state.skip_new_history(),
-            None => {}
         }
         Ok(RunningShard {
             state,

@@ -86,14 +86,7 @@ impl RunningShard {
             unsynced.fetch_add(1, Ordering::SeqCst);
             // The history these records made reaches the events' feed only
             // once they are durable: no event reports what a crash could undo.
-            let events = match &self.shared.events {
-                Some(sink) if sink.wants_entries() => Some((sink.clone(), self.state.take_new_history())),
-                Some(_) => {
-                    self.state.skip_new_history();
-                    None
-                }
-                None => None,
-            };
+            let events = self.state.history_for(self.shared.events.as_ref());
             let shard_id = self.state.shard_id();
             self.shared.journal.append(
                 record,

@@ -32,6 +32,23 @@ impl ShardState {
         self.events_mark = self.history_recent.len();
     }
 
+    /// The history made since the last call, with the feed to hand it to
+    /// once durable, when there is a feed and it wants entries; otherwise
+    /// it is marked seen without a copy (`None`).
+    pub fn history_for(
+        &mut self,
+        feed: Option<&Arc<dyn crate::ports::EventSink>>,
+    ) -> Option<(Arc<dyn crate::ports::EventSink>, Vec<HistoryEntry>)> {
+        match feed {
+            Some(sink) if sink.wants_entries() => Some((sink.clone(), self.take_new_history())),
+            Some(_) => {
+                self.skip_new_history();
+                None
+            }
+            None => None,
+        }
+    }
+
     /// History entries of an account after `after_sequence` still held in
     /// memory (not yet confirmed in storage), oldest first, at most `limit`.
     pub fn recent_history(
