@@ -22,7 +22,7 @@ mod supervisor;
 mod transfers;
 
 pub use msg::{ChainOp, CreditOp, OpOutcome, PrepareOutcome, ShardMsg};
-pub use replies::{wait_for, Answer, Replies, ReplyTo};
+pub use replies::{wait_for, Answer, Owed, Replies, ReplyTo};
 pub use router::LocalRouter;
 pub use shared::{Failure, JournalGate, Shared};
 pub use supervisor::{ShardSupervisor, SupervisorMsg};
@@ -133,14 +133,15 @@ fn to_port<T: Send + 'static>(port: RpcReplyPort<Result<T, LedgerError>>) -> Ans
 }
 
 impl RunningShard {
-    /// Answers `to` through the router with the result, as `kind` of answer.
+    /// Answers `to` through the router with the result, as `kind` of
+    /// answer (`unavailable` if dropped unanswered: see [`Owed`]).
     fn answer_to<T: Send + 'static>(
         &self,
         to: ReplyTo,
-        kind: impl FnOnce(Result<T, LedgerError>) -> Answer + Send + 'static,
+        kind: fn(Result<T, LedgerError>) -> Answer,
     ) -> AnswerFn<T> {
-        let router = self.shared.router.clone();
-        Box::new(move |result| router.reply(to, kind(result)))
+        let owed = Owed::new(self.shared.router.clone(), to, kind);
+        Box::new(move |result| owed.pay(result))
     }
 
     fn refuse_if_poisoned<T: Send + 'static>(&self, answer: AnswerFn<T>) -> Option<AnswerFn<T>> {

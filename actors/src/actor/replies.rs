@@ -105,6 +105,42 @@ impl Replies {
     }
 }
 
+/// An answer a shard owes once a record is durable, held by the record's
+/// callback. If the callback is dropped without being called (a journal
+/// whose completion thread died), the caller hears `unavailable`, as when
+/// the channel itself travelled in the callback.
+pub struct Owed<T: 'static> {
+    router: std::sync::Arc<dyn crate::ports::ShardRouter>,
+    to: ReplyTo,
+    kind: fn(Result<T, LedgerError>) -> Answer,
+    paid: bool,
+}
+
+impl<T: 'static> Owed<T> {
+    /// An answer owed to `to`, of the kind `kind` makes.
+    pub fn new(
+        router: std::sync::Arc<dyn crate::ports::ShardRouter>,
+        to: ReplyTo,
+        kind: fn(Result<T, LedgerError>) -> Answer,
+    ) -> Self {
+        Owed { router, to, kind, paid: false }
+    }
+
+    /// Sends it.
+    pub fn pay(mut self, result: Result<T, LedgerError>) {
+        self.paid = true;
+        self.router.reply(self.to, (self.kind)(result));
+    }
+}
+
+impl<T: 'static> Drop for Owed<T> {
+    fn drop(&mut self) {
+        if !self.paid {
+            self.router.reply(self.to, (self.kind)(Err(LedgerError::Unavailable)));
+        }
+    }
+}
+
 /// Waits for an answer of the kind `pick` accepts; `unavailable` when the
 /// replies closed, or (a bug) the answer is of another kind.
 pub async fn wait_for<T>(

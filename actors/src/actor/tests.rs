@@ -43,6 +43,12 @@ impl HeldJournal {
     fn appended(&self) -> usize {
         lock(&self.records).len()
     }
+
+    /// Drops every callback not yet called, as a journal whose completion
+    /// thread died would.
+    fn drop_pending(&self) {
+        drop(std::mem::take(&mut *lock(&self.callbacks)));
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,18 +229,32 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
 fn a_failed_generation_answers_no_reads() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal);
-    // A read asked before the failure, handled after it.
+    // Poisoned as a halt leaves it (the table of answers still open): the
+    // shard itself refuses the read.
+    shard.shared.poisoned.store(true, Ordering::SeqCst);
     let (read, mut read_rx) = expect(&shard);
-    shard.shared.fail(Failure::ShardCrashed(ShardId(0)));
     shard.handle(ShardMsg::GetAccount(id(2), read));
-    match read_rx.try_recv() {
-        // The failure closed the answers awaited: the reader hears unavailable.
-        Err(oneshot::error::TryRecvError::Closed) => {}
-        other => panic!("a failed generation answered a read: {other:?}"),
-    }
-    // And no later question is taken.
-    assert!(shard.shared.router.expect().is_err());
+    assert!(matches!(read_rx.try_recv(), Ok(Answer::Read(Err(LedgerError::Unavailable)))));
     let (dump, mut dump_rx) = port();
     shard.handle(ShardMsg::Dump(dump));
     assert!(matches!(dump_rx.try_recv(), Ok(Err(LedgerError::Unavailable))));
+}
+
+#[test]
+fn a_failure_ends_every_wait_and_a_dropped_callback_answers_unavailable() {
+    let journal = Arc::new(HeldJournal::default());
+    let mut shard = running(journal.clone());
+    // A transfer whose record is appended, not durable; then the journal
+    // drops its callback without calling it.
+    let (executed, mut executed_rx) = expect(&shard);
+    shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
+    shard.flush();
+    journal.drop_pending();
+    assert!(matches!(executed_rx.try_recv(), Ok(Answer::Executed(Err(LedgerError::Unavailable)))));
+    // A question waiting when the generation fails hears unavailable, and
+    // no later one is taken.
+    let (_read, mut read_rx) = expect(&shard);
+    shard.shared.fail(Failure::ShardCrashed(ShardId(0)));
+    assert!(matches!(read_rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
+    assert!(shard.shared.router.expect().is_err());
 }

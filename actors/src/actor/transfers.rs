@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Answer, ChainOp, CreditOp, ReplyTo, RunningShard, ShardMsg};
+use super::{Answer, ChainOp, CreditOp, Owed, ReplyTo, RunningShard, ShardMsg};
 use crate::ids::{CommitId, ShardId};
 use crate::record::{Applied, Record, ShardApplied};
 use crate::rejection::Rejection;
@@ -36,6 +36,7 @@ impl RunningShard {
         }
         let registry = self.shared.registry.clone();
         let shared = self.shared.clone();
+        let owed = Owed::new(self.shared.router.clone(), to, Answer::Executed);
         let transfers: Vec<_> = record.transfers.clone();
         let resolutions = record.resolutions.clone();
         let decisions = record.decisions.clone();
@@ -45,11 +46,11 @@ impl RunningShard {
                 Ok(()) => {
                     registry.record_durable(&transfers, &resolutions);
                     shared.decisions.durable(&decisions);
-                    shared.router.reply(to, Answer::Executed(Ok(outcomes)));
+                    owed.pay(Ok(outcomes));
                 }
                 Err(error) => {
                     shared.poison(error);
-                    shared.router.reply(to, Answer::Executed(Err(LedgerError::Unavailable)));
+                    owed.pay(Err(LedgerError::Unavailable));
                 }
             }),
         );
@@ -127,6 +128,7 @@ impl RunningShard {
                     let decisions = commit.decisions.clone();
                     let shared = self.shared.clone();
                     let CreditOp { commit_id, op, debit_shard, reply: to, .. } = credit;
+                    let owed = Owed::new(self.shared.router.clone(), to, Answer::Chained);
                     self.journal(
                         Record::Commit(commit),
                         Box::new(move |result| match result {
@@ -140,11 +142,11 @@ impl RunningShard {
                                 // Settle before answering, so that a read the
                                 // caller makes next finds the debit applied.
                                 let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
-                                shared.router.reply(to, Answer::Chained(Ok(Ok(()))));
+                                owed.pay(Ok(Ok(())));
                             }
                             Err(error) => {
                                 shared.poison(error);
-                                shared.router.reply(to, Answer::Chained(Err(LedgerError::Unavailable)));
+                                owed.pay(Err(LedgerError::Unavailable));
                             }
                         }),
                     );

@@ -22,9 +22,10 @@ use crate::LedgerError;
 /// coordinated commit. One outcome per operation, in order.
 ///
 /// It waits for every answer without a time-out of its own: an answer
-/// comes once the outcome is durable or decided, or the port is dropped
-/// when the generation fails. The caller bounds its own wait instead, while
-/// this runs to the end in the submission's task (see `submit`).
+/// comes once the outcome is durable or decided, or `unavailable` when the
+/// generation fails or stops (which closes the router's table of answers
+/// awaited). The caller bounds its own wait instead, while this runs to
+/// the end in the submission's task (see `submit`).
 pub(super) async fn run_ops(
     inner: &Arc<Inner>,
     ops: Vec<Arc<[Planned]>>,
@@ -57,10 +58,13 @@ pub(super) async fn run_ops(
         }
     }
     let mut outcomes: Vec<Option<OpOutcome>> = vec![None; ops.len()];
-    for (shard, chain_ops) in chained {
+    let mut chained = chained.into_iter();
+    while let Some((shard, chain_ops)) = chained.next() {
         let replies: Vec<_> = chain_ops.iter().map(|chain| chain.reply).collect();
         if let Err(error) = inner.shared.router.send(ShardId(shard), ShardMsg::Debit(chain_ops)) {
-            for to in replies {
+            // This message and those not sent yet will never be answered.
+            let unsent = chained.flat_map(|(_, ops)| ops.into_iter().map(|chain| chain.reply));
+            for to in replies.into_iter().chain(unsent) {
                 inner.shared.router.cancel(to);
             }
             return Err(error);
