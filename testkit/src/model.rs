@@ -32,8 +32,9 @@ pub struct ModelAccount {
     pub credits_pending: u128,
     /// Events applied.
     pub sequence: u64,
-    /// When each new debit (posted transfer or hold) was applied.
-    pub debit_times_ms: Vec<u64>,
+    /// Each new debit (posted transfer or hold): when it was applied, and
+    /// its amount.
+    pub new_debits: Vec<(u64, u128)>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,7 +72,7 @@ pub struct Model {
     pub shard_count: u16,
 }
 
-/// A risk rule the model knows: `max_amount` of USD or `velocity_count`,
+/// A risk rule the model knows: `max_amount` of USD, `velocity_count` or `velocity_amount` of USD,
 /// scoped globally, to a user or to an account, rejecting or holding for
 /// review.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +102,15 @@ pub enum ModelRuleKind {
         /// Most debits in it.
         count: u32,
     },
+    /// USD debits within `window_seconds` summing above `amount`: of one
+    /// account, or for a rule scoped to a user, of the user's home USD
+    /// accounts.
+    VelocityUsd {
+        /// The window.
+        window_seconds: u32,
+        /// Largest sum in it.
+        amount: u128,
+    },
 }
 
 /// Whose debits a [`ModelRule`] checks.
@@ -126,6 +136,11 @@ impl ModelRule {
             ModelRuleKind::Velocity { window_seconds, count } => {
                 RuleKind::VelocityCount { window_seconds, count }
             }
+            ModelRuleKind::VelocityUsd { window_seconds, amount } => RuleKind::VelocityAmount {
+                asset: "USD".into(),
+                window_seconds,
+                amount: wallet_actors::Amount::new(amount).unwrap_or_default(),
+            },
         };
         let scope = match self.scope {
             ModelScope::Global => RuleScope::Global,
@@ -146,6 +161,7 @@ impl ModelRule {
         match self.kind {
             ModelRuleKind::MaxUsd(_) => RuleKindCode::MaxAmount,
             ModelRuleKind::Velocity { .. } => RuleKindCode::VelocityCount,
+            ModelRuleKind::VelocityUsd { .. } => RuleKindCode::VelocityAmount,
         }
     }
 
@@ -193,18 +209,22 @@ impl Model {
         crate::account(id).shard(self.shard_count) == crate::user(user).home_shard(self.shard_count)
     }
 
-    /// When the debits a velocity rule of `scope` counts for a debit of
-    /// `debit` happened: the user's home accounts' for a rule scoped to the
-    /// user of a home account, the account's own otherwise.
-    fn counted_debits(&self, scope: ModelScope, debit: u128, user: u128) -> Vec<u64> {
+    /// The new debits (time, amount) a velocity rule of `scope` counts for
+    /// a debit of `debit`: the user's home accounts' for a rule scoped to
+    /// the user of a home account (only those of the debited account's
+    /// asset when `same_asset`), the account's own otherwise.
+    fn counted_debits(&self, scope: ModelScope, debit: u128, same_asset: bool) -> Vec<(u64, u128)> {
+        let Some(account) = self.accounts.get(&debit) else { return Vec::new() };
+        let user = account.user;
         match scope {
             ModelScope::User(_) if self.at_home(debit, user) => self
                 .accounts
                 .iter()
                 .filter(|(id, a)| a.user == user && self.at_home(**id, user))
-                .flat_map(|(_, a)| a.debit_times_ms.iter().copied())
+                .filter(|(_, a)| !same_asset || a.asset == account.asset)
+                .flat_map(|(_, a)| a.new_debits.iter().copied())
                 .collect(),
-            _ => self.accounts.get(&debit).map(|a| a.debit_times_ms.clone()).unwrap_or_default(),
+            _ => account.new_debits.clone(),
         }
     }
 
@@ -238,7 +258,7 @@ impl Model {
                 debits_pending: 0,
                 credits_pending: 0,
                 sequence: 1,
-                debit_times_ms: Vec::new(),
+                new_debits: Vec::new(),
             },
         );
         Ok(())
@@ -422,7 +442,7 @@ impl Model {
                 }
                 let now_ms = self.now_ms;
                 if let Some(a) = self.accounts.get_mut(&debit) {
-                    a.debit_times_ms.push(now_ms);
+                    a.new_debits.push((now_ms, value));
                     if held {
                         a.debits_pending += value
                     } else {
@@ -620,9 +640,16 @@ impl Model {
                     // one-second buckets make the window exactly "at most
                     // window_seconds ago".
                     let window_ms = u64::from(window_seconds) * 1000;
-                    let times = self.counted_debits(rule.scope, debit, account.user);
-                    let seen = times.iter().filter(|&&t| self.now_ms - t <= window_ms).count();
+                    let debits = self.counted_debits(rule.scope, debit, false);
+                    let seen = debits.iter().filter(|(t, _)| self.now_ms - t <= window_ms).count();
                     seen as u64 + 1 > u64::from(count)
+                }
+                ModelRuleKind::VelocityUsd { window_seconds, amount } => {
+                    let window_ms = u64::from(window_seconds) * 1000;
+                    let debits = self.counted_debits(rule.scope, debit, true);
+                    let sum: u128 =
+                        debits.iter().filter(|(t, _)| self.now_ms - t <= window_ms).map(|(_, a)| a).sum();
+                    account.asset.0 == "USD" && sum + value > amount
                 }
             };
             if in_scope && violated {

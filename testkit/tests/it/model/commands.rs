@@ -80,6 +80,8 @@ pub(crate) fn rule() -> impl Strategy<Value = ModelRule> {
         (100..900u128).prop_map(ModelRuleKind::MaxUsd),
         (1..5u32, 1..5u32)
             .prop_map(|(window_seconds, count)| ModelRuleKind::Velocity { window_seconds, count }),
+        (1..5u32, 200..1_500u128)
+            .prop_map(|(window_seconds, amount)| ModelRuleKind::VelocityUsd { window_seconds, amount }),
     ];
     let scope = prop_oneof![
         Just(ModelScope::Global),
