@@ -295,7 +295,7 @@ impl Ledger {
     ) -> Result<T, LedgerError> {
         let inner = self.inner();
         let router = &inner.shared.router;
-        let (to, answer) = router.expect()?;
+        let (to, answer) = router.register()?;
         if let Err(error) = router.send(account_id.shard(self.cell.base.config.shard_count), message(to)) {
             router.cancel(to);
             return Err(error);

@@ -263,7 +263,7 @@ pub trait ShardRouter: Send + Sync + 'static {
     fn send(&self, shard: ShardId, message: ShardMsg) -> Result<(), LedgerError>;
     /// Registers an answer to wait for: messages name it by the
     /// [`ReplyTo`] returned, never by a channel. `unavailable` once closed.
-    fn expect(&self) -> Result<(ReplyTo, tokio::sync::oneshot::Receiver<Answer>), LedgerError>;
+    fn register(&self) -> Result<(ReplyTo, tokio::sync::oneshot::Receiver<Answer>), LedgerError>;
     /// Delivers an answer to whoever registered `to` (dropped if nobody waits).
     fn reply(&self, to: ReplyTo, answer: Answer);
     /// Stops waiting for one answer (its message could not be sent).

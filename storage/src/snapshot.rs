@@ -322,27 +322,27 @@ fn chunked<'a, T: 'a>(items: impl Iterator<Item = &'a T>, size: usize) -> impl I
     })
 }
 
+/// The value under a 128-bit id in `tree`, decoded; a value that does not
+/// decode is logged and refused.
+fn read_one<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    id: u128,
+    what: &str,
+) -> Result<Option<T>, ReadError> {
+    let Some(value) = tree.get(id.to_be_bytes()).map_err(|_| ReadError)? else { return Ok(None) };
+    frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
+        tracing::error!(%error, id = %format!("{id:032x}"), what, "a snapshot value does not decode");
+        ReadError
+    })
+}
+
 impl wallet_actors::ports::AccountSource for SnapshotStore {
     fn load(&self, account_id: wallet_actors::AccountId) -> Result<Option<Account>, ReadError> {
-        let value = self.accounts.get(account_id.get().to_be_bytes()).map_err(|_| ReadError)?;
-        match value {
-            None => Ok(None),
-            Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
-                tracing::error!(%error, %account_id, "a snapshot account does not decode");
-                ReadError
-            }),
-        }
+        read_one(&self.accounts, account_id.get(), "account")
     }
 
     fn load_user_window(&self, user_id: wallet_actors::UserId) -> Result<Option<UserWindow>, ReadError> {
-        let value = self.user_windows.get(user_id.get().to_be_bytes()).map_err(|_| ReadError)?;
-        match value {
-            None => Ok(None),
-            Some(value) => frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION).map(Some).map_err(|error| {
-                tracing::error!(%error, %user_id, "a snapshot user window does not decode");
-                ReadError
-            }),
-        }
+        read_one(&self.user_windows, user_id.get(), "user window")
     }
 
     fn all(&self) -> Result<Vec<Account>, ReadError> {

@@ -66,7 +66,7 @@ impl Replies {
     }
 
     /// Registers an answer to wait for; `unavailable` once closed.
-    pub fn expect(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
+    pub fn register(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         let mut stripe = self.stripe(id);
@@ -157,8 +157,8 @@ mod tests {
     #[tokio::test]
     async fn an_answer_reaches_its_waiter_and_closing_frees_the_rest() -> Result<(), LedgerError> {
         let replies = Replies::default();
-        let (first, first_rx) = replies.expect()?;
-        let (_second, second_rx) = replies.expect()?;
+        let (first, first_rx) = replies.register()?;
+        let (_second, second_rx) = replies.register()?;
         replies.answer(first, Answer::Chained(Ok(Ok(()))));
         let chained = |answer| match answer {
             Answer::Chained(outcome) => Some(outcome),
@@ -168,7 +168,7 @@ mod tests {
         replies.answer(first, Answer::Chained(Ok(Ok(())))); // twice: dropped
         replies.close();
         assert_eq!(wait_for(second_rx, chained).await, Err(LedgerError::Unavailable));
-        assert!(replies.expect().is_err());
+        assert!(replies.register().is_err());
         Ok(())
     }
 }

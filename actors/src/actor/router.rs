@@ -32,8 +32,8 @@ impl ShardRouter for LocalRouter {
         actor.cast(message).map_err(|_| LedgerError::Unavailable)
     }
 
-    fn expect(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
-        self.replies.expect()
+    fn register(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
+        self.replies.register()
     }
 
     fn reply(&self, to: ReplyTo, answer: Answer) {

@@ -148,8 +148,8 @@ fn port<T>() -> (RpcReplyPort<T>, oneshot::Receiver<T>) {
 }
 
 /// An answer registered with the shard's router, as a caller would.
-fn expect(shard: &RunningShard) -> (ReplyTo, oneshot::Receiver<Answer>) {
-    match shard.shared.router.expect() {
+fn register(shard: &RunningShard) -> (ReplyTo, oneshot::Receiver<Answer>) {
+    match shard.shared.router.register() {
         Ok(expected) => expected,
         Err(error) => panic!("the router refuses to register answers: {error}"),
     }
@@ -160,10 +160,10 @@ fn a_prepare_is_answered_only_after_the_records_it_relies_on_are_appended() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal.clone());
     // Account 2 receives 100; its record waits in the outbox.
-    let (executed, mut executed_rx) = expect(&shard);
+    let (executed, mut executed_rx) = register(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     // A coordinated commit reserves a debit of those 100 from account 2.
-    let (prepared, mut prepared_rx) = expect(&shard);
+    let (prepared, mut prepared_rx) = register(&shard);
     shard.handle(ShardMsg::Prepare {
         commit_id: CommitId(7),
         ops: vec![(0, posted(11, 2, 3, 100))],
@@ -192,7 +192,7 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
     let journal = Arc::new(HeldJournal::default());
     let mut shard = running(journal.clone());
     // Nothing on its way to the journal: a read is answered at once.
-    let (read, mut read_rx) = expect(&shard);
+    let (read, mut read_rx) = register(&shard);
     shard.handle(ShardMsg::GetAccount(id(2), read));
     shard.flush();
     assert!(
@@ -200,13 +200,13 @@ fn a_read_shows_a_change_only_once_it_is_durable() {
         "an idle shard answers reads at once"
     );
 
-    let (executed, _executed_rx) = expect(&shard);
+    let (executed, _executed_rx) = register(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     shard.flush();
     // The credit is appended, not durable: a read must wait for it.
-    let (read, mut read_rx) = expect(&shard);
+    let (read, mut read_rx) = register(&shard);
     shard.handle(ShardMsg::GetAccount(id(2), read));
-    let (history, mut history_rx) = expect(&shard);
+    let (history, mut history_rx) = register(&shard);
     shard.handle(ShardMsg::History { account_id: id(2), after_sequence: 0, limit: 10, reply: history });
     shard.flush();
     assert!(read_rx.try_recv().is_err(), "a read showed a balance a crash could still take back");
@@ -232,7 +232,7 @@ fn a_failed_generation_answers_no_reads() {
     // Poisoned as a halt leaves it (the table of answers still open): the
     // shard itself refuses the read.
     shard.shared.poisoned.store(true, Ordering::SeqCst);
-    let (read, mut read_rx) = expect(&shard);
+    let (read, mut read_rx) = register(&shard);
     shard.handle(ShardMsg::GetAccount(id(2), read));
     assert!(matches!(read_rx.try_recv(), Ok(Answer::Read(Err(LedgerError::Unavailable)))));
     let (dump, mut dump_rx) = port();
@@ -246,15 +246,15 @@ fn a_failure_ends_every_wait_and_a_dropped_callback_answers_unavailable() {
     let mut shard = running(journal.clone());
     // A transfer whose record is appended, not durable; then the journal
     // drops its callback without calling it.
-    let (executed, mut executed_rx) = expect(&shard);
+    let (executed, mut executed_rx) = register(&shard);
     shard.handle(ShardMsg::Execute(vec![posted(10, 1, 2, 100)], executed));
     shard.flush();
     journal.drop_pending();
     assert!(matches!(executed_rx.try_recv(), Ok(Answer::Executed(Err(LedgerError::Unavailable)))));
     // A question waiting when the generation fails hears unavailable, and
     // no later one is taken.
-    let (_read, mut read_rx) = expect(&shard);
+    let (_read, mut read_rx) = register(&shard);
     shard.shared.fail(Failure::ShardCrashed(ShardId(0)));
     assert!(matches!(read_rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
-    assert!(shard.shared.router.expect().is_err());
+    assert!(shard.shared.router.register().is_err());
 }

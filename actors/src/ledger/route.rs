@@ -44,7 +44,7 @@ pub(super) async fn run_ops(
                 // One transfer between two shards: debit shard, then credit shard.
                 let debit_shard = op[0].legs[0].account_id.shard(shard_count);
                 let credit_shard = op[0].legs[1].account_id.shard(shard_count);
-                let (reply, receiver) = inner.shared.router.expect()?;
+                let (reply, receiver) = inner.shared.router.register()?;
                 let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
                 chained.entry(debit_shard.0).or_default().push(ChainOp {
                     commit_id,
@@ -83,7 +83,7 @@ pub(super) async fn run_ops(
     let mut waiting = Vec::with_capacity(local.len());
     for (shard, indexes) in &local {
         let batch: Vec<Arc<[Planned]>> = indexes.iter().map(|&i| ops[i].clone()).collect();
-        let (to, rx) = inner.shared.router.expect()?;
+        let (to, rx) = inner.shared.router.register()?;
         if let Err(error) = inner.shared.router.send(ShardId(*shard), ShardMsg::Execute(batch, to)) {
             inner.shared.router.cancel(to);
             return Err(error);
@@ -230,7 +230,7 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
     let mut waiting = Vec::with_capacity(by_shard.len());
     for (shard, shard_ops) in &by_shard {
         let indexes: Vec<u32> = shard_ops.iter().map(|(i, _)| *i).collect();
-        let Ok((to, rx)) = inner.shared.router.expect() else {
+        let Ok((to, rx)) = inner.shared.router.register() else {
             abort_all(&inner, commit_id, &by_shard);
             return Err(LedgerError::Unavailable);
         };

@@ -356,22 +356,12 @@ async fn a_user_scoped_window_counts_across_the_users_home_accounts() -> anyhow:
     let clock = Arc::new(ManualClock::new(START_MS));
     let (node, ledger) = funded(dir.path(), clock.clone()).await?;
     let owner = user(77);
-    let mut draws = 1_000u128..;
-    let mut at_home = || wallet_actors::account_id_at_home(owner, SHARDS, || draws.next().unwrap_or(1)).get();
-    let (home_a, home_b) = (at_home(), at_home());
+    let [home_a, home_b] = home_ids(owner, SHARDS);
     let away = (1_000u128..)
         .find(|&id| account(id).shard(SHARDS) != owner.home_shard(SHARDS))
         .ok_or_else(|| anyhow::anyhow!("no id away from home"))?;
-    for (n, id) in [home_a, home_b, away].into_iter().enumerate() {
-        ledger.open_account(NewAccount { user_id: owner, ..wallet(id, usd()) }).await?;
-        ledger.submit_one(posted(10 + n as u128, 1, id, 100)).await??;
-    }
-    let ten = rule(
-        1,
-        RuleKind::VelocityCount { window_seconds: 60, count: 10 },
-        RuleScope::User(owner),
-        RuleAction::Reject,
-    );
+    open_funded(&ledger, owner, &[home_a, home_b, away]).await?;
+    let ten = ten_a_minute_for(owner);
     ledger.set_rules(vec![ten.clone()]).await?;
     // 64 at once, from both home accounts to wallets in every shard.
     let tasks: Vec<_> = (0..64u128)
@@ -423,20 +413,9 @@ async fn a_checkpoint_stopped_between_accounts_and_user_windows_counts_each_debi
         let clock = Arc::new(ManualClock::new(START_MS));
         let (node, ledger) = funded(dir.path(), clock.clone()).await?;
         let owner = user(77);
-        let mut draws = 1_000u128..;
-        let mut at_home =
-            || wallet_actors::account_id_at_home(owner, SHARDS, || draws.next().unwrap_or(1)).get();
-        let (home_a, home_b) = (at_home(), at_home());
-        for (n, id) in [home_a, home_b].into_iter().enumerate() {
-            ledger.open_account(NewAccount { user_id: owner, ..wallet(id, usd()) }).await?;
-            ledger.submit_one(posted(10 + n as u128, 1, id, 100)).await??;
-        }
-        let ten = rule(
-            1,
-            RuleKind::VelocityCount { window_seconds: 60, count: 10 },
-            RuleScope::User(owner),
-            RuleAction::Reject,
-        );
+        let [home_a, home_b] = home_ids(owner, SHARDS);
+        open_funded(&ledger, owner, &[home_a, home_b]).await?;
+        let ten = ten_a_minute_for(owner);
         ledger.set_rules(vec![ten.clone()]).await?;
         for n in 0..3 {
             assert_eq!(code(&ledger.submit_one(posted(100 + n, home_a, 2, 1)).await?), "ok");
@@ -461,6 +440,33 @@ async fn a_checkpoint_stopped_between_accounts_and_user_windows_counts_each_debi
         node.shutdown().await;
     }
     Ok(())
+}
+
+/// Two account ids on `owner`'s home shard among `shards`, as the API
+/// would place them.
+fn home_ids(owner: wallet_actors::UserId, shards: u16) -> [u128; 2] {
+    let mut draws = 1_000u128..;
+    let mut at_home = || wallet_actors::account_id_at_home(owner, shards, || draws.next().unwrap_or(1)).get();
+    [at_home(), at_home()]
+}
+
+/// Opens wallets `ids` for `owner` and funds each with 100 from account 1.
+async fn open_funded(ledger: &Ledger, owner: wallet_actors::UserId, ids: &[u128]) -> anyhow::Result<()> {
+    for (n, &id) in ids.iter().enumerate() {
+        ledger.open_account(NewAccount { user_id: owner, ..wallet(id, usd()) }).await?;
+        ledger.submit_one(posted(10 + n as u128, 1, id, 100)).await??;
+    }
+    Ok(())
+}
+
+/// At most ten debits a minute across `owner`'s accounts.
+fn ten_a_minute_for(owner: wallet_actors::UserId) -> Rule {
+    rule(
+        1,
+        RuleKind::VelocityCount { window_seconds: 60, count: 10 },
+        RuleScope::User(owner),
+        RuleAction::Reject,
+    )
 }
 
 fn rule_hit(id: u128) -> wallet_actors::risk::RiskHit {
