@@ -69,10 +69,67 @@ impl UserId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShardId(pub u16);
 
-/// Id of one coordinated commit (a group of transfers spanning shards).
-/// Unique for the life of a ledger: recovery resumes after the largest seen.
+/// Id of one commit of transfers spanning shards. Never used twice, by any
+/// start of any node: `epoch` is a number no other start used (journaled
+/// before the start serves, see [`crate::record::Record::Epoch`]) and
+/// `counter` counts within it, so an id a crash left undecided is never
+/// reused for another commit. `decider` is the shard whose journal holds
+/// (or will hold) the one record that decides it, so a participant knows
+/// whom to ask (`docs/ARCHITECTURE.md`, "Messages between shards").
+///
+/// Ordered by epoch and counter first: the order in which they were given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct CommitId(pub u64);
+pub struct CommitId {
+    /// The start that gave the id.
+    pub epoch: u64,
+    /// Its place among the ids of that start, from 1.
+    pub counter: u64,
+    /// The shard whose journal holds the deciding record.
+    pub decider: ShardId,
+}
+
+impl CommitId {
+    /// A key that sorts as the id does (epoch, counter, decider; big endian).
+    pub fn to_key(self) -> [u8; 18] {
+        let mut key = [0u8; 18];
+        key[..8].copy_from_slice(&self.epoch.to_be_bytes());
+        key[8..16].copy_from_slice(&self.counter.to_be_bytes());
+        key[16..].copy_from_slice(&self.decider.0.to_be_bytes());
+        key
+    }
+}
+
+impl std::fmt::Display for CommitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}@{}", self.epoch, self.counter, self.decider.0)
+    }
+}
+
+/// Gives commit ids of one epoch. The epoch must be durable, and unused by
+/// any other start, before the first id is given.
+#[derive(Debug)]
+pub struct CommitIds {
+    epoch: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl CommitIds {
+    /// Ids of `epoch`, counting from 1.
+    pub fn new(epoch: u64) -> Self {
+        Self { epoch, next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A new id, for a commit decided in `decider`'s journal.
+    pub fn next(&self, decider: ShardId) -> CommitId {
+        let counter = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CommitId { epoch: self.epoch, counter, decider }
+    }
+}
 
 /// A stable 64-bit mix of an account id. Shard placement must never change
 /// between builds or platforms, so std's `DefaultHasher` (unspecified, and

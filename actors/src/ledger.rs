@@ -188,7 +188,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// The ledger's configuration (shared with every generation).
     config: Arc<LedgerConfig>,
-    next_commit_id: AtomicU64,
+    /// Ids of the commits this generation coordinates or chains.
+    commit_ids: crate::ids::CommitIds,
     timeout: Duration,
     /// Emptied at shutdown, so the snapshot store can close.
     account_source: std::sync::RwLock<Option<Arc<dyn crate::ports::AccountSource>>>,

@@ -41,7 +41,7 @@ pub use account::{Account, AccountEvent, AccountFlags, AccountStatus, Balances};
 pub use actor::Failure;
 pub use amount::Amount;
 pub use asset::{iso4217_scale, Asset, AssetError};
-pub use ids::{AccountId, ShardId, TransferId, UserId};
+pub use ids::{AccountId, CommitId, ShardId, TransferId, UserId};
 pub use ledger::{
     account_id_at_home, is_reserved_account_id, settlement_account_id, AccountView, Ledger, LedgerConfig,
     NewAccount, TransferOutcome, TransferResult,

@@ -15,7 +15,8 @@ use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
 /// 3: review decisions travel in `Applied` and `Commit`.
-pub const RECORD_FORMAT_VERSION: u8 = 4;
+/// 5: commit ids name their epoch and decider; `Epoch` records.
+pub const RECORD_FORMAT_VERSION: u8 = 5;
 
 /// One event of one account, with its gap-free sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,11 @@ pub enum Record {
         /// Sequence numbers given to the shard's legs, in leg order.
         sequences: Vec<u64>,
     },
+    /// A start gives commit ids of this epoch from now on (see
+    /// [`crate::ids::CommitId`]). Durable before the start serves, so no
+    /// later start takes the same epoch even if none of its commits became
+    /// durable.
+    Epoch(u64),
 }
 
 /// See [`Record::Applied`].

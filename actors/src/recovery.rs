@@ -14,7 +14,7 @@ use crate::shard::{ReplayError, ShardState};
 /// guarantee of an account (the journal is wrong), or an account could not
 /// be read back from the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("completing commit {} on shard {}: {source}", commit_id.0, shard_id.0)]
+#[error("completing commit {commit_id} on shard {}: {source}", shard_id.0)]
 pub struct CompletionError {
     /// The commit.
     pub commit_id: CommitId,
@@ -30,8 +30,9 @@ pub struct Recovered {
     pub shards: Vec<ShardState>,
     /// Every transfer id seen.
     pub registry: Arc<TransferRegistry>,
-    /// The next coordinated commit id to use.
-    pub next_commit_id: u64,
+    /// The epoch of the commit ids this start gives: one more than any
+    /// epoch the snapshot or the journal holds. Journaled before serving.
+    pub epoch: u64,
     /// Risk decisions found in the journal (newer than the snapshot's), numbered.
     pub decisions: Vec<crate::risk::Decision>,
     /// The id the next durable decision gets.
@@ -55,7 +56,8 @@ pub struct Recovery {
     shards: Vec<ShardState>,
     registry: Arc<TransferRegistry>,
     open_commits: BTreeMap<CommitId, (Commit, BTreeSet<ShardId>)>,
-    next_commit_id: u64,
+    /// The largest epoch seen (snapshot, `Epoch` records, commit ids).
+    last_epoch: u64,
     records: u64,
     decisions: Vec<crate::risk::Decision>,
     /// The id the next decision found gets.
@@ -79,7 +81,7 @@ impl Recovery {
             shards: (0..shard_count).map(|i| ShardState::new(ShardId(i), shard_count)).collect(),
             registry: Arc::new(TransferRegistry::default()),
             open_commits: BTreeMap::new(),
-            next_commit_id: 1,
+            last_epoch: 0,
             records: 0,
             decisions: Vec::new(),
             next_decision_id: 1,
@@ -98,7 +100,7 @@ impl Recovery {
         shard_count: u16,
         holds: impl IntoIterator<Item = crate::shard::Hold>,
         open_commits: Vec<OpenCommit>,
-        next_commit_id: u64,
+        last_epoch: u64,
         stored: &Stored,
     ) -> Self {
         let mut recovery = Recovery::new(shard_count);
@@ -114,12 +116,12 @@ impl Recovery {
             recovery.shards[shard].load_hold(hold);
         }
         for open in open_commits {
-            recovery.next_commit_id = recovery.next_commit_id.max(open.commit.commit_id.0 + 1);
+            recovery.last_epoch = recovery.last_epoch.max(open.commit.commit_id.epoch);
             recovery
                 .open_commits
                 .insert(open.commit.commit_id, (open.commit, open.waiting.into_iter().collect()));
         }
-        recovery.next_commit_id = recovery.next_commit_id.max(next_commit_id);
+        recovery.last_epoch = recovery.last_epoch.max(last_epoch);
         recovery
     }
 
@@ -161,9 +163,9 @@ impl Recovery {
             .collect()
     }
 
-    /// The next coordinated commit id.
-    pub fn next_commit_id(&self) -> u64 {
-        self.next_commit_id
+    /// The largest epoch seen so far.
+    pub fn last_epoch(&self) -> u64 {
+        self.last_epoch
     }
 
     /// Accounts need not be loaded up front: each is read from `source`
@@ -201,7 +203,7 @@ impl Recovery {
                 self.keep_decisions(&applied.decisions);
             }
             Record::Commit(commit) => {
-                self.next_commit_id = self.next_commit_id.max(commit.commit_id.0 + 1);
+                self.last_epoch = self.last_epoch.max(commit.commit_id.epoch);
                 self.registry.record_durable(&commit.transfers, &commit.resolutions);
                 self.keep_decisions(&commit.decisions);
                 let mut waiting: BTreeSet<ShardId> =
@@ -225,6 +227,7 @@ impl Recovery {
                 }
             }
             Record::Decisions(decisions) => self.keep_decisions(&decisions),
+            Record::Epoch(epoch) => self.last_epoch = self.last_epoch.max(epoch),
             Record::Batch(records) => {
                 self.records -= 1;
                 for record in records {
@@ -253,20 +256,20 @@ impl Recovery {
     ///
     /// Fails if a commit's legs cannot be completed: an account could not
     /// be read back, or applying them would break a guarantee.
-    pub fn finish(mut self) -> Result<(Recovered, Vec<Record>), CompletionError> {
+    pub fn finish(mut self) -> Result<(Recovered, Vec<Record>), Box<CompletionError>> {
         let mut completions = Vec::new();
         for (commit_id, (commit, waiting)) in std::mem::take(&mut self.open_commits) {
             for shard_id in waiting {
                 let sequences = self.shards[shard_id.0 as usize]
                     .replay_commit(&commit, None)
-                    .map_err(|source| CompletionError { commit_id, shard_id, source })?;
+                    .map_err(|source| Box::new(CompletionError { commit_id, shard_id, source }))?;
                 completions.push(Record::CommitApplied { commit_id, shard_id, sequences });
             }
         }
         let recovered = Recovered {
             shards: self.shards,
             registry: self.registry,
-            next_commit_id: self.next_commit_id,
+            epoch: self.last_epoch + 1,
             next_decision_id: self.next_decision_id,
             decisions: self.decisions,
             account_source: self.source,

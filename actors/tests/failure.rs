@@ -1,6 +1,7 @@
 //! A failed journal write stops the ledger for good (only a restart, which
 //! reads the files, may serve again); the ledger says so.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use wallet_actors::account::AccountFlags;
@@ -10,21 +11,32 @@ use wallet_actors::recovery::Recovery;
 use wallet_actors::Failure;
 use wallet_actors::{Amount, Asset, Ledger, LedgerConfig, LedgerError, NewAccount, UserId};
 
-/// A journal whose disk is gone (a unit stand-in for a failed `fdatasync`).
-struct FailingJournal;
+/// A journal whose disk goes away once the ledger started (a unit
+/// stand-in for a failed `fdatasync`); the start's own records succeed.
+#[derive(Default)]
+struct FailingJournal {
+    broken: AtomicBool,
+}
 
 impl Journal for FailingJournal {
     fn append(&self, _record: Record, on_durable: OnDurable) {
-        on_durable(Err(JournalError::Io { kind: std::io::ErrorKind::Other }));
+        if self.broken.load(Ordering::SeqCst) {
+            on_durable(Err(JournalError::Io { kind: std::io::ErrorKind::Other }));
+        } else {
+            on_durable(Ok(()));
+        }
     }
 }
 
-/// A ledger of two empty shards whose journal always fails.
+/// A ledger of two empty shards whose journal fails from now on.
 async fn started() -> anyhow::Result<Ledger> {
     let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
     let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
-    let ports = Ports::new(Arc::new(FailingJournal), Arc::new(ManualClock::new(1)));
-    Ok(Ledger::start(recovered, completions, ports, config).await?)
+    let journal = Arc::new(FailingJournal::default());
+    let ports = Ports::new(journal.clone(), Arc::new(ManualClock::new(1)));
+    let ledger = Ledger::start(recovered, completions, ports, config).await?;
+    journal.broken.store(true, Ordering::SeqCst);
+    Ok(ledger)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,5 +70,19 @@ async fn a_stopped_ledger_is_not_rebuilt() -> anyhow::Result<()> {
     let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
     assert_eq!(ledger.restart(recovered, completions).await, Err(LedgerError::Unavailable));
     assert_eq!(ledger.rebuilds(), 0);
+    Ok(())
+}
+
+/// A start journals its commit epoch before it serves; a journal that
+/// cannot take it stops the start rather than serve ids a later start
+/// might give again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_epoch_cannot_be_journaled_does_not_serve() -> anyhow::Result<()> {
+    let (recovered, completions) = Recovery::new(2).finish().map_err(|_| anyhow::anyhow!("recovery"))?;
+    let config = LedgerConfig { shard_count: 2, ..LedgerConfig::default() };
+    let journal = FailingJournal { broken: AtomicBool::new(true) };
+    let ports = Ports::new(Arc::new(journal), Arc::new(ManualClock::new(1)));
+    let started = Ledger::start(recovered, completions, ports, config).await;
+    assert!(matches!(started, Err(LedgerError::Unavailable)), "{:?}", started.err());
     Ok(())
 }

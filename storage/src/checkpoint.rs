@@ -156,7 +156,7 @@ pub(crate) fn replay(
     let loaded = snapshot.load()?;
     let meta = loaded.meta.clone().unwrap_or_default();
     let (holds, open_commits) = (loaded.holds, meta.open_commits.clone());
-    let mut recovery = Recovery::from_snapshot(shard_count, holds, open_commits, meta.next_commit_id, stored);
+    let mut recovery = Recovery::from_snapshot(shard_count, holds, open_commits, meta.commit_epoch, stored);
     let marker = loaded.meta.as_ref().map(|meta| meta.replay_from_segment);
     recovery.number_decisions(meta.next_decision_id, marker);
     let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record, at| {
@@ -306,7 +306,7 @@ impl Checkpointer {
         let runs = self.runs.clone();
         let history = self.history.clone();
         let previous = meta.clone();
-        let next_commit_id = self.ledger.next_commit_id();
+        let commit_epoch = self.ledger.commit_epoch();
         let shard_count = self.shard_count;
         let (mut report, new_meta, transfers, deleted) = tokio::task::spawn_blocking(move || {
             let (transfers, open_commits) =
@@ -315,7 +315,7 @@ impl Checkpointer {
             let new_meta = CheckpointMeta {
                 replay_from_segment: segment,
                 open_commits,
-                next_commit_id,
+                commit_epoch,
                 next_decision_id,
                 events_unsettled,
             };

@@ -128,9 +128,9 @@ pub enum StorageError {
     Completion(Box<wallet_actors::recovery::CompletionError>),
 }
 
-impl From<wallet_actors::recovery::CompletionError> for StorageError {
-    fn from(error: wallet_actors::recovery::CompletionError) -> Self {
-        StorageError::Completion(Box::new(error))
+impl From<Box<wallet_actors::recovery::CompletionError>> for StorageError {
+    fn from(error: Box<wallet_actors::recovery::CompletionError>) -> Self {
+        StorageError::Completion(error)
     }
 }
 

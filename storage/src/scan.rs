@@ -74,7 +74,7 @@ impl SegmentScan {
                     }
                 }
             }
-            Record::Checkpoint { .. } | Record::Decisions(_) => {}
+            Record::Checkpoint { .. } | Record::Decisions(_) | Record::Epoch(_) => {}
             Record::Batch(records) => {
                 for record in records {
                     self.apply(record);

@@ -14,7 +14,7 @@
 //! - `events_unsettled`: account id -> nothing: the meta's accounts whose
 //!   events were not all published (rewritten by each checkpoint);
 //! - `open_commits`: the meta's segment (8 bytes, big endian) ++ commit id
-//!   (8 bytes) -> `OpenCommit`: one value each, since all of them together
+//!   (18 bytes, `CommitId::to_key`) -> `OpenCommit`: one value each, since all of them together
 //!   could pass a frame's limit (a commit holds up to 8,189 transfers).
 //!
 //! Transfers of retired segments and account history are not here but in
@@ -41,7 +41,8 @@ use crate::StorageError;
 
 /// Version of snapshot values.
 /// 3: the meta records the next decision id at its marker.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+/// 5: commit ids name their epoch and decider; the meta keeps the epoch.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
 
 /// What a checkpoint records besides the state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +51,10 @@ pub struct CheckpointMeta {
     pub replay_from_segment: u64,
     /// Commits that some shards had not applied in the segments before.
     pub open_commits: Vec<OpenCommit>,
-    /// The next coordinated commit id.
-    pub next_commit_id: u64,
+    /// The epoch of the commit ids the ledger gave when this was taken
+    /// (its journal record may be in a retired segment): a later start
+    /// takes a larger one.
+    pub commit_epoch: u64,
     /// The id the first decision after this checkpoint's marker gets: the
     /// snapshot holds those before, replay numbers those after from here.
     pub next_decision_id: u64,
@@ -91,14 +94,14 @@ pub struct SnapshotStore {
 struct StoredMeta {
     replay_from_segment: u64,
     open_commits: u64,
-    next_commit_id: u64,
+    commit_epoch: u64,
     next_decision_id: u64,
 }
 
-fn open_commit_key(segment: u64, commit_id: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
+fn open_commit_key(segment: u64, commit_id: wallet_actors::CommitId) -> [u8; 26] {
+    let mut key = [0u8; 26];
     key[..8].copy_from_slice(&segment.to_be_bytes());
-    key[8..].copy_from_slice(&commit_id.to_be_bytes());
+    key[8..].copy_from_slice(&commit_id.to_key());
     key
 }
 
@@ -199,7 +202,7 @@ impl SnapshotStore {
             loaded.meta = Some(CheckpointMeta {
                 replay_from_segment: stored.replay_from_segment,
                 open_commits,
-                next_commit_id: stored.next_commit_id,
+                commit_epoch: stored.commit_epoch,
                 next_decision_id: stored.next_decision_id,
                 events_unsettled,
             });
@@ -279,7 +282,7 @@ impl SnapshotStore {
         // until this one's meta is durable.
         let segment = meta.replay_from_segment;
         for open in &meta.open_commits {
-            let key = open_commit_key(segment, open.commit.commit_id.0);
+            let key = open_commit_key(segment, open.commit.commit_id);
             self.open_commits.insert(key, frame::encode(open, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         }
         // Replaced whole, before the meta: a crash in between leaves the
@@ -298,14 +301,14 @@ impl SnapshotStore {
         let stored = StoredMeta {
             replay_from_segment: segment,
             open_commits: meta.open_commits.len() as u64,
-            next_commit_id: meta.next_commit_id,
+            commit_epoch: meta.commit_epoch,
             next_decision_id: meta.next_decision_id,
         };
         self.meta.insert("checkpoint", frame::encode(&stored, SNAPSHOT_FORMAT_VERSION)?).map_err(&error)?;
         self.db.flush().map_err(&error)?;
         // Open commits of earlier checkpoints are no longer read.
         let mut stale = sled::Batch::default();
-        for item in self.open_commits.range(..open_commit_key(segment, 0)) {
+        for item in self.open_commits.range(..segment.to_be_bytes()) {
             let (key, _) = item.map_err(&error)?;
             stale.remove(key);
         }

@@ -165,7 +165,7 @@ fn a_prepare_is_answered_only_after_the_records_it_relies_on_are_appended() {
     // A coordinated commit reserves a debit of those 100 from account 2.
     let (prepared, mut prepared_rx) = register(&shard);
     shard.handle(ShardMsg::Prepare {
-        commit_id: CommitId(7),
+        commit_id: CommitId { epoch: 1, counter: 7, decider: ShardId(0) },
         ops: vec![(0, posted(11, 2, 3, 100))],
         reply: prepared,
     });

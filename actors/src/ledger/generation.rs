@@ -27,7 +27,10 @@ pub(super) async fn spawn_generation(
     shared.history = std::sync::RwLock::new(ports.stored.history);
     let shared = Arc::new(shared);
     let timeout = Duration::from_millis(cell.config.request_timeout_ms);
-    for record in completions {
+    // The epoch first: once it is durable no later start takes it, so no
+    // commit id this generation gives is ever given again.
+    let epoch = Record::Epoch(recovered.epoch);
+    for record in std::iter::once(epoch).chain(completions) {
         append_durable(shared.journal.as_ref(), record).await.map_err(|_| LedgerError::Unavailable)?;
     }
     let shard_ids: Arc<std::sync::Mutex<Vec<ractor::ActorId>>> = Default::default();
@@ -66,7 +69,7 @@ pub(super) async fn spawn_generation(
         gate,
         shared,
         timeout,
-        next_commit_id: AtomicU64::new(recovered.next_commit_id),
+        commit_ids: crate::ids::CommitIds::new(recovered.epoch),
         config: cell.config.clone(),
         account_source: std::sync::RwLock::new(recovered.account_source),
     })

@@ -74,9 +74,10 @@ impl Ledger {
         Ok(entries.into_iter().find(|e| e.sequence == sequence).map(|e| e.balances))
     }
 
-    /// The next coordinated commit id (recorded by snapshots).
-    pub fn next_commit_id(&self) -> u64 {
-        self.inner().next_commit_id.load(Ordering::Relaxed)
+    /// The epoch of the commit ids this generation gives (recorded by
+    /// snapshots, so a later start takes a larger one).
+    pub fn commit_epoch(&self) -> u64 {
+        self.inner().commit_ids.epoch()
     }
 
     /// The transfer registry (storage sets its index and evicts from it).

@@ -3,7 +3,6 @@
 //! record, decide). See `docs/ARCHITECTURE.md`, "The write paths".
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -45,7 +44,8 @@ pub(super) async fn run_ops(
                 let debit_shard = op[0].legs[0].account_id.shard(shard_count);
                 let credit_shard = op[0].legs[1].account_id.shard(shard_count);
                 let (reply, receiver) = inner.shared.router.register()?;
-                let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
+                // The credit shard appends the commit record: it decides.
+                let commit_id = inner.commit_ids.next(credit_shard);
                 chained.entry(debit_shard.0).or_default().push(ChainOp {
                     commit_id,
                     op: op.clone(),
@@ -215,7 +215,6 @@ type ByShard = BTreeMap<u16, Vec<(u32, Arc<[Planned]>)>>;
 /// make the decision durable in one commit record, then tell the shards.
 async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<OpOutcome>, LedgerError> {
     let shard_count = inner.config.shard_count;
-    let commit_id = CommitId(inner.next_commit_id.fetch_add(1, Ordering::Relaxed));
     let mut by_shard: ByShard = BTreeMap::new();
     for (index, op) in ops.iter().enumerate() {
         let mut shards: Vec<u16> =
@@ -226,6 +225,9 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
             by_shard.entry(shard).or_default().push((index as u32, op.clone()));
         }
     }
+    // The lowest shard touched is where the deciding record belongs.
+    let decider = ShardId(by_shard.keys().next().copied().unwrap_or_default());
+    let commit_id = inner.commit_ids.next(decider);
 
     let mut waiting = Vec::with_capacity(by_shard.len());
     for (shard, shard_ops) in &by_shard {

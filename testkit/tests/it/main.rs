@@ -2,6 +2,7 @@
 
 mod basics;
 mod checkpoint;
+mod commit_ids;
 mod crash;
 mod crash_points;
 mod damage;

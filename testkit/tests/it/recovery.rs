@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use wallet_actors::account::{AccountEvent, InvariantBroken, Leg, Side};
-use wallet_actors::ids::CommitId;
+use wallet_actors::ids::{CommitId, ShardId};
 use wallet_actors::ports::{append_durable, ManualClock};
 use wallet_actors::record::{Applied, Commit, Record, SequencedEvent};
 use wallet_actors::shard::ReplayError;
@@ -83,7 +83,7 @@ async fn a_commit_whose_completion_breaks_a_limit_stops_the_start() -> anyhow::R
     // A commit no shard applied: recovery completes it, and its debit of
     // account 2 would pass what the account holds.
     let commit = Commit {
-        commit_id: CommitId(1_000),
+        commit_id: CommitId { epoch: 1, counter: 1_000, decider: ShardId(0) },
         transfers: Vec::new(),
         resolutions: Vec::new(),
         legs: vec![leg(2, Side::Debit, 1_000), leg(1, Side::Credit, 1_000)],
@@ -93,7 +93,7 @@ async fn a_commit_whose_completion_breaks_a_limit_stops_the_start() -> anyhow::R
     append(dir.path(), Record::Commit(commit)).await?;
     match reopen(dir.path()).await {
         Err(StorageError::Completion(error)) => {
-            assert_eq!(error.commit_id, CommitId(1_000));
+            assert_eq!(error.commit_id, CommitId { epoch: 1, counter: 1_000, decider: ShardId(0) });
             assert!(
                 matches!(error.source, ReplayError::Broken(InvariantBroken::DebitsExceedCredits { .. })),
                 "{error}"
