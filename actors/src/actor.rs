@@ -22,7 +22,7 @@ mod supervisor;
 mod transfers;
 
 pub use msg::{ChainOp, CreditOp, OpOutcome, PrepareOutcome, ShardMsg};
-pub use replies::{wait_for, Answer, Owed, Replies, ReplyTo};
+pub use replies::{ask, wait_for, Answer, Owed, Replies, ReplyTo};
 pub use router::LocalRouter;
 pub use shared::{Failure, JournalGate, Shared};
 pub use supervisor::{ShardSupervisor, SupervisorMsg};

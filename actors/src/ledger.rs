@@ -34,8 +34,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::account::{Account, AccountFlags, AccountStatus, Leg, Reserved, Side};
 use crate::actor::{
-    wait_for, Answer, Failure, JournalGate, LocalRouter, ReplyTo, ShardActor, ShardArgs, ShardMsg,
-    ShardSupervisor, Shared, SupervisorMsg,
+    Answer, Failure, JournalGate, LocalRouter, ReplyTo, ShardActor, ShardArgs, ShardMsg, ShardSupervisor,
+    Shared, SupervisorMsg,
 };
 use crate::amount::Amount;
 use crate::asset::Asset;
@@ -295,19 +295,8 @@ impl Ledger {
         pick: impl FnOnce(Answer) -> Option<Result<T, LedgerError>>,
     ) -> Result<T, LedgerError> {
         let inner = self.inner();
-        let router = &inner.shared.router;
-        let (to, answer) = router.register()?;
-        if let Err(error) = router.send(account_id.shard(self.cell.base.config.shard_count), message(to)) {
-            router.cancel(to);
-            return Err(error);
-        }
+        let shard = account_id.shard(self.cell.base.config.shard_count);
         let timeout = Duration::from_millis(self.cell.base.config.request_timeout_ms);
-        match tokio::time::timeout(timeout, wait_for(answer, pick)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                router.cancel(to);
-                Err(LedgerError::Timeout)
-            }
-        }
+        crate::actor::ask(inner.shared.router.as_ref(), shard, timeout, message, pick).await
     }
 }

@@ -86,6 +86,12 @@ impl Replies {
         }
     }
 
+    /// Answers still awaited.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        (0..STRIPES).map(|index| self.stripe(index as u64).waiting.len()).sum()
+    }
+
     /// Stops waiting for one answer (its message could not be sent).
     pub fn cancel(&self, to: ReplyTo) {
         self.stripe(to.0).waiting.remove(&to.0);
@@ -141,6 +147,41 @@ impl<T: 'static> Drop for Owed<T> {
     }
 }
 
+/// Sends `message` to `shard` through `router` and waits up to `timeout`
+/// for the answer `pick` accepts. Its entry in the table of answers
+/// awaited goes when the answer comes, and otherwise with the wait: when
+/// the message cannot be sent, on the time-out, and when the caller drops
+/// this future mid-wait (a client that went away), rather than staying
+/// until the shard answers.
+pub async fn ask<T>(
+    router: &dyn crate::ports::ShardRouter,
+    shard: crate::ids::ShardId,
+    timeout: std::time::Duration,
+    message: impl FnOnce(ReplyTo) -> super::ShardMsg,
+    pick: impl FnOnce(Answer) -> Option<Result<T, LedgerError>>,
+) -> Result<T, LedgerError> {
+    let (to, answer) = router.register()?;
+    let _entry = CancelOnDrop { router, to };
+    router.send(shard, message(to))?;
+    match tokio::time::timeout(timeout, wait_for(answer, pick)).await {
+        Ok(result) => result?,
+        Err(_) => Err(LedgerError::Timeout),
+    }
+}
+
+/// Cancels an awaited answer when dropped (a no-op once it was answered:
+/// correlation ids are never reused).
+struct CancelOnDrop<'a> {
+    router: &'a dyn crate::ports::ShardRouter,
+    to: ReplyTo,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.router.cancel(self.to);
+    }
+}
+
 /// Waits for an answer of the kind `pick` accepts; `unavailable` when the
 /// replies closed, or (a bug) the answer is of another kind.
 pub async fn wait_for<T>(
@@ -170,5 +211,64 @@ mod tests {
         assert_eq!(wait_for(second_rx, chained).await, Err(LedgerError::Unavailable));
         assert!(replies.register().is_err());
         Ok(())
+    }
+
+    /// A router whose shards never answer; sending fails once `down`.
+    #[derive(Default)]
+    struct Silent {
+        replies: Replies,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::ports::ShardRouter for Silent {
+        fn send(&self, _: crate::ids::ShardId, _: super::super::ShardMsg) -> Result<(), LedgerError> {
+            if self.down.load(Ordering::Relaxed) {
+                Err(LedgerError::Unavailable)
+            } else {
+                Ok(())
+            }
+        }
+        fn register(&self) -> Result<(ReplyTo, oneshot::Receiver<Answer>), LedgerError> {
+            self.replies.register()
+        }
+        fn reply(&self, to: ReplyTo, answer: Answer) {
+            self.replies.answer(to, answer);
+        }
+        fn cancel(&self, to: ReplyTo) {
+            self.replies.cancel(to);
+        }
+        fn close_replies(&self) {
+            self.replies.close();
+        }
+    }
+
+    async fn ask_silent(router: &Silent, timeout_ms: u64) -> Result<(), LedgerError> {
+        let message = |to: ReplyTo| {
+            super::super::ShardMsg::Settle(vec![crate::ids::CommitId {
+                epoch: 1,
+                counter: to.0,
+                decider: crate::ids::ShardId(0),
+            }])
+        };
+        let pick = |_| Some(Ok(()));
+        let timeout = std::time::Duration::from_millis(timeout_ms);
+        ask(router, crate::ids::ShardId(0), timeout, message, pick).await
+    }
+
+    #[tokio::test]
+    async fn an_ask_that_ends_without_its_answer_leaves_no_entry() {
+        let router = Silent::default();
+        // Its own time-out.
+        assert_eq!(ask_silent(&router, 5).await, Err(LedgerError::Timeout));
+        assert_eq!(router.replies.waiting(), 0, "after a time-out");
+        // The caller drops it mid-wait (its client went away).
+        let dropped =
+            tokio::time::timeout(std::time::Duration::from_millis(5), ask_silent(&router, 60_000)).await;
+        assert!(dropped.is_err());
+        assert_eq!(router.replies.waiting(), 0, "after the caller dropped the wait");
+        // The message cannot be sent.
+        router.down.store(true, Ordering::Relaxed);
+        assert_eq!(ask_silent(&router, 60_000).await, Err(LedgerError::Unavailable));
+        assert_eq!(router.replies.waiting(), 0, "after a failed send");
     }
 }
