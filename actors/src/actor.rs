@@ -36,6 +36,7 @@ use crate::ports::JournalError;
 use crate::record::Record;
 use crate::shard::ShardState;
 use crate::LedgerError;
+use coordination::Decided;
 use outbox::Outbox;
 
 /// The shard actor. Carries no data; see [`ShardArgs`] and [`ShardState`].
@@ -190,6 +191,9 @@ impl RunningShard {
             }
             ShardMsg::Prepare { commit_id, ops, reply: to } => self.prepare(commit_id, ops, to),
             ShardMsg::Decide { commit_id, committed, aborted } => self.decide(commit_id, committed, aborted),
+            ShardMsg::Commit { commit_id, committed, mine, aborted, reply } => {
+                self.commit(commit_id, committed, Decided { mine, aborted }, reply)
+            }
             ShardMsg::Flush => self.flush(),
             ShardMsg::Debit(ops) => self.debit(ops),
             ShardMsg::Credit(ops) => self.credit(ops),

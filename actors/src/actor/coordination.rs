@@ -1,12 +1,22 @@
 //! Messages of a coordinated commit (a linked batch over many shards):
-//! reserve for the coordinator, then apply or release what it decided.
+//! reserve for the coordinator; then the decider (the lowest shard the
+//! commit touches) applies its legs and appends the deciding record, and
+//! the others apply or release what it decided.
 
 use std::sync::Arc;
 
-use super::{ReplyTo, RunningShard};
+use super::{Answer, Owed, ReplyTo, RunningShard};
 use crate::ids::CommitId;
-use crate::record::Record;
-use crate::shard::Planned;
+use crate::record::{Record, ShardApplied};
+use crate::shard::{commit_record, Planned};
+use crate::LedgerError;
+
+/// This shard's part of a decision: operations to apply and to release,
+/// by index in the commit.
+pub(super) struct Decided {
+    pub(super) mine: Vec<u32>,
+    pub(super) aborted: Vec<u32>,
+}
 
 impl RunningShard {
     /// Reserves each operation; answered at the next flush, once every
@@ -42,5 +52,54 @@ impl RunningShard {
         }
         let record = Record::CommitApplied { commit_id, shard_id: self.state.shard_id(), sequences };
         self.journal(record, self.shared.poison_on_failure());
+    }
+
+    /// As the decider: applies this shard's legs and appends the commit
+    /// record, which says so (`applied_by`, so no `CommitApplied` follows),
+    /// answering once it is durable. The other shards' answers to
+    /// `Prepare` came after their outboxes were appended, so every record
+    /// this commit relies on is ahead of it in the journal.
+    pub(super) fn commit(
+        &mut self,
+        commit_id: CommitId,
+        committed: Vec<Arc<[Planned]>>,
+        decided: Decided,
+        to: ReplyTo,
+    ) {
+        let owed = Owed::new(self.shared.router.clone(), to, Answer::Committed);
+        if self.shared.poisoned.load(std::sync::atomic::Ordering::Relaxed) {
+            owed.pay(Err(LedgerError::Unavailable));
+            return;
+        }
+        for index in decided.aborted {
+            self.state.abort_prepared((commit_id, index));
+        }
+        let mut sequences = Vec::new();
+        for &index in &decided.mine {
+            sequences.extend(self.state.commit_prepared((commit_id, index)));
+        }
+        let shard_id = self.state.shard_id();
+        let applied_by = (!decided.mine.is_empty()).then_some(ShardApplied { shard_id, sequences });
+        let commit = commit_record(commit_id, committed.iter().flat_map(|op| op.iter()), applied_by);
+        let (transfers, resolutions, decisions) =
+            (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
+        let shared = self.shared.clone();
+        self.journal(
+            Record::Commit(commit),
+            // Recorded in the callback, in journal order: a checkpoint that
+            // retires this record finds its transfers in the registry (to
+            // evict) and its decisions numbered.
+            Box::new(move |result| match result {
+                Ok(()) => {
+                    shared.registry.record_durable(&transfers, &resolutions);
+                    shared.decisions.durable(&decisions);
+                    owed.pay(Ok(()));
+                }
+                Err(error) => {
+                    shared.poison(error);
+                    owed.pay(Err(LedgerError::Unavailable));
+                }
+            }),
+        );
     }
 }

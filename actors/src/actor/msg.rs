@@ -75,6 +75,22 @@ pub enum ShardMsg {
         /// Operations to release.
         aborted: Vec<u32>,
     },
+    /// The coordinator's decision, to the commit's decider (the lowest shard
+    /// it touches): apply its own legs of `mine`, release `aborted`, and
+    /// append the one record that decides the commit, with every leg of
+    /// `committed`; answers (`Answer::Committed`) once it is durable.
+    Commit {
+        /// The coordinated commit.
+        commit_id: CommitId,
+        /// Every operation committed, in commit order (across all shards).
+        committed: Vec<Arc<[Planned]>>,
+        /// This shard's operations among them, by index in the commit.
+        mine: Vec<u32>,
+        /// This shard's operations to release.
+        aborted: Vec<u32>,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
     /// Transfers between two shards, this one holding their debit side:
     /// reserve, then pass each on to its credit shard.
     Debit(Vec<ChainOp>),

@@ -29,6 +29,8 @@ pub enum Answer {
     Chained(Result<OpOutcome, LedgerError>),
     /// To `Prepare`: one outcome per operation, with the shard's assets.
     Prepared(Vec<PrepareOutcome>),
+    /// To `Commit`: the deciding record is durable.
+    Committed(Result<(), LedgerError>),
     /// To `OpenAccount` and `SetStatus`: the account, once durable.
     Account(Result<Account, LedgerError>),
     /// To `GetAccount`: the account and its reservations, once durable as shown.

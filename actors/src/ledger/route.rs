@@ -12,7 +12,6 @@ use crate::actor::{wait_for, Answer, ChainOp, OpOutcome, PrepareOutcome, ShardMs
 use crate::asset::Asset;
 use crate::ids::AccountId;
 use crate::ids::{CommitId, ShardId};
-use crate::record::Record;
 use crate::rejection::Rejection;
 use crate::shard::{HoldChange, IndexedRejection, Planned};
 use crate::LedgerError;
@@ -169,43 +168,29 @@ async fn first_failures(
     Some(failures)
 }
 
-/// Appends the one record that decides the commit for `committed`, and
-/// waits until it is durable.
-async fn append_commit(
-    inner: &Arc<Inner>,
+/// Has the decider apply its legs and append the one record that decides
+/// the commit for `committed`, and waits until it is durable.
+async fn decide_at(
+    inner: &Inner,
     commit_id: CommitId,
-    ops: &[Arc<[Planned]>],
-    committed: &[usize],
+    committed: Vec<Arc<[Planned]>>,
+    decided: (Vec<u32>, Vec<u32>),
 ) -> Result<(), LedgerError> {
-    let commit = crate::shard::commit_record(commit_id, committed.iter().flat_map(|&i| ops[i].iter()), None);
-    let (transfers, resolutions, decisions) =
-        (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
-    let (tx, rx) = oneshot::channel();
-    let shared = inner.shared.clone();
-    inner.shared.journal.append(
-        Record::Commit(commit),
-        // Recorded in the callback, in journal order: a checkpoint that
-        // retires this record finds its transfers in the registry (to
-        // evict) and its decisions numbered.
-        Box::new(move |result| {
-            match result {
-                Ok(()) => {
-                    shared.registry.record_durable(&transfers, &resolutions);
-                    shared.decisions.durable(&decisions);
-                }
-                Err(error) => shared.poison(error),
-            }
-            let _ = tx.send(result);
-        }),
-    );
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(LedgerError::Unavailable),
-        Err(_) => {
-            inner.shared.poison(crate::ports::JournalError::Closed);
-            Err(LedgerError::Unavailable)
-        }
+    let router = &inner.shared.router;
+    let (to, rx) = router.register()?;
+    let (mine, aborted) = decided;
+    let message = ShardMsg::Commit { commit_id, committed, mine, aborted, reply: to };
+    if let Err(error) = router.send(commit_id.decider, message) {
+        router.cancel(to);
+        return Err(error);
     }
+    let committed = |answer| match answer {
+        Answer::Committed(result) => Some(result),
+        _ => None,
+    };
+    // Unavailable: the generation is failing, and its rebuild completes the
+    // commit from the journal if the record was durable.
+    wait_for(rx, committed).await?
 }
 
 /// Operations of one coordinated commit by shard: (index in the commit, operation).
@@ -250,14 +235,22 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
         return Err(LedgerError::Unavailable);
     };
 
-    let committed: Vec<usize> = (0..ops.len()).filter(|&i| failures[i].is_none()).collect();
-    if !committed.is_empty() {
-        append_commit(&inner, commit_id, &ops, &committed).await?;
+    let decided_by_shard = |shard: &u16| -> (Vec<u32>, Vec<u32>) {
+        let shard_ops = by_shard.get(shard).map(Vec::as_slice).unwrap_or_default();
+        shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none())
+    };
+    let committed: Vec<Arc<[Planned]>> =
+        (0..ops.len()).filter(|&i| failures[i].is_none()).map(|i| ops[i].clone()).collect();
+    let decider_done = !committed.is_empty();
+    if decider_done {
+        decide_at(&inner, commit_id, committed, decided_by_shard(&commit_id.decider.0)).await?;
     }
 
-    for (shard, shard_ops) in &by_shard {
-        let (committed, aborted): (Vec<u32>, Vec<u32>) =
-            shard_ops.iter().map(|(i, _)| *i).partition(|&i| failures[i as usize].is_none());
+    for shard in by_shard.keys() {
+        if decider_done && *shard == commit_id.decider.0 {
+            continue;
+        }
+        let (committed, aborted) = decided_by_shard(shard);
         // A shard that is gone cannot apply; recovery will, from the commit record.
         let _ = inner.shared.router.send(ShardId(*shard), ShardMsg::Decide { commit_id, committed, aborted });
     }

@@ -66,12 +66,30 @@ fn shard_of(n: u128) -> ShardId {
     account(n).shard(SHARDS)
 }
 
-fn commit_ids(dir: &Path) -> anyhow::Result<Vec<(CommitId, BTreeSet<ShardId>)>> {
-    fn collect(record: Record, found: &mut Vec<(CommitId, BTreeSet<ShardId>)>) {
+/// A commit as the journal holds it: its id, the shards of its legs, the
+/// shard that applied its legs in the same record, and the shards that
+/// said so later (`CommitApplied`).
+#[derive(Debug)]
+struct Journaled {
+    commit_id: CommitId,
+    shards: BTreeSet<ShardId>,
+    applied_by: Option<ShardId>,
+    applied_later: BTreeSet<ShardId>,
+}
+
+fn journaled_commits(dir: &Path) -> anyhow::Result<Vec<Journaled>> {
+    fn collect(record: Record, found: &mut Vec<Journaled>) {
         match record {
-            Record::Commit(commit) => {
-                let shards = commit.legs.iter().map(|leg| leg.account_id.shard(SHARDS)).collect();
-                found.push((commit.commit_id, shards));
+            Record::Commit(commit) => found.push(Journaled {
+                commit_id: commit.commit_id,
+                shards: commit.legs.iter().map(|leg| leg.account_id.shard(SHARDS)).collect(),
+                applied_by: commit.applied_by.map(|applied| applied.shard_id),
+                applied_later: BTreeSet::new(),
+            }),
+            Record::CommitApplied { commit_id, shard_id, .. } => {
+                if let Some(commit) = found.iter_mut().find(|c| c.commit_id == commit_id) {
+                    commit.applied_later.insert(shard_id);
+                }
             }
             Record::Batch(records) => records.into_iter().for_each(|r| collect(r, found)),
             _ => {}
@@ -109,18 +127,28 @@ async fn a_commit_id_names_its_deciding_shard() -> anyhow::Result<()> {
     let epoch = node.ledger.commit_epoch();
     node.stop_without_checkpoint().await;
 
-    let commits = commit_ids(dir.path())?;
+    let commits = journaled_commits(dir.path())?;
     assert_eq!(commits.len(), 4, "{commits:?}");
     for (n, &to) in ids[..3].iter().enumerate() {
-        let (commit_id, shards) = &commits[n];
-        assert_eq!(commit_id.decider, shard_of(to), "the chain to {to} is decided by its credit shard");
-        assert_eq!(shards, &BTreeSet::from([shard_of(source), shard_of(to)]));
+        let commit = &commits[n];
+        assert_eq!(
+            commit.commit_id.decider,
+            shard_of(to),
+            "the chain to {to} is decided by its credit shard"
+        );
+        assert_eq!(commit.shards, BTreeSet::from([shard_of(source), shard_of(to)]));
     }
-    let (batch_id, shards) = &commits[3];
-    assert_eq!(shards.len(), 3, "{shards:?}");
-    assert_eq!(Some(&batch_id.decider), shards.first(), "a batch is decided by its lowest shard");
-    let distinct: BTreeSet<_> = commits.iter().map(|(id, _)| id).collect();
+    // The batch's decider applied its own legs in the deciding record; only
+    // the other two shards said so later.
+    let batch = &commits[3];
+    let lowest = batch.shards.first().copied();
+    assert_eq!(batch.shards.len(), 3, "{batch:?}");
+    assert_eq!(Some(batch.commit_id.decider), lowest, "a batch is decided by its lowest shard");
+    assert_eq!(batch.applied_by, lowest, "{batch:?}");
+    let others: BTreeSet<ShardId> = batch.shards.iter().copied().filter(|s| Some(*s) != lowest).collect();
+    assert_eq!(batch.applied_later, others, "{batch:?}");
+    let distinct: BTreeSet<_> = commits.iter().map(|c| c.commit_id).collect();
     assert_eq!(distinct.len(), commits.len());
-    assert!(commits.iter().all(|(id, _)| id.epoch == epoch), "{commits:?} in epoch {epoch}");
+    assert!(commits.iter().all(|c| c.commit_id.epoch == epoch), "{commits:?} in epoch {epoch}");
     Ok(())
 }
