@@ -65,6 +65,16 @@ impl UserId {
     pub const SYSTEM: UserId = UserId(NonZeroU128::MIN);
 }
 
+/// A node of a cluster. The embedded node is the one node,
+/// [`NodeId::EMBEDDED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// The embedded single node.
+    pub const EMBEDDED: NodeId = NodeId(0);
+}
+
 /// Index of a shard: `0..shard_count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShardId(pub u16);

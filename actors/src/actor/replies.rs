@@ -11,13 +11,21 @@ use tokio::sync::oneshot;
 use super::{OpOutcome, PrepareOutcome};
 use crate::account::{Account, Reserved};
 use crate::hash::HashMap;
+use crate::ids::NodeId;
 use crate::shard::HistoryEntry;
 use crate::LedgerError;
 
-/// Where an answer goes: a correlation id the asking side registered.
-/// (Cluster mode adds the asking node.)
+/// Where an answer goes: the asking node, and a correlation id it
+/// registered there. A router delivers an answer to its node (in process
+/// in the embedded node, whose every id names [`NodeId::EMBEDDED`]), and
+/// that node's [`Replies`] to its waiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct ReplyTo(pub u64);
+pub struct ReplyTo {
+    /// The node waiting.
+    pub node: NodeId,
+    /// Its waiter, among the node's.
+    pub correlation: u64,
+}
 
 /// An answer to a transfer message.
 #[derive(Debug)]
@@ -51,17 +59,24 @@ struct Stripe {
 /// fails or stops: a message that will never be handled drops no channel
 /// any more, so closing is what tells every waiter `unavailable`.
 pub struct Replies {
+    node: NodeId,
     stripes: Vec<Mutex<Stripe>>,
     next: AtomicU64,
 }
 
 impl Default for Replies {
+    /// The embedded node's.
     fn default() -> Self {
-        Replies { stripes: (0..STRIPES).map(|_| Mutex::default()).collect(), next: AtomicU64::new(1) }
+        Replies::new(NodeId::EMBEDDED)
     }
 }
 
 impl Replies {
+    /// The answers `node` waits for.
+    pub fn new(node: NodeId) -> Self {
+        Replies { node, stripes: (0..STRIPES).map(|_| Mutex::default()).collect(), next: AtomicU64::new(1) }
+    }
+
     fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, Stripe> {
         // Plain data behind the lock: usable after a panic elsewhere.
         self.stripes[id as usize % STRIPES].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -76,13 +91,19 @@ impl Replies {
             return Err(LedgerError::Unavailable);
         }
         stripe.waiting.insert(id, sender);
-        Ok((ReplyTo(id), receiver))
+        Ok((ReplyTo { node: self.node, correlation: id }, receiver))
     }
 
     /// Delivers an answer. One nobody waits for (answered already, or
     /// closed) is dropped: the caller timed out or the generation ended.
     pub fn answer(&self, to: ReplyTo, answer: Answer) {
-        let sender = self.stripe(to.0).waiting.remove(&to.0);
+        if to.node != self.node {
+            // Another node's correlation ids may equal ours: delivering it
+            // here would hand a waiter someone else's answer.
+            tracing::error!(?to, node = ?self.node, "an answer for another node reached this one; dropped");
+            return;
+        }
+        let sender = self.stripe(to.correlation).waiting.remove(&to.correlation);
         if let Some(sender) = sender {
             let _ = sender.send(answer);
         }
@@ -96,7 +117,7 @@ impl Replies {
 
     /// Stops waiting for one answer (its message could not be sent).
     pub fn cancel(&self, to: ReplyTo) {
-        self.stripe(to.0).waiting.remove(&to.0);
+        self.stripe(to.correlation).waiting.remove(&to.correlation);
     }
 
     /// Drops every waiting channel, so every waiter hears `unavailable`,
@@ -201,7 +222,7 @@ mod tests {
     async fn an_answer_reaches_its_waiter_and_closing_frees_the_rest() -> Result<(), LedgerError> {
         let replies = Replies::default();
         let (first, first_rx) = replies.register()?;
-        let (_second, second_rx) = replies.register()?;
+        let (second, second_rx) = replies.register()?;
         replies.answer(first, Answer::Chained(Ok(Ok(()))));
         let chained = |answer| match answer {
             Answer::Chained(outcome) => Some(outcome),
@@ -209,6 +230,9 @@ mod tests {
         };
         assert_eq!(wait_for(first_rx, chained).await?, Ok(Ok(())));
         replies.answer(first, Answer::Chained(Ok(Ok(())))); // twice: dropped
+                                                            // Another node's waiter with the same correlation is not this one.
+        let elsewhere = ReplyTo { node: NodeId(7), correlation: second.correlation };
+        replies.answer(elsewhere, Answer::Chained(Ok(Ok(()))));
         replies.close();
         assert_eq!(wait_for(second_rx, chained).await, Err(LedgerError::Unavailable));
         assert!(replies.register().is_err());
@@ -248,7 +272,7 @@ mod tests {
         let message = |to: ReplyTo| {
             super::super::ShardMsg::Settle(vec![crate::ids::CommitId {
                 epoch: 1,
-                counter: to.0,
+                counter: to.correlation,
                 decider: crate::ids::ShardId(0),
             }])
         };
