@@ -31,8 +31,8 @@ pub(super) struct Outbox {
     /// anything the caller does next can reach it.
     pub(super) after_releases: Vec<(ReplyTo, OpOutcome)>,
     /// Answers to `Prepare`: a reservation may rely on changes whose
-    /// records are still here, and the coordinator's commit record that
-    /// follows must not reach the journal before them. Sent once they are
+    /// records are still here, and the commit record its decider appends
+    /// next must not reach the journal before them. Sent once they are
     /// appended (the journal keeps append order), so no record is ever
     /// durable before a record it depends on.
     pub(super) prepared: Vec<(ReplyTo, Vec<PrepareOutcome>)>,
@@ -112,8 +112,8 @@ impl RunningShard {
                 }
             }));
         }
-        // Every record a reservation may rely on is appended: the
-        // coordinator may now append the commit that follows from it.
+        // Every record a reservation may rely on is appended: the decider
+        // may now append the commit that follows from it.
         for (to, outcomes) in std::mem::take(&mut self.outbox.prepared) {
             self.shared.router.reply(to, Answer::Prepared(outcomes));
         }

@@ -243,7 +243,15 @@ async fn coordinate(inner: Arc<Inner>, ops: Vec<Arc<[Planned]>>) -> Result<Vec<O
         (0..ops.len()).filter(|&i| failures[i].is_none()).map(|i| ops[i].clone()).collect();
     let decider_done = !committed.is_empty();
     if decider_done {
-        decide_at(&inner, commit_id, committed, decided_by_shard(&commit_id.decider.0)).await?;
+        if let Err(error) =
+            decide_at(&inner, commit_id, committed, decided_by_shard(&commit_id.decider.0)).await
+        {
+            // Whether the deciding record is durable is unknown, and the
+            // other shards hold their reservations: only a rebuild from
+            // the journal settles both (a no-op if already failing).
+            inner.shared.poison(crate::ports::JournalError::Closed);
+            return Err(error);
+        }
     }
 
     for shard in by_shard.keys() {

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wallet_actors::ids::{CommitId, ShardId};
-use wallet_actors::ports::ManualClock;
+use wallet_actors::ports::{append_durable, ManualClock};
 use wallet_actors::record::Record;
 use wallet_storage::journal::read_journal;
+use wallet_storage::{FileJournal, JournalOptions};
 use wallet_testkit::*;
 
 const SHARDS: u16 = 4;
@@ -20,7 +21,8 @@ async fn open_node(dir: &Path) -> anyhow::Result<wallet_storage::EmbeddedLedger>
 
 /// Every start takes an epoch larger than any before it: after a crash that
 /// left nothing of the start durable but its epoch, after a checkpoint that
-/// retired the segment holding the epoch's record, and after a clean stop.
+/// retired the segment holding the epoch's record, after a rebuild in the
+/// same process, and after a clean stop.
 /// So an id a crashed start gave to a commit that never became durable is
 /// never given again (a participant elsewhere may still hold it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +41,14 @@ async fn every_start_takes_an_epoch_no_start_before_it_took() -> anyhow::Result<
     node.stop_without_checkpoint().await;
 
     let node = open_node(dir.path()).await?;
+    epochs.push(node.ledger.commit_epoch());
+    // A shard crashes: the rebuild from the journal is a start of its own.
+    node.ledger.crash_shard(ShardId(1));
+    eventually("the rebuild", std::time::Duration::from_secs(30), || {
+        let done = node.ledger.rebuilds() == 1 && node.ledger.is_serving();
+        async move { Ok(done) }
+    })
+    .await?;
     epochs.push(node.ledger.commit_epoch());
     node.shutdown().await;
 
@@ -125,6 +135,11 @@ async fn a_commit_id_names_its_deciding_shard() -> anyhow::Result<()> {
     let results = node.ledger.submit(batch, true).await?;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let epoch = node.ledger.commit_epoch();
+    // A read waits behind its shard's earlier messages (the batch's
+    // `Decide`) and for what it shows to be durable.
+    for &id in &ids {
+        node.ledger.account(account(id)).await?;
+    }
     node.stop_without_checkpoint().await;
 
     let commits = journaled_commits(dir.path())?;
@@ -150,5 +165,73 @@ async fn a_commit_id_names_its_deciding_shard() -> anyhow::Result<()> {
     let distinct: BTreeSet<_> = commits.iter().map(|c| c.commit_id).collect();
     assert_eq!(distinct.len(), commits.len());
     assert!(commits.iter().all(|c| c.commit_id.epoch == epoch), "{commits:?} in epoch {epoch}");
+    Ok(())
+}
+
+/// Everything the journal holds, batches opened, in order.
+fn all_records(dir: &Path) -> anyhow::Result<Vec<Record>> {
+    fn flatten(record: Record, into: &mut Vec<Record>) {
+        match record {
+            Record::Batch(records) => records.into_iter().for_each(|r| flatten(r, into)),
+            record => into.push(record),
+        }
+    }
+    let mut records = Vec::new();
+    read_journal(&dir.join("journal"), |record, _| {
+        flatten(record, &mut records);
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// A crash right after a batch's deciding record became durable, before
+/// any other shard applied its legs: the start completes the other shards
+/// from the record, and does not apply the decider's legs a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_other_shards_never_applied_is_completed_once_at_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = open_node(dir.path()).await?;
+    let ids = one_per_shard(200);
+    node.ledger.open_account(unlimited(ids[0], usd())).await?;
+    for &id in &ids[1..] {
+        node.ledger.open_account(wallet(id, usd())).await?;
+    }
+    // Shard 0 decides; it pays shard 1, which pays shard 2, which pays shard 3.
+    let batch =
+        vec![posted(1, ids[0], ids[1], 30), posted(2, ids[1], ids[2], 20), posted(3, ids[2], ids[3], 10)];
+    let results = node.ledger.submit(batch, true).await?;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut expected = Vec::new();
+    for &id in &ids {
+        let view = node.ledger.account(account(id)).await?.ok_or_else(|| anyhow::anyhow!("account {id}"))?;
+        expected.push((view.account.balances, view.account.sequence));
+    }
+    node.stop_without_checkpoint().await;
+
+    // The journal as that crash would leave it: no `CommitApplied`.
+    let all = all_records(dir.path())?;
+    let settled = all.iter().filter(|r| matches!(r, Record::CommitApplied { .. })).count();
+    assert_eq!(settled, 3, "the three other shards said so; the decider did not");
+    let records: Vec<Record> =
+        all.into_iter().filter(|r| !matches!(r, Record::CommitApplied { .. })).collect();
+    let decided = records.iter().find_map(|r| match r {
+        Record::Commit(commit) => Some(commit.clone()),
+        _ => None,
+    });
+    let decided = decided.ok_or_else(|| anyhow::anyhow!("no commit record"))?;
+    assert_eq!(decided.applied_by.as_ref().map(|a| a.shard_id), Some(shard_of(ids[0])));
+    std::fs::remove_dir_all(dir.path().join("journal"))?;
+    let journal = FileJournal::start(&dir.path().join("journal"), JournalOptions::default())?;
+    for record in records {
+        append_durable(&journal, record).await?;
+    }
+    journal.close();
+
+    let node = open_node(dir.path()).await?;
+    for (&id, expected) in ids.iter().zip(&expected) {
+        let view = node.ledger.account(account(id)).await?.ok_or_else(|| anyhow::anyhow!("account {id}"))?;
+        assert_eq!(&(view.account.balances, view.account.sequence), expected, "account {id}");
+    }
+    node.shutdown().await;
     Ok(())
 }
