@@ -3,6 +3,10 @@
 //! Ids are 128-bit integers, never zero, the way TigerBeetle's are: fixed size
 //! keys keep indexes and journal frames small, and a UUID fits one exactly.
 //! The wire format (UUID text) is the API's business, not this module's.
+//!
+//! Stored (binary serde formats: postcard), an id is 16 fixed bytes: ids are
+//! random (UUIDs), and a varint of a random 128-bit number takes 19 bytes
+//! and a loop to write and read. Human-readable formats keep the number.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -13,8 +17,37 @@ use crate::rejection::InvalidInput;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(NonZeroU128);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if serializer.is_human_readable() {
+                    serializer.serialize_newtype_struct(stringify!($name), &self.0)
+                } else {
+                    serializer.serialize_newtype_struct(stringify!($name), &self.0.get().to_be_bytes())
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(rename = $what)]
+                struct Text(NonZeroU128);
+                #[derive(Deserialize)]
+                #[serde(rename = $what)]
+                struct Binary([u8; 16]);
+                if deserializer.is_human_readable() {
+                    Text::deserialize(deserializer).map(|Text(value)| $name(value))
+                } else {
+                    let Binary(bytes) = Binary::deserialize(deserializer)?;
+                    NonZeroU128::new(u128::from_be_bytes(bytes))
+                        .map($name)
+                        .ok_or_else(|| serde::de::Error::custom(concat!("a zero ", $what)))
+                }
+            }
+        }
 
         impl $name {
             /// Builds the id; zero is refused because it means "no id".

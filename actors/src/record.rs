@@ -15,7 +15,8 @@ use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
 /// 3: review decisions travel in `Applied` and `Commit`.
-/// 5: commit ids name their epoch and decider; `Epoch` records.
+/// 5: commit ids name their epoch and decider; `Epoch` records; ids are
+/// 16 fixed bytes.
 pub const RECORD_FORMAT_VERSION: u8 = 5;
 
 /// One event of one account, with its gap-free sequence number.

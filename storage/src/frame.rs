@@ -125,6 +125,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_are_stored_as_sixteen_fixed_bytes_and_json_keeps_the_number() -> anyhow::Result<()> {
+        let random = wallet_actors::AccountId::new(0x9f3a_61c2_0d4e_4b7a_8c55_e1f0_2b6d_7a19)?;
+        let stored = postcard::to_allocvec(&random)?;
+        assert_eq!(stored, random.get().to_be_bytes(), "16 bytes, not a 19-byte varint");
+        assert_eq!(postcard::from_bytes::<wallet_actors::AccountId>(&stored)?, random);
+        assert!(postcard::from_bytes::<wallet_actors::TransferId>(&[0u8; 16]).is_err(), "zero is no id");
+        let text = serde_json::to_string(&random)?;
+        assert_eq!(text, random.get().to_string());
+        assert_eq!(serde_json::from_str::<wallet_actors::AccountId>(&text)?, random);
+        Ok(())
+    }
+
+    #[test]
     fn round_trip_and_damage() -> Result<(), StorageError> {
         let mut bytes = encode(&(7u64, "seven".to_string()), 1)?;
         let end = bytes.len();

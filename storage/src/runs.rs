@@ -48,7 +48,8 @@ use footer::{BlockRef, Footer};
 
 /// Version of run and manifest frames.
 /// 3: the footer is a sequence of frames (`runs::footer`).
-pub const RUN_FORMAT_VERSION: u8 = 4;
+/// 5: ids are 16 fixed bytes.
+pub const RUN_FORMAT_VERSION: u8 = 5;
 
 /// Where a record sorts in a run: by `major` (the filter holds it), then
 /// `minor`. Records with equal keys replace each other; the newest run wins.
