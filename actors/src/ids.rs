@@ -23,9 +23,9 @@ macro_rules! id_type {
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 if serializer.is_human_readable() {
-                    serializer.serialize_newtype_struct(stringify!($name), &self.0)
+                    serializer.serialize_newtype_struct($what, &self.0)
                 } else {
-                    serializer.serialize_newtype_struct(stringify!($name), &self.0.get().to_be_bytes())
+                    serializer.serialize_newtype_struct($what, &self.0.get().to_be_bytes())
                 }
             }
         }

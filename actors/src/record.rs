@@ -15,9 +15,9 @@ use crate::transfer::{Transfer, TransferStatus};
 
 /// Version of the record format; stored in every frame, checked on load.
 /// 3: review decisions travel in `Applied` and `Commit`.
-/// 5: commit ids name their epoch and decider; `Epoch` records; ids are
-/// 16 fixed bytes.
-pub const RECORD_FORMAT_VERSION: u8 = 5;
+/// 5: commit ids name their epoch and decider; `Epoch` records.
+/// 6: ids are 16 fixed bytes.
+pub const RECORD_FORMAT_VERSION: u8 = 6;
 
 /// One event of one account, with its gap-free sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

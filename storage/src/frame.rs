@@ -88,8 +88,11 @@ pub fn decode_at<T: DeserializeOwned>(
     if payload[0] != version {
         return Err(StorageError::UnsupportedVersion { found: payload[0], expected: version });
     }
-    let value =
-        postcard::from_bytes(&payload[1..]).map_err(|_| StorageError::Decode { offset: offset as u64 })?;
+    // Bytes left over mean a payload of another layout, not a value.
+    let value = match postcard::take_from_bytes(&payload[1..]) {
+        Ok((value, [])) => value,
+        _ => return Err(StorageError::Decode { offset: offset as u64 }),
+    };
     Ok(Decoded::Frame(value, offset + HEADER_LEN + len))
 }
 
@@ -131,6 +134,12 @@ mod tests {
         assert_eq!(stored, random.get().to_be_bytes(), "16 bytes, not a 19-byte varint");
         assert_eq!(postcard::from_bytes::<wallet_actors::AccountId>(&stored)?, random);
         assert!(postcard::from_bytes::<wallet_actors::TransferId>(&[0u8; 16]).is_err(), "zero is no id");
+        // A frame with bytes left after its value is refused, not read short.
+        let framed = encode(&(random, 7u8), 1)?;
+        assert!(matches!(
+            decode_at::<wallet_actors::AccountId>(&framed, 0, 1),
+            Err(StorageError::Decode { .. })
+        ));
         let text = serde_json::to_string(&random)?;
         assert_eq!(text, random.get().to_string());
         assert_eq!(serde_json::from_str::<wallet_actors::AccountId>(&text)?, random);

@@ -41,9 +41,9 @@ use crate::StorageError;
 
 /// Version of snapshot values.
 /// 3: the meta records the next decision id at its marker.
-/// 5: commit ids name their epoch and decider; the meta keeps the epoch;
-/// ids are 16 fixed bytes.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
+/// 5: commit ids name their epoch and decider; the meta keeps the epoch.
+/// 6: ids are 16 fixed bytes.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 6;
 
 /// What a checkpoint records besides the state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

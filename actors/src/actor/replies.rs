@@ -117,6 +117,9 @@ impl Replies {
 
     /// Stops waiting for one answer (its message could not be sent).
     pub fn cancel(&self, to: ReplyTo) {
+        if to.node != self.node {
+            return;
+        }
         self.stripe(to.correlation).waiting.remove(&to.correlation);
     }
 

@@ -36,6 +36,16 @@ async fn balance_of_2(dir: &std::path::Path) -> Result<u128, StorageError> {
     Ok(view.map_or(0, |v| v.account.balances.credits_posted))
 }
 
+/// Where each frame of the journal starts, in order (one segment here).
+fn frame_starts(dir: &std::path::Path) -> anyhow::Result<Vec<usize>> {
+    let mut starts = Vec::new();
+    wallet_storage::journal::read_journal(&dir.join("journal"), |_, at| {
+        starts.push(at.offset as usize);
+        Ok(())
+    })?;
+    Ok(starts)
+}
+
 /// Offset where frames start in a segment (after its header).
 const HEADER_LEN: usize = wallet_storage::segment::HEADER_LEN as usize;
 
@@ -48,7 +58,11 @@ async fn a_torn_tail_is_cut_at_the_last_whole_record() -> anyhow::Result<()> {
     // A torn write is what a crash leaves of a batch that was never
     // acknowledged: part of a frame after the acknowledged end. Every such
     // tail is cut, and the acknowledged transfers all stay.
-    let frame = &original[original.len() - 60..];
+    // The first bytes of a real frame: the longest one (a transfer's).
+    let mut bounds = frame_starts(dir.path())?;
+    bounds.push(original.len());
+    let frame = bounds.windows(2).map(|w| &original[w[0]..w[1]]).max_by_key(|f| f.len()).unwrap_or_default();
+    anyhow::ensure!(frame.len() > 40, "the longest frame is {} bytes", frame.len());
     for kept in [1usize, 5, 17, 40] {
         let copy = tempfile::tempdir()?;
         copy_dir(dir.path(), copy.path())?;
@@ -77,11 +91,7 @@ async fn a_damaged_acknowledged_last_frame_is_an_error() -> anyhow::Result<()> {
     write_some(dir.path(), 20).await?;
     let path = segment(dir.path())?;
     let original = std::fs::read(&path)?;
-    let mut frame_starts = Vec::new();
-    wallet_storage::journal::read_journal(&dir.path().join("journal"), |_, at| {
-        frame_starts.push(at.offset as usize);
-        Ok(())
-    })?;
+    let frame_starts = frame_starts(dir.path())?;
     let last_frame_starts = frame_starts.last().copied().unwrap_or_default();
     for cut in [1usize, 5, 17, 40] {
         std::fs::write(&path, &original[..original.len() - cut])?;
