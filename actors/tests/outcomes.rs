@@ -164,3 +164,33 @@ async fn a_veto_whose_caller_went_away_frees_its_id() -> anyhow::Result<()> {
     ledger.shutdown().await;
     Ok(())
 }
+
+/// A shard's crash fails the whole generation, so a caller waiting on a
+/// healthy shard hears `unavailable` at once, not its time-out: its
+/// outcome is unknown (the record may still become durable), and a retry
+/// with the same id is safe. (Crashing a shard on purpose needs
+/// `fault-injection`, which the workspace's test build enables.)
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_of_a_healthy_shard_hears_unavailable_when_another_shard_crashes() -> anyhow::Result<()> {
+    let journal = Arc::new(SlowJournal::default());
+    let ledger = Arc::new(ledger(journal.clone()).await?);
+    let involved = [id(1)?.shard(4), id(2)?.shard(4)];
+    let elsewhere = (0..4)
+        .map(wallet_actors::ShardId)
+        .find(|shard| !involved.contains(shard))
+        .ok_or_else(|| anyhow::anyhow!("a shard the transfer does not touch"))?;
+    journal.hold();
+    let waiting = {
+        let ledger = ledger.clone();
+        let request = transfer(30, 1, 2, 100)?;
+        tokio::spawn(async move { ledger.submit_one(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "answered before its record was durable");
+    ledger.crash_shard(elsewhere);
+    let heard = tokio::time::timeout(Duration::from_millis(150), waiting).await;
+    assert!(matches!(heard, Ok(Ok(Err(LedgerError::Unavailable)))), "{heard:?}");
+    journal.release();
+    Ok(())
+}

@@ -76,6 +76,22 @@ fn shard_of(n: u128) -> ShardId {
     account(n).shard(SHARDS)
 }
 
+/// Everything the journal holds, batches opened, in order.
+fn all_records(dir: &Path) -> anyhow::Result<Vec<Record>> {
+    fn flatten(record: Record, into: &mut Vec<Record>) {
+        match record {
+            Record::Batch(records) => records.into_iter().for_each(|r| flatten(r, into)),
+            record => into.push(record),
+        }
+    }
+    let mut records = Vec::new();
+    read_journal(&dir.join("journal"), |record, _| {
+        flatten(record, &mut records);
+        Ok(())
+    })?;
+    Ok(records)
+}
+
 /// A commit as the journal holds it: its id, the shards of its legs, the
 /// shard that applied its legs in the same record, and the shards that
 /// said so later (`CommitApplied`).
@@ -88,7 +104,8 @@ struct Journaled {
 }
 
 fn journaled_commits(dir: &Path) -> anyhow::Result<Vec<Journaled>> {
-    fn collect(record: Record, found: &mut Vec<Journaled>) {
+    let mut found: Vec<Journaled> = Vec::new();
+    for record in all_records(dir)? {
         match record {
             Record::Commit(commit) => found.push(Journaled {
                 commit_id: commit.commit_id,
@@ -101,15 +118,9 @@ fn journaled_commits(dir: &Path) -> anyhow::Result<Vec<Journaled>> {
                     commit.applied_later.insert(shard_id);
                 }
             }
-            Record::Batch(records) => records.into_iter().for_each(|r| collect(r, found)),
             _ => {}
         }
     }
-    let mut found = Vec::new();
-    read_journal(&dir.join("journal"), |record, _| {
-        collect(record, &mut found);
-        Ok(())
-    })?;
     Ok(found)
 }
 
@@ -166,22 +177,6 @@ async fn a_commit_id_names_its_deciding_shard() -> anyhow::Result<()> {
     assert_eq!(distinct.len(), commits.len());
     assert!(commits.iter().all(|c| c.commit_id.epoch == epoch), "{commits:?} in epoch {epoch}");
     Ok(())
-}
-
-/// Everything the journal holds, batches opened, in order.
-fn all_records(dir: &Path) -> anyhow::Result<Vec<Record>> {
-    fn flatten(record: Record, into: &mut Vec<Record>) {
-        match record {
-            Record::Batch(records) => records.into_iter().for_each(|r| flatten(r, into)),
-            record => into.push(record),
-        }
-    }
-    let mut records = Vec::new();
-    read_journal(&dir.join("journal"), |record, _| {
-        flatten(record, &mut records);
-        Ok(())
-    })?;
-    Ok(records)
 }
 
 /// A crash right after a batch's deciding record became durable, before
