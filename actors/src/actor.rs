@@ -36,7 +36,6 @@ use crate::ports::JournalError;
 use crate::record::Record;
 use crate::shard::ShardState;
 use crate::LedgerError;
-use coordination::Decided;
 use outbox::Outbox;
 
 /// The shard actor. Carries no data; see [`ShardArgs`] and [`ShardState`].
@@ -192,7 +191,7 @@ impl RunningShard {
             ShardMsg::Prepare { commit_id, ops, reply: to } => self.prepare(commit_id, ops, to),
             ShardMsg::Decide { commit_id, committed, aborted } => self.decide(commit_id, committed, aborted),
             ShardMsg::Commit { commit_id, committed, mine, aborted, reply } => {
-                self.commit(commit_id, committed, Decided { mine, aborted }, reply)
+                self.commit(commit_id, committed, mine, aborted, reply)
             }
             ShardMsg::Flush => self.flush(),
             ShardMsg::Debit(ops) => self.debit(ops),

@@ -297,6 +297,6 @@ impl Ledger {
         let inner = self.inner();
         let shard = account_id.shard(self.cell.base.config.shard_count);
         let timeout = Duration::from_millis(self.cell.base.config.request_timeout_ms);
-        crate::actor::ask(inner.shared.router.as_ref(), shard, timeout, message, pick).await
+        crate::actor::ask(inner.shared.router.as_ref(), shard, Some(timeout), message, pick).await
     }
 }

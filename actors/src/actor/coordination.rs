@@ -7,16 +7,9 @@ use std::sync::Arc;
 
 use super::{Answer, Owed, ReplyTo, RunningShard};
 use crate::ids::CommitId;
-use crate::record::{Record, ShardApplied};
+use crate::record::{Commit, Record, ShardApplied};
 use crate::shard::{commit_record, Planned};
 use crate::LedgerError;
-
-/// This shard's part of a decision: operations to apply and to release,
-/// by index in the commit.
-pub(super) struct Decided {
-    pub(super) mine: Vec<u32>,
-    pub(super) aborted: Vec<u32>,
-}
 
 impl RunningShard {
     /// Reserves each operation; answered at the next flush, once every
@@ -63,7 +56,8 @@ impl RunningShard {
         &mut self,
         commit_id: CommitId,
         committed: Vec<Arc<[Planned]>>,
-        decided: Decided,
+        mine: Vec<u32>,
+        aborted: Vec<u32>,
         to: ReplyTo,
     ) {
         let owed = Owed::new(self.shared.router.clone(), to, Answer::Committed);
@@ -71,33 +65,49 @@ impl RunningShard {
             owed.pay(Err(LedgerError::Unavailable));
             return;
         }
-        for index in decided.aborted {
+        for index in aborted {
             self.state.abort_prepared((commit_id, index));
         }
         let mut sequences = Vec::new();
-        for &index in &decided.mine {
+        for &index in &mine {
             sequences.extend(self.state.commit_prepared((commit_id, index)));
         }
         let shard_id = self.state.shard_id();
-        let applied_by = (!decided.mine.is_empty()).then_some(ShardApplied { shard_id, sequences });
+        let applied_by = (!mine.is_empty()).then_some(ShardApplied { shard_id, sequences });
         let commit = commit_record(commit_id, committed.iter().flat_map(|op| op.iter()), applied_by);
-        let (transfers, resolutions, decisions) =
-            (commit.transfers.clone(), commit.resolutions.clone(), commit.decisions.clone());
+        self.journal_commit(commit, committed, move |result| owed.pay(result));
+    }
+
+    /// Appends a deciding `Commit` record of `ops`. Once durable, records
+    /// their transfers and decisions (in the callback, so in journal order:
+    /// a checkpoint that retires the record finds its transfers in the
+    /// registry, to evict, and its decisions numbered), then calls `then`;
+    /// a failed write poisons the generation and `then` hears unavailable.
+    pub(super) fn journal_commit<O>(
+        &mut self,
+        commit: Commit,
+        ops: O,
+        then: impl FnOnce(Result<(), LedgerError>) + Send + 'static,
+    ) where
+        O: AsRef<[Arc<[Planned]>]> + Send + 'static,
+    {
+        let decisions = commit.decisions.clone();
         let shared = self.shared.clone();
         self.journal(
             Record::Commit(commit),
-            // Recorded in the callback, in journal order: a checkpoint that
-            // retires this record finds its transfers in the registry (to
-            // evict) and its decisions numbered.
             Box::new(move |result| match result {
                 Ok(()) => {
-                    shared.registry.record_durable(&transfers, &resolutions);
+                    let planned = || ops.as_ref().iter().flat_map(|op| op.iter());
+                    let resolutions: Vec<_> = planned().filter_map(Planned::resolution).collect();
+                    shared
+                        .registry
+                        .record_durable(planned().filter_map(|p| p.transfer.as_ref()), &resolutions);
                     shared.decisions.durable(&decisions);
-                    owed.pay(Ok(()));
+                    then(Ok(()));
                 }
                 Err(error) => {
                     shared.poison(error);
-                    owed.pay(Err(LedgerError::Unavailable));
+                    then(Err(LedgerError::Unavailable));
                 }
             }),
         );

@@ -173,8 +173,8 @@ impl<T: 'static> Drop for Owed<T> {
     }
 }
 
-/// Sends `message` to `shard` through `router` and waits up to `timeout`
-/// for the answer `pick` accepts. Its entry in the table of answers
+/// Sends `message` to `shard` through `router` and waits (up to `timeout`,
+/// if any) for the answer `pick` accepts. Its entry in the table of answers
 /// awaited goes when the answer comes, and otherwise with the wait: when
 /// the message cannot be sent, on the time-out, and when the caller drops
 /// this future mid-wait (a client that went away), rather than staying
@@ -182,16 +182,19 @@ impl<T: 'static> Drop for Owed<T> {
 pub async fn ask<T>(
     router: &dyn crate::ports::ShardRouter,
     shard: crate::ids::ShardId,
-    timeout: std::time::Duration,
+    timeout: Option<std::time::Duration>,
     message: impl FnOnce(ReplyTo) -> super::ShardMsg,
     pick: impl FnOnce(Answer) -> Option<Result<T, LedgerError>>,
 ) -> Result<T, LedgerError> {
     let (to, answer) = router.register()?;
     let _entry = CancelOnDrop { router, to };
     router.send(shard, message(to))?;
-    match tokio::time::timeout(timeout, wait_for(answer, pick)).await {
-        Ok(result) => result?,
-        Err(_) => Err(LedgerError::Timeout),
+    let answered = wait_for(answer, pick);
+    match timeout {
+        None => answered.await?,
+        Some(timeout) => {
+            tokio::time::timeout(timeout, answered).await.map_err(|_| LedgerError::Timeout)??
+        }
     }
 }
 
@@ -280,7 +283,7 @@ mod tests {
             }])
         };
         let pick = |_| Some(Ok(()));
-        let timeout = std::time::Duration::from_millis(timeout_ms);
+        let timeout = Some(std::time::Duration::from_millis(timeout_ms));
         ask(router, crate::ids::ShardId(0), timeout, message, pick).await
     }
 

@@ -125,31 +125,17 @@ impl RunningShard {
                 Ok(sequences) => {
                     let applied_by = Some(ShardApplied { shard_id: me, sequences });
                     let commit = commit_record(credit.commit_id, credit.op.iter(), applied_by);
-                    let decisions = commit.decisions.clone();
-                    let shared = self.shared.clone();
                     let CreditOp { commit_id, op, debit_shard, reply: to, .. } = credit;
                     let owed = Owed::new(self.shared.router.clone(), to, Answer::Chained);
-                    self.journal(
-                        Record::Commit(commit),
-                        Box::new(move |result| match result {
-                            Ok(()) => {
-                                let resolutions: Vec<_> = op.iter().filter_map(Planned::resolution).collect();
-                                shared.registry.record_durable(
-                                    op.iter().filter_map(|p| p.transfer.as_ref()),
-                                    &resolutions,
-                                );
-                                shared.decisions.durable(&decisions);
-                                // Settle before answering, so that a read the
-                                // caller makes next finds the debit applied.
-                                let _ = shared.router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
-                                owed.pay(Ok(Ok(())));
-                            }
-                            Err(error) => {
-                                shared.poison(error);
-                                owed.pay(Err(LedgerError::Unavailable));
-                            }
-                        }),
-                    );
+                    let router = self.shared.router.clone();
+                    self.journal_commit(commit, [op], move |result| {
+                        if result.is_ok() {
+                            // Settle before answering, so that a read the
+                            // caller makes next finds the debit applied.
+                            let _ = router.send(debit_shard, ShardMsg::Settle(vec![commit_id]));
+                        }
+                        owed.pay(result.map(Ok));
+                    });
                 }
             }
         }

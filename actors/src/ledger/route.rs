@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::Inner;
-use crate::actor::{wait_for, Answer, ChainOp, OpOutcome, PrepareOutcome, ShardMsg};
+use crate::actor::{ask, wait_for, Answer, ChainOp, OpOutcome, PrepareOutcome, ShardMsg};
 use crate::asset::Asset;
 use crate::ids::AccountId;
 use crate::ids::{CommitId, ShardId};
@@ -176,21 +176,16 @@ async fn decide_at(
     committed: Vec<Arc<[Planned]>>,
     decided: (Vec<u32>, Vec<u32>),
 ) -> Result<(), LedgerError> {
-    let router = &inner.shared.router;
-    let (to, rx) = router.register()?;
     let (mine, aborted) = decided;
-    let message = ShardMsg::Commit { commit_id, committed, mine, aborted, reply: to };
-    if let Err(error) = router.send(commit_id.decider, message) {
-        router.cancel(to);
-        return Err(error);
-    }
+    let message = |reply| ShardMsg::Commit { commit_id, committed, mine, aborted, reply };
     let committed = |answer| match answer {
         Answer::Committed(result) => Some(result),
         _ => None,
     };
-    // Unavailable: the generation is failing, and its rebuild completes the
-    // commit from the journal if the record was durable.
-    wait_for(rx, committed).await?
+    // No time-out of its own (see `run_ops`). Unavailable: the generation is
+    // failing, and its rebuild completes the commit from the journal if the
+    // record was durable.
+    ask(inner.shared.router.as_ref(), commit_id.decider, None, message, committed).await
 }
 
 /// Operations of one coordinated commit by shard: (index in the commit, operation).
