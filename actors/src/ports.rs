@@ -78,6 +78,10 @@ pub enum JournalError {
     /// The journal was shut down.
     #[error("journal is closed")]
     Closed,
+    /// This node no longer holds the shard's lease (cluster mode): another
+    /// node may own the shard now, so the record was refused, not written.
+    #[error("journal write refused: this node no longer holds the shard's lease")]
+    Fenced,
 }
 
 /// Called once a record is durable, or once it is known it may not be.

@@ -12,5 +12,6 @@ mod model_kill;
 mod nats;
 mod recovery;
 mod risk;
+mod shard_journal;
 mod sizes;
 mod supervision;
