@@ -1,18 +1,18 @@
-//! Load on the shard journal on JetStream (`wallet_cluster::journal`), the
+//! Load on a node's journal on JetStream (`wallet_cluster::journal`), the
 //! storage cluster mode writes through: how many records per second one
-//! node's writer makes durable, in how many atomic batches, at what latency
-//! and CPU (this process and nats-server).
+//! node's writer makes durable, in how many messages, at what latency and
+//! CPU (this process and nats-server apart).
 //!
 //! ```sh
 //! cargo run --release -p wallet-testkit --example journal_bench -- --shards 16 --concurrency 256 --duration-s 10
 //! ```
 //!
 //! Starts the project's pinned nats-server (`nats.conf`: `sync_interval:
-//! always`) on a free port with a temporary store, takes `--shards` leases
-//! for one node, then keeps `--concurrency` records in flight, each about
-//! `--record-bytes` long, to random shards, each waiting until its record is
-//! acknowledged (as a shard's answer waits for durability). Ends with one
-//! JSON line.
+//! always`) on a free port with a temporary store, takes `--shards` shard
+//! leases for one node, then keeps `--concurrency` records in flight, each
+//! about `--record-bytes` long, to random shards, each waiting until its
+//! record is acknowledged (as a shard's answer waits for durability). Ends
+//! with one JSON line.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,7 +24,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use wallet_actors::ids::{stable_hash, NodeId, ShardId};
 use wallet_actors::record::Record;
-use wallet_cluster::journal::{lease, JournalOptions, JournalStream, Leased, ShardJournal};
+use wallet_cluster::journal::{JournalOptions, JournalStream, NodeJournal};
 use wallet_testkit::nats::NatsServer;
 
 #[derive(Parser, Debug)]
@@ -42,8 +42,8 @@ struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
-    /// Most KiB of records in one message (a shard's records in one batch
-    /// take as many messages as they need).
+    /// Most KiB of records gathered into one message (the writer's
+    /// `message_bytes_max`).
     #[arg(long, default_value_t = 512)]
     message_kib: usize,
     /// Tokio worker threads.
@@ -81,9 +81,9 @@ fn main() -> anyhow::Result<()> {
             ..JournalOptions::new(server.url())
         };
         let stream = JournalStream::connect(options).await?;
-        let journal = ShardJournal::start(stream.clone(), NodeId(1)).await?;
-        for shard in (0..args.shards).map(|n| Leased::Shard(ShardId(n))) {
-            journal.hold(lease::take(&stream, shard, NodeId(1)).await?);
+        let journal = NodeJournal::start(stream.clone(), NodeId(1)).await?;
+        for shard in (0..args.shards).map(ShardId) {
+            journal.take(shard).await?;
         }
         let (cpu_self, cpu_server) = (cpu_s("self"), cpu_s(&server_pid));
         let started = Instant::now();

@@ -78,9 +78,10 @@ pub enum JournalError {
     /// The journal was shut down.
     #[error("journal is closed")]
     Closed,
-    /// This node no longer holds the shard's lease (cluster mode): another
-    /// node may own the shard now, so the record was refused, not written.
-    #[error("journal write refused: this node no longer holds the shard's lease")]
+    /// This node no longer holds the lease the write needs (cluster mode:
+    /// its own, or the shard's): another node, or a later start of this
+    /// one, may own the shard now, so the record was refused, not written.
+    #[error("journal write refused: this node no longer holds the lease it needs")]
     Fenced,
 }
 

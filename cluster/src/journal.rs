@@ -1,23 +1,24 @@
-//! Shard journals on JetStream, fenced by leases: the storage cluster mode
+//! Node journals on JetStream, fenced by leases: the storage cluster mode
 //! builds on (`docs/ARCHITECTURE.md`, "Cluster mode: the journal and leases").
 //!
 //! One stream, [`STREAM`], holds each node's journal, `wallet.journal.<node>`,
 //! and the leases ([`lease`]): one per node, which every journal message of
-//! the node names as its condition, and one per shard, which says who owns
-//! it. A node's writer ([`writer`]) puts whatever the node's shards
-//! appended while its previous write was in flight into one message, so
-//! the records of a node keep their order and become durable together, as
-//! in the file journal (a plain message costs the server a fraction of an
-//! atomic batch: BENCHMARKS.md, "Journal on JetStream"). Once another node
-//! has taken over, the old owner's writes are refused by the server. [`read`]
-//! gives a shard's records back, in order, for a node taking it over.
+//! the node names as its condition (the fence), and one per shard, which
+//! says who owns it. A node's writer ([`writer`]) puts whatever the node's
+//! shards appended while its previous write was in flight into one message,
+//! so the records of a node keep their order and become durable together,
+//! as in the file journal (a plain message costs the server a fraction of
+//! an atomic batch: BENCHMARKS.md, "journal on JetStream"). Once the node's
+//! lease changed or expired, the server refuses its writes. [`read`] gives a
+//! shard's records back, in order, for a node taking it over.
 //!
 //! - [`lease`]: take, renew and read leases;
-//! - [`writer`]: the group-committing, fenced writer ([`ShardJournal`]);
+//! - [`writer`]: the group-committing, fenced writer ([`NodeJournal`]);
 //! - [`read`]: a shard's records in order.
 
 mod batch;
 pub mod lease;
+mod message;
 pub mod read;
 pub mod writer;
 
@@ -26,12 +27,18 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use wallet_actors::ids::NodeId;
 
-pub use lease::{Lease, LeaseError, Leased};
+pub use lease::{Holder, Lease, LeaseError, Leased};
 pub use read::read_shard;
-pub use writer::{JournalStats, ShardJournal};
+pub use writer::{JournalStats, NodeJournal};
 
 /// The stream holding every node's journal and every lease.
 pub const STREAM: &str = "WALLET_JOURNAL";
+
+/// Every node's journal.
+pub const JOURNAL_SUBJECTS: &str = "wallet.journal.*";
+
+/// Every lease.
+pub const LEASE_SUBJECTS: &str = "wallet.lease.>";
 
 /// The subject of `node`'s journal: the records of the shards it owns.
 pub fn journal_subject(node: NodeId) -> String {
@@ -56,11 +63,14 @@ pub struct JournalOptions {
     /// How often a node renews its leases; well under `node_lease_ttl`, so
     /// that a renewal may be late without losing them.
     pub renew_every: Duration,
-    /// How long the writer waits for a batch's acknowledgement before it
+    /// How long the writer waits for a write's acknowledgement before it
     /// counts the outcome unknown (the journal then fails, as a file
-    /// journal whose write failed).
+    /// journal whose write failed). With `renew_every`, under
+    /// `node_lease_ttl`: a renewal waits for the write before it.
     pub ack_timeout: Duration,
-    /// Most payload bytes in one message (under the server's `max_payload`).
+    /// Most bytes of records gathered into one message. A single record
+    /// larger than that goes alone, up to the server's `max_payload`
+    /// (`nats.conf`: 16 MB, for the largest linked request).
     pub message_bytes_max: usize,
 }
 
@@ -73,7 +83,7 @@ impl JournalOptions {
             node_lease_ttl: Duration::from_secs(2),
             shard_lease_ttl: Duration::from_secs(3),
             renew_every: Duration::from_millis(500),
-            ack_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(1),
             message_bytes_max: 512 * 1024,
         }
     }
@@ -106,6 +116,9 @@ pub(crate) fn nats_error(error: impl std::fmt::Display) -> StreamError {
     StreamError::Nats(error.to_string())
 }
 
+/// Bytes of a message's `max_payload` left for its headers.
+const HEADER_ROOM_BYTES: usize = 4096;
+
 /// A connection to the journal stream, created or updated at connect.
 #[derive(Clone)]
 pub struct JournalStream {
@@ -113,13 +126,15 @@ pub struct JournalStream {
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
     pub(crate) options: JournalOptions,
+    /// Largest message the server takes, less room for headers.
+    pub(crate) payload_bytes_max: usize,
 }
 
 impl JournalStream {
     /// Connects and creates (or updates) [`STREAM`]: file storage, atomic
-    /// batches (a node renews its leases together), per-message
-    /// time to live (leases), direct gets (reads of a lease or a record
-    /// without a consumer).
+    /// batches (a node renews its leases together), per-message time to
+    /// live (leases). Reads go to the stream's leader (no direct gets,
+    /// which a lagging replica may answer).
     pub async fn connect(options: JournalOptions) -> Result<JournalStream, StreamError> {
         let whole = |ttl: Duration| ttl.subsec_nanos() == 0 && ttl.as_secs() > 0;
         if !whole(options.node_lease_ttl) || !whole(options.shard_lease_ttl) {
@@ -130,8 +145,12 @@ impl JournalStream {
                 "a node lease must expire before the shard leases renewed with it",
             ));
         }
-        if options.renew_every >= options.node_lease_ttl {
-            return Err(StreamError::Options("leases must be renewed more often than they expire"));
+        if options.renew_every.is_zero()
+            || options.renew_every + options.ack_timeout >= options.node_lease_ttl
+        {
+            return Err(StreamError::Options(
+                "leases must be renewed, and a write acknowledged, well within a node lease",
+            ));
         }
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
@@ -141,17 +160,20 @@ impl JournalStream {
         let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: STREAM.to_string(),
-            subjects: vec!["wallet.journal.*".to_string(), "wallet.lease.>".to_string()],
+            subjects: vec![JOURNAL_SUBJECTS.to_string(), LEASE_SUBJECTS.to_string()],
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
-            allow_direct: true,
             allow_atomic_publish: true,
             allow_message_ttl: true,
             ..Default::default()
         };
         js.create_or_update_stream(config).await.map_err(nats_error)?;
         let stream = js.get_stream(STREAM).await.map_err(nats_error)?;
-        Ok(JournalStream { client, js, stream, options })
+        let payload_bytes_max = (client.server_info().max_payload).saturating_sub(HEADER_ROOM_BYTES);
+        if options.message_bytes_max > payload_bytes_max {
+            return Err(StreamError::Options("message_bytes_max is over the server's max_payload"));
+        }
+        Ok(JournalStream { client, js, stream, options, payload_bytes_max })
     }
 
     /// The options it was opened with.

@@ -3,9 +3,9 @@
 //! - [`events`]: the publisher that puts every durable change to an account
 //!   on the stream `WALLET_EVENTS` exactly once, in order
 //!   (`docs/ARCHITECTURE.md`, "Ledger events");
-//! - [`journal`]: shard journals on JetStream, fenced by shard leases: the
-//!   first part of cluster mode (routing between nodes comes next; the
-//!   design is in the same document).
+//! - [`journal`]: a node's journal on JetStream, fenced by the node's lease,
+//!   and shard leases: the first part of cluster mode (routing between
+//!   nodes comes next; the design is in the same document).
 
 pub mod events;
 pub mod journal;

@@ -1,7 +1,11 @@
-//! One atomic batch on the journal stream: every message is stored, or none.
-//! async-nats has no batch API, so the headers are set by hand: every message
-//! but the last goes as a plain publish, the last commits the batch and is
-//! acknowledged (`../shared/FACTS.md`, "NATS").
+//! Publishing on the journal stream: one message plainly, several as one
+//! atomic batch (every message is stored, or none). async-nats has no batch
+//! API, so the headers are set by hand: every message but the last goes as
+//! a plain publish, the last commits the batch and is acknowledged
+//! (`../shared/FACTS.md`, "NATS").
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -18,30 +22,37 @@ pub(crate) struct Outgoing {
     pub(crate) payload: Bytes,
 }
 
-/// Names batches uniquely within this process (the server tracks a batch by
-/// its id only while it is open).
-pub(crate) fn batch_id(node: u32, counter: u64) -> String {
-    format!("{node}-{}-{counter}", std::process::id())
+/// A random number per process: batch ids never repeat across restarts
+/// (in a container every start may have the same process id), while the
+/// server may still hold an earlier start's batch open.
+pub(crate) fn process_nonce() -> u64 {
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    *NONCE.get_or_init(|| rand_core::RngCore::next_u64(&mut rand_core::OsRng))
 }
 
-/// Publishes `messages` (at least one) as one atomic batch and waits at
-/// most the stream's `ack_timeout` for its acknowledgement. The messages of
-/// a committed batch take consecutive stream sequences, the last one the
-/// acknowledged sequence. An error other than a refusal leaves the outcome
-/// unknown: the batch may be stored.
-pub(crate) async fn publish_atomic(
+fn next_batch_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{:x}-{}", process_nonce(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Publishes `messages` (one plainly, several as one atomic batch) and
+/// waits at most the stream's `ack_timeout` for the acknowledgement. The
+/// messages of a committed batch take consecutive stream sequences, the
+/// last one the acknowledged sequence. An error other than a refusal
+/// leaves the outcome unknown: the messages may be stored.
+pub(crate) async fn publish(
     stream: &JournalStream,
-    batch_id: &str,
     messages: Vec<Outgoing>,
 ) -> Result<PublishAck, PublishError> {
     let count = messages.len();
-    for (index, message) in messages.into_iter().enumerate() {
-        let Outgoing { subject, mut headers, payload } = message;
+    let batch_id = if count > 1 { next_batch_id() } else { String::new() };
+    let mut messages = messages.into_iter().enumerate().peekable();
+    while let Some((index, Outgoing { subject, mut headers, payload })) = messages.next() {
         if count > 1 {
-            headers.insert("Nats-Batch-Id", batch_id);
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
             headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
         }
-        if index + 1 < count {
+        if messages.peek().is_some() {
             stream
                 .client
                 .publish_with_headers(subject, headers, payload)
@@ -61,5 +72,6 @@ pub(crate) async fn publish_atomic(
             Err(_) => Err(PublishError::new(PublishErrorKind::TimedOut)),
         };
     }
+    // Nothing to publish: callers never ask for that.
     Err(PublishError::new(PublishErrorKind::Other))
 }

@@ -8,19 +8,17 @@
 //! Two kinds: a node's lease (`wallet.lease.node.<node>`), which every
 //! journal message of the node names as its condition (the fence), and a
 //! shard's lease (`wallet.lease.shard.<shard>`), which says who owns the
-//! shard. A node renews both kinds in one atomic batch, and a node lease
-//! lives shorter than a shard lease, so by the time a shard lease has
-//! expired (the only way another node can take the shard, besides a
-//! release) the node lease renewed with it has expired too, and the old
-//! owner's journal writes are refused.
+//! shard. A holder is a node and an incarnation (a random number per start),
+//! so a restarted node never mistakes its former self's lease for its own.
+//! Leases are read from the stream's leader, never a replica that may lag.
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use wallet_actors::ids::{NodeId, ShardId};
 
-use super::batch::{publish_atomic, Outgoing};
+use super::batch::{publish, Outgoing};
 use super::{nats_error, JournalStream, StreamError};
 
 /// What a lease is for.
@@ -42,6 +40,26 @@ impl Leased {
     }
 }
 
+/// Who holds a lease: a node, in one of its starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The node.
+    pub node: NodeId,
+    /// A random number drawn at the start that took the lease.
+    pub incarnation: u64,
+}
+
+impl Holder {
+    fn payload(self) -> Bytes {
+        Bytes::from(format!("{}/{}", self.node.0, self.incarnation))
+    }
+
+    fn parse(payload: &[u8]) -> Option<Holder> {
+        let (node, incarnation) = std::str::from_utf8(payload).ok()?.split_once('/')?;
+        Some(Holder { node: NodeId(node.parse().ok()?), incarnation: incarnation.parse().ok()? })
+    }
+}
+
 /// A lease held: `sequence` is the stream sequence of the holder's latest
 /// message on the lease subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +67,7 @@ pub struct Lease {
     /// What it is for.
     pub of: Leased,
     /// Its holder.
-    pub node: NodeId,
+    pub holder: Holder,
     /// The stream sequence of the holder's latest lease message.
     pub sequence: u64,
 }
@@ -65,39 +83,43 @@ pub enum LeaseError {
         /// Its holder.
         by: NodeId,
     },
-    /// The lease changed since it was read (another node took it, or took
-    /// it first, or it expired): read it again.
+    /// A lease changed since it was read (another node took it, or took it
+    /// first, or it expired): read it again.
     #[error("the lease of {of:?} changed")]
     Changed {
-        /// What the lease is for.
+        /// What the lease is for (the first of a batch of renewals).
         of: Leased,
     },
-    /// NATS could not be reached, or the outcome is unknown.
+    /// The node holds as many shards as one renewal batch takes
+    /// ([`super::writer::SHARDS_PER_NODE_MAX`]).
+    #[error("this node holds as many shards as it can renew at once")]
+    TooMany,
+    /// NATS could not be reached, or the outcome is unknown: the lease may
+    /// have been taken or renewed.
     #[error(transparent)]
     Stream(#[from] StreamError),
 }
 
 /// Who holds `of` now, and the sequence of their lease message (`None`:
 /// nobody; the subject is empty).
-pub async fn holder(stream: &JournalStream, of: Leased) -> Result<Option<(NodeId, u64)>, StreamError> {
-    match stream.stream.direct_get_last_for_subject(of.subject()).await {
+pub async fn holder(stream: &JournalStream, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
+    match stream.stream.get_last_raw_message_by_subject(&of.subject()).await {
         Ok(message) => {
-            let node = std::str::from_utf8(&message.payload)
-                .ok()
-                .and_then(|text| text.parse::<u32>().ok())
-                .ok_or_else(|| StreamError::Decode {
+            let holder = Holder::parse(&message.payload).ok_or_else(|| StreamError::Decode {
                 subject: of.subject(),
                 sequence: message.sequence,
-                reason: "a lease message that names no node".into(),
+                reason: "a lease message that names no holder".into(),
             })?;
-            Ok(Some((NodeId(node), message.sequence)))
+            Ok(Some((holder, message.sequence)))
         }
-        Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(error) => Err(nats_error(error)),
     }
 }
 
-fn lease_message(stream: &JournalStream, of: Leased, node: NodeId, expected: u64) -> Outgoing {
+/// A lease message for `of` by `holder`, on the condition that the
+/// subject's last message has sequence `expected` (0: the subject is empty).
+pub(crate) fn lease_message(stream: &JournalStream, of: Leased, holder: Holder, expected: u64) -> Outgoing {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
     let ttl = match of {
@@ -106,41 +128,59 @@ fn lease_message(stream: &JournalStream, of: Leased, node: NodeId, expected: u64
     };
     // Whole seconds: what the server takes as a plain number.
     headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string().as_str());
-    Outgoing { subject: of.subject(), headers, payload: Bytes::from(node.0.to_string()) }
+    Outgoing { subject: of.subject(), headers, payload: holder.payload() }
 }
 
-/// Takes `of` for `node` if nobody holds it (or `node` already does: a
-/// restart of the same node before its lease expired).
-pub async fn take(stream: &JournalStream, of: Leased, node: NodeId) -> Result<Lease, LeaseError> {
-    let expected = match holder(stream, of).await? {
-        None => 0,
-        Some((holder, sequence)) if holder == node => sequence,
-        Some((by, _)) => return Err(LeaseError::Held { of, by }),
-    };
-    let id = super::batch::batch_id(node.0, expected);
-    match publish_atomic(stream, &id, vec![lease_message(stream, of, node, expected)]).await {
-        Ok(ack) => Ok(Lease { of, node, sequence: ack.sequence }),
-        Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Err(LeaseError::Changed { of }),
-        Err(error) => Err(LeaseError::Stream(nats_error(error))),
+/// The sequence `holder` must name to take `of`: 0 if nobody holds it, the
+/// current one if the same node does (a later start of a node supersedes
+/// an earlier one, whose writes its own node lease then fences).
+pub(crate) async fn expected_for_take(
+    stream: &JournalStream,
+    of: Leased,
+    holder: Holder,
+) -> Result<u64, LeaseError> {
+    match self::holder(stream, of).await? {
+        None => Ok(0),
+        Some((current, sequence)) if current.node == holder.node => Ok(sequence),
+        Some((current, _)) => Err(LeaseError::Held { of, by: current.node }),
     }
 }
 
-/// Renews `leases` (all of one node) in one atomic batch: all are renewed
-/// at the same instant, or none (`Changed` if one of them was lost; read
-/// them to learn which). Returns them with their new sequences.
-pub async fn renew(stream: &JournalStream, leases: &[Lease], batch: u64) -> Result<Vec<Lease>, LeaseError> {
-    let Some(first) = leases.first() else { return Ok(Vec::new()) };
-    let messages = leases.iter().map(|l| lease_message(stream, l.of, l.node, l.sequence)).collect();
-    let id = super::batch::batch_id(first.node.0, batch);
-    match publish_atomic(stream, &id, messages).await {
+/// Takes `of` for `holder` alone. A node's writer takes shard leases
+/// together with a renewal of its node lease ([`super::NodeJournal::take`]);
+/// this is for the node lease itself, and for tests.
+pub async fn take(stream: &JournalStream, of: Leased, holder: Holder) -> Result<Lease, LeaseError> {
+    let expected = expected_for_take(stream, of, holder).await?;
+    let sequences = publish_leases(stream, vec![(of, holder, expected)]).await?;
+    Ok(Lease { of, holder, sequence: sequences[0] })
+}
+
+/// Publishes lease messages `(of, holder, expected)` in one atomic batch
+/// (one message goes plain): all at the same instant, or none (`Changed`:
+/// one condition failed). Returns their new sequences, in order.
+pub(crate) async fn publish_leases(
+    stream: &JournalStream,
+    leases: Vec<(Leased, Holder, u64)>,
+) -> Result<Vec<u64>, LeaseError> {
+    let Some(&(first, _, _)) = leases.first() else { return Ok(Vec::new()) };
+    let count = leases.len() as u64;
+    let messages =
+        leases.into_iter().map(|(of, holder, expected)| lease_message(stream, of, holder, expected));
+    match publish(stream, messages.collect()).await {
         // A committed batch takes consecutive sequences, ending at the ack's.
-        Ok(ack) => Ok(leases
-            .iter()
-            .zip((0..leases.len() as u64).rev())
-            .map(|(lease, before_last)| Lease { sequence: ack.sequence - before_last, ..*lease })
-            .collect()),
+        Ok(ack) => (0..count)
+            .rev()
+            .map(|before_last| {
+                ack.sequence.checked_sub(before_last).filter(|sequence| *sequence > 0).ok_or_else(|| {
+                    LeaseError::Stream(StreamError::Nats(format!(
+                        "a batch of {count} lease messages acknowledged at sequence {}",
+                        ack.sequence
+                    )))
+                })
+            })
+            .collect(),
         Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-            Err(LeaseError::Changed { of: first.of })
+            Err(LeaseError::Changed { of: first })
         }
         Err(error) => Err(LeaseError::Stream(nats_error(error))),
     }

@@ -3,18 +3,16 @@
 //! records may sit in the journals of several nodes (it moved), so every
 //! node's journal after the position is read, in stream order.
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use wallet_actors::ids::ShardId;
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame::{decode_at, Decoded};
 
-use super::{nats_error, JournalStream, StreamError};
-
-/// Every node's journal.
-const JOURNALS: &str = "wallet.journal.*";
+use super::{nats_error, JournalStream, StreamError, JOURNAL_SUBJECTS};
 
 /// The records of `shard` in messages after stream sequence `after`, each
-/// with the sequence of the message holding it.
+/// with the sequence of the message holding it. Read from the stream's
+/// leader: a replica that lags would end the shard early.
 pub async fn read_shard(
     stream: &JournalStream,
     shard: ShardId,
@@ -23,9 +21,10 @@ pub async fn read_shard(
     let mut records = Vec::new();
     let mut next = after + 1;
     loop {
-        let message = match stream.stream.direct_get_next_for_subject(JOURNALS, Some(next)).await {
+        let request = stream.stream.raw_message_builder().next_by_subject(JOURNAL_SUBJECTS).sequence(next);
+        let message = match request.send().await {
             Ok(message) => message,
-            Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(records),
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => return Ok(records),
             Err(error) => return Err(nats_error(error)),
         };
         let damaged = |reason: String| StreamError::Decode {

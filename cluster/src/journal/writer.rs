@@ -1,18 +1,20 @@
 //! The writer of a node's journal: one task that takes whatever the node's
 //! shards appended while its previous write was in flight and publishes it
-//! as one message on `wallet.journal.<node>` (more, in order, past
-//! `message_bytes_max`), on the condition that the node's lease subject
-//! still ends with this node's lease message. Between writes it renews the
-//! node's lease and its shards' leases together, so no write in flight
-//! names a lease sequence a renewal has just replaced.
+//! as one message on `wallet.journal.<node>`, on the condition that the
+//! node's lease subject still ends with this start's lease message. Between
+//! writes it renews the node's lease and all its shards' leases in one
+//! atomic batch, and takes new shard leases in such a batch too: so every
+//! shard lease it holds was last written together with its node lease, which
+//! lives shorter, and no shard lease of a node expires while the node's
+//! writes can still be stored.
 //!
 //! Outcomes of a write:
 //! - acknowledged: every record in it is durable; callbacks run in append
 //!   order;
 //! - refused because the node lease changed (nothing of it was stored): the
 //!   node is fenced; this and every later record fails with
-//!   [`JournalError::Fenced`] (a lease renewal whose answer was lost is
-//!   told apart by reading the lease, and the write goes again);
+//!   [`JournalError::Fenced`] (a renewal of this start whose answer was
+//!   lost is told apart by reading the lease, and the write goes again);
 //! - anything else (time-out, lost connection): the message may or may not
 //!   be stored, so its records fail, and so does every later one, as a file
 //!   journal does after a failed write: only reading the stream back tells
@@ -25,13 +27,14 @@ use std::sync::{Arc, Mutex};
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::ports::{JournalError, OnDurable};
-use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
+use wallet_actors::record::Record;
 
-use super::batch::{publish_atomic, Outgoing};
-use super::lease::{self, Lease, LeaseError, Leased};
+use super::batch::{publish, Outgoing};
+use super::lease::{self, Holder, Lease, LeaseError, Leased};
+use super::message::{encode_frames, Message};
 use super::{journal_subject, JournalStream};
 
 /// Most shards one node holds: its leases are renewed in one atomic batch,
@@ -55,7 +58,7 @@ pub struct JournalStats {
 enum Command {
     Append(ShardId, Result<Vec<u8>, JournalError>, OnDurable),
     WhenDurable(OnDurable),
-    Hold(Lease),
+    Take(ShardId, oneshot::Sender<Result<Lease, LeaseError>>),
     Release(ShardId),
     #[cfg(feature = "fault-injection")]
     StallNextWrite(std::time::Duration),
@@ -70,54 +73,100 @@ struct Held {
 
 /// A node's journal on JetStream. Cheap to clone.
 #[derive(Clone)]
-pub struct ShardJournal {
+pub struct NodeJournal {
     sender: mpsc::UnboundedSender<Command>,
     stats: Arc<JournalStats>,
     held: Arc<Mutex<Held>>,
+    holder: Holder,
 }
 
-impl ShardJournal {
-    /// Takes `node`'s lease and starts its writer on the current tokio
-    /// runtime. It writes for no shard until given their leases with
-    /// [`ShardJournal::hold`].
-    pub async fn start(stream: JournalStream, node: NodeId) -> Result<ShardJournal, LeaseError> {
-        let node_lease = lease::take(&stream, Leased::Node(node), node).await?;
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    // A panic while holding it leaves plain data behind, still valid.
+    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a lease take again while the lease changed under it: an earlier
+/// start of this node still renewing until it finds itself superseded.
+async fn with_retries<F, Fut>(mut take: F) -> Result<Lease, LeaseError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Lease, LeaseError>>,
+{
+    const ATTEMPTS: u32 = 10;
+    let mut attempt = 1;
+    loop {
+        match take().await {
+            Err(LeaseError::Changed { .. }) if attempt < ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+impl NodeJournal {
+    /// Takes `node`'s lease for a new start (superseding an earlier start
+    /// of the same node, whose writes are refused from then on) and starts
+    /// its writer on the current tokio runtime. It writes for no shard
+    /// until it took their leases with [`NodeJournal::take`].
+    pub async fn start(stream: JournalStream, node: NodeId) -> Result<NodeJournal, LeaseError> {
+        let incarnation = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        let holder = Holder { node, incarnation };
+        let node_lease = with_retries(|| lease::take(&stream, Leased::Node(node), holder)).await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(JournalStats::default());
         let held = Arc::new(Mutex::new(Held { node: Some(node_lease), shards: BTreeMap::new() }));
         let writer = Writer {
             stream,
-            node,
+            holder,
             held: held.clone(),
             failed: None,
-            renewals: 0,
             stats: stats.clone(),
             #[cfg(feature = "fault-injection")]
             stall: None,
         };
         tokio::spawn(writer.run(receiver));
-        Ok(ShardJournal { sender, stats, held })
+        Ok(NodeJournal { sender, stats, held, holder })
     }
 
-    /// Writes (and renews) for the shard of `lease` (a shard lease this
-    /// node took) from now on.
-    pub fn hold(&self, lease: Lease) {
-        let _ = self.sender.send(Command::Hold(lease));
+    /// Takes `shard`'s lease (free, or held by an earlier start of this
+    /// node) together with a renewal of every lease the node holds, and
+    /// writes for it from then on.
+    pub async fn take(&self, shard: ShardId) -> Result<Lease, LeaseError> {
+        with_retries(|| async {
+            let (reply, taken) = oneshot::channel();
+            let closed = || LeaseError::Stream(super::StreamError::Nats("the journal writer stopped".into()));
+            self.sender.send(Command::Take(shard, reply)).map_err(|_| closed())?;
+            taken.await.map_err(|_| closed())?
+        })
+        .await
     }
 
-    /// Stops writing and renewing for `shard`; its lease then expires.
+    /// Stops writing and renewing for `shard` (after what was appended
+    /// before); its lease then expires.
     pub fn release(&self, shard: ShardId) {
         let _ = self.sender.send(Command::Release(shard));
     }
 
     /// The shards it writes for now.
     pub fn shards(&self) -> Vec<ShardId> {
-        self.held.lock().map(|held| held.shards.keys().copied().collect()).unwrap_or_default()
+        lock(&self.held).shards.keys().copied().collect()
     }
 
     /// Whether the node lost its lease: it stores nothing more.
     pub fn fenced(&self) -> bool {
-        self.held.lock().map(|held| held.node.is_none()).unwrap_or(true)
+        lock(&self.held).node.is_none()
+    }
+
+    /// This start of the node, as its lease messages name it.
+    pub fn holder(&self) -> Holder {
+        self.holder
+    }
+
+    /// The node's lease as the writer knows it now (`None` once fenced).
+    pub fn node_lease(&self) -> Option<Lease> {
+        lock(&self.held).node
     }
 
     /// Makes the writer stop for `pause` right before its next write, as a
@@ -136,12 +185,10 @@ impl ShardJournal {
     /// Queues `record` for `shard`; `on_durable` runs once the stream
     /// acknowledged it, or with the reason it may not be stored.
     pub fn append(&self, shard: ShardId, record: &Record, on_durable: OnDurable) {
-        // Encoded on the caller's thread, as the file journal does; each
-        // frame names its shard, since a node's message holds many shards.
-        let frame = wallet_storage::frame::encode(&(shard, record), RECORD_FORMAT_VERSION)
-            .map_err(|_| JournalError::Io { kind: std::io::ErrorKind::InvalidData });
+        // Encoded on the caller's thread, as the file journal does.
+        let frames = encode_frames(shard, record);
         if let Err(mpsc::error::SendError(Command::Append(_, _, on_durable))) =
-            self.sender.send(Command::Append(shard, frame, on_durable))
+            self.sender.send(Command::Append(shard, frames, on_durable))
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -157,22 +204,13 @@ impl ShardJournal {
     }
 }
 
-/// One message about to be written: its frames and their callbacks (and
-/// those of barriers appended after them), in append order.
-#[derive(Default)]
-struct Message {
-    bytes: Vec<u8>,
-    records: u64,
-    callbacks: Vec<OnDurable>,
-}
-
 struct Writer {
     stream: JournalStream,
-    node: NodeId,
+    holder: Holder,
     held: Arc<Mutex<Held>>,
-    /// Set once a write's outcome is unknown or the node was fenced.
+    /// Set once a write's outcome is unknown, a record could not be
+    /// written, or the node was fenced.
     failed: Option<JournalError>,
-    renewals: u64,
     stats: Arc<JournalStats>,
     #[cfg(feature = "fault-injection")]
     stall: Option<std::time::Duration>,
@@ -180,103 +218,120 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Command>) {
-        let mut renewals = tokio::time::interval(self.stream.options.renew_every);
-        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_ticks = tokio::time::interval(self.stream.options.renew_every);
+        renew_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What did not fit into the last message: the first of the next.
+        let mut carried: Option<Command> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = renewals.tick() => {
-                    self.renew().await;
-                    continue;
-                }
-                command = receiver.recv() => match command {
-                    Some(command) => command,
-                    None => return,
+            let first = match carried.take() {
+                Some(command) => command,
+                None => tokio::select! {
+                    biased;
+                    _ = renew_ticks.tick() => {
+                        let _ = self.renew(None).await;
+                        continue;
+                    }
+                    command = receiver.recv() => match command {
+                        Some(command) => command,
+                        None => return,
+                    },
                 },
             };
-            let mut messages = Vec::new();
-            self.gather(first, &mut messages);
-            while messages.len() < 2 {
+            let mut message = Message::default();
+            carried = self.gather(first, &mut message).await;
+            while carried.is_none() {
                 match receiver.try_recv() {
-                    Ok(command) => self.gather(command, &mut messages),
+                    Ok(command) => carried = self.gather(command, &mut message).await,
                     Err(_) => break,
                 }
             }
-            for message in messages {
-                self.write(message).await;
-            }
+            self.write(message).await;
         }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        // A panic while holding it leaves plain data behind, still valid.
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.held)
     }
 
-    fn gather(&mut self, command: Command, messages: &mut Vec<Message>) {
+    /// Adds `command` to `message`, or hands it back if it is a record that
+    /// does not fit (it starts the next message). Callbacks keep append
+    /// order: a record refused here is answered with the message's others.
+    async fn gather(&mut self, command: Command, message: &mut Message) -> Option<Command> {
         match command {
-            Command::Hold(lease) => match lease.of {
-                Leased::Shard(shard) if self.held().shards.len() < SHARDS_PER_NODE_MAX => {
-                    self.held().shards.insert(shard, lease);
+            Command::Take(shard, reply) => {
+                // Leases change between writes only: write what came first.
+                if !message.is_empty() {
+                    return Some(Command::Take(shard, reply));
                 }
-                of => {
-                    tracing::error!(?of, "not held: a node holds at most {SHARDS_PER_NODE_MAX} shard leases")
-                }
-            },
-            Command::Release(shard) => {
-                self.held().shards.remove(&shard);
+                let _ = reply.send(self.take(shard).await);
             }
+            Command::Release(shard) => drop(self.held().shards.remove(&shard)),
             #[cfg(feature = "fault-injection")]
             Command::StallNextWrite(pause) => self.stall = Some(pause),
-            Command::WhenDurable(on_durable) => match messages.last_mut() {
-                Some(message) => message.callbacks.push(on_durable),
-                None => on_durable(self.failed.map_or(Ok(()), Err)),
-            },
-            Command::Append(shard, frame, on_durable) => {
-                let frame = match (self.failed, frame, self.held().shards.contains_key(&shard)) {
-                    (Some(error), _, _) | (None, Err(error), _) => return on_durable(Err(error)),
-                    (None, Ok(_), false) => return on_durable(Err(JournalError::Fenced)),
-                    (None, Ok(frame), true) => frame,
-                };
-                let max = self.stream.options.message_bytes_max;
-                match messages.last_mut() {
-                    Some(message) if message.bytes.len() + frame.len() <= max => {
-                        message.bytes.extend_from_slice(&frame);
-                        message.records += 1;
-                        message.callbacks.push(on_durable);
+            Command::WhenDurable(on_durable) => message.push_barrier(on_durable),
+            Command::Append(shard, frames, on_durable) => {
+                let holds = self.held().shards.contains_key(&shard);
+                let frames = match (frames, holds) {
+                    (Err(error), _) => {
+                        // As the file journal: a record that cannot be
+                        // written stops the journal, so none after it is
+                        // durable while it is not.
+                        self.failed.get_or_insert(error);
+                        message.push_refused(on_durable, error);
+                        return None;
                     }
-                    _ => messages.push(Message { bytes: frame, records: 1, callbacks: vec![on_durable] }),
+                    (Ok(_), false) => {
+                        message.push_refused(on_durable, JournalError::Fenced);
+                        return None;
+                    }
+                    (Ok(frames), true) if frames.len() > self.stream.payload_bytes_max => {
+                        tracing::error!(
+                            bytes = frames.len(),
+                            "a journal record is larger than the server takes"
+                        );
+                        let error = JournalError::Io { kind: std::io::ErrorKind::InvalidData };
+                        self.failed.get_or_insert(error);
+                        message.push_refused(on_durable, error);
+                        return None;
+                    }
+                    (Ok(frames), true) => frames,
+                };
+                if !message.fits(&frames, self.stream.options.message_bytes_max) {
+                    return Some(Command::Append(shard, Ok(frames), on_durable));
                 }
+                message.push_record(frames, on_durable);
             }
         }
+        None
     }
 
     /// Publishes `message` fenced by the node lease, until it is
-    /// acknowledged, refused, or its outcome is unknown.
+    /// acknowledged, refused, or its outcome is unknown; then answers its
+    /// callbacks in order.
     async fn write(&mut self, message: Message) {
         #[cfg(feature = "fault-injection")]
         if let Some(pause) = self.stall.take() {
             tokio::time::sleep(pause).await;
         }
-        loop {
+        let payload = Bytes::from(message.bytes);
+        let outcome = loop {
+            if payload.is_empty() {
+                break self.failed.map_or(Ok(()), Err);
+            }
             let node_lease = self.held().node;
             let (Some(node_lease), None) = (node_lease, self.failed) else {
-                let error = self.failed.unwrap_or(JournalError::Fenced);
-                return message.callbacks.into_iter().for_each(|on_durable| on_durable(Err(error)));
+                break Err(self.failed.unwrap_or(JournalError::Fenced));
             };
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Expected-Last-Subject-Sequence", node_lease.sequence.to_string().as_str());
             headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", node_lease.of.subject().as_str());
-            let outgoing = Outgoing {
-                subject: journal_subject(self.node),
-                headers,
-                payload: Bytes::copy_from_slice(&message.bytes),
-            };
-            match publish_atomic(&self.stream, "", vec![outgoing]).await.map_err(|error| error.kind()) {
+            let subject = journal_subject(self.holder.node);
+            let outgoing = Outgoing { subject, headers, payload: payload.clone() };
+            match publish(&self.stream, vec![outgoing]).await.map_err(|error| error.kind()) {
                 Ok(_) => {
                     self.stats.messages.fetch_add(1, Ordering::Relaxed);
                     self.stats.records.fetch_add(message.records, Ordering::Relaxed);
-                    return message.callbacks.into_iter().for_each(|on_durable| on_durable(Ok(())));
+                    break Ok(());
                 }
                 // Fenced, unless it was a renewal of ours whose answer was lost.
                 Err(PublishErrorKind::WrongLastSequence) => self.check_node_lease(node_lease).await,
@@ -289,25 +344,30 @@ impl Writer {
                     self.failed = Some(JournalError::Io { kind });
                 }
             }
+        };
+        for (on_durable, refused) in message.callbacks {
+            on_durable(refused.map_or(outcome, Err));
         }
     }
 
-    /// Reads the node's lease after a refusal: a newer message of this node
-    /// is adopted; anything else means the node is fenced.
+    fn fence(&mut self) {
+        tracing::error!(node = self.holder.node.0, "this node lost its lease: it stores nothing more");
+        self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+        let mut held = self.held();
+        held.node = None;
+        held.shards.clear();
+        drop(held);
+        self.failed = Some(JournalError::Fenced);
+    }
+
+    /// Reads the node's lease after a refusal: a newer message of this
+    /// start is adopted; anything else means the node is fenced.
     async fn check_node_lease(&mut self, mine: Lease) {
         match lease::holder(&self.stream, mine.of).await {
-            Ok(Some((node, sequence))) if node == self.node && sequence > mine.sequence => {
+            Ok(Some((holder, sequence))) if holder == self.holder && sequence > mine.sequence => {
                 self.held().node = Some(Lease { sequence, ..mine });
             }
-            Ok(_) => {
-                tracing::error!(node = self.node.0, "this node lost its lease: it stores nothing more");
-                self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-                let mut held = self.held();
-                held.node = None;
-                held.shards.clear();
-                drop(held);
-                self.failed = Some(JournalError::Fenced);
-            }
+            Ok(_) => self.fence(),
             // Cannot tell whether the node still holds it: stop, as on an
             // unknown outcome.
             Err(error) => {
@@ -317,60 +377,86 @@ impl Writer {
         }
     }
 
-    /// Renews the node lease and every shard lease in one atomic batch. If
-    /// the batch is refused, reads them to learn which were lost, drops
-    /// those, and renews the rest.
-    async fn renew(&mut self) {
-        for _attempt in 0..2 {
-            let leases: Vec<Lease> = {
-                let held = self.held();
-                match held.node {
-                    Some(node) if self.failed.is_none() => {
-                        std::iter::once(node).chain(held.shards.values().copied()).collect()
-                    }
-                    _ => return,
-                }
-            };
-            self.renewals += 1;
-            match lease::renew(&self.stream, &leases, self.renewals).await {
-                Ok(renewed) => {
-                    self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-                    let mut held = self.held();
-                    for lease in renewed {
-                        match lease.of {
-                            Leased::Node(_) => held.node = Some(lease),
-                            Leased::Shard(shard) => drop(held.shards.insert(shard, lease)),
-                        }
-                    }
-                    return;
-                }
-                Err(LeaseError::Changed { .. }) => self.find_lost(leases).await,
-                // Unknown outcome: the leases stay; a refused write or the
-                // next renewal tells.
-                Err(error) => return tracing::warn!(%error, "lease renewal failed"),
-            }
+    /// Takes `shard` in one atomic batch with a renewal of all held leases.
+    async fn take(&mut self, shard: ShardId) -> Result<Lease, LeaseError> {
+        if self.held().shards.len() >= SHARDS_PER_NODE_MAX && !self.held().shards.contains_key(&shard) {
+            return Err(LeaseError::TooMany);
         }
+        let expected = lease::expected_for_take(&self.stream, Leased::Shard(shard), self.holder).await?;
+        self.renew(Some((shard, expected))).await?;
+        self.held().shards.get(&shard).copied().ok_or(LeaseError::Changed { of: Leased::Shard(shard) })
     }
 
-    /// After a refused renewal: drops the shards whose lease is no longer
-    /// this node's (adopting newer messages of its own), and fences the node
-    /// if its own lease is lost.
-    async fn find_lost(&mut self, leases: Vec<Lease>) {
+    /// Renews the node lease and every shard lease (and takes `new`, a
+    /// shard and the sequence its lease subject must end with) in one
+    /// atomic batch. If the batch is refused, reads them to learn which were
+    /// lost, drops those, and renews the rest once more (without `new`).
+    async fn renew(&mut self, new: Option<(ShardId, u64)>) -> Result<(), LeaseError> {
+        let mut new = new;
+        let mut refused = None;
+        for _attempt in 0..2 {
+            let mut leases: Vec<Lease> = {
+                let held = self.held();
+                let Some(node) = held.node.filter(|_| self.failed.is_none()) else {
+                    return Err(LeaseError::Changed { of: Leased::Node(self.holder.node) });
+                };
+                std::iter::once(node).chain(held.shards.values().copied()).collect()
+            };
+            if let Some((shard, expected)) = new {
+                leases.push(Lease { of: Leased::Shard(shard), holder: self.holder, sequence: expected });
+            }
+            let messages = leases.iter().map(|l| (l.of, l.holder, l.sequence)).collect();
+            match lease::publish_leases(&self.stream, messages).await {
+                Ok(sequences) => {
+                    self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    let mut held = self.held();
+                    for (lease, sequence) in leases.into_iter().zip(sequences) {
+                        let renewed = Lease { sequence, ..lease };
+                        match lease.of {
+                            Leased::Node(_) => held.node = Some(renewed),
+                            Leased::Shard(shard) => drop(held.shards.insert(shard, renewed)),
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(LeaseError::Changed { of }) => {
+                    self.find_lost(leases, new.map(|(shard, _)| shard)).await;
+                    new = None;
+                    refused = Some(LeaseError::Changed { of });
+                }
+                // Unknown outcome: the leases stay; a refused write or the
+                // next renewal tells.
+                Err(error) => {
+                    tracing::warn!(%error, "lease renewal failed");
+                    return Err(error);
+                }
+            }
+        }
+        Err(refused.unwrap_or(LeaseError::Changed { of: Leased::Node(self.holder.node) }))
+    }
+
+    /// After a refused renewal: drops the shards whose lease is not this
+    /// start's any more (or cannot be read: not writing a shard is always
+    /// safe), adopts newer messages of this start, and fences the node if
+    /// its own lease is lost. `taking` was not held yet: it is only read.
+    async fn find_lost(&mut self, leases: Vec<Lease>, taking: Option<ShardId>) {
         for mine in leases {
             let holder = lease::holder(&self.stream, mine.of).await;
+            let ours =
+                matches!(&holder, Ok(Some((h, sequence))) if *h == self.holder && *sequence >= mine.sequence);
             match (mine.of, holder) {
-                (Leased::Node(_), Ok(Some((node, sequence))))
-                    if node == self.node && sequence >= mine.sequence =>
-                {
+                (Leased::Node(_), Ok(Some((_, sequence)))) if ours => {
                     self.held().node = Some(Lease { sequence, ..mine });
                 }
-                (Leased::Node(_), Ok(_)) => return self.check_node_lease(mine).await,
-                (Leased::Shard(shard), Ok(Some((node, sequence))))
-                    if node == self.node && sequence >= mine.sequence =>
-                {
+                (Leased::Node(_), Ok(_)) => return self.fence(),
+                (Leased::Node(_), Err(error)) => {
+                    tracing::warn!(%error, "cannot read the node lease; trying again at the next renewal");
+                }
+                (Leased::Shard(shard), _) if Some(shard) == taking => {}
+                (Leased::Shard(shard), Ok(Some((_, sequence)))) if ours => {
                     self.held().shards.insert(shard, Lease { sequence, ..mine });
                 }
-                (Leased::Shard(shard), Ok(_)) => {
+                (Leased::Shard(shard), _) => {
                     tracing::warn!(
                         shard = shard.0,
                         "this node lost the shard's lease; it writes nothing more for it"
@@ -378,8 +464,6 @@ impl Writer {
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     self.held().shards.remove(&shard);
                 }
-                // Cannot tell: keep it; the next renewal asks again.
-                (of, Err(error)) => tracing::warn!(%error, ?of, "cannot read a lease"),
             }
         }
     }
