@@ -16,7 +16,7 @@
 //! - [`writer`]: the group-committing, fenced writer ([`NodeJournal`]);
 //! - [`read`]: a shard's records in order.
 
-mod batch;
+pub(crate) mod batch;
 pub mod lease;
 mod message;
 pub mod read;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use wallet_actors::ids::NodeId;
 
-pub use lease::{Holder, Lease, LeaseError, Leased};
+pub use lease::{Holder, Lease, LeaseError, LeaseState, Leased};
 pub use read::read_shard;
 pub use writer::{JournalStats, NodeJournal};
 
@@ -66,11 +66,12 @@ pub struct JournalOptions {
     /// How long the writer waits for a write's acknowledgement before it
     /// counts the outcome unknown (the journal then fails, as a file
     /// journal whose write failed). With `renew_every`, under
-    /// `node_lease_ttl`: a renewal waits for the write before it.
+    /// `node_lease_ttl`: a renewal waits for at most one write before it.
     pub ack_timeout: Duration,
-    /// Most bytes of records gathered into one message. A single record
-    /// larger than that goes alone, up to the server's `max_payload`
-    /// (`nats.conf`: 16 MB, for the largest linked request).
+    /// Most bytes of records gathered into one message. A shard's flush
+    /// larger than that is cut at its records; a single record larger than
+    /// that goes alone, up to the server's `max_payload` (`nats.conf`:
+    /// 16 MB, for the largest linked request).
     pub message_bytes_max: usize,
 }
 
@@ -145,8 +146,8 @@ impl JournalStream {
                 "a node lease must expire before the shard leases renewed with it",
             ));
         }
-        if options.renew_every.is_zero()
-            || options.renew_every + options.ack_timeout >= options.node_lease_ttl
+        let renewal_bound = options.renew_every.checked_add(options.ack_timeout);
+        if options.renew_every.is_zero() || renewal_bound.is_none_or(|bound| bound >= options.node_lease_ttl)
         {
             return Err(StreamError::Options(
                 "leases must be renewed, and a write acknowledged, well within a node lease",

@@ -4,8 +4,11 @@
 //!   on the stream `WALLET_EVENTS` exactly once, in order
 //!   (`docs/ARCHITECTURE.md`, "Ledger events");
 //! - [`journal`]: a node's journal on JetStream, fenced by the node's lease,
-//!   and shard leases: the first part of cluster mode (routing between
-//!   nodes comes next; the design is in the same document).
+//!   and shard leases: the first part of cluster mode;
+//! - [`placement`]: which node owns which shard, decided from the leases
+//!   (routing between nodes comes next; the design is in the same
+//!   document).
 
 pub mod events;
 pub mod journal;
+pub mod placement;

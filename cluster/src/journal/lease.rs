@@ -90,6 +90,10 @@ pub enum LeaseError {
         /// What the lease is for (the first of a batch of renewals).
         of: Leased,
     },
+    /// This start of the node lost its own lease: it takes and renews
+    /// nothing more.
+    #[error("this node lost its lease")]
+    Fenced,
     /// The node holds as many shards as one renewal batch takes
     /// ([`super::writer::SHARDS_PER_NODE_MAX`]).
     #[error("this node holds as many shards as it can renew at once")]
@@ -100,21 +104,73 @@ pub enum LeaseError {
     Stream(#[from] StreamError),
 }
 
-/// Who holds `of` now, and the sequence of their lease message (`None`:
-/// nobody; the subject is empty).
-pub async fn holder(stream: &JournalStream, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
+/// The payload of a release: the lease is free, and whoever takes it next
+/// names this message's sequence as the condition.
+const RELEASED: &[u8] = b"released";
+
+/// Where a lease stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Nobody holds it: the subject is empty (it expired, or never was).
+    Free,
+    /// Its holder released it with the message at `sequence`.
+    Released {
+        /// The release message's stream sequence.
+        sequence: u64,
+    },
+    /// `holder` holds it; its latest lease message is at `sequence`.
+    Held {
+        /// The holder.
+        holder: Holder,
+        /// Its latest lease message's stream sequence.
+        sequence: u64,
+    },
+}
+
+impl LeaseState {
+    /// The condition a take names: the sequence the subject ends with.
+    pub fn last_sequence(self) -> u64 {
+        match self {
+            LeaseState::Free => 0,
+            LeaseState::Released { sequence } | LeaseState::Held { sequence, .. } => sequence,
+        }
+    }
+}
+
+/// Where `of` stands now, read from the stream's leader.
+pub async fn state(stream: &JournalStream, of: Leased) -> Result<LeaseState, StreamError> {
     match stream.stream.get_last_raw_message_by_subject(&of.subject()).await {
+        Ok(message) if message.payload.as_ref() == RELEASED => {
+            Ok(LeaseState::Released { sequence: message.sequence })
+        }
         Ok(message) => {
             let holder = Holder::parse(&message.payload).ok_or_else(|| StreamError::Decode {
                 subject: of.subject(),
                 sequence: message.sequence,
                 reason: "a lease message that names no holder".into(),
             })?;
-            Ok(Some((holder, message.sequence)))
+            Ok(LeaseState::Held { holder, sequence: message.sequence })
         }
-        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(LeaseState::Free),
         Err(error) => Err(nats_error(error)),
     }
+}
+
+/// Who holds `of` now, and the sequence of their lease message (`None`:
+/// nobody; it is free or released).
+pub async fn holder(stream: &JournalStream, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
+    Ok(match state(stream, of).await? {
+        LeaseState::Held { holder, sequence } => Some((holder, sequence)),
+        LeaseState::Free | LeaseState::Released { .. } => None,
+    })
+}
+
+/// A release of `lease`: a new message on its subject, on the condition
+/// that the subject still ends with the holder's (never a deletion, which
+/// could make an older message of another holder the last again).
+pub(crate) fn release_message(stream: &JournalStream, lease: Lease) -> Outgoing {
+    let Outgoing { subject, headers, .. } = lease_message(stream, lease.of, lease.holder, lease.sequence);
+    Outgoing { subject, headers, payload: Bytes::from_static(RELEASED) }
 }
 
 /// A lease message for `of` by `holder`, on the condition that the
@@ -131,18 +187,25 @@ pub(crate) fn lease_message(stream: &JournalStream, of: Leased, holder: Holder, 
     Outgoing { subject: of.subject(), headers, payload: holder.payload() }
 }
 
-/// The sequence `holder` must name to take `of`: 0 if nobody holds it, the
-/// current one if the same node does (a later start of a node supersedes
-/// an earlier one, whose writes its own node lease then fences).
+/// The sequence `holder` must name to take `of`: the last one on its
+/// subject (0 if empty) if nobody holds it or the same node does (a later
+/// start of a node supersedes an earlier one, whose writes its own node
+/// lease then fences).
 pub(crate) async fn expected_for_take(
     stream: &JournalStream,
     of: Leased,
     holder: Holder,
 ) -> Result<u64, LeaseError> {
-    match self::holder(stream, of).await? {
-        None => Ok(0),
-        Some((current, sequence)) if current.node == holder.node => Ok(sequence),
-        Some((current, _)) => Err(LeaseError::Held { of, by: current.node }),
+    expected_given(of, holder, state(stream, of).await?)
+}
+
+/// The sequence `holder` must name to take `of` as it stands in `state`.
+pub(crate) fn expected_given(of: Leased, holder: Holder, state: LeaseState) -> Result<u64, LeaseError> {
+    match state {
+        LeaseState::Held { holder: current, .. } if current.node != holder.node => {
+            Err(LeaseError::Held { of, by: current.node })
+        }
+        state => Ok(state.last_sequence()),
     }
 }
 

@@ -5,8 +5,9 @@
 //! writes it renews the node's lease and all its shards' leases in one
 //! atomic batch, and takes new shard leases in such a batch too: so every
 //! shard lease it holds was last written together with its node lease, which
-//! lives shorter, and no shard lease of a node expires while the node's
-//! writes can still be stored.
+//! lives shorter, and no lease of a shard it writes for expires while its
+//! writes can still be stored. Renewals are due every `renew_every`, also
+//! while writes queue up back to back.
 //!
 //! Outcomes of a write:
 //! - acknowledged: every record in it is durable; callbacks run in append
@@ -23,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -34,7 +36,9 @@ use wallet_actors::record::Record;
 
 use super::batch::{publish, Outgoing};
 use super::lease::{self, Holder, Lease, LeaseError, Leased};
-use super::message::{encode_frames, Message};
+
+mod leases;
+use super::message::{cut_within, encode_frames, Message};
 use super::{journal_subject, JournalStream};
 
 /// Most shards one node holds: its leases are renewed in one atomic batch,
@@ -56,12 +60,25 @@ pub struct JournalStats {
 }
 
 enum Command {
-    Append(ShardId, Result<Vec<u8>, JournalError>, OnDurable),
+    /// A record's frames; `true`: the rest of a record whose first part went
+    /// in an earlier message.
+    Append(ShardId, Result<Vec<u8>, JournalError>, OnDurable, bool),
     WhenDurable(OnDurable),
     Take(ShardId, oneshot::Sender<Result<Lease, LeaseError>>),
-    Release(ShardId),
+    Release(ShardId, oneshot::Sender<()>),
     #[cfg(feature = "fault-injection")]
     StallNextWrite(std::time::Duration),
+}
+
+/// What gathering a command leaves to do.
+enum Next {
+    /// Gather more into the same message.
+    More,
+    /// Write the message; this command starts the next one.
+    Carry(Command),
+    /// Write the message now (leases were just taken or released: a due
+    /// renewal is looked at before anything else).
+    Stop,
 }
 
 /// The leases a writer holds: its node's (`None` once fenced) and its shards'.
@@ -69,6 +86,9 @@ enum Command {
 struct Held {
     node: Option<Lease>,
     shards: BTreeMap<ShardId, Lease>,
+    /// The journal stopped (fenced, or a write's outcome unknown): it
+    /// writes, renews and releases nothing more.
+    stopped: bool,
 }
 
 /// A node's journal on JetStream. Cheap to clone.
@@ -114,14 +134,17 @@ impl NodeJournal {
         let incarnation = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
         let holder = Holder { node, incarnation };
         let node_lease = with_retries(|| lease::take(&stream, Leased::Node(node), holder)).await?;
+        let stream_renew_every = stream.options.renew_every;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(JournalStats::default());
-        let held = Arc::new(Mutex::new(Held { node: Some(node_lease), shards: BTreeMap::new() }));
+        let held =
+            Arc::new(Mutex::new(Held { node: Some(node_lease), shards: BTreeMap::new(), stopped: false }));
         let writer = Writer {
             stream,
             holder,
             held: held.clone(),
             failed: None,
+            next_renewal: Instant::now() + stream_renew_every,
             stats: stats.clone(),
             #[cfg(feature = "fault-injection")]
             stall: None,
@@ -143,10 +166,15 @@ impl NodeJournal {
         .await
     }
 
-    /// Stops writing and renewing for `shard` (after what was appended
-    /// before); its lease then expires.
-    pub fn release(&self, shard: ShardId) {
-        let _ = self.sender.send(Command::Release(shard));
+    /// Stops writing and renewing for `shard` once what was appended
+    /// before is written, then releases its lease: another node may take
+    /// it at once. Returns when done (if the release itself fails, the
+    /// lease expires instead).
+    pub async fn release(&self, shard: ShardId) {
+        let (done, released) = oneshot::channel();
+        if self.sender.send(Command::Release(shard, done)).is_ok() {
+            let _ = released.await;
+        }
     }
 
     /// The shards it writes for now.
@@ -157,6 +185,13 @@ impl NodeJournal {
     /// Whether the node lost its lease: it stores nothing more.
     pub fn fenced(&self) -> bool {
         lock(&self.held).node.is_none()
+    }
+
+    /// Whether the journal stopped, fenced or after a write whose outcome
+    /// is unknown: it stores, renews and releases nothing more, and its
+    /// shards are for others to take once their leases expire.
+    pub fn stopped(&self) -> bool {
+        lock(&self.held).stopped
     }
 
     /// This start of the node, as its lease messages name it.
@@ -187,8 +222,8 @@ impl NodeJournal {
     pub fn append(&self, shard: ShardId, record: &Record, on_durable: OnDurable) {
         // Encoded on the caller's thread, as the file journal does.
         let frames = encode_frames(shard, record);
-        if let Err(mpsc::error::SendError(Command::Append(_, _, on_durable))) =
-            self.sender.send(Command::Append(shard, frames, on_durable))
+        if let Err(mpsc::error::SendError(Command::Append(_, _, on_durable, _))) =
+            self.sender.send(Command::Append(shard, frames, on_durable, false))
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -211,6 +246,8 @@ struct Writer {
     /// Set once a write's outcome is unknown, a record could not be
     /// written, or the node was fenced.
     failed: Option<JournalError>,
+    /// When the leases are renewed next, whether or not writes are queued.
+    next_renewal: Instant,
     stats: Arc<JournalStats>,
     #[cfg(feature = "fault-injection")]
     stall: Option<std::time::Duration>,
@@ -218,19 +255,18 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Command>) {
-        let mut renew_ticks = tokio::time::interval(self.stream.options.renew_every);
-        renew_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What did not fit into the last message: the first of the next.
         let mut carried: Option<Command> = None;
         loop {
+            // Due renewals go first, also while writes queue up back to back.
+            if Instant::now() >= self.next_renewal {
+                let _ = self.renew(None).await;
+            }
             let first = match carried.take() {
                 Some(command) => command,
                 None => tokio::select! {
                     biased;
-                    _ = renew_ticks.tick() => {
-                        let _ = self.renew(None).await;
-                        continue;
-                    }
+                    _ = tokio::time::sleep_until(self.next_renewal.into()) => continue,
                     command = receiver.recv() => match command {
                         Some(command) => command,
                         None => return,
@@ -238,12 +274,15 @@ impl Writer {
                 },
             };
             let mut message = Message::default();
-            carried = self.gather(first, &mut message).await;
-            while carried.is_none() {
+            let mut next = self.gather(first, &mut message).await;
+            while let Next::More = next {
                 match receiver.try_recv() {
-                    Ok(command) => carried = self.gather(command, &mut message).await,
+                    Ok(command) => next = self.gather(command, &mut message).await,
                     Err(_) => break,
                 }
+            }
+            if let Next::Carry(command) = next {
+                carried = Some(command);
             }
             self.write(message).await;
         }
@@ -253,56 +292,101 @@ impl Writer {
         lock(&self.held)
     }
 
-    /// Adds `command` to `message`, or hands it back if it is a record that
-    /// does not fit (it starts the next message). Callbacks keep append
-    /// order: a record refused here is answered with the message's others.
-    async fn gather(&mut self, command: Command, message: &mut Message) -> Option<Command> {
+    /// Adds `command` to `message`, or hands back what does not fit (it
+    /// starts the next message). Callbacks keep append order: a record
+    /// refused here is answered in its turn with the message's others.
+    async fn gather(&mut self, command: Command, message: &mut Message) -> Next {
         match command {
+            // Leases change between writes only: what came first is written
+            // first, and a due renewal is looked at right after.
             Command::Take(shard, reply) => {
-                // Leases change between writes only: write what came first.
                 if !message.is_empty() {
-                    return Some(Command::Take(shard, reply));
+                    return Next::Carry(Command::Take(shard, reply));
                 }
                 let _ = reply.send(self.take(shard).await);
+                return Next::Stop;
             }
-            Command::Release(shard) => drop(self.held().shards.remove(&shard)),
+            Command::Release(shard, done) => {
+                if !message.is_empty() {
+                    return Next::Carry(Command::Release(shard, done));
+                }
+                self.release(shard).await;
+                let _ = done.send(());
+                return Next::Stop;
+            }
             #[cfg(feature = "fault-injection")]
             Command::StallNextWrite(pause) => self.stall = Some(pause),
             Command::WhenDurable(on_durable) => message.push_barrier(on_durable),
-            Command::Append(shard, frames, on_durable) => {
+            Command::Append(shard, frames, on_durable, continues) => {
                 let holds = self.held().shards.contains_key(&shard);
-                let frames = match (frames, holds) {
-                    (Err(error), _) => {
-                        // As the file journal: a record that cannot be
-                        // written stops the journal, so none after it is
-                        // durable while it is not.
-                        self.failed.get_or_insert(error);
-                        message.push_refused(on_durable, error);
-                        return None;
+                match (frames, holds) {
+                    (Err(error), _) => self.refuse(message, on_durable, error, true),
+                    // The rest of a flush whose first part may be stored.
+                    (Ok(_), false) if continues => {
+                        let error = JournalError::Io { kind: std::io::ErrorKind::Other };
+                        self.refuse(message, on_durable, error, false)
                     }
-                    (Ok(_), false) => {
-                        message.push_refused(on_durable, JournalError::Fenced);
-                        return None;
+                    (Ok(_), false) => self.refuse(message, on_durable, JournalError::Fenced, false),
+                    (Ok(frames), true) => {
+                        return self.add_record(message, shard, frames, on_durable, continues)
                     }
-                    (Ok(frames), true) if frames.len() > self.stream.payload_bytes_max => {
-                        tracing::error!(
-                            bytes = frames.len(),
-                            "a journal record is larger than the server takes"
-                        );
-                        let error = JournalError::Io { kind: std::io::ErrorKind::InvalidData };
-                        self.failed.get_or_insert(error);
-                        message.push_refused(on_durable, error);
-                        return None;
-                    }
-                    (Ok(frames), true) => frames,
-                };
-                if !message.fits(&frames, self.stream.options.message_bytes_max) {
-                    return Some(Command::Append(shard, Ok(frames), on_durable));
                 }
-                message.push_record(frames, on_durable);
             }
         }
-        None
+        Next::More
+    }
+
+    /// Answers `on_durable` with `error` in its turn. A record that cannot
+    /// be written (`stops`) stops the journal, as in the file journal, so
+    /// none after it is durable while it is not.
+    fn refuse(&mut self, message: &mut Message, on_durable: OnDurable, error: JournalError, stops: bool) {
+        if stops {
+            self.stop(error);
+        }
+        message.push_refused(on_durable, error);
+    }
+
+    /// Stops the journal with `error`: nothing is written, renewed or
+    /// released from now on; its shards' leases expire.
+    fn stop(&mut self, error: JournalError) {
+        self.failed.get_or_insert(error);
+        let mut held = self.held();
+        held.stopped = true;
+        held.shards.clear();
+    }
+
+    /// Adds a record's frames, cutting a record larger than a message at a
+    /// frame boundary (an outbox flush holds many) and handing back the
+    /// rest, with the callback, for the next message.
+    fn add_record(
+        &mut self,
+        message: &mut Message,
+        shard: ShardId,
+        frames: Vec<u8>,
+        on_durable: OnDurable,
+        continues: bool,
+    ) -> Next {
+        let max = self.stream.options.message_bytes_max;
+        if message.fits(&frames, max) {
+            message.push_record(frames, on_durable, continues);
+            return Next::More;
+        }
+        if !message.is_empty() {
+            return Next::Carry(Command::Append(shard, Ok(frames), on_durable, continues));
+        }
+        let cut = cut_within(&frames, max);
+        if cut > self.stream.payload_bytes_max {
+            tracing::error!(bytes = cut, "a journal record is larger than the server takes");
+            let error = JournalError::Io { kind: std::io::ErrorKind::InvalidData };
+            self.refuse(message, on_durable, error, true);
+            return Next::More;
+        }
+        if cut == frames.len() {
+            message.push_record(frames, on_durable, continues);
+            return Next::More;
+        }
+        message.push_part(&frames[..cut]);
+        Next::Carry(Command::Append(shard, Ok(frames[cut..].to_vec()), on_durable, true))
     }
 
     /// Publishes `message` fenced by the node lease, until it is
@@ -341,130 +425,12 @@ impl Writer {
                         PublishErrorKind::TimedOut => std::io::ErrorKind::TimedOut,
                         _ => std::io::ErrorKind::BrokenPipe,
                     };
-                    self.failed = Some(JournalError::Io { kind });
+                    self.stop(JournalError::Io { kind });
                 }
             }
         };
-        for (on_durable, refused) in message.callbacks {
-            on_durable(refused.map_or(outcome, Err));
-        }
-    }
-
-    fn fence(&mut self) {
-        tracing::error!(node = self.holder.node.0, "this node lost its lease: it stores nothing more");
-        self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-        let mut held = self.held();
-        held.node = None;
-        held.shards.clear();
-        drop(held);
-        self.failed = Some(JournalError::Fenced);
-    }
-
-    /// Reads the node's lease after a refusal: a newer message of this
-    /// start is adopted; anything else means the node is fenced.
-    async fn check_node_lease(&mut self, mine: Lease) {
-        match lease::holder(&self.stream, mine.of).await {
-            Ok(Some((holder, sequence))) if holder == self.holder && sequence > mine.sequence => {
-                self.held().node = Some(Lease { sequence, ..mine });
-            }
-            Ok(_) => self.fence(),
-            // Cannot tell whether the node still holds it: stop, as on an
-            // unknown outcome.
-            Err(error) => {
-                tracing::error!(%error, "cannot read the node lease after a refused write; the journal stops");
-                self.failed = Some(JournalError::Io { kind: std::io::ErrorKind::Other });
-            }
-        }
-    }
-
-    /// Takes `shard` in one atomic batch with a renewal of all held leases.
-    async fn take(&mut self, shard: ShardId) -> Result<Lease, LeaseError> {
-        if self.held().shards.len() >= SHARDS_PER_NODE_MAX && !self.held().shards.contains_key(&shard) {
-            return Err(LeaseError::TooMany);
-        }
-        let expected = lease::expected_for_take(&self.stream, Leased::Shard(shard), self.holder).await?;
-        self.renew(Some((shard, expected))).await?;
-        self.held().shards.get(&shard).copied().ok_or(LeaseError::Changed { of: Leased::Shard(shard) })
-    }
-
-    /// Renews the node lease and every shard lease (and takes `new`, a
-    /// shard and the sequence its lease subject must end with) in one
-    /// atomic batch. If the batch is refused, reads them to learn which were
-    /// lost, drops those, and renews the rest once more (without `new`).
-    async fn renew(&mut self, new: Option<(ShardId, u64)>) -> Result<(), LeaseError> {
-        let mut new = new;
-        let mut refused = None;
-        for _attempt in 0..2 {
-            let mut leases: Vec<Lease> = {
-                let held = self.held();
-                let Some(node) = held.node.filter(|_| self.failed.is_none()) else {
-                    return Err(LeaseError::Changed { of: Leased::Node(self.holder.node) });
-                };
-                std::iter::once(node).chain(held.shards.values().copied()).collect()
-            };
-            if let Some((shard, expected)) = new {
-                leases.push(Lease { of: Leased::Shard(shard), holder: self.holder, sequence: expected });
-            }
-            let messages = leases.iter().map(|l| (l.of, l.holder, l.sequence)).collect();
-            match lease::publish_leases(&self.stream, messages).await {
-                Ok(sequences) => {
-                    self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-                    let mut held = self.held();
-                    for (lease, sequence) in leases.into_iter().zip(sequences) {
-                        let renewed = Lease { sequence, ..lease };
-                        match lease.of {
-                            Leased::Node(_) => held.node = Some(renewed),
-                            Leased::Shard(shard) => drop(held.shards.insert(shard, renewed)),
-                        }
-                    }
-                    return Ok(());
-                }
-                Err(LeaseError::Changed { of }) => {
-                    self.find_lost(leases, new.map(|(shard, _)| shard)).await;
-                    new = None;
-                    refused = Some(LeaseError::Changed { of });
-                }
-                // Unknown outcome: the leases stay; a refused write or the
-                // next renewal tells.
-                Err(error) => {
-                    tracing::warn!(%error, "lease renewal failed");
-                    return Err(error);
-                }
-            }
-        }
-        Err(refused.unwrap_or(LeaseError::Changed { of: Leased::Node(self.holder.node) }))
-    }
-
-    /// After a refused renewal: drops the shards whose lease is not this
-    /// start's any more (or cannot be read: not writing a shard is always
-    /// safe), adopts newer messages of this start, and fences the node if
-    /// its own lease is lost. `taking` was not held yet: it is only read.
-    async fn find_lost(&mut self, leases: Vec<Lease>, taking: Option<ShardId>) {
-        for mine in leases {
-            let holder = lease::holder(&self.stream, mine.of).await;
-            let ours =
-                matches!(&holder, Ok(Some((h, sequence))) if *h == self.holder && *sequence >= mine.sequence);
-            match (mine.of, holder) {
-                (Leased::Node(_), Ok(Some((_, sequence)))) if ours => {
-                    self.held().node = Some(Lease { sequence, ..mine });
-                }
-                (Leased::Node(_), Ok(_)) => return self.fence(),
-                (Leased::Node(_), Err(error)) => {
-                    tracing::warn!(%error, "cannot read the node lease; trying again at the next renewal");
-                }
-                (Leased::Shard(shard), _) if Some(shard) == taking => {}
-                (Leased::Shard(shard), Ok(Some((_, sequence)))) if ours => {
-                    self.held().shards.insert(shard, Lease { sequence, ..mine });
-                }
-                (Leased::Shard(shard), _) => {
-                    tracing::warn!(
-                        shard = shard.0,
-                        "this node lost the shard's lease; it writes nothing more for it"
-                    );
-                    self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-                    self.held().shards.remove(&shard);
-                }
-            }
+        for callback in message.callbacks {
+            callback.answer(outcome);
         }
     }
 }

@@ -10,6 +10,7 @@ mod guarantees;
 mod model;
 mod model_kill;
 mod nats;
+mod placement;
 mod recovery;
 mod risk;
 mod shard_journal;

@@ -213,18 +213,29 @@ fn a_later_start_of_a_node_fences_the_earlier_one() -> anyhow::Result<()> {
         let first = NodeJournal::start(stream.clone(), A).await?;
         first.take(shard).await?;
         append(&first, shard, Record::Epoch(1)).await?;
-        // The node restarts (or is started twice) while its leases live.
+        // The first start stalls right before a write; meanwhile the node
+        // restarts (or is started twice) while the first's leases live.
+        first.stall_next_write(Duration::from_millis(500));
+        let (on_durable, stalled) = outcome();
+        first.append(shard, &Record::Epoch(2), on_durable);
         let second = NodeJournal::start(stream.clone(), A).await?;
         second.take(shard).await?;
         append(&second, shard, Record::Epoch(10)).await?;
-        // The first start still believes it holds both; its lease messages
-        // were superseded by another start of the same node, which it does
-        // not take for its own.
-        let refused = append(&first, shard, Record::Epoch(2)).await;
+        // The stalled write goes with the lease the first start had: the
+        // server refuses it, and the first start does not take the newer
+        // lease message, of another start, for its own.
+        let refused = stalled.await?;
         anyhow::ensure!(refused == Err(JournalError::Fenced), "the earlier start wrote: {refused:?}");
         anyhow::ensure!(first.fenced() && !second.fenced());
         append(&second, shard, Record::Epoch(11)).await?;
-        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 10, 11]);
+        // A third start; the second finds out at its next renewal, before
+        // it writes again.
+        let third = NodeJournal::start(stream.clone(), A).await?;
+        until("the second start finds itself superseded", || second.fenced()).await?;
+        anyhow::ensure!(append(&second, shard, Record::Epoch(12)).await == Err(JournalError::Fenced));
+        third.take(shard).await?;
+        append(&third, shard, Record::Epoch(20)).await?;
+        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 10, 11, 20]);
         Ok(())
     })
 }
@@ -249,6 +260,15 @@ fn a_renewal_whose_answer_was_lost_is_not_taken_for_a_loss() -> anyhow::Result<(
         let holder = a.holder();
         let payload = format!("{}/{}", holder.node.0, holder.incarnation);
         js.publish_with_headers(Leased::Node(A).subject(), headers, payload.into()).await?.await?;
+        // The next renewal is refused; reading the leases back, the writer
+        // adopts the newer message of its own start and renews again.
+        let stats = a.stats();
+        let renewals = stats.renewals.load(std::sync::atomic::Ordering::Relaxed);
+        until("a renewal after the refused one", || {
+            stats.renewals.load(std::sync::atomic::Ordering::Relaxed) > renewals
+        })
+        .await?;
+        anyhow::ensure!(!a.fenced(), "the writer took its own renewal for a loss");
         append(&a, shard, Record::Epoch(2)).await?;
         anyhow::ensure!(!a.fenced());
         append(&a, shard, Record::Epoch(3)).await?;
@@ -287,6 +307,173 @@ fn a_node_that_lost_one_shard_keeps_writing_the_others() -> anyhow::Result<()> {
         anyhow::ensure!(!a.fenced());
         anyhow::ensure!(stored(&stream, kept).await? == vec![1, 2, 3]);
         anyhow::ensure!(stored(&stream, taken).await? == vec![1]);
+        Ok(())
+    })
+}
+
+#[test]
+fn callbacks_run_in_append_order_and_records_for_shards_not_held_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("nats"))?;
+    runtime()?.block_on(async {
+        let stream = JournalStream::connect(options(&server)).await?;
+        let (held, not_held) = (ShardId(1), ShardId(9));
+        let a = NodeJournal::start(stream.clone(), A).await?;
+        a.take(held).await?;
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut outcomes = Vec::new();
+        for n in 0..300u64 {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            let order = order.clone();
+            let on_durable = Box::new(move |result: Result<(), JournalError>| {
+                order.lock().map(|mut order| order.push(n)).ok();
+                let _ = sender.send(result);
+            });
+            match n % 10 {
+                3 => a.append(not_held, &Record::Epoch(n), on_durable),
+                7 => a.when_durable(on_durable),
+                _ => a.append(held, &Record::Epoch(n), on_durable),
+            }
+            outcomes.push((n, receiver));
+        }
+        for (n, receiver) in outcomes {
+            // A barrier covers the node's own records: one for a shard it
+            // does not hold was never its to write, and fails alone.
+            let expected = if n % 10 == 3 { Err(JournalError::Fenced) } else { Ok(()) };
+            anyhow::ensure!(receiver.await? == expected, "record {n}");
+        }
+        let order = order.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        anyhow::ensure!(order == (0..300).collect::<Vec<_>>(), "callbacks out of order: {order:?}");
+        let kept: Vec<u64> = (0..300).filter(|n| n % 10 != 3 && n % 10 != 7).collect();
+        anyhow::ensure!(stored(&stream, held).await? == kept);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_flush_larger_than_a_message_is_cut_at_its_records_and_renewals_go_on_under_a_backlog(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("nats"))?;
+    runtime()?.block_on(async {
+        let options = JournalOptions { message_bytes_max: 512, ..options(&server) };
+        let stream = JournalStream::connect(options).await?;
+        let shard = ShardId(6);
+        let a = NodeJournal::start(stream.clone(), A).await?;
+        a.take(shard).await?;
+        // One outbox flush of 500 records, about 7 KB: cut into messages.
+        append(&a, shard, Record::Batch((1..=500).map(Record::Epoch).collect())).await?;
+        anyhow::ensure!(stored(&stream, shard).await? == (1..=500).collect::<Vec<_>>());
+        let messages = a.stats().messages.load(std::sync::atomic::Ordering::Relaxed);
+        anyhow::ensure!(messages >= 12, "{messages} messages for a 7 KB flush of 512-byte messages");
+        // A backlog of small messages written back to back for longer than
+        // the one-second node lease: renewals must not wait for it to drain.
+        let started = Instant::now();
+        let mut outcomes = Vec::new();
+        for n in 1_000..121_000u64 {
+            let (on_durable, receiver) = outcome();
+            a.append(shard, &Record::Epoch(n), on_durable);
+            outcomes.push(receiver);
+        }
+        for receiver in outcomes {
+            receiver.await??;
+        }
+        anyhow::ensure!(!a.fenced());
+        anyhow::ensure!(started.elapsed() > Duration::from_secs(1), "the backlog drained too fast to tell");
+        Ok(())
+    })
+}
+
+#[test]
+fn options_that_cannot_keep_the_fence_are_refused() -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let url = "nats://127.0.0.1:1";
+        let base = JournalOptions::new(url);
+        for (bad, what) in [
+            (
+                JournalOptions { node_lease_ttl: Duration::from_secs(3), ..base.clone() },
+                "node lease not shorter",
+            ),
+            (
+                JournalOptions { node_lease_ttl: Duration::from_millis(1500), ..base.clone() },
+                "not whole seconds",
+            ),
+            (JournalOptions { renew_every: Duration::ZERO, ..base.clone() }, "no renewals"),
+            (
+                JournalOptions { ack_timeout: Duration::from_secs(2), ..base.clone() },
+                "acks longer than a lease",
+            ),
+        ] {
+            let refused = JournalStream::connect(bad).await;
+            anyhow::ensure!(
+                matches!(refused, Err(wallet_cluster::journal::StreamError::Options(_))),
+                "{what}: {:?}",
+                refused.err()
+            );
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn an_unreadable_shard_lease_drops_the_shard_not_the_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("nats"))?;
+    runtime()?.block_on(async {
+        let stream = JournalStream::connect(options(&server)).await?;
+        let (kept, garbled) = (ShardId(1), ShardId(2));
+        let a = NodeJournal::start(stream.clone(), A).await?;
+        a.take(kept).await?;
+        a.take(garbled).await?;
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+        js.publish(Leased::Shard(garbled).subject(), "not a holder".into()).await?.await?;
+        until("A drops the garbled shard", || a.shards() == vec![kept]).await?;
+        append(&a, kept, Record::Epoch(1)).await?;
+        anyhow::ensure!(!a.fenced());
+        anyhow::ensure!(append(&a, garbled, Record::Epoch(1)).await == Err(JournalError::Fenced));
+        Ok(())
+    })
+}
+
+#[test]
+fn a_released_shard_is_taken_at_once_after_what_was_appended_before() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("nats"))?;
+    runtime()?.block_on(async {
+        let stream = JournalStream::connect(options(&server)).await?;
+        let shard = ShardId(8);
+        let a = NodeJournal::start(stream.clone(), A).await?;
+        a.take(shard).await?;
+        let mut before = Vec::new();
+        for n in 1..=50u64 {
+            let (on_durable, receiver) = outcome();
+            a.append(shard, &Record::Epoch(n), on_durable);
+            before.push(receiver);
+        }
+        a.release(shard).await;
+        let released = match lease::state(&stream, Leased::Shard(shard)).await? {
+            wallet_cluster::journal::LeaseState::Released { sequence } => sequence,
+            other => anyhow::bail!("not released: {other:?}"),
+        };
+        for receiver in before {
+            receiver.await??;
+        }
+        // What was appended before the release was stored before it.
+        let records = read_shard(&stream, shard, 0).await?;
+        anyhow::ensure!(
+            records.len() == 50 && records.iter().all(|(at, _)| *at < released),
+            "stored after the release"
+        );
+        anyhow::ensure!(append(&a, shard, Record::Epoch(51)).await == Err(JournalError::Fenced));
+        // No lease to wait out: B takes the shard at once.
+        let b = NodeJournal::start(stream.clone(), B).await?;
+        let started = Instant::now();
+        b.take(shard).await?;
+        anyhow::ensure!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+        append(&b, shard, Record::Epoch(100)).await?;
+        let expected: Vec<u64> = (1..=50).chain([100]).collect();
+        anyhow::ensure!(stored(&stream, shard).await? == expected);
+        anyhow::ensure!(!a.fenced(), "a release is not a loss");
         Ok(())
     })
 }

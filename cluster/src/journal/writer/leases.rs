@@ -1,0 +1,187 @@
+//! The writer's lease bookkeeping: renewing every lease of the node in one
+//! atomic batch (and taking new shard leases in such a batch), and working
+//! out which were lost when the server refuses a batch or a write.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use wallet_actors::ids::ShardId;
+use wallet_actors::ports::JournalError;
+
+use super::{Writer, SHARDS_PER_NODE_MAX};
+use crate::journal::lease::{self, Holder, Lease, LeaseError, LeaseState, Leased};
+use crate::journal::StreamError;
+
+/// Lease reads a writer has in flight at once after a refusal.
+const READS_IN_FLIGHT: usize = 16;
+
+impl Writer {
+    /// Reads `of`'s holder, giving up after `ack_timeout`: the writer's
+    /// renewals wait meanwhile, so a read must not outlast a node lease.
+    async fn read_state(&self, of: Leased) -> Result<LeaseState, StreamError> {
+        match tokio::time::timeout(self.stream.options.ack_timeout, lease::state(&self.stream, of)).await {
+            Ok(read) => read,
+            Err(_) => Err(StreamError::Nats(format!("reading the lease of {of:?} timed out"))),
+        }
+    }
+
+    /// [`Writer::read_state`], as a holder (`None`: free or released).
+    async fn read_holder(&self, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
+        Ok(match self.read_state(of).await? {
+            LeaseState::Held { holder, sequence } => Some((holder, sequence)),
+            LeaseState::Free | LeaseState::Released { .. } => None,
+        })
+    }
+
+    /// Stops writing for `shard` and releases its lease, so another node
+    /// can take it at once. Called between writes: everything appended for
+    /// it before is durable (or failed) by then.
+    pub(super) async fn release(&mut self, shard: ShardId) {
+        let Some(lease) = self.held().shards.remove(&shard) else { return };
+        if self.failed.is_some() {
+            // A write whose outcome is unknown may still land: only the
+            // node lease, expiring before the shard's, fences it, so the
+            // shard's lease must expire rather than be released.
+            return;
+        }
+        let message = lease::release_message(&self.stream, lease);
+        if let Err(error) = crate::journal::batch::publish(&self.stream, vec![message]).await {
+            // Not released: the lease expires instead.
+            tracing::warn!(%error, shard = shard.0, "releasing a shard's lease failed");
+        }
+    }
+
+    pub(super) fn fence(&mut self) {
+        tracing::error!(node = self.holder.node.0, "this node lost its lease: it stores nothing more");
+        self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+        self.held().node = None;
+        self.stop(JournalError::Fenced);
+    }
+
+    /// Reads the node's lease after a refusal: a newer message of this
+    /// start is adopted; anything else means the node is fenced.
+    pub(super) async fn check_node_lease(&mut self, mine: Lease) {
+        match self.read_holder(mine.of).await {
+            Ok(Some((holder, sequence))) if holder == self.holder && sequence > mine.sequence => {
+                self.held().node = Some(Lease { sequence, ..mine });
+            }
+            Ok(_) => self.fence(),
+            // Cannot tell whether the node still holds it: stop, as on an
+            // unknown outcome.
+            Err(error) => {
+                tracing::error!(%error, "cannot read the node lease after a refused write; the journal stops");
+                self.stop(JournalError::Io { kind: std::io::ErrorKind::Other });
+            }
+        }
+    }
+
+    /// Takes `shard` in one atomic batch with a renewal of all held leases.
+    pub(super) async fn take(&mut self, shard: ShardId) -> Result<Lease, LeaseError> {
+        if let Some(lease) = self.held().shards.get(&shard).copied() {
+            return Ok(lease);
+        }
+        if self.held().shards.len() >= SHARDS_PER_NODE_MAX {
+            return Err(LeaseError::TooMany);
+        }
+        let of = Leased::Shard(shard);
+        let expected = lease::expected_given(of, self.holder, self.read_state(of).await?)?;
+        self.renew(Some((shard, expected))).await?;
+        self.held().shards.get(&shard).copied().ok_or(LeaseError::Changed { of })
+    }
+
+    /// Renews the node lease and every shard lease (and takes `new`, a
+    /// shard and the sequence its lease subject must end with) in one
+    /// atomic batch. If the batch is refused, reads them to learn which were
+    /// lost, drops those, and renews the rest once more (without `new`).
+    pub(super) async fn renew(&mut self, new: Option<(ShardId, u64)>) -> Result<(), LeaseError> {
+        self.next_renewal = Instant::now() + self.stream.options.renew_every;
+        let mut new = new;
+        let mut refused = None;
+        for _attempt in 0..2 {
+            let mut leases: Vec<Lease> = {
+                let held = self.held();
+                let Some(node) = held.node.filter(|_| self.failed.is_none()) else {
+                    return Err(LeaseError::Fenced);
+                };
+                std::iter::once(node).chain(held.shards.values().copied()).collect()
+            };
+            if let Some((shard, expected)) = new {
+                leases.push(Lease { of: Leased::Shard(shard), holder: self.holder, sequence: expected });
+            }
+            let messages = leases.iter().map(|l| (l.of, l.holder, l.sequence)).collect();
+            match lease::publish_leases(&self.stream, messages).await {
+                Ok(sequences) => {
+                    self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    let mut held = self.held();
+                    for (lease, sequence) in leases.into_iter().zip(sequences) {
+                        let renewed = Lease { sequence, ..lease };
+                        match lease.of {
+                            Leased::Node(_) => held.node = Some(renewed),
+                            Leased::Shard(shard) => drop(held.shards.insert(shard, renewed)),
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(LeaseError::Changed { of }) => {
+                    self.find_lost(leases, new.map(|(shard, _)| shard)).await;
+                    new = None;
+                    refused = Some(LeaseError::Changed { of });
+                }
+                // Unknown outcome: the leases stay; a refused write or the
+                // next renewal tells.
+                Err(error) => {
+                    tracing::warn!(%error, "lease renewal failed");
+                    return Err(error);
+                }
+            }
+        }
+        Err(refused.unwrap_or(LeaseError::Fenced))
+    }
+
+    /// After a refused renewal: drops the shards whose lease is not this
+    /// start's any more (or cannot be read: not writing a shard is always
+    /// safe), adopts newer messages of this start, and fences the node if
+    /// its own lease is lost. `taking` was not held yet: it is only read.
+    /// The leases are read a few at a time, each within `ack_timeout`.
+    async fn find_lost(&mut self, leases: Vec<Lease>, taking: Option<ShardId>) {
+        let this = &*self;
+        let reads = futures_util::stream::iter(leases.iter().copied())
+            .map(|mine| async move { (mine, this.read_holder(mine.of).await) })
+            .buffered(READS_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        // One deadline for them all: renewals wait meanwhile.
+        let reads = match tokio::time::timeout(self.stream.options.ack_timeout, reads).await {
+            Ok(reads) => reads,
+            Err(_) => {
+                let unread = || Err(StreamError::Nats("lease reads timed out".into()));
+                leases.into_iter().map(|mine| (mine, unread())).collect()
+            }
+        };
+        for (mine, holder) in reads {
+            let ours =
+                matches!(&holder, Ok(Some((h, sequence))) if *h == self.holder && *sequence >= mine.sequence);
+            match (mine.of, holder) {
+                (Leased::Node(_), Ok(Some((_, sequence)))) if ours => {
+                    self.held().node = Some(Lease { sequence, ..mine });
+                }
+                (Leased::Node(_), Ok(_)) => return self.fence(),
+                (Leased::Node(_), Err(error)) => {
+                    tracing::warn!(%error, "cannot read the node lease; trying again at the next renewal");
+                }
+                (Leased::Shard(shard), _) if Some(shard) == taking => {}
+                (Leased::Shard(shard), Ok(Some((_, sequence)))) if ours => {
+                    self.held().shards.insert(shard, Lease { sequence, ..mine });
+                }
+                (Leased::Shard(shard), _) => {
+                    tracing::warn!(
+                        shard = shard.0,
+                        "this node lost the shard's lease; it writes nothing more for it"
+                    );
+                    self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    self.held().shards.remove(&shard);
+                }
+            }
+        }
+    }
+}
