@@ -128,6 +128,14 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// Its holder and their latest lease message (`None`: free or released).
+    pub fn holder(self) -> Option<(Holder, u64)> {
+        match self {
+            LeaseState::Held { holder, sequence } => Some((holder, sequence)),
+            LeaseState::Free | LeaseState::Released { .. } => None,
+        }
+    }
+
     /// The condition a take names: the sequence the subject ends with.
     pub fn last_sequence(self) -> u64 {
         match self {
@@ -159,10 +167,7 @@ pub async fn state(stream: &JournalStream, of: Leased) -> Result<LeaseState, Str
 /// Who holds `of` now, and the sequence of their lease message (`None`:
 /// nobody; it is free or released).
 pub async fn holder(stream: &JournalStream, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
-    Ok(match state(stream, of).await? {
-        LeaseState::Held { holder, sequence } => Some((holder, sequence)),
-        LeaseState::Free | LeaseState::Released { .. } => None,
-    })
+    Ok(state(stream, of).await?.holder())
 }
 
 /// A release of `lease`: a new message on its subject, on the condition

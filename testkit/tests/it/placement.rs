@@ -8,15 +8,13 @@ use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::record::Record;
-use wallet_cluster::journal::{read_shard, JournalOptions, JournalStream, NodeJournal};
+use wallet_cluster::journal::{read_shard, JournalStream, NodeJournal};
 use wallet_cluster::placement::{self, PlacementOptions};
 use wallet_testkit::nats::NatsServer;
 
-const SHARDS: u16 = 12;
+use crate::shard_journal::{options, runtime};
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
+const SHARDS: u16 = 12;
 
 /// A node: its journal and its placement loop.
 struct Node {
@@ -83,16 +81,6 @@ fn keep_writing(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
-}
-
-fn options(server: &NatsServer) -> JournalOptions {
-    JournalOptions {
-        node_lease_ttl: Duration::from_secs(1),
-        shard_lease_ttl: Duration::from_secs(2),
-        renew_every: Duration::from_millis(200),
-        ack_timeout: Duration::from_millis(700),
-        ..JournalOptions::new(server.url())
-    }
 }
 
 #[test]

@@ -19,12 +19,12 @@ use wallet_testkit::nats::NatsServer;
 const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 /// Leases of one second (node) and two (shard), renewed every 200 ms.
-fn options(server: &NatsServer) -> JournalOptions {
+pub(crate) fn options(server: &NatsServer) -> JournalOptions {
     JournalOptions {
         node_lease_ttl: Duration::from_secs(1),
         shard_lease_ttl: Duration::from_secs(2),

@@ -28,10 +28,7 @@ impl Writer {
 
     /// [`Writer::read_state`], as a holder (`None`: free or released).
     async fn read_holder(&self, of: Leased) -> Result<Option<(Holder, u64)>, StreamError> {
-        Ok(match self.read_state(of).await? {
-            LeaseState::Held { holder, sequence } => Some((holder, sequence)),
-            LeaseState::Free | LeaseState::Released { .. } => None,
-        })
+        Ok(self.read_state(of).await?.holder())
     }
 
     /// Stops writing for `shard` and releases its lease, so another node
