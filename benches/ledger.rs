@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use wallet_actors::account::{Leg, Side};
-use wallet_actors::ports::Journal;
+use wallet_actors::ports::{Journal, Origin};
 use wallet_actors::record::{Applied, Record, SequencedEvent, RECORD_FORMAT_VERSION};
 use wallet_actors::shard::{HoldChange, Planned, ShardState};
 use wallet_actors::transfer::{Transfer, TransferKind};
@@ -152,6 +152,7 @@ fn journal_append(c: &mut Criterion) {
                 for record in records {
                     let tx = tx.clone();
                     journal.append(
+                        Origin::Node,
                         record,
                         Box::new(move |result| {
                             let _ = tx.send(result);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use wallet_actors::ids::{stable_hash, NodeId, ShardId};
+use wallet_actors::ports::Origin;
 use wallet_actors::record::Record;
 use wallet_cluster::journal::{JournalOptions, JournalStream, NodeJournal};
 use wallet_testkit::nats::NatsServer;
@@ -101,7 +102,7 @@ fn main() -> anyhow::Result<()> {
                     let (sender, outcome) = tokio::sync::oneshot::channel();
                     let at = Instant::now();
                     journal.append(
-                        shard,
+                        Origin::Shard(shard),
                         &record(n, bytes),
                         Box::new(move |result| {
                             let _ = sender.send(result);

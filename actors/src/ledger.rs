@@ -20,6 +20,7 @@ mod rules;
 #[cfg(test)]
 mod rules_table;
 mod submit;
+mod supervise;
 
 use generation::{ask_shard, spawn_generation};
 
@@ -40,7 +41,7 @@ use crate::actor::{
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{stable_hash, AccountId, UserId};
-use crate::ports::{append_durable, Ports, Stored};
+use crate::ports::{append_durable, Origin, Ports, Stored};
 use crate::record::Record;
 use crate::recovery::Recovered;
 use crate::registry::TransferRecord;

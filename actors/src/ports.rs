@@ -85,6 +85,19 @@ pub enum JournalError {
     Fenced,
 }
 
+/// Whose record it is. A shard's records go under that shard's lease in
+/// cluster mode (a node that lost the shard cannot write them) and come back
+/// to whoever owns the shard next; the node's own records (an epoch, a risk
+/// veto, a checkpoint marker) need no shard lease. The file journal of the
+/// embedded node keeps one order for both and stores no origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Origin {
+    /// A shard's state changes.
+    Shard(ShardId),
+    /// The node's own records.
+    Node,
+}
+
 /// Called once a record is durable, or once it is known it may not be.
 pub type OnDurable = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
 
@@ -95,8 +108,8 @@ pub type OnDurable = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
 /// `on_durable` is called exactly once per record, after it is durable, and in
 /// append order; appends never block the caller.
 pub trait Journal: Send + Sync + 'static {
-    /// Queues `record`; calls `on_durable` once it is durable.
-    fn append(&self, record: Record, on_durable: OnDurable);
+    /// Queues `record` of `origin`; calls `on_durable` once it is durable.
+    fn append(&self, origin: Origin, record: Record, on_durable: OnDurable);
 
     /// Calls `on_durable` once every record appended before this call is
     /// durable (or once it is known one may not be), in order with the
@@ -104,16 +117,21 @@ pub trait Journal: Send + Sync + 'static {
     /// a change that a crash could still take back. The default appends an
     /// empty record; an implementation may write nothing at all.
     fn when_durable(&self, on_durable: OnDurable) {
-        self.append(Record::Batch(Vec::new()), on_durable);
+        self.append(Origin::Node, Record::Batch(Vec::new()), on_durable);
     }
 }
 
 /// Appends `record` and waits until it is durable (records recovery
 /// produced, checkpoint markers, barriers: not the hot path, which never
 /// waits inside a shard).
-pub async fn append_durable(journal: &dyn Journal, record: Record) -> Result<(), JournalError> {
+pub async fn append_durable(
+    journal: &dyn Journal,
+    origin: Origin,
+    record: Record,
+) -> Result<(), JournalError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     journal.append(
+        origin,
         record,
         Box::new(move |result| {
             let _ = tx.send(result);

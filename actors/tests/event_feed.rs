@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wallet_actors::account::AccountFlags;
 
-use wallet_actors::ports::{EventSink, Journal, ManualClock, OnDurable, Ports};
+use wallet_actors::ports::{EventSink, Journal, ManualClock, OnDurable, Origin, Ports};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::shard::HistoryEntry;
@@ -22,7 +22,7 @@ use wallet_actors::{
 struct InstantJournal;
 
 impl Journal for InstantJournal {
-    fn append(&self, _record: Record, on_durable: OnDurable) {
+    fn append(&self, _origin: Origin, _record: Record, on_durable: OnDurable) {
         on_durable(Ok(()));
     }
 }

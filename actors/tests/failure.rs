@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::ports::{Journal, JournalError, ManualClock, OnDurable, Ports};
+use wallet_actors::ports::{Journal, JournalError, ManualClock, OnDurable, Origin, Ports};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::Failure;
@@ -19,7 +19,7 @@ struct FailingJournal {
 }
 
 impl Journal for FailingJournal {
-    fn append(&self, _record: Record, on_durable: OnDurable) {
+    fn append(&self, _origin: Origin, _record: Record, on_durable: OnDurable) {
         if self.broken.load(Ordering::SeqCst) {
             on_durable(Err(JournalError::Io { kind: std::io::ErrorKind::Other }));
         } else {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wallet_actors::account::AccountFlags;
-use wallet_actors::ports::{Journal, ManualClock, OnDurable, Ports};
+use wallet_actors::ports::{Journal, ManualClock, OnDurable, Origin, Ports};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::Recovery;
 use wallet_actors::risk::{Rule, RuleAction, RuleKind, RuleScope};
@@ -27,7 +27,7 @@ struct SlowJournal {
 }
 
 impl Journal for SlowJournal {
-    fn append(&self, _record: Record, on_durable: OnDurable) {
+    fn append(&self, _origin: Origin, _record: Record, on_durable: OnDurable) {
         if self.held.load(Ordering::SeqCst) {
             self.lock().push(on_durable);
         } else {

@@ -41,6 +41,7 @@ pub mod client;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod host;
 pub mod keys;
 pub mod login_throttle;
 pub mod oidc;
@@ -58,5 +59,6 @@ pub mod telemetry;
 pub mod wire;
 
 pub use error::ApiError;
-pub use settings::{Cli, Command, LogFormat, Settings};
+pub use host::Mode;
+pub use settings::{Cli, Command, LogFormat, NodeSettings, Settings};
 pub use startup::{Application, StartupError};

@@ -7,7 +7,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use wallet_api::{Application, Cli, Command};
+use wallet_actors::ids::NodeId;
+use wallet_api::{Application, Cli, Command, Mode, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,32 +20,37 @@ async fn main() -> anyhow::Result<()> {
     wallet_api::telemetry::init_tracing(cli.log_format, &cli.log_filter)
         .map_err(anyhow::Error::msg)
         .context("setting up logging")?;
-    match cli.command {
-        Command::Serve(settings) => {
-            let data_dir = settings.data_dir.clone();
-            for name in &settings.secrets_given_as_flags {
-                tracing::warn!(
-                    setting = name,
-                    "a secret given as a flag is visible to every local user in `ps`; \
-                     set WALLET_{} in the environment instead",
-                    name.to_uppercase()
-                );
-            }
-            let app = Application::build(settings)
-                .await
-                .with_context(|| format!("starting the node in {}", data_dir.display()))?;
-            if let Some(password) = app.generated_admin_password() {
-                // Shown once (only its hash is stored), on stderr: stdout may
-                // be kept where others read it.
-                eprintln!(
-                    "generated admin password for {} (shown once; change it with \
-                     POST /v1/users/me/password, or by starting with WALLET_ADMIN_PASSWORD set): {password}",
-                    app.admin_email()
-                );
-            }
-            app.run_until(shutdown_signal()).await.context("serving")?;
-        }
+    let (settings, mode) = match cli.command {
+        Command::Serve(settings) => (settings, Mode::Embedded),
+        Command::Node(node) => (node.settings, Mode::Node(NodeId(node.node_id))),
+    };
+    run(settings, mode).await
+}
+
+/// Builds the application and serves until SIGINT or SIGTERM.
+async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
+    let data_dir = settings.data_dir.clone();
+    for name in &settings.secrets_given_as_flags {
+        tracing::warn!(
+            setting = name,
+            "a secret given as a flag is visible to every local user in `ps`; \
+             set WALLET_{} in the environment instead",
+            name.to_uppercase()
+        );
     }
+    let app = Application::build_as(settings, mode)
+        .await
+        .with_context(|| format!("starting the node in {}", data_dir.display()))?;
+    if let Some(password) = app.generated_admin_password() {
+        // Shown once (only its hash is stored), on stderr: stdout may
+        // be kept where others read it.
+        eprintln!(
+            "generated admin password for {} (shown once; change it with \
+             POST /v1/users/me/password, or by starting with WALLET_ADMIN_PASSWORD set): {password}",
+            app.admin_email()
+        );
+    }
+    app.run_until(shutdown_signal()).await.context("serving")?;
     Ok(())
 }
 

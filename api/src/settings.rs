@@ -113,17 +113,20 @@ impl Cli {
         let mut cli = Cli::from_arg_matches(&matches)?;
         let secret_flags = secrets_given_as_flags(&matches);
         let Some(path) = cli.config.clone() else {
-            let Command::Serve(settings) = &mut cli.command;
-            settings.secrets_given_as_flags = secret_flags;
+            cli.command.settings_mut().secrets_given_as_flags = secret_flags;
             return Ok(cli);
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         let table: toml::Table = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?;
-        let serve = matches.subcommand_matches("serve");
+        // The subcommand's own settings (`serve` or `node`).
+        let (serve, serve_command) = match matches.subcommand() {
+            Some((name, sub)) => (Some(sub), Cli::command().find_subcommand(name).cloned()),
+            None => (None, None),
+        };
         let command = Cli::command();
-        let serve_command = command.find_subcommand("serve");
+        let serve_command = serve_command.as_ref();
         let mut risk_rules = Vec::new();
         for (key, value) in table {
             if key == "risk_rules" {
@@ -157,12 +160,9 @@ impl Cli {
             args.push(format!("--{long}={value}").into());
         }
         let mut cli = Cli::try_parse_from(args)?;
-        match &mut cli.command {
-            Command::Serve(settings) => {
-                settings.risk_rules = risk_rules;
-                settings.secrets_given_as_flags = secret_flags;
-            }
-        }
+        let settings = cli.command.settings_mut();
+        settings.risk_rules = risk_rules;
+        settings.secrets_given_as_flags = secret_flags;
         Ok(cli)
     }
 }
@@ -170,7 +170,7 @@ impl Cli {
 /// The secret settings given on the command line, where every local user
 /// can read them (`ps`, `/proc/<pid>/cmdline`).
 fn secrets_given_as_flags(matches: &clap::ArgMatches) -> Vec<&'static str> {
-    let Some(serve) = matches.subcommand_matches("serve") else { return Vec::new() };
+    let Some((_, serve)) = matches.subcommand() else { return Vec::new() };
     ["jwt_secret", "jwt_previous_secret", "admin_password"]
         .into_iter()
         .filter(|id| serve.value_source(id) == Some(ValueSource::CommandLine))
@@ -183,6 +183,43 @@ pub enum Command {
     /// Runs the embedded single node: the ledger and the HTTP API in one process.
     #[command(after_long_help = CONFIG_HELP)]
     Serve(Settings),
+    /// Runs a node whose ledger journal is on NATS JetStream (`--nats-url`,
+    /// required): the ledger and the HTTP API in one process, every record
+    /// stored on the stream before it is acknowledged, a restart replaying
+    /// it. For now one node holds every shard (a second one waits for the
+    /// first's leases); users, sessions and keys stay in `--data-dir`.
+    #[command(after_long_help = CONFIG_HELP)]
+    Node(NodeSettings),
+}
+
+impl Command {
+    /// The settings both subcommands take.
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        match self {
+            Command::Serve(settings) => settings,
+            Command::Node(node) => &mut node.settings,
+        }
+    }
+
+    /// The settings both subcommands take.
+    pub fn into_settings(self) -> Settings {
+        match self {
+            Command::Serve(settings) => settings,
+            Command::Node(node) => node.settings,
+        }
+    }
+}
+
+/// Everything `wallet node` needs: `serve`'s settings and the node's id.
+#[derive(Clone, Debug, Args)]
+pub struct NodeSettings {
+    /// This node's id in the cluster, unique among its nodes (0 is the
+    /// embedded node's).
+    #[arg(long, env = "WALLET_NODE_ID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub node_id: u32,
+    /// The settings `serve` takes.
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 /// Log output format.
@@ -358,6 +395,10 @@ pub struct Settings {
     /// Replicas of the events stream (3 with a three-server NATS cluster).
     #[arg(long, env = "WALLET_EVENTS_REPLICAS", default_value_t = 1)]
     pub events_replicas: usize,
+    /// `wallet node`: replicas of the journal stream `WALLET_JOURNAL` (3
+    /// with a three-server NATS cluster).
+    #[arg(long, env = "WALLET_JOURNAL_REPLICAS", default_value_t = 1)]
+    pub journal_replicas: usize,
     /// JetStream's duplicate window for the events stream, in milliseconds.
     #[arg(long, env = "WALLET_EVENTS_DUPLICATE_WINDOW_MS", default_value_t = 120_000)]
     pub events_duplicate_window_ms: u64,
@@ -396,9 +437,7 @@ impl Settings {
     {
         let all = ["wallet".into(), "serve".into()].into_iter().chain(args.into_iter().map(Into::into));
         let cli = Cli::try_parse_from(all.collect::<Vec<std::ffi::OsString>>())?;
-        match cli.command {
-            Command::Serve(settings) => Ok(settings),
-        }
+        Ok(cli.command.into_settings())
     }
 }
 
@@ -454,7 +493,7 @@ mod tests {
         let config = path.to_string_lossy().to_string();
         let cli = Cli::load(["wallet", "--config", config.as_str(), "serve", "--shards", "16"])?;
         assert_eq!(cli.log_format, LogFormat::Json);
-        let Command::Serve(settings) = cli.command;
+        let settings = cli.command.into_settings();
         assert_eq!(settings.shards, 16, "the flag wins");
         assert_eq!(settings.listen.to_string(), "127.0.0.1:9000");
 
@@ -473,7 +512,7 @@ mod tests {
                     parameters = { window_seconds = 60, count = 10 }\n";
         std::fs::write(&path, format!("shards = 8\n{rule}"))?;
         let config = path.to_string_lossy().to_string();
-        let Command::Serve(settings) = Cli::load(["wallet", "--config", config.as_str(), "serve"])?.command;
+        let settings = Cli::load(["wallet", "--config", config.as_str(), "serve"])?.command.into_settings();
         assert_eq!(settings.shards, 8);
         assert_eq!(settings.risk_rules.len(), 1);
         let parsed = settings.risk_rules[0].clone().into_rule(wallet_actors::risk::RuleId::new(1)?);

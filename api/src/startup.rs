@@ -17,6 +17,7 @@ use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{
     EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,
 };
+use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
 use wallet_storage::users::{UserStore, UserStoreError};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
 
@@ -26,6 +27,7 @@ use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
 use crate::domain::Secret;
+use crate::host::{LedgerHost, Mode};
 use crate::keys::{generated_secret, private_directory, KeyError, SigningKey};
 use crate::login_throttle::{LoginThrottle, ThrottlePolicy};
 use crate::oidc::{ExternalIssuer, JwksSource};
@@ -43,6 +45,9 @@ pub enum StartupError {
     /// The ledger's storage did not open.
     #[error("opening the ledger: {0}")]
     Storage(#[from] StorageError),
+    /// A node's ledger did not open from its journal on JetStream.
+    #[error("opening the node's ledger: {0}")]
+    Node(#[from] NodeError),
     /// The user store did not open.
     #[error("opening the user store: {0}")]
     Users(#[from] UserStoreError),
@@ -79,7 +84,7 @@ pub struct Application {
     address: SocketAddr,
     router: axum::Router,
     state: AppState,
-    embedded: EmbeddedLedger,
+    host: LedgerHost,
     publisher: Option<EventPublisher>,
     generated_admin_password: Option<String>,
     admin_email: String,
@@ -88,9 +93,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens everything `settings` names and binds the listener (port 0
-    /// picks a free port; see [`Application::port`]).
+    /// Opens everything `settings` names for the embedded single node and
+    /// binds the listener (port 0 picks a free port; see [`Application::port`]).
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        Application::build_as(settings, Mode::Embedded).await
+    }
+
+    /// As [`Application::build`], the ledger opened as `mode` says.
+    pub async fn build_as(settings: Settings, mode: Mode) -> Result<Application, StartupError> {
         // Bound first: a taken port fails before any data is opened.
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -100,7 +110,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
-        let (embedded, publisher, live) = open_ledger(&settings).await?;
+        let (host, publisher, live) = open_ledger(&settings, mode).await?;
         let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
         let users = UserStore::open(&users_path)?;
 
@@ -119,7 +129,7 @@ impl Application {
             reset_after: Duration::from_secs(settings.login_failures_reset_seconds),
         });
         let state = AppState::new(
-            embedded.ledger.clone(),
+            host.ledger(),
             users,
             tokens,
             passwords,
@@ -130,7 +140,7 @@ impl Application {
                 ),
             },
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
-            embedded.journal_stats(),
+            host.journal_stats(),
         )
         .with_live_events(live, Duration::from_millis(settings.events_heartbeat_ms))
         .with_account_rules(AccountRules {
@@ -158,7 +168,7 @@ impl Application {
             address,
             router,
             state,
-            embedded,
+            host,
             publisher,
             generated_admin_password,
             admin_email: settings.admin_email.clone(),
@@ -172,7 +182,7 @@ impl Application {
 
     /// The ledger it serves (for embedding it, and for tests).
     pub fn ledger(&self) -> wallet_actors::Ledger {
-        self.embedded.ledger.clone()
+        self.host.ledger()
     }
 
     /// The bound port.
@@ -208,7 +218,7 @@ impl Application {
             address,
             router,
             state,
-            embedded,
+            host,
             publisher,
             shutdown_grace,
             connection_limits,
@@ -245,7 +255,7 @@ impl Application {
             task.abort();
         }
         // The publisher runs through the last checkpoint, which waits for it.
-        embedded.shutdown().await;
+        host.shutdown().await;
         if let Some(publisher) = publisher {
             publisher.stop().await;
         }
@@ -260,35 +270,47 @@ impl Application {
 /// outbox when a URL is set) and starts the publisher.
 async fn open_ledger(
     settings: &Settings,
-) -> Result<(EmbeddedLedger, Option<EventPublisher>, Arc<LiveEvents>), StartupError> {
+    mode: Mode,
+) -> Result<(LedgerHost, Option<EventPublisher>, Arc<LiveEvents>), StartupError> {
     let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
     let live = Arc::new(LiveEvents::new(LiveOptions {
         watchers_max: settings.events_streams_max,
         ..LiveOptions::default()
     }));
     let outbox = events.clone().map(|queue| queue as Arc<dyn EventSink>);
-    let options = EmbeddedOptions {
-        ledger: LedgerConfig {
-            shard_count: settings.shards,
-            in_flight_max: settings.in_flight_max,
-            request_timeout_ms: settings.ledger_timeout_ms,
-            ..LedgerConfig::default()
-        },
-        events: Some(Arc::new(EventFeeds::new(live.clone(), outbox))),
-        ..EmbeddedOptions::default()
+    let ledger = LedgerConfig {
+        shard_count: settings.shards,
+        in_flight_max: settings.in_flight_max,
+        request_timeout_ms: settings.ledger_timeout_ms,
+        ..LedgerConfig::default()
     };
+    let feeds: Arc<dyn EventSink> = Arc::new(EventFeeds::new(live.clone(), outbox));
     private_directory(&settings.data_dir)?;
-    let embedded = EmbeddedLedger::open(&settings.data_dir, options).await?;
+    let host = match mode {
+        Mode::Embedded => {
+            let options = EmbeddedOptions { ledger, events: Some(feeds), ..EmbeddedOptions::default() };
+            LedgerHost::Embedded(Box::new(EmbeddedLedger::open(&settings.data_dir, options).await?))
+        }
+        Mode::Node(node) => {
+            let url = settings.nats_url.clone().ok_or_else(|| StartupError::Setting {
+                name: "nats_url",
+                reason: "a node keeps its journal on NATS JetStream: give --nats-url".into(),
+            })?;
+            let mut options = NodeOptions { ledger, events: Some(feeds), ..NodeOptions::new(node, url) };
+            options.journal.replicas = settings.journal_replicas;
+            LedgerHost::Node(NodeLedger::open(options).await?)
+        }
+    };
     let publisher = match (&settings.nats_url, events) {
         (Some(url), Some(queue)) => {
             let mut options = PublisherOptions::new(url.clone());
             options.replicas = settings.events_replicas;
             options.duplicate_window = Duration::from_millis(settings.events_duplicate_window_ms);
-            Some(EventPublisher::spawn(queue, embedded.ledger.clone(), options))
+            Some(EventPublisher::spawn(queue, host.ledger(), options))
         }
         _ => None,
     };
-    Ok((embedded, publisher, live))
+    Ok((host, publisher, live))
 }
 
 /// The token issuer: the configured secrets, or one generated and kept.

@@ -19,6 +19,7 @@
 pub(crate) mod batch;
 pub mod lease;
 mod message;
+pub mod meta;
 pub mod read;
 pub mod writer;
 
@@ -28,7 +29,7 @@ use async_nats::jetstream::{self, stream};
 use wallet_actors::ids::NodeId;
 
 pub use lease::{Holder, Lease, LeaseError, LeaseState, Leased};
-pub use read::read_shard;
+pub use read::{read_records, read_shard};
 pub use writer::{JournalStats, NodeJournal};
 
 /// The stream holding every node's journal and every lease.
@@ -39,6 +40,9 @@ pub const JOURNAL_SUBJECTS: &str = "wallet.journal.*";
 
 /// Every lease.
 pub const LEASE_SUBJECTS: &str = "wallet.lease.>";
+
+/// The cluster's fixed settings ([`meta`]).
+pub const META_SUBJECTS: &str = "wallet.meta.>";
 
 /// The subject of `node`'s journal: the records of the shards it owns.
 pub fn journal_subject(node: NodeId) -> String {
@@ -99,6 +103,14 @@ pub enum StreamError {
     /// The options cannot keep the guarantees.
     #[error("journal options: {0}")]
     Options(&'static str),
+    /// The stream's journal was written with another shard count.
+    #[error("the journal stream holds {found} shards, not {expected}; the shard count is fixed")]
+    ShardCount {
+        /// The count stored.
+        found: u16,
+        /// The count this node was started with.
+        expected: u16,
+    },
     /// A stored message does not decode: the stream is damaged or was
     /// written by another format.
     #[error("message {sequence} on {subject} does not decode: {reason}")]
@@ -161,7 +173,11 @@ impl JournalStream {
         let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: STREAM.to_string(),
-            subjects: vec![JOURNAL_SUBJECTS.to_string(), LEASE_SUBJECTS.to_string()],
+            subjects: vec![
+                JOURNAL_SUBJECTS.to_string(),
+                LEASE_SUBJECTS.to_string(),
+                META_SUBJECTS.to_string(),
+            ],
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
             allow_atomic_publish: true,

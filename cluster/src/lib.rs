@@ -7,8 +7,11 @@
 //!   and shard leases: the first part of cluster mode;
 //! - [`placement`]: which node owns which shard, decided from the leases
 //!   (routing between nodes comes next; the design is in the same
-//!   document).
+//!   document);
+//! - [`node`]: a node's ledger writing through its journal (one node
+//!   holding every shard, for now).
 
 pub mod events;
 pub mod journal;
+pub mod node;
 pub mod placement;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wallet_actors::ports::{append_durable, Journal, Stored};
+use wallet_actors::ports::{append_durable, Journal, Origin, Stored};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::shard::HistoryEntry;
@@ -65,46 +65,23 @@ pub(crate) fn spawn_checkpoints(
     })
 }
 
-/// Rebuilds the shards whenever they fail, until the ledger stops. A
+/// Rebuilds the shards from the snapshot and the journal whenever they
+/// fail, until the ledger stops ([`wallet_actors::Ledger::supervise`]). A
 /// journal failure is not mended here: whether its last records are
 /// durable is unknown until the process restarts and reads the files; the
 /// rebuild's barrier fails then, and it is retried with a growing pause.
 pub(crate) fn spawn_supervision(
     checkpointer: Checkpointer,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        const CALM: std::time::Duration = std::time::Duration::from_secs(10);
-        let mut pause_ms = 100u64;
-        // Set after a rebuild failed, or when one succeeded: a failure that
-        // comes back soon after either (an account that cannot be read, a
-        // request that panics a shard each time) waits a growing pause, so
-        // it cannot keep the node rebuilding.
-        let mut last_attempt: Option<(std::time::Instant, bool)> = None;
-        loop {
-            let failure = tokio::select! {
-                _ = stopped.changed() => return,
-                failure = checkpointer.ledger.failed() => failure,
-            };
-            match last_attempt {
-                Some((at, succeeded)) if !succeeded || at.elapsed() < CALM => {
-                    tracing::warn!(%failure, pause_ms, "the shards failed again; pausing before the rebuild");
-                    tokio::select! {
-                        _ = stopped.changed() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(pause_ms)) => {}
-                    }
-                    pause_ms = (pause_ms * 2).min(30_000);
-                }
-                _ => pause_ms = 100,
-            }
-            tracing::warn!(%failure, "rebuilding the shards from durable state");
-            let rebuilt = checkpointer.rebuild().await;
-            if let Err(error) = &rebuilt {
-                tracing::error!(%error, "rebuilding the shards failed; trying again");
-            }
-            last_attempt = Some((std::time::Instant::now(), rebuilt.is_ok()));
-        }
-    })
+    let ledger = checkpointer.ledger.clone();
+    ledger.supervise(
+        move || {
+            let checkpointer = checkpointer.clone();
+            async move { checkpointer.rebuild().await }
+        },
+        stopped,
+    )
 }
 
 /// The captured history as chunks of one account each, entries in order,
@@ -279,6 +256,7 @@ impl Checkpointer {
         let (numbered, at_marker) = tokio::sync::oneshot::channel();
         let ledger = self.ledger.clone();
         self.journal.append(
+            Origin::Node,
             marker,
             Box::new(move |result| {
                 let _ = numbered.send(result.map(|()| ledger.next_decision_id()));
@@ -382,7 +360,9 @@ impl Checkpointer {
         let started = std::time::Instant::now();
         self.ledger.halt().await;
         // An empty record: once durable, so is everything appended before.
-        append_durable(self.journal.as_ref(), Record::Batch(Vec::new())).await.map_err(journal_failed)?;
+        append_durable(self.journal.as_ref(), Origin::Node, Record::Batch(Vec::new()))
+            .await
+            .map_err(journal_failed)?;
         let (snapshot, journal_dir) = (self.snapshot.clone(), self.journal_dir.clone());
         let stored = stored(&self.snapshot, &self.runs, &self.history);
         let shard_count = self.shard_count;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use wallet_actors::ports::{Journal, JournalError, OnDurable};
+use wallet_actors::ports::{Journal, JournalError, OnDurable, Origin};
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 
 use crate::frame::{self, Decoded};
@@ -306,7 +306,9 @@ impl Drop for FileJournal {
 }
 
 impl Journal for FileJournal {
-    fn append(&self, record: Record, on_durable: OnDurable) {
+    /// One order for every origin; the origin is not stored (one node holds
+    /// every shard).
+    fn append(&self, _origin: Origin, record: Record, on_durable: OnDurable) {
         // Encoding here spreads its cost over the callers' threads; the
         // journal thread only copies, writes and syncs.
         let frame = encode_frames(&record).map_err(|error| {
@@ -639,6 +641,7 @@ mod tests {
         let journal = FileJournal::start(dir.path(), JournalOptions::default())?;
         let (done, durable) = mpsc::channel();
         journal.append(
+            Origin::Node,
             batch,
             Box::new(move |result| {
                 let _ = done.send(result);
@@ -666,6 +669,7 @@ mod tests {
         assert_eq!(header(dir.path())?, (Header::empty(), HEADER_LEN));
         let (done, durable) = mpsc::channel();
         journal.append(
+            Origin::Node,
             Record::Batch(Vec::new()),
             Box::new(move |result| {
                 let _ = done.send(result);

@@ -3,13 +3,17 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use wallet_actors::ids::NodeId;
 use wallet_actors::ports::SystemClock;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
     settlement_account_id, AccountFlags, AccountStatus, Amount, Ledger, LedgerConfig, NewAccount,
     TransferOutcome, TransferRequest,
 };
+use wallet_cluster::journal::JournalOptions as ClusterJournalOptions;
+use wallet_cluster::node::{NodeLedger, NodeOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 use crate::{account, amount, pending, post, posted, tid, usd, user, void};
@@ -17,7 +21,7 @@ use crate::{account, amount, pending, post, posted, tid, usd, user, void};
 mod checks;
 mod child;
 
-pub use checks::{check_books, check_history, power_loss, PowerLoss};
+pub use checks::{check_books, check_history, power_loss, Books, PowerLoss};
 pub use child::{ack_line, spawn_child, Child};
 
 /// Shards of the crash-test ledger: few, so both paths are common.
@@ -47,6 +51,30 @@ pub async fn open(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
 /// in several steps stay still.
 pub async fn open_for_checks(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
     Ok(EmbeddedLedger::open(dir, options(3_600_000)).await?)
+}
+
+/// The environment variable that makes the crash-test child run a node's
+/// ledger on the JetStream journal at this URL instead of the embedded one.
+pub const NATS_URL_VAR: &str = "WALLET_CRASH_NATS_URL";
+
+/// The crash-test node (node 1, every shard) on the JetStream journal at
+/// `nats_url`, with holds expiring every `expiry_interval_ms`.
+pub async fn open_node(nats_url: &str, expiry_interval_ms: u64) -> anyhow::Result<NodeLedger> {
+    let defaults = NodeOptions::new(NodeId(1), nats_url);
+    let options = NodeOptions {
+        // Short leases, as a test of a dead node's takeover wants.
+        journal: ClusterJournalOptions {
+            node_lease_ttl: Duration::from_secs(1),
+            shard_lease_ttl: Duration::from_secs(2),
+            renew_every: Duration::from_millis(200),
+            ack_timeout: Duration::from_millis(700),
+            ..defaults.journal.clone()
+        },
+        ledger: LedgerConfig { shard_count: SHARDS, expiry_interval_ms, ..LedgerConfig::default() },
+        take_wait: Duration::from_secs(10),
+        ..defaults
+    };
+    Ok(NodeLedger::open(options).await?)
 }
 
 fn options(expiry_interval_ms: u64) -> EmbeddedOptions {

@@ -12,7 +12,7 @@ use super::{
     Shared,
 };
 use crate::ids::{CommitId, ShardId};
-use crate::ports::OnDurable;
+use crate::ports::{OnDurable, Origin};
 use crate::record::Record;
 use crate::shard::IndexedRejection;
 
@@ -89,6 +89,7 @@ impl RunningShard {
             let events = self.state.history_for(self.shared.events.as_ref());
             let shard_id = self.state.shard_id();
             self.shared.journal.append(
+                Origin::Shard(shard_id),
                 record,
                 Box::new(move |result| {
                     for on_durable in callbacks {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::ids::ShardId;
-use crate::ports::{Clock, HistoryIndex, Journal, JournalError, OnDurable, ShardRouter};
+use crate::ports::{Clock, HistoryIndex, Journal, JournalError, OnDurable, Origin, ShardRouter};
 use crate::record::Record;
 use crate::registry::TransferRegistry;
 
@@ -140,10 +140,10 @@ impl JournalGate {
 }
 
 impl Journal for JournalGate {
-    fn append(&self, record: Record, on_durable: OnDurable) {
+    fn append(&self, origin: Origin, record: Record, on_durable: OnDurable) {
         let open = self.open.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if *open {
-            self.journal.append(record, on_durable);
+            self.journal.append(origin, record, on_durable);
         } else {
             drop(open);
             on_durable(Err(JournalError::Closed));

@@ -12,7 +12,7 @@ use crate::account::{Account, AccountFlags, AccountStatus, Leg, Side};
 use crate::amount::Amount;
 use crate::asset::Asset;
 use crate::ids::{AccountId, CommitId, ShardId, TransferId, UserId};
-use crate::ports::{Journal, ManualClock, OnDurable};
+use crate::ports::{Journal, ManualClock, OnDurable, Origin};
 use crate::registry::TransferRegistry;
 use crate::shard::{HoldChange, Planned};
 use crate::transfer::{Transfer, TransferKind, TransferRequest};
@@ -25,7 +25,7 @@ struct HeldJournal {
 }
 
 impl Journal for HeldJournal {
-    fn append(&self, record: Record, on_durable: OnDurable) {
+    fn append(&self, _origin: Origin, record: Record, on_durable: OnDurable) {
         lock(&self.records).push(record);
         lock(&self.callbacks).push(on_durable);
     }

@@ -31,7 +31,13 @@ pub(super) async fn spawn_generation(
     // commit id this generation gives is ever given again.
     let epoch = Record::Epoch(recovered.epoch);
     for record in std::iter::once(epoch).chain(completions) {
-        append_durable(shared.journal.as_ref(), record).await.map_err(|_| LedgerError::Unavailable)?;
+        let origin = match &record {
+            Record::CommitApplied { shard_id, .. } => Origin::Shard(*shard_id),
+            _ => Origin::Node,
+        };
+        append_durable(shared.journal.as_ref(), origin, record)
+            .await
+            .map_err(|_| LedgerError::Unavailable)?;
     }
     let shard_ids: Arc<std::sync::Mutex<Vec<ractor::ActorId>>> = Default::default();
     let (supervisor, _) = Actor::spawn(None, ShardSupervisor, (shared.clone(), shard_ids.clone()))

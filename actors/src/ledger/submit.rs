@@ -15,6 +15,7 @@ use super::route::run_ops;
 use super::{Inner, Ledger, TransferOutcome, TransferResult};
 use crate::actor::OpOutcome;
 use crate::ids::TransferId;
+use crate::ports::Origin;
 use crate::record::Record;
 use crate::registry::{Claim, TransferRecord, TransferRegistry};
 use crate::rejection::Rejection;
@@ -292,7 +293,10 @@ impl Submission {
         }
         let shared = self.inner.shared.clone();
         let (tx, rx) = oneshot::channel();
+        // The node's record, not a shard's: a veto changes no account, and
+        // the request may have come to a node owning none of its shards.
         shared.clone().journal.append(
+            Origin::Node,
             Record::Decisions(vetoes.clone()),
             Box::new(move |result| {
                 match result {

@@ -28,7 +28,17 @@ pub struct TestApp {
     pub admin_token: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
+    /// The nats-server holding a node's journal (`WALLET_TEST_NODE`), its
+    /// store in the data directory so that a restart finds it.
+    nats: Option<wallet_testkit::nats::NatsServer>,
     pub dir: tempfile::TempDir,
+}
+
+/// Whether the suite runs against a node whose journal is on NATS
+/// JetStream (`WALLET_TEST_NODE=1`) rather than the embedded node: the same
+/// tests hold on both.
+pub fn node_mode() -> bool {
+    std::env::var("WALLET_TEST_NODE").is_ok_and(|value| value == "1")
 }
 
 /// A response: status and JSON body (Null when the body is not JSON).
@@ -80,7 +90,23 @@ impl TestApp {
 
     /// Starts on `dir` with extra flags.
     pub async fn spawn_with(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestApp> {
-        let app = Application::build(settings(dir.path(), extra)?).await.context("building the app")?;
+        let mut flags = extra.to_vec();
+        let (mode, nats) = if node_mode() {
+            // A test that runs its own server for events keeps the journal there too.
+            let nats = match flags.contains(&"--nats-url") {
+                true => None,
+                false => Some(wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?),
+            };
+            (wallet_api::Mode::Node(wallet_actors::ids::NodeId(1)), nats)
+        } else {
+            (wallet_api::Mode::Embedded, None)
+        };
+        let url = nats.as_ref().map(wallet_testkit::nats::NatsServer::url);
+        if let Some(url) = &url {
+            flags.extend(["--nats-url", url.as_str()]);
+        }
+        let app =
+            Application::build_as(settings(dir.path(), &flags)?, mode).await.context("building the app")?;
         let base = format!("http://127.0.0.1:{}", app.port());
         let ledger = app.ledger();
         let (tx, rx) = oneshot::channel::<()>();
@@ -95,10 +121,16 @@ impl TestApp {
             admin_token: String::new(),
             shutdown: Some(tx),
             server: Some(server),
+            nats,
             dir,
         };
         test.admin_token = test.token(ADMIN_EMAIL, ADMIN_PASSWORD).await?;
         Ok(test)
+    }
+
+    /// The nats-server holding the node's journal, in node mode.
+    pub fn nats_mut(&mut self) -> Option<&mut wallet_testkit::nats::NatsServer> {
+        self.nats.as_mut()
     }
 
     /// Fires the shutdown and waits for a clean stop; returns the data dir.
@@ -109,6 +141,8 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.context("joining the server")?.context("the server stopped with an error")?;
         }
+        // The next start on this directory starts its own on the same store.
+        drop(self.nats.take());
         let dir = tempfile::tempdir()?;
         Ok(std::mem::replace(&mut self.dir, dir))
     }
@@ -256,6 +290,27 @@ pub struct Server {
     pub password: Option<String>,
     /// The whole line that showed it.
     pub password_line: Option<String>,
+    /// The nats-server holding the node's journal, in node mode.
+    _nats: Option<wallet_testkit::nats::NatsServer>,
+}
+
+/// The subcommand and its flags for the mode the suite runs in, and the
+/// nats-server a node's journal needs (its store in `dir`, so a restart
+/// finds it), unless `extra` names one.
+fn mode_args(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(Vec<String>, Option<wallet_testkit::nats::NatsServer>)> {
+    if !node_mode() {
+        return Ok((vec!["serve".into()], None));
+    }
+    let mut args: Vec<String> = ["node", "--node-id", "1"].map(String::from).to_vec();
+    if extra.contains(&"--nats-url") {
+        return Ok((args, None));
+    }
+    let nats = wallet_testkit::nats::NatsServer::start(&dir.join("nats"))?;
+    args.extend(["--nats-url".to_string(), nats.url()]);
+    Ok((args, Some(nats)))
 }
 
 impl Server {
@@ -270,9 +325,11 @@ impl Server {
         admin_password: Option<&str>,
         extra: &[&str],
     ) -> anyhow::Result<Server> {
+        let (mode, nats) = mode_args(dir, extra)?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4", "--log-format", "json"])
+            .args(mode)
+            .args(["--listen", "127.0.0.1:0", "--shards", "4", "--log-format", "json"])
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -332,7 +389,7 @@ impl Server {
             let _ = child.kill();
             anyhow::bail!("the server did not log its address");
         };
-        Ok(Server { child, base: format!("http://{address}"), password, password_line })
+        Ok(Server { child, base: format!("http://{address}"), password, password_line, _nats: nats })
     }
 
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
@@ -367,9 +424,11 @@ pub async fn failed_start(
     admin_password: Option<&str>,
     extra: &[&str],
 ) -> anyhow::Result<String> {
+    let (mode, _nats) = mode_args(dir, extra)?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "4"])
+        .args(mode)
+        .args(["--listen", "127.0.0.1:0", "--shards", "4"])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)

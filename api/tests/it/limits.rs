@@ -105,8 +105,13 @@ async fn after_a_journal_failure_healthz_asks_for_a_restart() -> anyhow::Result<
     let app = TestApp::spawn_in(dir).await?;
     let (_, token) = app.user("jo").await?;
     let account = app.account(&token).await?;
+    let mut app = app;
     assert_eq!(app.deposit(&account, "500").await?.status, StatusCode::CREATED);
-    faults::arm(faults::points::JOURNAL_SYNC, Fault::Error(1));
+    // A failed write: the file journal's sync, or a node's journal server gone.
+    match app.nats_mut() {
+        Some(nats) => nats.kill()?,
+        None => faults::arm(faults::points::JOURNAL_SYNC, Fault::Error(1)),
+    }
     let failed = app.deposit(&account, "700").await?;
     assert_eq!(
         (failed.status, failed.code()),

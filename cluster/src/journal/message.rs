@@ -1,25 +1,24 @@
 //! One journal write being gathered: its frames, and the callbacks to
 //! answer once its outcome is known, in append order.
 
-use wallet_actors::ids::ShardId;
-use wallet_actors::ports::{JournalError, OnDurable};
+use wallet_actors::ports::{JournalError, OnDurable, Origin};
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame;
 
-/// Encodes `record` of `shard` as frames of `(shard, record)`, in the file
-/// journal's framing. A batch (a shard's outbox) becomes one frame per
+/// Encodes `record` of `origin` as frames of `(origin, record)`, in the
+/// file journal's framing. A batch (a shard's outbox) becomes one frame per
 /// record it holds, as in the file journal, so no frame is larger than its
 /// largest record.
-pub(crate) fn encode_frames(shard: ShardId, record: &Record) -> Result<Vec<u8>, JournalError> {
-    fn into(shard: ShardId, record: &Record, buffer: &mut Vec<u8>) -> Result<(), JournalError> {
+pub(crate) fn encode_frames(origin: Origin, record: &Record) -> Result<Vec<u8>, JournalError> {
+    fn into(origin: Origin, record: &Record, buffer: &mut Vec<u8>) -> Result<(), JournalError> {
         match record {
-            Record::Batch(records) => records.iter().try_for_each(|record| into(shard, record, buffer)),
-            record => frame::encode_into(&(shard, record), RECORD_FORMAT_VERSION, buffer)
+            Record::Batch(records) => records.iter().try_for_each(|record| into(origin, record, buffer)),
+            record => frame::encode_into(&(origin, record), RECORD_FORMAT_VERSION, buffer)
                 .map_err(|_| JournalError::Io { kind: std::io::ErrorKind::InvalidData }),
         }
     }
     let mut buffer = Vec::with_capacity(128);
-    into(shard, record, &mut buffer)?;
+    into(origin, record, &mut buffer)?;
     Ok(buffer)
 }
 

@@ -5,6 +5,7 @@
 
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use wallet_actors::ids::ShardId;
+use wallet_actors::ports::Origin;
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame::{decode_at, Decoded};
 
@@ -19,13 +20,32 @@ pub async fn read_shard(
     after: u64,
 ) -> Result<Vec<(u64, Record)>, StreamError> {
     let mut records = Vec::new();
+    read_records(stream, after, |sequence, origin, record| {
+        if origin == Origin::Shard(shard) {
+            records.push((sequence, record));
+        }
+        Ok::<_, StreamError>(())
+    })
+    .await?;
+    Ok(records)
+}
+
+/// Hands every record of every node's journal after stream sequence
+/// `after` to `each`, in stream order, with the sequence of the message
+/// holding it and its origin; stops at the first error. Read from the
+/// stream's leader, one message per request.
+pub async fn read_records<E: From<StreamError>>(
+    stream: &JournalStream,
+    after: u64,
+    mut each: impl FnMut(u64, Origin, Record) -> Result<(), E>,
+) -> Result<(), E> {
     let mut next = after + 1;
     loop {
         let request = stream.stream.raw_message_builder().next_by_subject(JOURNAL_SUBJECTS).sequence(next);
         let message = match request.send().await {
             Ok(message) => message,
-            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => return Ok(records),
-            Err(error) => return Err(nats_error(error)),
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(error) => return Err(nats_error(error).into()),
         };
         let damaged = |reason: String| StreamError::Decode {
             subject: message.subject.to_string(),
@@ -34,18 +54,16 @@ pub async fn read_shard(
         };
         let mut offset = 0;
         loop {
-            match decode_at::<(ShardId, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
-                Ok(Decoded::Frame((of, record), end)) => {
-                    if of == shard {
-                        records.push((message.sequence, record));
-                    }
+            match decode_at::<(Origin, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
+                Ok(Decoded::Frame((origin, record), end)) => {
+                    each(message.sequence, origin, record)?;
                     offset = end;
                 }
                 Ok(Decoded::End) => break,
                 Ok(Decoded::Invalid { .. }) => {
-                    return Err(damaged(format!("no valid frame at byte {offset}")))
+                    return Err(damaged(format!("no valid frame at byte {offset}")).into())
                 }
-                Err(error) => return Err(damaged(error.to_string())),
+                Err(error) => return Err(damaged(error.to_string()).into()),
             }
         }
         next = message.sequence + 1;

@@ -31,7 +31,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use wallet_actors::ids::{NodeId, ShardId};
-use wallet_actors::ports::{JournalError, OnDurable};
+use wallet_actors::ports::{Journal, JournalError, OnDurable, Origin};
 use wallet_actors::record::Record;
 
 use super::batch::{publish, Outgoing};
@@ -62,7 +62,7 @@ pub struct JournalStats {
 enum Command {
     /// A record's frames; `true`: the rest of a record whose first part went
     /// in an earlier message.
-    Append(ShardId, Result<Vec<u8>, JournalError>, OnDurable, bool),
+    Append(Origin, Result<Vec<u8>, JournalError>, OnDurable, bool),
     WhenDurable(OnDurable),
     Take(ShardId, oneshot::Sender<Result<Lease, LeaseError>>),
     Release(ShardId, oneshot::Sender<()>),
@@ -217,13 +217,14 @@ impl NodeJournal {
         self.stats.clone()
     }
 
-    /// Queues `record` for `shard`; `on_durable` runs once the stream
-    /// acknowledged it, or with the reason it may not be stored.
-    pub fn append(&self, shard: ShardId, record: &Record, on_durable: OnDurable) {
+    /// Queues `record` of `origin`; `on_durable` runs once the stream
+    /// acknowledged it, or with the reason it may not be stored (a shard's
+    /// record needs the shard's lease, the node's own only the node's).
+    pub fn append(&self, origin: Origin, record: &Record, on_durable: OnDurable) {
         // Encoded on the caller's thread, as the file journal does.
-        let frames = encode_frames(shard, record);
+        let frames = encode_frames(origin, record);
         if let Err(mpsc::error::SendError(Command::Append(_, _, on_durable, _))) =
-            self.sender.send(Command::Append(shard, frames, on_durable, false))
+            self.sender.send(Command::Append(origin, frames, on_durable, false))
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -317,8 +318,11 @@ impl Writer {
             #[cfg(feature = "fault-injection")]
             Command::StallNextWrite(pause) => self.stall = Some(pause),
             Command::WhenDurable(on_durable) => message.push_barrier(on_durable),
-            Command::Append(shard, frames, on_durable, continues) => {
-                let holds = self.held().shards.contains_key(&shard);
+            Command::Append(origin, frames, on_durable, continues) => {
+                let holds = match origin {
+                    Origin::Shard(shard) => self.held().shards.contains_key(&shard),
+                    Origin::Node => true,
+                };
                 match (frames, holds) {
                     (Err(error), _) => self.refuse(message, on_durable, error, true),
                     // The rest of a flush whose first part may be stored.
@@ -328,7 +332,7 @@ impl Writer {
                     }
                     (Ok(_), false) => self.refuse(message, on_durable, JournalError::Fenced, false),
                     (Ok(frames), true) => {
-                        return self.add_record(message, shard, frames, on_durable, continues)
+                        return self.add_record(message, origin, frames, on_durable, continues)
                     }
                 }
             }
@@ -361,7 +365,7 @@ impl Writer {
     fn add_record(
         &mut self,
         message: &mut Message,
-        shard: ShardId,
+        origin: Origin,
         frames: Vec<u8>,
         on_durable: OnDurable,
         continues: bool,
@@ -372,7 +376,7 @@ impl Writer {
             return Next::More;
         }
         if !message.is_empty() {
-            return Next::Carry(Command::Append(shard, Ok(frames), on_durable, continues));
+            return Next::Carry(Command::Append(origin, Ok(frames), on_durable, continues));
         }
         let cut = cut_within(&frames, max);
         if cut > self.stream.payload_bytes_max {
@@ -386,7 +390,7 @@ impl Writer {
             return Next::More;
         }
         message.push_part(&frames[..cut]);
-        Next::Carry(Command::Append(shard, Ok(frames[cut..].to_vec()), on_durable, true))
+        Next::Carry(Command::Append(origin, Ok(frames[cut..].to_vec()), on_durable, true))
     }
 
     /// Publishes `message` fenced by the node lease, until it is
@@ -411,10 +415,17 @@ impl Writer {
             headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", node_lease.of.subject().as_str());
             let subject = journal_subject(self.holder.node);
             let outgoing = Outgoing { subject, headers, payload: payload.clone() };
+            let sent = Instant::now();
             match publish(&self.stream, vec![outgoing]).await.map_err(|error| error.kind()) {
                 Ok(_) => {
                     self.stats.messages.fetch_add(1, Ordering::Relaxed);
                     self.stats.records.fetch_add(message.records, Ordering::Relaxed);
+                    // The file journal's names: a write's records, and the
+                    // time until they were durable (here the stream's
+                    // acknowledgement, which with `sync_interval: always`
+                    // follows the server's fsync).
+                    metrics::histogram!("wallet_journal_batch_records").record(message.records as f64);
+                    metrics::histogram!("wallet_journal_fsync_seconds").record(sent.elapsed().as_secs_f64());
                     break Ok(());
                 }
                 // Fenced, unless it was a renewal of ours whose answer was lost.
@@ -432,5 +443,16 @@ impl Writer {
         for callback in message.callbacks {
             callback.answer(outcome);
         }
+    }
+}
+
+/// The ledger's port: a node's ledger writes through its journal.
+impl Journal for NodeJournal {
+    fn append(&self, origin: Origin, record: Record, on_durable: OnDurable) {
+        NodeJournal::append(self, origin, &record, on_durable);
+    }
+
+    fn when_durable(&self, on_durable: OnDurable) {
+        NodeJournal::when_durable(self, on_durable);
     }
 }

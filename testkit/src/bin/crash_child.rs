@@ -3,7 +3,9 @@
 //! environment arms, `WALLET_FAULTS`), printing one line per acknowledged
 //! transfer (`ACK <json>`) the moment its result arrives.
 //!
-//! `wallet-crash-child <data-dir> <run-number>`
+//! `wallet-crash-child <data-dir> <run-number>`; with `WALLET_CRASH_NATS_URL`
+//! set it runs node 1's ledger on the JetStream journal there instead (the
+//! data directory is then unused).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,13 +22,24 @@ fn main() -> anyhow::Result<()> {
     let run: u64 = args.next().context("run number")?.parse()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let node = crash::open(std::path::Path::new(&dir)).await?;
-        crash::setup(&node.ledger).await?;
+        // Kept open until the process is killed.
+        let (ledger, _open): (wallet_actors::Ledger, Box<dyn std::any::Any + Send>) =
+            match std::env::var(crash::NATS_URL_VAR) {
+                Ok(url) => {
+                    let node = crash::open_node(&url, 100).await?;
+                    (node.ledger.clone(), Box::new(node))
+                }
+                Err(_) => {
+                    let node = crash::open(std::path::Path::new(&dir)).await?;
+                    (node.ledger.clone(), Box::new(node))
+                }
+            };
+        crash::setup(&ledger).await?;
         println!("READY");
         let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
         let mut clients = tokio::task::JoinSet::new();
         for client in 0..crash::CLIENTS {
-            let ledger = node.ledger.clone();
+            let ledger = ledger.clone();
             let stdout = stdout.clone();
             clients.spawn(async move {
                 let mut plan = Plan::new(run, client);

@@ -3,8 +3,39 @@
 
 use std::path::Path;
 
-use wallet_actors::TransferRequest;
+use wallet_actors::registry::TransferRecord;
+use wallet_actors::{Ledger, TransferRequest};
+use wallet_cluster::node::NodeLedger;
 use wallet_storage::EmbeddedLedger;
+
+/// What the checks read: a running ledger, and every transfer it stores.
+pub trait Books {
+    /// The ledger.
+    fn ledger(&self) -> &Ledger;
+    /// Every transfer, wherever it is kept, with its current status.
+    fn all_transfers(&self) -> anyhow::Result<Vec<TransferRecord>>;
+}
+
+impl Books for EmbeddedLedger {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn all_transfers(&self) -> anyhow::Result<Vec<TransferRecord>> {
+        Ok(EmbeddedLedger::all_transfers(self)?)
+    }
+}
+
+/// A node's ledger keeps every transfer in memory (no snapshots yet).
+impl Books for NodeLedger {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn all_transfers(&self) -> anyhow::Result<Vec<TransferRecord>> {
+        Ok(self.ledger.transfers())
+    }
+}
 
 /// What [`power_loss`] dropped.
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,7 +80,7 @@ pub fn power_loss(journal_dir: &Path, sync_log: &Path) -> anyhow::Result<PowerLo
 /// what the stored transfers add up to (so nothing is half-applied or
 /// applied twice), no limit is passed, and the books balance.
 pub async fn check_books(
-    node: &EmbeddedLedger,
+    node: &impl Books,
     acknowledged: &std::collections::BTreeMap<u128, TransferRequest>,
 ) -> anyhow::Result<()> {
     use std::collections::BTreeMap;
@@ -64,9 +95,9 @@ pub async fn check_books(
     };
     let mut attempts = 0;
     let (transfers, accounts) = loop {
-        let before = sorted(node.ledger.accounts().await?);
+        let before = sorted(node.ledger().accounts().await?);
         let transfers = node.all_transfers()?;
-        let after = sorted(node.ledger.accounts().await?);
+        let after = sorted(node.ledger().accounts().await?);
         if before == after {
             break (transfers, after);
         }
@@ -120,12 +151,12 @@ pub async fn check_books(
 
 /// The history of the accounts named: every event once, gap-free from the
 /// opening, the balances after each adding up, the last one the account's.
-pub async fn check_history(node: &EmbeddedLedger, accounts: &[wallet_actors::Account]) -> anyhow::Result<()> {
+pub async fn check_history(node: &impl Books, accounts: &[wallet_actors::Account]) -> anyhow::Result<()> {
     for account in accounts {
         let mut running = wallet_actors::Balances::default();
         let mut after = 0;
         while after < account.sequence {
-            let page = node.ledger.history(account.id, after, 1000).await?;
+            let page = node.ledger().history(account.id, after, 1000).await?;
             anyhow::ensure!(
                 !page.is_empty(),
                 "account {}: history ends at {after} of {}",

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wallet_actors::ids::{CommitId, ShardId};
-use wallet_actors::ports::{append_durable, ManualClock};
+use wallet_actors::ports::{append_durable, ManualClock, Origin};
 use wallet_actors::record::Record;
 use wallet_storage::journal::read_journal;
 use wallet_storage::{FileJournal, JournalOptions};
@@ -218,7 +218,7 @@ async fn a_batch_whose_other_shards_never_applied_is_completed_once_at_start() -
     std::fs::remove_dir_all(dir.path().join("journal"))?;
     let journal = FileJournal::start(&dir.path().join("journal"), JournalOptions::default())?;
     for record in records {
-        append_durable(&journal, record).await?;
+        append_durable(&journal, Origin::Node, record).await?;
     }
     journal.close();
 

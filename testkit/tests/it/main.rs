@@ -10,6 +10,7 @@ mod guarantees;
 mod model;
 mod model_kill;
 mod nats;
+mod node_ledger;
 mod placement;
 mod recovery;
 mod risk;

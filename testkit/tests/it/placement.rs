@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
+use wallet_actors::ports::Origin;
 use wallet_actors::record::Record;
 use wallet_cluster::journal::{read_shard, JournalStream, NodeJournal};
 use wallet_cluster::placement::{self, PlacementOptions};
@@ -76,7 +77,7 @@ fn keep_writing(
         while !*stop.borrow_and_update() {
             for shard in journal.shards() {
                 n += 1;
-                journal.append(shard, &Record::Epoch(n), Box::new(|_| {}));
+                journal.append(Origin::Shard(shard), &Record::Epoch(n), Box::new(|_| {}));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wallet_actors::account::{AccountEvent, InvariantBroken, Leg, Side};
 use wallet_actors::ids::{CommitId, ShardId};
-use wallet_actors::ports::{append_durable, ManualClock};
+use wallet_actors::ports::{append_durable, ManualClock, Origin};
 use wallet_actors::record::{Applied, Commit, Record, SequencedEvent};
 use wallet_actors::shard::ReplayError;
 use wallet_storage::{FileJournal, JournalOptions, StorageError};
@@ -36,7 +36,7 @@ fn leg(account_id: u128, side: Side, value: u128) -> Leg {
 
 async fn append(dir: &std::path::Path, record: Record) -> anyhow::Result<()> {
     let journal = FileJournal::start(&dir.join("journal"), JournalOptions::default())?;
-    append_durable(&journal, record).await?;
+    append_durable(&journal, Origin::Node, record).await?;
     journal.close();
     Ok(())
 }

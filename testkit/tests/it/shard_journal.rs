@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
-use wallet_actors::ports::JournalError;
+use wallet_actors::ports::{JournalError, Origin};
 use wallet_actors::record::Record;
 use wallet_cluster::journal::{
     lease, read_shard, Holder, JournalOptions, JournalStream, LeaseError, Leased, NodeJournal,
@@ -46,7 +46,7 @@ fn outcome() -> (wallet_actors::ports::OnDurable, tokio::sync::oneshot::Receiver
 /// Appends `record` and waits for its outcome.
 async fn append(journal: &NodeJournal, shard: ShardId, record: Record) -> Result<(), JournalError> {
     let (on_durable, receiver) = outcome();
-    journal.append(shard, &record, on_durable);
+    journal.append(Origin::Shard(shard), &record, on_durable);
     receiver.await.unwrap_or(Err(JournalError::Closed))
 }
 
@@ -100,7 +100,7 @@ fn acknowledged_records_come_back_in_order_and_share_messages() -> anyhow::Resul
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let shard = shards[(n % 3) as usize];
             journal.append(
-                shard,
+                Origin::Shard(shard),
                 &Record::Epoch(n),
                 Box::new(move |result| {
                     let _ = sender.send(result);
@@ -183,7 +183,7 @@ fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
         // writing, past its leases; B takes the shard and writes.
         a.stall_next_write(Duration::from_secs(4));
         let (on_durable, late) = outcome();
-        a.append(shard, &Record::Epoch(2), on_durable);
+        a.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
         until_free(&stream, Leased::Shard(shard)).await?;
         anyhow::ensure!(
             lease::holder(&stream, Leased::Node(A)).await?.is_none(),
@@ -217,7 +217,7 @@ fn a_later_start_of_a_node_fences_the_earlier_one() -> anyhow::Result<()> {
         // restarts (or is started twice) while the first's leases live.
         first.stall_next_write(Duration::from_millis(500));
         let (on_durable, stalled) = outcome();
-        first.append(shard, &Record::Epoch(2), on_durable);
+        first.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
         let second = NodeJournal::start(stream.clone(), A).await?;
         second.take(shard).await?;
         append(&second, shard, Record::Epoch(10)).await?;
@@ -330,9 +330,9 @@ fn callbacks_run_in_append_order_and_records_for_shards_not_held_are_refused() -
                 let _ = sender.send(result);
             });
             match n % 10 {
-                3 => a.append(not_held, &Record::Epoch(n), on_durable),
+                3 => a.append(Origin::Shard(not_held), &Record::Epoch(n), on_durable),
                 7 => a.when_durable(on_durable),
-                _ => a.append(held, &Record::Epoch(n), on_durable),
+                _ => a.append(Origin::Shard(held), &Record::Epoch(n), on_durable),
             }
             outcomes.push((n, receiver));
         }
@@ -372,7 +372,7 @@ fn a_flush_larger_than_a_message_is_cut_at_its_records_and_renewals_go_on_under_
         let mut outcomes = Vec::new();
         for n in 1_000..121_000u64 {
             let (on_durable, receiver) = outcome();
-            a.append(shard, &Record::Epoch(n), on_durable);
+            a.append(Origin::Shard(shard), &Record::Epoch(n), on_durable);
             outcomes.push(receiver);
         }
         for receiver in outcomes {
@@ -447,7 +447,7 @@ fn a_released_shard_is_taken_at_once_after_what_was_appended_before() -> anyhow:
         let mut before = Vec::new();
         for n in 1..=50u64 {
             let (on_durable, receiver) = outcome();
-            a.append(shard, &Record::Epoch(n), on_durable);
+            a.append(Origin::Shard(shard), &Record::Epoch(n), on_durable);
             before.push(receiver);
         }
         a.release(shard).await;
@@ -497,7 +497,7 @@ fn a_killed_server_loses_no_acknowledged_record() -> anyhow::Result<()> {
                     let on_durable = Box::new(move |result| {
                         let _ = sender.send((n, result));
                     });
-                    journal.append(ShardId(3), &Record::Epoch(n), on_durable);
+                    journal.append(Origin::Shard(ShardId(3)), &Record::Epoch(n), on_durable);
                     if n % 100 == 0 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }

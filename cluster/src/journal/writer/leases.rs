@@ -52,6 +52,7 @@ impl Writer {
     pub(super) fn fence(&mut self) {
         tracing::error!(node = self.holder.node.0, "this node lost its lease: it stores nothing more");
         self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("wallet_leases_lost_total").increment(1);
         self.held().node = None;
         self.stop(JournalError::Fenced);
     }
@@ -110,6 +111,7 @@ impl Writer {
             match lease::publish_leases(&self.stream, messages).await {
                 Ok(sequences) => {
                     self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("wallet_lease_renewals_total").increment(1);
                     let mut held = self.held();
                     for (lease, sequence) in leases.into_iter().zip(sequences) {
                         let renewed = Lease { sequence, ..lease };
@@ -176,6 +178,8 @@ impl Writer {
                         "this node lost the shard's lease; it writes nothing more for it"
                     );
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("wallet_leases_lost_total").increment(1);
+                    metrics::counter!("wallet_leases_lost_total").increment(1);
                     self.held().shards.remove(&shard);
                 }
             }

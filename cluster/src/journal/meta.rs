@@ -1,0 +1,54 @@
+//! The cluster's fixed settings on the journal stream: the shard count,
+//! written by the first node that starts and checked by every later start
+//! (a node counting shards differently would send records to the wrong
+//! shards), as `meta.json` does in the embedded node's data directory.
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use bytes::Bytes;
+
+use super::batch::{publish, Outgoing};
+use super::{nats_error, JournalStream, StreamError};
+
+/// The subject of the settings message (one, written once).
+pub const META_SUBJECT: &str = "wallet.meta.settings";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    shard_count: u16,
+}
+
+/// Writes `shard_count` if the stream has no settings yet; otherwise checks
+/// that it is the one stored.
+pub async fn ensure_shard_count(stream: &JournalStream, shard_count: u16) -> Result<(), StreamError> {
+    loop {
+        match stream.stream.get_last_raw_message_by_subject(META_SUBJECT).await {
+            Ok(message) => {
+                let stored: Meta =
+                    serde_json::from_slice(&message.payload).map_err(|error| StreamError::Decode {
+                        subject: META_SUBJECT.to_string(),
+                        sequence: message.sequence,
+                        reason: error.to_string(),
+                    })?;
+                if stored.shard_count != shard_count {
+                    return Err(StreamError::ShardCount { found: stored.shard_count, expected: shard_count });
+                }
+                return Ok(());
+            }
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(error) => return Err(nats_error(error)),
+        }
+        // Only if the subject is still empty: two first starts race, one wins.
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let payload = serde_json::to_vec(&Meta { shard_count }).map_err(nats_error)?;
+        let outgoing = Outgoing { subject: META_SUBJECT.to_string(), headers, payload: Bytes::from(payload) };
+        match publish(stream, vec![outgoing]).await {
+            Ok(_) => return Ok(()),
+            // Another start wrote first: read what it wrote.
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {}
+            Err(error) => return Err(nats_error(error)),
+        }
+    }
+}

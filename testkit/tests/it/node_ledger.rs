@@ -1,0 +1,145 @@
+//! A node's ledger on the JetStream journal (`wallet_cluster::node`),
+//! against a real nats-server: kill -9 of the node under load, again and
+//! again, loses no acknowledged transfer, applies none twice, leaves every
+//! history whole and the books balanced; and a start of a node superseded by
+//! a later one stores nothing more.
+//!
+//! Kill delays come from a seed, printed at the start (set `CRASH_SEED` to
+//! run the same delays again).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wallet_actors::TransferRequest;
+use wallet_cluster::node::NodeRecovery;
+use wallet_testkit::crash;
+use wallet_testkit::nats::NatsServer;
+use wallet_testkit::{posted, tid};
+
+use crate::shard_journal::runtime;
+
+const KILLS: u64 = 12;
+
+#[test]
+fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Result<()> {
+    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("node crash test seed: {seed} (CRASH_SEED={seed} runs the same kill delays)");
+    let mut rng = seed | 1;
+    let root = tempfile::tempdir()?;
+    let server = NatsServer::start(&root.path().join("nats"))?;
+    let url = server.url();
+    let dir = root.path().join("unused");
+    let child = env!("CARGO_BIN_EXE_wallet-crash-child");
+    let runtime = runtime()?;
+    let mut acknowledged: BTreeMap<u128, TransferRequest> = BTreeMap::new();
+    let (mut loaded_runs, mut completed_commits) = (0, 0);
+    for run in 1..=KILLS {
+        let mut process = crash::spawn_child(child, &dir, run, &[(crash::NATS_URL_VAR, &url)])?;
+        process.wait_ready(Duration::from_secs(60))?;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay_ms = 50 + rng % 500;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        anyhow::ensure!(
+            process.is_alive()?,
+            "run {run}: the child stopped by itself: {}",
+            process.stderr_text()
+        );
+        process.kill()?;
+        let (_, acks) = process.acknowledged()?;
+        loaded_runs += u64::from(!acks.is_empty());
+        acknowledged.extend(acks.into_iter().map(|request| (request.id().get(), request)));
+        let recovery = runtime.block_on(verify(&url, &acknowledged, run))?;
+        completed_commits += recovery.completed_commits;
+        println!("run {run}: killed after {delay_ms} ms, {recovery:?}");
+    }
+    println!(
+        "{KILLS} kills: {loaded_runs} under load, {completed_commits} commits completed at a restart, {} \
+         transfers acknowledged",
+        acknowledged.len()
+    );
+    anyhow::ensure!(loaded_runs >= KILLS / 2, "only {loaded_runs} of {KILLS} runs were killed under load");
+    anyhow::ensure!(acknowledged.len() > 1_000, "only {} transfers acknowledged", acknowledged.len());
+    Ok(())
+}
+
+/// Starts the node again (superseding the killed start), checks the books
+/// and a few histories, and stops it cleanly (its leases released, so the
+/// next child takes them at once).
+async fn verify(
+    url: &str,
+    acknowledged: &BTreeMap<u128, TransferRequest>,
+    run: u64,
+) -> anyhow::Result<NodeRecovery> {
+    let node = crash::open_node(url, 3_600_000).await?;
+    let recovery = node.recovery.clone();
+    crash::check_books(&node, acknowledged).await.map_err(|e| e.context(format!("run {run}")))?;
+    let accounts = node.ledger.accounts().await?;
+    let few: Vec<_> = accounts.into_iter().skip((run as usize * 7) % 13).step_by(5).collect();
+    crash::check_history(&node, &few).await.map_err(|e| e.context(format!("run {run}")))?;
+    node.shutdown().await;
+    Ok(recovery)
+}
+
+#[test]
+fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let server = NatsServer::start(&root.path().join("nats"))?;
+    let url = server.url();
+    runtime()?.block_on(async {
+        let first = crash::open_node(&url, 3_600_000).await?;
+        crash::setup(&first.ledger).await?;
+        let before = posted(1_000_001, 1, 2, 5);
+        anyhow::ensure!(first.ledger.submit_one(before.clone()).await?.is_ok(), "the first start refused");
+        // A later start of the same node: it reads what the first stored.
+        let second = crash::open_node(&url, 3_600_000).await?;
+        anyhow::ensure!(second.ledger.transfer(tid(1_000_001)).is_some(), "the later start lost a transfer");
+        // The first start still runs and still takes requests, but the
+        // server refuses its writes: it acknowledges nothing.
+        let late = posted(1_000_002, 3, 4, 7);
+        let answer = first.ledger.submit_one(late.clone()).await;
+        anyhow::ensure!(
+            !matches!(answer, Ok(Ok(_))),
+            "a superseded start acknowledged a transfer: {answer:?}"
+        );
+        anyhow::ensure!(first.journal().stopped(), "the superseded start's journal did not stop");
+        // Nothing of it was stored: a third start does not have it, and
+        // the id is still free.
+        second.shutdown().await;
+        let third = crash::open_node(&url, 3_600_000).await?;
+        anyhow::ensure!(third.ledger.transfer(tid(1_000_002)).is_none(), "a fenced write was stored");
+        anyhow::ensure!(third.ledger.submit_one(late).await?.is_ok(), "the id of a refused write is burned");
+        let view = third.ledger.account(wallet_testkit::account(3)).await?;
+        let debited = view.map(|view| view.account.balances.debits_posted);
+        anyhow::ensure!(debited == Some(7), "account 3 was debited {debited:?} (the refused write counted?)");
+        third.shutdown().await;
+        drop(first);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
+    use wallet_actors::ids::NodeId;
+    use wallet_cluster::journal::StreamError;
+    use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
+    let root = tempfile::tempdir()?;
+    let server = NatsServer::start(&root.path().join("nats"))?;
+    runtime()?.block_on(async {
+        let first = crash::open_node(&server.url(), 3_600_000).await?;
+        first.shutdown().await;
+        let defaults = NodeOptions::new(NodeId(2), server.url());
+        let ledger =
+            wallet_actors::LedgerConfig { shard_count: crash::SHARDS * 2, ..defaults.ledger.clone() };
+        let refused = NodeLedger::open(NodeOptions { ledger, ..defaults }).await;
+        anyhow::ensure!(
+            matches!(refused, Err(NodeError::Stream(StreamError::ShardCount { found: crash::SHARDS, .. }))),
+            "a node with another shard count opened: {:?}",
+            refused.err()
+        );
+        Ok(())
+    })
+}
