@@ -15,7 +15,12 @@ pub enum Mode {
     /// The embedded single node: the journal in files under `--data-dir`.
     Embedded,
     /// A node whose journal is on the JetStream server at `--nats-url`.
-    Node(NodeId),
+    Node {
+        /// Its id.
+        node: NodeId,
+        /// Replicas of the journal stream.
+        journal_replicas: usize,
+    },
 }
 
 /// An open ledger and the storage under it.

@@ -22,7 +22,12 @@ async fn main() -> anyhow::Result<()> {
         .context("setting up logging")?;
     let (settings, mode) = match cli.command {
         Command::Serve(settings) => (settings, Mode::Embedded),
-        Command::Node(node) => (node.settings, Mode::Node(NodeId(node.node_id))),
+        Command::Node(node) => {
+            let id = node
+                .node_id
+                .context("wallet node needs --node-id (or WALLET_NODE_ID, or node_id in the file)")?;
+            (node.settings, Mode::Node { node: NodeId(id), journal_replicas: node.journal_replicas })
+        }
     };
     run(settings, mode).await
 }

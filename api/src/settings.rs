@@ -214,9 +214,13 @@ impl Command {
 #[derive(Clone, Debug, Args)]
 pub struct NodeSettings {
     /// This node's id in the cluster, unique among its nodes (0 is the
-    /// embedded node's).
+    /// embedded node's). Required (here, in the environment or in the file).
     #[arg(long, env = "WALLET_NODE_ID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub node_id: u32,
+    pub node_id: Option<u32>,
+    /// Replicas of the journal stream `WALLET_JOURNAL` (3 with a
+    /// three-server NATS cluster). A stream that has more keeps them.
+    #[arg(long, env = "WALLET_JOURNAL_REPLICAS", default_value_t = 1)]
+    pub journal_replicas: usize,
     /// The settings `serve` takes.
     #[command(flatten)]
     pub settings: Settings,
@@ -395,10 +399,6 @@ pub struct Settings {
     /// Replicas of the events stream (3 with a three-server NATS cluster).
     #[arg(long, env = "WALLET_EVENTS_REPLICAS", default_value_t = 1)]
     pub events_replicas: usize,
-    /// `wallet node`: replicas of the journal stream `WALLET_JOURNAL` (3
-    /// with a three-server NATS cluster).
-    #[arg(long, env = "WALLET_JOURNAL_REPLICAS", default_value_t = 1)]
-    pub journal_replicas: usize,
     /// JetStream's duplicate window for the events stream, in milliseconds.
     #[arg(long, env = "WALLET_EVENTS_DUPLICATE_WINDOW_MS", default_value_t = 120_000)]
     pub events_duplicate_window_ms: u64,
@@ -500,6 +500,19 @@ mod tests {
         std::fs::write(&path, "no_such_setting = 1\n")?;
         let error = Cli::load(["wallet", "--config", config.as_str(), "serve"]).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("no_such_setting")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_node_takes_its_id_and_settings_from_the_file_too() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("wallet.toml");
+        std::fs::write(&path, "node_id = 3\njournal_replicas = 3\nshards = 8\n")?;
+        let config = path.to_string_lossy().to_string();
+        let cli = Cli::load(["wallet", "--config", config.as_str(), "node", "--nats-url", "nats://x:4222"])?;
+        let Command::Node(node) = cli.command else { panic!("not a node") };
+        assert_eq!((node.node_id, node.journal_replicas, node.settings.shards), (Some(3), 3, 8));
+        assert_eq!(node.settings.nats_url.as_deref(), Some("nats://x:4222"));
         Ok(())
     }
 

@@ -110,11 +110,15 @@ impl Application {
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
-        let (host, publisher, live) = open_ledger(&settings, mode).await?;
+        // The user store and the keys before the ledger: a second start on
+        // this data directory stops at the user store's lock, and a start
+        // with unusable keys stops, before a node's start takes the leases
+        // (superseding the node's running start).
+        private_directory(&settings.data_dir)?;
         let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
         let users = UserStore::open(&users_path)?;
-
         let tokens = tokens(&settings, &users).await?;
+        let (host, publisher, live) = open_ledger(&settings, mode).await?;
         let hashes_max = settings.password_hashes_max.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             |max| max as usize,
@@ -291,13 +295,13 @@ async fn open_ledger(
             let options = EmbeddedOptions { ledger, events: Some(feeds), ..EmbeddedOptions::default() };
             LedgerHost::Embedded(Box::new(EmbeddedLedger::open(&settings.data_dir, options).await?))
         }
-        Mode::Node(node) => {
+        Mode::Node { node, journal_replicas } => {
             let url = settings.nats_url.clone().ok_or_else(|| StartupError::Setting {
                 name: "nats_url",
                 reason: "a node keeps its journal on NATS JetStream: give --nats-url".into(),
             })?;
             let mut options = NodeOptions { ledger, events: Some(feeds), ..NodeOptions::new(node, url) };
-            options.journal.replicas = settings.journal_replicas;
+            options.journal.replicas = journal_replicas;
             LedgerHost::Node(NodeLedger::open(options).await?)
         }
     };

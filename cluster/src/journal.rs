@@ -171,6 +171,18 @@ impl JournalStream {
             .await
             .map_err(nats_error)?;
         let js = jetstream::new(client.clone());
+        // Never fewer replicas than the stream has: a node started without
+        // the setting must not shrink a replicated journal to one copy.
+        let replicas = match js.get_stream(STREAM).await {
+            Ok(existing) => {
+                let stored = existing.cached_info().config.num_replicas;
+                if stored > options.replicas {
+                    tracing::warn!(stored, asked = options.replicas, "the journal stream keeps its replicas");
+                }
+                stored.max(options.replicas)
+            }
+            Err(_) => options.replicas,
+        };
         let config = stream::Config {
             name: STREAM.to_string(),
             subjects: vec![
@@ -179,7 +191,7 @@ impl JournalStream {
                 META_SUBJECTS.to_string(),
             ],
             storage: stream::StorageType::File,
-            num_replicas: options.replicas,
+            num_replicas: replicas,
             allow_atomic_publish: true,
             allow_message_ttl: true,
             ..Default::default()

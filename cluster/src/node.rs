@@ -126,8 +126,12 @@ impl NodeLedger {
         let stream = JournalStream::connect(options.journal.clone()).await?;
         meta::ensure_shard_count(&stream, shard_count).await?;
         let journal = NodeJournal::start(stream.clone(), options.node).await?;
-        take_every_shard(&journal, shard_count, options.take_wait).await?;
-        metrics::gauge!("wallet_shards_owned").set(journal.shards().len() as f64);
+        if let Err(error) = take_every_shard(&journal, shard_count, options.take_wait).await {
+            // What was taken is let go, so that a node that gave up does not
+            // keep others waiting for leases it will never use.
+            release_all(&journal).await;
+            return Err(error.into());
+        }
         // Every shard's lease is held (fencing every earlier writer), so
         // what the stream holds now is all there is.
         let (recovered, completions, mut recovery) = replay(&stream, shard_count).await?;
@@ -137,11 +141,11 @@ impl NodeLedger {
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(node = options.node.0, ?recovery, "node ledger recovered from the journal stream");
         let (stop_supervision, stopped) = tokio::sync::watch::channel(false);
-        let rebuilding = (ledger.clone(), journal.clone());
+        let rebuilding = (ledger.clone(), journal.clone(), options.take_wait);
         let supervision = ledger.supervise(
             move || {
                 let (ledger, journal, stream) = (rebuilding.0.clone(), rebuilding.1.clone(), stream.clone());
-                async move { rebuild(&ledger, &journal, &stream, shard_count).await }
+                async move { rebuild(&ledger, &journal, &stream, shard_count, rebuilding.2).await }
             },
             stopped,
         );
@@ -160,17 +164,33 @@ impl NodeLedger {
         let _ = self.stop_supervision.send(true);
         let _ = self.supervision.await;
         self.ledger.shutdown().await;
-        for shard in self.journal.shards() {
-            self.journal.release(shard).await;
-        }
+        release_all(&self.journal).await;
     }
 }
 
-/// Takes the lease of every shard, waiting up to `wait` for leases that
-/// another node holds (it died: they expire; it is alive: opening fails).
+/// Most time releases take at shutdown: with NATS away each would wait for
+/// its time-out, and the leases expire by themselves anyway.
+const RELEASES_WAIT: Duration = Duration::from_secs(3);
+
+/// Releases every shard lease the journal holds, in at most [`RELEASES_WAIT`].
+async fn release_all(journal: &NodeJournal) {
+    let releases = async {
+        for shard in journal.shards() {
+            journal.release(shard).await;
+        }
+    };
+    if tokio::time::timeout(RELEASES_WAIT, releases).await.is_err() {
+        tracing::warn!("releasing the shard leases took too long; the rest expire by themselves");
+    }
+}
+
+/// Takes the lease of every shard the journal does not hold (at open,
+/// all; after a renewal found some lost, those), waiting up to `wait` for
+/// leases another node holds (it died: they expire; it is alive: this fails).
 async fn take_every_shard(journal: &NodeJournal, shard_count: u16, wait: Duration) -> Result<(), LeaseError> {
     let deadline = Instant::now() + wait;
-    for shard in (0..shard_count).map(ShardId) {
+    let held = journal.shards();
+    for shard in (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)) {
         loop {
             match journal.take(shard).await {
                 Ok(_) => break,
@@ -181,6 +201,7 @@ async fn take_every_shard(journal: &NodeJournal, shard_count: u16, wait: Duratio
             }
         }
     }
+    metrics::gauge!("wallet_shards_owned").set(journal.shards().len() as f64);
     Ok(())
 }
 
@@ -211,9 +232,14 @@ async fn rebuild(
     journal: &NodeJournal,
     stream: &JournalStream,
     shard_count: u16,
+    take_wait: Duration,
 ) -> Result<(), NodeError> {
     let started = Instant::now();
     ledger.halt().await;
+    // A shard whose lease a renewal found lost fails every write: it is
+    // taken again (once whoever took it lets it go) before the replay, or
+    // the shards are not rebuilt and the failure stands.
+    take_every_shard(journal, shard_count, take_wait).await?;
     append_durable(journal, Origin::Node, Record::Batch(Vec::new())).await?;
     let (recovered, completions, report) = replay(stream, shard_count).await?;
     ledger.restart(recovered, completions).await?;

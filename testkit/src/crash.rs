@@ -60,7 +60,16 @@ pub const NATS_URL_VAR: &str = "WALLET_CRASH_NATS_URL";
 /// The crash-test node (node 1, every shard) on the JetStream journal at
 /// `nats_url`, with holds expiring every `expiry_interval_ms`.
 pub async fn open_node(nats_url: &str, expiry_interval_ms: u64) -> anyhow::Result<NodeLedger> {
-    let defaults = NodeOptions::new(NodeId(1), nats_url);
+    open_node_as(NodeId(1), nats_url, expiry_interval_ms).await
+}
+
+/// As [`open_node`], as `node`.
+pub async fn open_node_as(
+    node: NodeId,
+    nats_url: &str,
+    expiry_interval_ms: u64,
+) -> anyhow::Result<NodeLedger> {
+    let defaults = NodeOptions::new(node, nats_url);
     let options = NodeOptions {
         // Short leases, as a test of a dead node's takeover wants.
         journal: ClusterJournalOptions {

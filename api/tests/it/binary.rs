@@ -7,7 +7,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{login as token, Server};
+use crate::helpers::{failed_start, login as token, Server};
 
 /// SIGTERM stops the binary cleanly (exit 0), and what it acknowledged is
 /// there when it starts again on the same directory.
@@ -136,5 +136,36 @@ async fn every_acknowledged_transfer_survives_kill_9() -> anyhow::Result<()> {
         total += available;
     }
     assert_eq!(total, i128::from(DEPOSIT) * accounts.len() as i128, "the books do not balance");
+    Ok(())
+}
+
+/// A second `wallet node` on a data directory a running node uses stops at
+/// the user store before it takes the node's lease: the running node keeps
+/// serving (a later start that got as far as the leases would fence it).
+#[tokio::test]
+async fn a_second_node_start_on_the_same_directory_leaves_the_first_serving() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats = wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?;
+    let (url, data) = (nats.url(), dir.path().join("wallet"));
+    let flags = ["--node-id", "1", "--nats-url", url.as_str()];
+    let server = Server::start_with(&data, Some("admin-password-1"), &flags)?;
+    let stderr = failed_start(&data, Some("admin-password-1"), &flags).await?;
+    assert!(stderr.contains("user store"), "{stderr}");
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let base = server.base.clone();
+    let admin = token(&client, &base, "admin@wallet.local", "admin-password-1").await?;
+    let reply = client
+        .post(format!("{base}/v1/accounts"))
+        .bearer_auth(&admin)
+        .json(&json!({"asset": "EUR"}))
+        .send()
+        .await?;
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let account =
+        reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
+    let deposit = json!({"id": uuid::Uuid::new_v4().to_string(), "account_id": account, "amount": "5"});
+    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
+    assert_eq!(reply.status(), StatusCode::CREATED, "the running node was fenced");
+    drop(server);
     Ok(())
 }

@@ -97,7 +97,8 @@ impl TestApp {
                 true => None,
                 false => Some(wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?),
             };
-            (wallet_api::Mode::Node(wallet_actors::ids::NodeId(1)), nats)
+            let node = wallet_actors::ids::NodeId(1);
+            (wallet_api::Mode::Node { node, journal_replicas: 1 }, nats)
         } else {
             (wallet_api::Mode::Embedded, None)
         };
@@ -301,6 +302,10 @@ fn mode_args(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> anyhow::Result<(Vec<String>, Option<wallet_testkit::nats::NatsServer>)> {
+    // A test that names a node id runs `wallet node`, in either mode.
+    if extra.contains(&"--node-id") {
+        return Ok((vec!["node".into()], None));
+    }
     if !node_mode() {
         return Ok((vec!["serve".into()], None));
     }
@@ -400,7 +405,11 @@ impl Server {
 
     pub fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         match wait_for(Duration::from_secs(30), || self.child.try_wait().ok().flatten()) {
-            Some(exit) => Ok(exit),
+            Some(exit) => {
+                // The next start on this directory starts its own on the same store.
+                drop(self._nats.take());
+                Ok(exit)
+            }
             None => {
                 let _ = self.child.kill();
                 anyhow::bail!("the server did not stop")

@@ -14,9 +14,14 @@ use super::{nats_error, JournalStream, StreamError};
 /// The subject of the settings message (one, written once).
 pub const META_SUBJECT: &str = "wallet.meta.settings";
 
+/// The layout of journal messages: frames of `(Origin, Record)`. Stored
+/// with the settings, so that a later layout can tell a stream it cannot read.
+const JOURNAL_FORMAT: u32 = 1;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Meta {
     shard_count: u16,
+    journal_format: u32,
 }
 
 /// Writes `shard_count` if the stream has no settings yet; otherwise checks
@@ -34,6 +39,9 @@ pub async fn ensure_shard_count(stream: &JournalStream, shard_count: u16) -> Res
                 if stored.shard_count != shard_count {
                     return Err(StreamError::ShardCount { found: stored.shard_count, expected: shard_count });
                 }
+                if stored.journal_format != JOURNAL_FORMAT {
+                    return Err(StreamError::Options("the journal stream was written in another format"));
+                }
                 return Ok(());
             }
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
@@ -42,7 +50,8 @@ pub async fn ensure_shard_count(stream: &JournalStream, shard_count: u16) -> Res
         // Only if the subject is still empty: two first starts race, one wins.
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-        let payload = serde_json::to_vec(&Meta { shard_count }).map_err(nats_error)?;
+        let meta = Meta { shard_count, journal_format: JOURNAL_FORMAT };
+        let payload = serde_json::to_vec(&meta).map_err(nats_error)?;
         let outgoing = Outgoing { subject: META_SUBJECT.to_string(), headers, payload: Bytes::from(payload) };
         match publish(stream, vec![outgoing]).await {
             Ok(_) => return Ok(()),

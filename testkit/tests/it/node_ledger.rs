@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use wallet_actors::ids::NodeId;
 use wallet_actors::TransferRequest;
 use wallet_cluster::node::NodeRecovery;
 use wallet_testkit::crash;
@@ -52,7 +53,10 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
         let (_, acks) = process.acknowledged()?;
         loaded_runs += u64::from(!acks.is_empty());
         acknowledged.extend(acks.into_iter().map(|request| (request.id().get(), request)));
-        let recovery = runtime.block_on(verify(&url, &acknowledged, run))?;
+        // Now and then another node checks: it waits until the killed
+        // node's leases expire, and takes the shards over.
+        let checker = if run % 4 == 0 { NodeId(2) } else { NodeId(1) };
+        let recovery = runtime.block_on(verify(&url, checker, &acknowledged, run))?;
         completed_commits += recovery.completed_commits;
         println!("run {run}: killed after {delay_ms} ms, {recovery:?}");
     }
@@ -66,15 +70,16 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
     Ok(())
 }
 
-/// Starts the node again (superseding the killed start), checks the books
-/// and a few histories, and stops it cleanly (its leases released, so the
-/// next child takes them at once).
+/// Starts `node` (node 1 supersedes the killed start; another waits for
+/// its leases to expire), checks the books and a few histories, and stops it
+/// cleanly (its leases released, so the next child takes them at once).
 async fn verify(
     url: &str,
+    node: NodeId,
     acknowledged: &BTreeMap<u128, TransferRequest>,
     run: u64,
 ) -> anyhow::Result<NodeRecovery> {
-    let node = crash::open_node(url, 3_600_000).await?;
+    let node = crash::open_node_as(node, url, 3_600_000).await?;
     let recovery = node.recovery.clone();
     crash::check_books(&node, acknowledged).await.map_err(|e| e.context(format!("run {run}")))?;
     let accounts = node.ledger.accounts().await?;
@@ -94,17 +99,32 @@ fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
         crash::setup(&first.ledger).await?;
         let before = posted(1_000_001, 1, 2, 5);
         anyhow::ensure!(first.ledger.submit_one(before.clone()).await?.is_ok(), "the first start refused");
-        // A later start of the same node: it reads what the first stored.
-        let second = crash::open_node(&url, 3_600_000).await?;
-        anyhow::ensure!(second.ledger.transfer(tid(1_000_001)).is_some(), "the later start lost a transfer");
-        // The first start still runs and still takes requests, but the
-        // server refuses its writes: it acknowledges nothing.
+        // A later start of the same node opens while the first start still
+        // runs and takes requests: the server refuses the first's writes
+        // from then on, so it acknowledges nothing more. Its writer stalls
+        // right before a write past its node lease, as a paused process
+        // would, so that no renewal tells it first: only the server's fence
+        // refuses the write.
         let late = posted(1_000_002, 3, 4, 7);
-        let answer = first.ledger.submit_one(late.clone()).await;
-        anyhow::ensure!(
-            !matches!(answer, Ok(Ok(_))),
-            "a superseded start acknowledged a transfer: {answer:?}"
-        );
+        let second = {
+            first.journal().stall_next_write(Duration::from_millis(1_500));
+            let submitting = tokio::spawn({
+                let (ledger, late) = (first.ledger.clone(), late.clone());
+                async move { ledger.submit_one(late).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let second = crash::open_node(&url, 3_600_000).await?;
+            anyhow::ensure!(
+                second.ledger.transfer(tid(1_000_001)).is_some(),
+                "the later start lost a transfer"
+            );
+            let answer = submitting.await?;
+            anyhow::ensure!(
+                !matches!(answer, Ok(Ok(_))),
+                "a superseded start acknowledged a transfer: {answer:?}"
+            );
+            second
+        };
         anyhow::ensure!(first.journal().stopped(), "the superseded start's journal did not stop");
         // Nothing of it was stored: a third start does not have it, and
         // the id is still free.
@@ -140,6 +160,85 @@ fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
             "a node with another shard count opened: {:?}",
             refused.err()
         );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let server = NatsServer::start(&root.path().join("nats"))?;
+    let url = server.url();
+    let dir = root.path().join("unused");
+    let child = env!("CARGO_BIN_EXE_wallet-crash-child");
+    let runtime = runtime()?;
+    let mut acknowledged: BTreeMap<u128, TransferRequest> = BTreeMap::new();
+    for run in 1..=3 {
+        let mut process = crash::spawn_child(child, &dir, run, &[(crash::NATS_URL_VAR, &url)])?;
+        process.wait_ready(Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_millis(300));
+        // A later start of the node opens while the child writes: once it
+        // holds every lease the server refuses the child's writes, so
+        // whatever the child acknowledged is in what the later start read.
+        let node = runtime.block_on(crash::open_node(&url, 3_600_000))?;
+        std::thread::sleep(Duration::from_millis(200));
+        process.kill()?;
+        let (_, acks) = process.acknowledged()?;
+        anyhow::ensure!(!acks.is_empty(), "run {run}: the child acknowledged nothing");
+        acknowledged.extend(acks.into_iter().map(|request| (request.id().get(), request)));
+        runtime.block_on(async {
+            crash::check_books(&node, &acknowledged).await.map_err(|e| e.context(format!("run {run}")))?;
+            node.shutdown().await;
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Result<()> {
+    use wallet_cluster::journal::Leased;
+    let root = tempfile::tempdir()?;
+    let server = NatsServer::start(&root.path().join("nats"))?;
+    let url = server.url();
+    runtime()?.block_on(async {
+        let node = crash::open_node(&url, 3_600_000).await?;
+        crash::setup(&node.ledger).await?;
+        // Another holder's lease message lands on one shard's subject, for
+        // two seconds (an operator, a bug): the node's next renewal finds
+        // the shard lost, and its writes for it are refused.
+        let lost = wallet_testkit::account(1).shard(crash::SHARDS);
+        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-TTL", "2");
+        js.publish_with_headers(Leased::Shard(lost).subject(), headers, "2/1".into()).await?.await?;
+        wallet_testkit::eventually("the node drops the shard", Duration::from_secs(5), || async {
+            Ok(!node.journal().shards().contains(&lost))
+        })
+        .await?;
+        // Its shards fail at the next write of that shard; the rebuild takes
+        // the lease back once it is free (the other holder never renews).
+        for n in 1..=5 {
+            let _ = node.ledger.submit_one(posted(2_000_000 + n, 1, 2, 1)).await;
+        }
+        wallet_testkit::eventually("the node holds every shard again", Duration::from_secs(20), || async {
+            Ok(node.journal().shards().len() == usize::from(crash::SHARDS))
+        })
+        .await?;
+        // And money moves to and from that shard's accounts again.
+        for (n, (from, to)) in [(1, 2), (2, 1)].into_iter().enumerate() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match node.ledger.submit_one(posted(3_000_000 + n as u128, from, to, 1)).await {
+                    Ok(Ok(_)) => break,
+                    _ if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    other => anyhow::bail!("no transfer from {from} to {to}: {other:?}"),
+                }
+            }
+        }
+        node.shutdown().await;
         Ok(())
     })
 }

@@ -179,7 +179,6 @@ impl Writer {
                     );
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("wallet_leases_lost_total").increment(1);
-                    metrics::counter!("wallet_leases_lost_total").increment(1);
                     self.held().shards.remove(&shard);
                 }
             }
