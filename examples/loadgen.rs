@@ -13,7 +13,9 @@
 //! the time to reopen the ledger. With `--nats-url` every change is also
 //! published to NATS JetStream as a ledger event, as `wallet serve` does:
 //! it reports events/s and the outbox lag (changes durable but not yet
-//! acknowledged by JetStream) sampled every 10 ms.
+//! acknowledged by JetStream) sampled every 10 ms. With `--journal-nats-url`
+//! the ledger is a node whose journal is on JetStream (`wallet node`)
+//! instead of the embedded node's files.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,6 +29,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use wallet_actors::ids::stable_hash;
+use wallet_actors::ids::NodeId;
 use wallet_actors::ports::EventSink;
 use wallet_actors::risk::{Rule, RuleAction, RuleId, RuleKind, RuleScope};
 use wallet_actors::{
@@ -34,6 +37,8 @@ use wallet_actors::{
     TransferId, TransferRequest, UserId,
 };
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
+use wallet_cluster::host::LedgerHost;
+use wallet_cluster::node::{NodeLedger, NodeOptions};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 #[derive(Parser, Debug, Clone)]
@@ -103,6 +108,11 @@ struct Args {
     /// Publish ledger events to this NATS server (JetStream) during the run.
     #[arg(long)]
     nats_url: Option<String>,
+    /// Run node 1 of `wallet node` instead: the journal on this NATS
+    /// server (JetStream, stream `WALLET_JOURNAL`, which should be empty
+    /// or the run's own), one node holding every shard.
+    #[arg(long)]
+    journal_nats_url: Option<String>,
 }
 
 /// One rule of each kind, global, that the load never violates: every
@@ -190,6 +200,26 @@ fn transfer_id(next: &AtomicU64) -> anyhow::Result<TransferId> {
     Ok(TransferId::new(spread_id(next.fetch_add(1, Ordering::Relaxed), 0x7a11))?)
 }
 
+/// The ledger the run drives: the embedded node in `dir`, or node 1 on the
+/// JetStream journal at `--journal-nats-url`.
+async fn open_host(
+    args: &Args,
+    dir: &std::path::Path,
+    events: Option<Arc<dyn EventSink>>,
+) -> anyhow::Result<LedgerHost> {
+    let embedded = EmbeddedOptions { events, ..options(args) };
+    Ok(match &args.journal_nats_url {
+        Some(url) => {
+            let defaults = NodeOptions::new(NodeId(1), url.clone());
+            let options = NodeOptions { ledger: embedded.ledger, events: embedded.events, ..defaults };
+            LedgerHost::Node(NodeLedger::open(options).await.context("opening the node")?)
+        }
+        None => LedgerHost::Embedded(Box::new(
+            EmbeddedLedger::open(dir, embedded).await.context("opening the ledger")?,
+        )),
+    })
+}
+
 fn options(args: &Args) -> EmbeddedOptions {
     EmbeddedOptions {
         ledger: LedgerConfig {
@@ -231,10 +261,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let temporary = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
     let queue = args.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(10_000_000)));
-    let mut opening = options(&args);
-    opening.events = queue.clone().map(|queue| queue as Arc<dyn EventSink>);
-    let node = EmbeddedLedger::open(&dir, opening).await.context("opening the ledger")?;
-    let ledger = node.ledger.clone();
+    let events = queue.clone().map(|queue| queue as Arc<dyn EventSink>);
+    let node = open_host(&args, &dir, events).await?;
+    let ledger = node.ledger();
     let publisher = match (&args.nats_url, &queue) {
         (Some(url), Some(queue)) => {
             Some(EventPublisher::spawn(queue.clone(), ledger.clone(), PublisherOptions::new(url.clone())))
@@ -255,9 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let lag_sampler = queue
         .clone()
         .map(|queue| tokio::spawn(sample_lag(queue, Instant::now() + Duration::from_secs(args.duration_s))));
-    let journal = node.journal_stats();
-    let (records_before, syncs_before) =
-        (journal.records.load(Ordering::Relaxed), journal.syncs.load(Ordering::Relaxed));
+    let (records_before, syncs_before) = node.journal_writes();
 
     let tally = run_clients(&ledger, &args, &next_id).await?;
     let (_, published_after) = queue.as_ref().map_or((0, 0), |q| q.progress());
@@ -272,13 +299,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(publisher) = publisher {
         publisher.stop().await;
     }
-    let records = journal.records.load(Ordering::Relaxed) - records_before;
-    let syncs = (journal.syncs.load(Ordering::Relaxed) - syncs_before).max(1);
+    let (records, syncs) = node.journal_writes();
+    let (records, syncs) = (records - records_before, (syncs - syncs_before).max(1));
     let rss = rss_bytes();
     node.shutdown().await;
     let restart_ms = if args.restart {
         let reopen_started = Instant::now();
-        let node = EmbeddedLedger::open(&dir, options(&args)).await?;
+        let node = open_host(&args, &dir, None).await?;
         let restart_ms = reopen_started.elapsed().as_millis() as u64;
         node.shutdown().await;
         Some(restart_ms)
@@ -298,6 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "rules": if args.rules { 5 } else { 0 },
         "duration_s": elapsed,
         "durable": !args.no_sync,
+        "journal": if args.journal_nats_url.is_some() { "jetstream" } else { "files" },
         "transfers_ok": tally.ok,
         "transfers_rejected": tally.rejected,
         "requests_failed": tally.failed,

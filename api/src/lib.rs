@@ -41,9 +41,9 @@ pub mod client;
 pub mod domain;
 pub mod error;
 pub mod extract;
-pub mod host;
 pub mod keys;
 pub mod login_throttle;
+pub mod mode;
 pub mod oidc;
 pub mod openapi;
 pub mod random;
@@ -59,6 +59,6 @@ pub mod telemetry;
 pub mod wire;
 
 pub use error::ApiError;
-pub use host::Mode;
+pub use mode::Mode;
 pub use settings::{Cli, Command, LogFormat, NodeSettings, Settings};
 pub use startup::{Application, StartupError};

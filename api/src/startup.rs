@@ -17,6 +17,7 @@ use wallet_actors::LedgerConfig;
 use wallet_cluster::events::{
     EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,
 };
+use wallet_cluster::host::LedgerHost;
 use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
 use wallet_storage::users::{UserStore, UserStoreError};
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
@@ -27,9 +28,9 @@ use crate::auth::{Passwords, Tokens, SECRET_LEN_MIN};
 use crate::bootstrap::{ensure_admin, AdminError};
 use crate::client::TrustedProxies;
 use crate::domain::Secret;
-use crate::host::{LedgerHost, Mode};
 use crate::keys::{generated_secret, private_directory, KeyError, SigningKey};
 use crate::login_throttle::{LoginThrottle, ThrottlePolicy};
+use crate::mode::Mode;
 use crate::oidc::{ExternalIssuer, JwksSource};
 use crate::rate::{Bucket, RateLayers, RateLimits};
 use crate::risk::RuleStartError;
@@ -144,7 +145,7 @@ impl Application {
                 ),
             },
             prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
-            host.journal_stats(),
+            host.file_journal_stats(),
         )
         .with_live_events(live, Duration::from_millis(settings.events_heartbeat_ms))
         .with_account_rules(AccountRules {

@@ -9,9 +9,11 @@
 //!   (routing between nodes comes next; the design is in the same
 //!   document);
 //! - [`node`]: a node's ledger writing through its journal (one node
-//!   holding every shard, for now).
+//!   holding every shard, for now);
+//! - [`host`]: either ledger, embedded or node, to whatever runs above it.
 
 pub mod events;
+pub mod host;
 pub mod journal;
 pub mod node;
 pub mod placement;

@@ -9,7 +9,12 @@ use wallet_actors::ports::Origin;
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame::{decode_at, Decoded};
 
-use super::{nats_error, JournalStream, StreamError, JOURNAL_SUBJECTS};
+use futures_util::StreamExt;
+
+use super::{nats_error, JournalStream, StreamError};
+
+/// What every node's journal subject begins with ([`super::JOURNAL_SUBJECTS`]).
+const JOURNAL_PREFIX: &str = "wallet.journal.";
 
 /// The records of `shard` in messages after stream sequence `after`, each
 /// with the sequence of the message holding it. Read from the stream's
@@ -30,23 +35,36 @@ pub async fn read_shard(
     Ok(records)
 }
 
+/// Stream messages read at once: gets are answered one by one by the
+/// stream's leader, so many in flight keep it busy.
+const READS_IN_FLIGHT: usize = 64;
+
 /// Hands every record of every node's journal after stream sequence
-/// `after` to `each`, in stream order, with the sequence of the message
-/// holding it and its origin; stops at the first error. Read from the
-/// stream's leader, one message per request.
+/// `after`, up to the stream's last message when the read starts, to
+/// `each`, in stream order, with the sequence of the message holding it and
+/// its origin; stops at the first error. Each message is a get answered by
+/// the stream's leader (a replica that lags would end the read early), up
+/// to [`READS_IN_FLIGHT`] at once; messages that are not journal messages
+/// (leases), or gone (expired leases), are skipped.
 pub async fn read_records<E: From<StreamError>>(
     stream: &JournalStream,
     after: u64,
     mut each: impl FnMut(u64, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut next = after + 1;
-    loop {
-        let request = stream.stream.raw_message_builder().next_by_subject(JOURNAL_SUBJECTS).sequence(next);
-        let message = match request.send().await {
+    let last = stream.stream.get_info().await.map_err(nats_error)?.state.last_sequence;
+    let gets = futures_util::stream::iter(after + 1..=last)
+        .map(|sequence| stream.stream.get_raw_message(sequence))
+        .buffered(READS_IN_FLIGHT);
+    futures_util::pin_mut!(gets);
+    while let Some(got) = gets.next().await {
+        let message = match got {
             Ok(message) => message,
-            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => continue,
             Err(error) => return Err(nats_error(error).into()),
         };
+        if !message.subject.starts_with(JOURNAL_PREFIX) {
+            continue;
+        }
         let damaged = |reason: String| StreamError::Decode {
             subject: message.subject.to_string(),
             sequence: message.sequence,
@@ -66,6 +84,6 @@ pub async fn read_records<E: From<StreamError>>(
                 Err(error) => return Err(damaged(error.to_string()).into()),
             }
         }
-        next = message.sequence + 1;
     }
+    Ok(())
 }
