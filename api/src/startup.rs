@@ -20,7 +20,7 @@ use wallet_cluster::events::{
 use wallet_cluster::host::LedgerHost;
 use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
 use wallet_storage::users::{UserStore, UserStoreError};
-use wallet_storage::{EmbeddedLedger, EmbeddedOptions, StorageError};
+use wallet_storage::{DataDirLock, EmbeddedLedger, EmbeddedOptions, StorageError};
 
 use crate::admission::UserAdmission;
 use crate::assets::AllowedAssets;
@@ -86,6 +86,8 @@ pub struct Application {
     router: axum::Router,
     state: AppState,
     host: LedgerHost,
+    /// The data directory's lock, when the ledger does not hold it.
+    _lock: Option<DataDirLock>,
     publisher: Option<EventPublisher>,
     generated_admin_password: Option<String>,
     admin_email: String,
@@ -111,15 +113,16 @@ impl Application {
             .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
         // Before any data is opened too: an issuer whose keys cannot be loaded stops the start.
         let external = external_issuer(&settings).await?;
-        // The user store and the keys before the ledger: a second start on
-        // this data directory stops at the user store's lock, and a start
-        // with unusable keys stops, before a node's start takes the leases
-        // (superseding the node's running start).
+        // The directory's lock, the user store, the keys and the settings
+        // that can be refused, all before the ledger: a second start on this
+        // directory stops at the lock, and a start that cannot serve stops,
+        // before a node's start takes the leases (superseding the node's
+        // running start).
         private_directory(&settings.data_dir)?;
+        let lock = DataDirLock::take(&settings.data_dir)?;
         let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
         let users = UserStore::open(&users_path)?;
         let tokens = tokens(&settings, &users).await?;
-        let (host, publisher, live) = open_ledger(&settings, mode).await?;
         let hashes_max = settings.password_hashes_max.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             |max| max as usize,
@@ -128,6 +131,8 @@ impl Application {
             Passwords::new(settings.password_memory_kib, settings.password_iterations, hashes_max)
                 .await
                 .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
+        let rates = rate_layers(&settings)?;
+        let Opened { host, publisher, live, lock } = open_ledger(&settings, mode, lock).await?;
         let login_throttle = LoginThrottle::new(ThrottlePolicy {
             failures_before_delay: settings.login_failures_before_delay,
             delay_max: Duration::from_secs(settings.login_delay_max_seconds),
@@ -164,7 +169,6 @@ impl Application {
             body_limit_bytes: settings.body_limit_bytes,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
         };
-        let rates = rate_layers(&settings)?;
         let trusted = Arc::new(TrustedProxies::new(settings.trusted_proxies.clone()));
         let router = router(state.clone(), limits, rates, trusted);
         let shutdown_grace = Duration::from_millis(settings.shutdown_grace_ms);
@@ -174,6 +178,7 @@ impl Application {
             router,
             state,
             host,
+            _lock: lock,
             publisher,
             generated_admin_password,
             admin_email: settings.admin_email.clone(),
@@ -273,10 +278,16 @@ impl Application {
 
 /// Opens the ledger with its event feeds (live watchers, and the NATS
 /// outbox when a URL is set) and starts the publisher.
-async fn open_ledger(
-    settings: &Settings,
-    mode: Mode,
-) -> Result<(LedgerHost, Option<EventPublisher>, Arc<LiveEvents>), StartupError> {
+/// The ledger as opened, with its event feeds.
+struct Opened {
+    host: LedgerHost,
+    publisher: Option<EventPublisher>,
+    live: Arc<LiveEvents>,
+    /// The data directory's lock, if the ledger did not take it over.
+    lock: Option<DataDirLock>,
+}
+
+async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Result<Opened, StartupError> {
     let events = settings.nats_url.as_ref().map(|_| Arc::new(EventQueue::new(settings.events_queue_max)));
     let live = Arc::new(LiveEvents::new(LiveOptions {
         watchers_max: settings.events_streams_max,
@@ -290,11 +301,11 @@ async fn open_ledger(
         ..LedgerConfig::default()
     };
     let feeds: Arc<dyn EventSink> = Arc::new(EventFeeds::new(live.clone(), outbox));
-    private_directory(&settings.data_dir)?;
-    let host = match mode {
+    let (host, lock) = match mode {
         Mode::Embedded => {
             let options = EmbeddedOptions { ledger, events: Some(feeds), ..EmbeddedOptions::default() };
-            LedgerHost::Embedded(Box::new(EmbeddedLedger::open(&settings.data_dir, options).await?))
+            let embedded = EmbeddedLedger::open_locked(&settings.data_dir, options, lock).await?;
+            (LedgerHost::Embedded(Box::new(embedded)), None)
         }
         Mode::Node { node, journal_replicas } => {
             let url = settings.nats_url.clone().ok_or_else(|| StartupError::Setting {
@@ -303,7 +314,7 @@ async fn open_ledger(
             })?;
             let mut options = NodeOptions { ledger, events: Some(feeds), ..NodeOptions::new(node, url) };
             options.journal.replicas = journal_replicas;
-            LedgerHost::Node(NodeLedger::open(options).await?)
+            (LedgerHost::Node(NodeLedger::open(options).await?), Some(lock))
         }
     };
     let publisher = match (&settings.nats_url, events) {
@@ -315,7 +326,7 @@ async fn open_ledger(
         }
         _ => None,
     };
-    Ok((host, publisher, live))
+    Ok(Opened { host, publisher, live, lock })
 }
 
 /// The token issuer: the configured secrets, or one generated and kept.

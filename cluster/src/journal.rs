@@ -129,6 +129,15 @@ pub(crate) fn nats_error(error: impl std::fmt::Display) -> StreamError {
     StreamError::Nats(error.to_string())
 }
 
+/// Whether `error` says the stream does not exist (and nothing else).
+fn stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(error)
+            if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// Bytes of a message's `max_payload` left for its headers.
 const HEADER_ROOM_BYTES: usize = 4096;
 
@@ -181,7 +190,9 @@ impl JournalStream {
                 }
                 stored.max(options.replicas)
             }
-            Err(_) => options.replicas,
+            Err(error) if stream_not_found(&error) => options.replicas,
+            // Not known (an election, a time-out): never guess low.
+            Err(error) => return Err(nats_error(error)),
         };
         let config = stream::Config {
             name: STREAM.to_string(),

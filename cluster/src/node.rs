@@ -126,18 +126,15 @@ impl NodeLedger {
         let stream = JournalStream::connect(options.journal.clone()).await?;
         meta::ensure_shard_count(&stream, shard_count).await?;
         let journal = NodeJournal::start(stream.clone(), options.node).await?;
-        if let Err(error) = take_every_shard(&journal, shard_count, options.take_wait).await {
-            // What was taken is let go, so that a node that gave up does not
-            // keep others waiting for leases it will never use.
-            release_all(&journal).await;
-            return Err(error.into());
-        }
-        // Every shard's lease is held (fencing every earlier writer), so
-        // what the stream holds now is all there is.
-        let (recovered, completions, mut recovery) = replay(&stream, shard_count).await?;
-        let events = options.events.clone();
-        let ports = Ports { events, ..Ports::new(Arc::new(journal.clone()), options.clock.clone()) };
-        let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
+        let (ledger, mut recovery) = match start(&options, &stream, &journal).await {
+            Ok(started) => started,
+            Err(error) => {
+                // What was taken is let go, so that a node that gave up
+                // does not keep others waiting for leases it will not use.
+                release_all(&journal).await;
+                return Err(error);
+            }
+        };
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(node = options.node.0, ?recovery, "node ledger recovered from the journal stream");
         let (stop_supervision, stopped) = tokio::sync::watch::channel(false);
@@ -165,7 +162,25 @@ impl NodeLedger {
         let _ = self.supervision.await;
         self.ledger.shutdown().await;
         release_all(&self.journal).await;
+        metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
     }
+}
+
+/// Takes every shard's lease, replays the stream and starts the shards.
+async fn start(
+    options: &NodeOptions,
+    stream: &JournalStream,
+    journal: &NodeJournal,
+) -> Result<(Ledger, NodeRecovery), NodeError> {
+    let shard_count = options.ledger.shard_count;
+    take_every_shard(journal, shard_count, options.take_wait).await?;
+    // Every shard's lease is held (fencing every earlier writer), so what
+    // the stream holds now is all there is.
+    let (recovered, completions, recovery) = replay(stream, shard_count).await?;
+    let events = options.events.clone();
+    let ports = Ports { events, ..Ports::new(Arc::new(journal.clone()), options.clock.clone()) };
+    let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
+    Ok((ledger, recovery))
 }
 
 /// Most time releases take at shutdown: with NATS away each would wait for

@@ -76,7 +76,7 @@ pub struct EmbeddedLedger {
     pub ledger: Ledger,
     journal: Arc<FileJournal>,
     checkpointer: Checkpointer,
-    _lock: fs::File,
+    _lock: DataDirLock,
     /// What recovery found when this ledger opened.
     pub recovery: RecoveryReport,
     data_dir: PathBuf,
@@ -110,9 +110,18 @@ pub struct RecoveryReport {
 impl EmbeddedLedger {
     /// Opens (creating if needed) the ledger stored in `data_dir`.
     pub async fn open(data_dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedLedger, StorageError> {
+        let lock = DataDirLock::take(data_dir)?;
+        EmbeddedLedger::open_locked(data_dir, options, lock).await
+    }
+
+    /// As [`EmbeddedLedger::open`], with the directory's lock already taken
+    /// (by a caller that opens more in it first).
+    pub async fn open_locked(
+        data_dir: &Path,
+        options: EmbeddedOptions,
+        lock: DataDirLock,
+    ) -> Result<EmbeddedLedger, StorageError> {
         let started = std::time::Instant::now();
-        fs::create_dir_all(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
-        let lock = lock_dir(data_dir)?;
         let shard_count = check_meta(data_dir, options.ledger.shard_count)?;
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshot");
@@ -284,8 +293,19 @@ fn check_meta(data_dir: &Path, shard_count: u16) -> Result<u16, StorageError> {
     }
 }
 
-/// Takes an exclusive lock on `data_dir/LOCK`; the OS drops it when the
-/// process dies, so a kill -9 leaves no stale lock.
+/// An exclusive lock on a data directory (`data_dir/LOCK`), held while a
+/// process has the directory open; the OS drops it when the process dies,
+/// so a kill -9 leaves no stale lock.
+pub struct DataDirLock(#[allow(dead_code)] fs::File);
+
+impl DataDirLock {
+    /// Takes it (creating the directory if needed), or says who holds it.
+    pub fn take(data_dir: &Path) -> Result<DataDirLock, StorageError> {
+        fs::create_dir_all(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
+        lock_dir(data_dir).map(DataDirLock)
+    }
+}
+
 fn lock_dir(data_dir: &Path) -> Result<fs::File, StorageError> {
     let path = data_dir.join("LOCK");
     let file = fs::OpenOptions::new()

@@ -32,7 +32,7 @@ pub mod snapshot;
 pub mod users;
 
 pub use checkpoint::CheckpointReport;
-pub use embedded::{EmbeddedLedger, EmbeddedOptions, RecoveryReport};
+pub use embedded::{DataDirLock, EmbeddedLedger, EmbeddedOptions, RecoveryReport};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
 
 /// Why storage failed.

@@ -140,8 +140,8 @@ async fn every_acknowledged_transfer_survives_kill_9() -> anyhow::Result<()> {
 }
 
 /// A second `wallet node` on a data directory a running node uses stops at
-/// the user store before it takes the node's lease: the running node keeps
-/// serving (a later start that got as far as the leases would fence it).
+/// the directory's lock before it takes the node's lease: the running node
+/// keeps serving (a later start that got as far as the leases would fence it).
 #[tokio::test]
 async fn a_second_node_start_on_the_same_directory_leaves_the_first_serving() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -150,7 +150,7 @@ async fn a_second_node_start_on_the_same_directory_leaves_the_first_serving() ->
     let flags = ["--node-id", "1", "--nats-url", url.as_str()];
     let server = Server::start_with(&data, Some("admin-password-1"), &flags)?;
     let stderr = failed_start(&data, Some("admin-password-1"), &flags).await?;
-    assert!(stderr.contains("user store"), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
     let client = reqwest::Client::builder().no_proxy().build()?;
     let base = server.base.clone();
     let admin = token(&client, &base, "admin@wallet.local", "admin-password-1").await?;

@@ -21,7 +21,13 @@ const JOURNAL_FORMAT: u32 = 1;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Meta {
     shard_count: u16,
+    #[serde(default = "first_format")]
     journal_format: u32,
+}
+
+/// Settings written before the layout was named are of the first layout.
+fn first_format() -> u32 {
+    1
 }
 
 /// Writes `shard_count` if the stream has no settings yet; otherwise checks

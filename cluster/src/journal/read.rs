@@ -2,19 +2,31 @@
 //! node taking a shard over replays after the shard's snapshot. A shard's
 //! records may sit in the journals of several nodes (it moved), so every
 //! node's journal after the position is read, in stream order.
+//!
+//! Every read is answered by the stream's leader (a replica that lags
+//! would end it early): the stream is cut into windows of sequences, each
+//! read in order with "the next journal message from here" gets (the server
+//! skips the lease messages in between, which outnumber journal messages on
+//! an idle node), several windows at once; then the tail after the last
+//! window is read until there is no more, in case the stream's last sequence
+//! came from a replica that lags.
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
+use futures_util::StreamExt;
 use wallet_actors::ids::ShardId;
 use wallet_actors::ports::Origin;
 use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame::{decode_at, Decoded};
 
-use futures_util::StreamExt;
+use super::{nats_error, JournalStream, StreamError, JOURNAL_SUBJECTS};
 
-use super::{nats_error, JournalStream, StreamError};
+/// Sequences one window covers.
+const WINDOW_SEQUENCES: u64 = 256;
 
-/// What every node's journal subject begins with ([`super::JOURNAL_SUBJECTS`]).
-const JOURNAL_PREFIX: &str = "wallet.journal.";
+/// Windows read at once (a window holds at most [`WINDOW_SEQUENCES`]
+/// messages of up to `message_bytes_max`).
+const WINDOWS_IN_FLIGHT: usize = 16;
 
 /// The records of `shard` in messages after stream sequence `after`, each
 /// with the sequence of the message holding it. Read from the stream's
@@ -35,55 +47,81 @@ pub async fn read_shard(
     Ok(records)
 }
 
-/// Stream messages read at once: gets are answered one by one by the
-/// stream's leader, so many in flight keep it busy.
-const READS_IN_FLIGHT: usize = 64;
-
 /// Hands every record of every node's journal after stream sequence
-/// `after`, up to the stream's last message when the read starts, to
-/// `each`, in stream order, with the sequence of the message holding it and
-/// its origin; stops at the first error. Each message is a get answered by
-/// the stream's leader (a replica that lags would end the read early), up
-/// to [`READS_IN_FLIGHT`] at once; messages that are not journal messages
-/// (leases), or gone (expired leases), are skipped.
+/// `after` to `each`, in stream order, with the sequence of the message
+/// holding it and its origin; stops at the first error.
 pub async fn read_records<E: From<StreamError>>(
     stream: &JournalStream,
     after: u64,
     mut each: impl FnMut(u64, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
     let last = stream.stream.get_info().await.map_err(nats_error)?.state.last_sequence;
-    let gets = futures_util::stream::iter(after + 1..=last)
-        .map(|sequence| stream.stream.get_raw_message(sequence))
-        .buffered(READS_IN_FLIGHT);
-    futures_util::pin_mut!(gets);
-    while let Some(got) = gets.next().await {
-        let message = match got {
-            Ok(message) => message,
-            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => continue,
-            Err(error) => return Err(nats_error(error).into()),
-        };
-        if !message.subject.starts_with(JOURNAL_PREFIX) {
-            continue;
-        }
-        let damaged = |reason: String| StreamError::Decode {
-            subject: message.subject.to_string(),
-            sequence: message.sequence,
-            reason,
-        };
-        let mut offset = 0;
-        loop {
-            match decode_at::<(Origin, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
-                Ok(Decoded::Frame((origin, record), end)) => {
-                    each(message.sequence, origin, record)?;
-                    offset = end;
-                }
-                Ok(Decoded::End) => break,
-                Ok(Decoded::Invalid { .. }) => {
-                    return Err(damaged(format!("no valid frame at byte {offset}")).into())
-                }
-                Err(error) => return Err(damaged(error.to_string()).into()),
-            }
+    let windows = futures_util::stream::iter((after + 1..=last).step_by(WINDOW_SEQUENCES as usize))
+        .map(|from| read_window(stream, from, (from + WINDOW_SEQUENCES - 1).min(last)))
+        .buffered(WINDOWS_IN_FLIGHT);
+    futures_util::pin_mut!(windows);
+    let mut next = after.max(last) + 1;
+    while let Some(window) = windows.next().await {
+        for message in window? {
+            hand_over(&message, &mut each)?;
         }
     }
+    while let Some(message) = next_journal_message(stream, next).await? {
+        next = message.sequence + 1;
+        hand_over(&message, &mut each)?;
+    }
     Ok(())
+}
+
+/// The journal messages with sequences `from..=to`, in order.
+async fn read_window(stream: &JournalStream, from: u64, to: u64) -> Result<Vec<StreamMessage>, StreamError> {
+    let mut messages = Vec::new();
+    let mut next = from;
+    while let Some(message) = next_journal_message(stream, next).await? {
+        if message.sequence > to {
+            break;
+        }
+        next = message.sequence + 1;
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// The first journal message at `from` or after, from the stream's leader.
+async fn next_journal_message(
+    stream: &JournalStream,
+    from: u64,
+) -> Result<Option<StreamMessage>, StreamError> {
+    let request = stream.stream.raw_message_builder().next_by_subject(JOURNAL_SUBJECTS).sequence(from);
+    match request.send().await {
+        Ok(message) => Ok(Some(message)),
+        Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) => Err(nats_error(error)),
+    }
+}
+
+/// Decodes `message`'s frames and hands each record to `each`.
+fn hand_over<E: From<StreamError>>(
+    message: &StreamMessage,
+    each: &mut impl FnMut(u64, Origin, Record) -> Result<(), E>,
+) -> Result<(), E> {
+    let damaged = |reason: String| StreamError::Decode {
+        subject: message.subject.to_string(),
+        sequence: message.sequence,
+        reason,
+    };
+    let mut offset = 0;
+    loop {
+        match decode_at::<(Origin, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
+            Ok(Decoded::Frame((origin, record), end)) => {
+                each(message.sequence, origin, record)?;
+                offset = end;
+            }
+            Ok(Decoded::End) => return Ok(()),
+            Ok(Decoded::Invalid { .. }) => {
+                return Err(damaged(format!("no valid frame at byte {offset}")).into())
+            }
+            Err(error) => return Err(damaged(error.to_string()).into()),
+        }
+    }
 }

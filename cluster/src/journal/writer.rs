@@ -397,9 +397,13 @@ impl Writer {
     /// acknowledged, refused, or its outcome is unknown; then answers its
     /// callbacks in order.
     async fn write(&mut self, message: Message) {
+        // A stall waits for a write that stores something (an empty one,
+        // a barrier alone, would spend it for nothing).
         #[cfg(feature = "fault-injection")]
-        if let Some(pause) = self.stall.take() {
-            tokio::time::sleep(pause).await;
+        if !message.bytes.is_empty() {
+            if let Some(pause) = self.stall.take() {
+                tokio::time::sleep(pause).await;
+            }
         }
         let payload = Bytes::from(message.bytes);
         let outcome = loop {
