@@ -53,6 +53,22 @@ pub async fn open_for_checks(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
     Ok(EmbeddedLedger::open(dir, options(3_600_000)).await?)
 }
 
+/// The seed of a crash test's kill delays: `CRASH_SEED` if set (to run the
+/// same delays again), otherwise the time.
+pub fn seed() -> u64 {
+    std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+/// The next number of a xorshift sequence from `state` (never 0).
+pub fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// The environment variable that makes the crash-test child run a node's
 /// ledger on the JetStream journal at this URL instead of the embedded one.
 pub const NATS_URL_VAR: &str = "WALLET_CRASH_NATS_URL";

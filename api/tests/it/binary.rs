@@ -20,19 +20,7 @@ async fn serve_then_sigterm_exits_zero_and_keeps_what_it_acknowledged() -> anyho
     let base = server.base.clone();
     assert_eq!(client.get(format!("{base}/healthz")).send().await?.status(), StatusCode::OK);
     let admin = token(&client, &base, "admin@wallet.local", &password).await?;
-    let reply = client
-        .post(format!("{base}/v1/accounts"))
-        .bearer_auth(&admin)
-        .json(&json!({"asset": "EUR"}))
-        .send()
-        .await?;
-    assert_eq!(reply.status(), StatusCode::CREATED);
-    let account =
-        reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
-    let deposit_id = uuid::Uuid::new_v4().to_string();
-    let deposit = json!({"id": deposit_id, "account_id": account, "amount": "1234"});
-    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
-    assert_eq!(reply.status(), StatusCode::CREATED);
+    let (account, deposit_id) = account_with_deposit(&client, &base, &admin, "1234").await?;
     server.signal("-TERM")?;
     let exit = server.wait()?;
     assert!(exit.success(), "{exit:?}");
@@ -154,18 +142,31 @@ async fn a_second_node_start_on_the_same_directory_leaves_the_first_serving() ->
     let client = reqwest::Client::builder().no_proxy().build()?;
     let base = server.base.clone();
     let admin = token(&client, &base, "admin@wallet.local", "admin-password-1").await?;
+    account_with_deposit(&client, &base, &admin, "5").await.context("the running node was fenced")?;
+    drop(server);
+    Ok(())
+}
+
+/// Opens a EUR account as `admin` and deposits `amount` into it; returns
+/// the account's id and the deposit's.
+async fn account_with_deposit(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    amount: &str,
+) -> anyhow::Result<(String, String)> {
     let reply = client
         .post(format!("{base}/v1/accounts"))
-        .bearer_auth(&admin)
+        .bearer_auth(admin)
         .json(&json!({"asset": "EUR"}))
         .send()
         .await?;
-    assert_eq!(reply.status(), StatusCode::CREATED);
+    anyhow::ensure!(reply.status() == StatusCode::CREATED, "opening an account: {}", reply.status());
     let account =
         reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
-    let deposit = json!({"id": uuid::Uuid::new_v4().to_string(), "account_id": account, "amount": "5"});
-    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(&admin).json(&deposit).send().await?;
-    assert_eq!(reply.status(), StatusCode::CREATED, "the running node was fenced");
-    drop(server);
-    Ok(())
+    let deposit_id = uuid::Uuid::new_v4().to_string();
+    let deposit = json!({"id": deposit_id, "account_id": account, "amount": amount});
+    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(admin).json(&deposit).send().await?;
+    anyhow::ensure!(reply.status() == StatusCode::CREATED, "depositing: {}", reply.status());
+    Ok((account, deposit_id))
 }

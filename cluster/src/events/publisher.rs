@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -21,6 +21,7 @@ use wallet_actors::HistoryEntry;
 use wallet_actors::{AccountId, Ledger};
 
 use super::{subject, EventQueue, STREAM, SUBJECTS};
+use crate::journal::batch::{publish_on, Outgoing};
 
 /// Reads of an account's last event in the stream in flight at once.
 const LAST_READS_AT_ONCE: usize = 64;
@@ -64,7 +65,7 @@ impl EventPublisher {
     /// ledger serves meanwhile and the queue grows.
     pub fn spawn(queue: Arc<EventQueue>, ledger: Ledger, options: PublisherOptions) -> EventPublisher {
         let task = tokio::spawn(async move {
-            let mut run = Run { queue, ledger, options, stream_last: HashMap::new(), batches: 0 };
+            let mut run = Run { queue, ledger, options, stream_last: HashMap::new() };
             run.serve().await;
         });
         EventPublisher { task }
@@ -84,7 +85,6 @@ struct Run {
     options: PublisherOptions,
     /// Per account, the last sequence the stream is known to hold.
     stream_last: HashMap<AccountId, u64>,
-    batches: u64,
 }
 
 /// Why a step failed; every failure is retried after a pause.
@@ -299,29 +299,15 @@ impl Run {
         js: &jetstream::Context,
         events: &[LedgerEvent],
     ) -> Result<(), Failure> {
-        self.batches += 1;
-        let batch_id = format!("{}-{}", std::process::id(), self.batches);
-        let count = events.len();
-        for (index, event) in events.iter().enumerate() {
+        let mut messages = Vec::with_capacity(events.len());
+        for event in events {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.event_id.as_str());
-            if count > 1 {
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
-            }
             let payload = Bytes::from(serde_json::to_vec(event)?);
             let subject = format!("wallet.events.{}", event.account_id);
-            if index + 1 < count {
-                client.publish_with_headers(subject, headers, payload).await?;
-                continue;
-            }
-            if count > 1 {
-                headers.insert("Nats-Batch-Commit", "1");
-            }
-            let ack =
-                js.send_publish(subject, PublishMessage::build().headers(headers).payload(payload)).await?;
-            tokio::time::timeout(self.options.ack_timeout, ack).await??;
+            messages.push(Outgoing { subject, headers, payload });
         }
+        publish_on(client, js, self.options.ack_timeout, messages).await?;
         Ok(())
     }
 }

@@ -1,8 +1,8 @@
-//! Publishing on the journal stream: one message plainly, several as one
-//! atomic batch (every message is stored, or none). async-nats has no batch
-//! API, so the headers are set by hand: every message but the last goes as
-//! a plain publish, the last commits the batch and is acknowledged
-//! (`../shared/FACTS.md`, "NATS").
+//! Publishing on JetStream: one message plainly, several as one atomic
+//! batch (every message is stored, or none), for the journal stream and the
+//! events stream alike. async-nats has no batch API, so the headers are set
+//! by hand: every message but the last goes as a plain publish, the last
+//! commits the batch and is acknowledged (`../shared/FACTS.md`, "NATS").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -35,13 +35,24 @@ fn next_batch_id() -> String {
     format!("{:x}-{}", process_nonce(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Publishes `messages` (one plainly, several as one atomic batch) and
-/// waits at most the stream's `ack_timeout` for the acknowledgement. The
-/// messages of a committed batch take consecutive stream sequences, the
-/// last one the acknowledged sequence. An error other than a refusal
-/// leaves the outcome unknown: the messages may be stored.
+/// Publishes `messages` on the journal stream ([`publish_on`] with its
+/// connection and `ack_timeout`).
 pub(crate) async fn publish(
     stream: &JournalStream,
+    messages: Vec<Outgoing>,
+) -> Result<PublishAck, PublishError> {
+    publish_on(&stream.client, &stream.js, stream.options.ack_timeout, messages).await
+}
+
+/// Publishes `messages` (one plainly, several as one atomic batch) and
+/// waits at most `ack_timeout` for the acknowledgement. The messages of a
+/// committed batch take consecutive stream sequences, the last one the
+/// acknowledged sequence. An error other than a refusal leaves the outcome
+/// unknown: the messages may be stored.
+pub(crate) async fn publish_on(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    ack_timeout: std::time::Duration,
     messages: Vec<Outgoing>,
 ) -> Result<PublishAck, PublishError> {
     let count = messages.len();
@@ -53,8 +64,7 @@ pub(crate) async fn publish(
             headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
         }
         if messages.peek().is_some() {
-            stream
-                .client
+            client
                 .publish_with_headers(subject, headers, payload)
                 .await
                 .map_err(|error| PublishError::with_source(PublishErrorKind::BrokenPipe, error))?;
@@ -63,11 +73,8 @@ pub(crate) async fn publish(
         if count > 1 {
             headers.insert("Nats-Batch-Commit", "1");
         }
-        let ack = stream
-            .js
-            .send_publish(subject, PublishMessage::build().headers(headers).payload(payload))
-            .await?;
-        return match tokio::time::timeout(stream.options.ack_timeout, ack).await {
+        let ack = js.send_publish(subject, PublishMessage::build().headers(headers).payload(payload)).await?;
+        return match tokio::time::timeout(ack_timeout, ack).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(PublishErrorKind::TimedOut)),
         };

@@ -60,9 +60,14 @@ pub struct JournalStats {
 }
 
 enum Command {
-    /// A record's frames; `true`: the rest of a record whose first part went
-    /// in an earlier message.
-    Append(Origin, Result<Vec<u8>, JournalError>, OnDurable, bool),
+    /// A record's frames (or why they could not be made).
+    Append {
+        origin: Origin,
+        frames: Result<Vec<u8>, JournalError>,
+        on_durable: OnDurable,
+        /// The rest of a record whose first part went in an earlier message.
+        continues: bool,
+    },
     WhenDurable(OnDurable),
     Take(ShardId, oneshot::Sender<Result<Lease, LeaseError>>),
     Release(ShardId, oneshot::Sender<()>),
@@ -223,8 +228,8 @@ impl NodeJournal {
     pub fn append(&self, origin: Origin, record: &Record, on_durable: OnDurable) {
         // Encoded on the caller's thread, as the file journal does.
         let frames = encode_frames(origin, record);
-        if let Err(mpsc::error::SendError(Command::Append(_, _, on_durable, _))) =
-            self.sender.send(Command::Append(origin, frames, on_durable, false))
+        if let Err(mpsc::error::SendError(Command::Append { on_durable, .. })) =
+            self.sender.send(Command::Append { origin, frames, on_durable, continues: false })
         {
             on_durable(Err(JournalError::Closed));
         }
@@ -318,7 +323,7 @@ impl Writer {
             #[cfg(feature = "fault-injection")]
             Command::StallNextWrite(pause) => self.stall = Some(pause),
             Command::WhenDurable(on_durable) => message.push_barrier(on_durable),
-            Command::Append(origin, frames, on_durable, continues) => {
+            Command::Append { origin, frames, on_durable, continues } => {
                 let holds = match origin {
                     Origin::Shard(shard) => self.held().shards.contains_key(&shard),
                     Origin::Node => true,
@@ -376,7 +381,7 @@ impl Writer {
             return Next::More;
         }
         if !message.is_empty() {
-            return Next::Carry(Command::Append(origin, Ok(frames), on_durable, continues));
+            return Next::Carry(Command::Append { origin, frames: Ok(frames), on_durable, continues });
         }
         let cut = cut_within(&frames, max);
         if cut > self.stream.payload_bytes_max {
@@ -390,7 +395,8 @@ impl Writer {
             return Next::More;
         }
         message.push_part(&frames[..cut]);
-        Next::Carry(Command::Append(origin, Ok(frames[cut..].to_vec()), on_durable, true))
+        let rest = Ok(frames[cut..].to_vec());
+        Next::Carry(Command::Append { origin, frames: rest, on_durable, continues: true })
     }
 
     /// Publishes `message` fenced by the node lease, until it is

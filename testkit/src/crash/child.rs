@@ -121,6 +121,16 @@ impl Child {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Lets the ready child run for `delay` (under its load), kills it
+    /// (it must still be running: one that stopped by itself is a failure),
+    /// and returns every transfer it acknowledged.
+    pub fn kill_after(mut self, delay: std::time::Duration) -> anyhow::Result<Vec<TransferRequest>> {
+        std::thread::sleep(delay);
+        anyhow::ensure!(self.is_alive()?, "the child stopped by itself: {}", self.stderr_text());
+        self.kill()?;
+        Ok(self.acknowledged()?.1)
+    }
+
     /// Once it stopped: every transfer it acknowledged.
     pub fn acknowledged(mut self) -> anyhow::Result<(bool, Vec<TransferRequest>)> {
         if let Some(reader) = self.reader.take() {

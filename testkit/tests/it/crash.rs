@@ -20,22 +20,9 @@ use wallet_testkit::crash;
 const KILLS_MIN: u64 = 32;
 const KILLS_MAX: u64 = 96;
 
-fn seed() -> u64 {
-    std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    })
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn acknowledged_transfers_survive_kill_9_and_power_loss() -> anyhow::Result<()> {
-    let seed = seed();
+    let seed = crash::seed();
     println!("crash test seed: {seed} (CRASH_SEED={seed} runs the same kill delays)");
     let mut rng = seed | 1;
     let root = tempfile::tempdir()?;
@@ -56,15 +43,10 @@ fn acknowledged_transfers_survive_kill_9_and_power_loss() -> anyhow::Result<()> 
         let mut process = crash::spawn_child(child, &dir, run, &[("WALLET_SYNC_LOG", &sync_log_value)])?;
         process.wait_ready(Duration::from_secs(60))?;
         // Kills spread from just after setup to well into the load.
-        let delay_ms = 5 + next(&mut rng) % 400;
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        anyhow::ensure!(
-            process.is_alive()?,
-            "run {run}: the child stopped by itself: {}",
-            process.stderr_text()
-        );
-        process.kill()?;
-        let (_, acks) = process.acknowledged()?;
+        let delay_ms = 5 + crash::next_random(&mut rng) % 400;
+        let acks = process
+            .kill_after(Duration::from_millis(delay_ms))
+            .map_err(|e| e.context(format!("run {run}")))?;
         if !acks.is_empty() {
             loaded_runs += 1;
         }

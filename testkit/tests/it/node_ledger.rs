@@ -14,22 +14,18 @@ use wallet_actors::ids::NodeId;
 use wallet_actors::TransferRequest;
 use wallet_cluster::node::NodeRecovery;
 use wallet_testkit::crash;
-use wallet_testkit::nats::NatsServer;
 use wallet_testkit::{posted, tid};
 
-use crate::shard_journal::runtime;
+use crate::shard_journal::{nats, runtime};
 
 const KILLS: u64 = 12;
 
 #[test]
 fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Result<()> {
-    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = crash::seed();
     println!("node crash test seed: {seed} (CRASH_SEED={seed} runs the same kill delays)");
     let mut rng = seed | 1;
-    let root = tempfile::tempdir()?;
-    let server = NatsServer::start(&root.path().join("nats"))?;
+    let (root, server) = nats()?;
     let url = server.url();
     let dir = root.path().join("unused");
     let child = env!("CARGO_BIN_EXE_wallet-crash-child");
@@ -39,18 +35,10 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
     for run in 1..=KILLS {
         let mut process = crash::spawn_child(child, &dir, run, &[(crash::NATS_URL_VAR, &url)])?;
         process.wait_ready(Duration::from_secs(60))?;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let delay_ms = 50 + rng % 500;
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        anyhow::ensure!(
-            process.is_alive()?,
-            "run {run}: the child stopped by itself: {}",
-            process.stderr_text()
-        );
-        process.kill()?;
-        let (_, acks) = process.acknowledged()?;
+        let delay_ms = 50 + crash::next_random(&mut rng) % 500;
+        let acks = process
+            .kill_after(Duration::from_millis(delay_ms))
+            .map_err(|e| e.context(format!("run {run}")))?;
         loaded_runs += u64::from(!acks.is_empty());
         acknowledged.extend(acks.into_iter().map(|request| (request.id().get(), request)));
         // Now and then another node checks: it waits until the killed
@@ -91,8 +79,7 @@ async fn verify(
 
 #[test]
 fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
-    let root = tempfile::tempdir()?;
-    let server = NatsServer::start(&root.path().join("nats"))?;
+    let (_root, server) = nats()?;
     let url = server.url();
     runtime()?.block_on(async {
         let first = crash::open_node(&url, 3_600_000).await?;
@@ -146,8 +133,7 @@ fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
     use wallet_actors::ids::NodeId;
     use wallet_cluster::journal::StreamError;
     use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
-    let root = tempfile::tempdir()?;
-    let server = NatsServer::start(&root.path().join("nats"))?;
+    let (_root, server) = nats()?;
     runtime()?.block_on(async {
         let first = crash::open_node(&server.url(), 3_600_000).await?;
         first.shutdown().await;
@@ -166,8 +152,7 @@ fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
 
 #[test]
 fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() -> anyhow::Result<()> {
-    let root = tempfile::tempdir()?;
-    let server = NatsServer::start(&root.path().join("nats"))?;
+    let (root, server) = nats()?;
     let url = server.url();
     let dir = root.path().join("unused");
     let child = env!("CARGO_BIN_EXE_wallet-crash-child");
@@ -198,8 +183,7 @@ fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() ->
 #[test]
 fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Result<()> {
     use wallet_cluster::journal::Leased;
-    let root = tempfile::tempdir()?;
-    let server = NatsServer::start(&root.path().join("nats"))?;
+    let (_root, server) = nats()?;
     let url = server.url();
     runtime()?.block_on(async {
         let node = crash::open_node(&url, 3_600_000).await?;

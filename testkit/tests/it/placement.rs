@@ -11,9 +11,8 @@ use wallet_actors::ports::Origin;
 use wallet_actors::record::Record;
 use wallet_cluster::journal::{read_shard, JournalStream, NodeJournal};
 use wallet_cluster::placement::{self, PlacementOptions};
-use wallet_testkit::nats::NatsServer;
 
-use crate::shard_journal::{options, runtime};
+use crate::shard_journal::{nats, options, runtime};
 
 const SHARDS: u16 = 12;
 
@@ -86,8 +85,7 @@ fn keep_writing(
 
 #[test]
 fn the_shards_of_a_node_that_dies_are_taken_over_within_seconds() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let (a, b, c) =
@@ -105,8 +103,7 @@ fn the_shards_of_a_node_that_dies_are_taken_over_within_seconds() -> anyhow::Res
 
 #[test]
 fn a_joining_node_gets_its_share_by_releases() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let (a, b) = (Node::start(&stream, 1).await?, Node::start(&stream, 2).await?);

@@ -23,6 +23,20 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// A nats-server on a store of its own, in a directory the test may use too.
+pub(crate) fn nats() -> anyhow::Result<(tempfile::TempDir, NatsServer)> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("nats"))?;
+    Ok((dir, server))
+}
+
+/// A start of `node`'s journal that holds `shard`'s lease.
+async fn holding(stream: &JournalStream, node: NodeId, shard: ShardId) -> anyhow::Result<NodeJournal> {
+    let journal = NodeJournal::start(stream.clone(), node).await?;
+    journal.take(shard).await?;
+    Ok(journal)
+}
+
 /// Leases of one second (node) and two (shard), renewed every 200 ms.
 pub(crate) fn options(server: &NatsServer) -> JournalOptions {
     JournalOptions {
@@ -85,8 +99,7 @@ async fn until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
 
 #[test]
 fn acknowledged_records_come_back_in_order_and_share_messages() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let journal = NodeJournal::start(stream.clone(), A).await?;
@@ -123,8 +136,7 @@ fn acknowledged_records_come_back_in_order_and_share_messages() -> anyhow::Resul
 
 #[test]
 fn one_node_takes_a_free_lease_and_renewal_keeps_it() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         // Two nodes race for ten shards, each from a task of its own: each
@@ -171,13 +183,11 @@ fn one_node_takes_a_free_lease_and_renewal_keeps_it() -> anyhow::Result<()> {
 
 #[test]
 fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let shard = ShardId(7);
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(shard).await?;
+        let a = holding(&stream, A, shard).await?;
         append(&a, shard, Record::Epoch(1)).await?;
         // A is paused (SIGSTOP, a stalled VM) between deciding to write and
         // writing, past its leases; B takes the shard and writes.
@@ -189,8 +199,7 @@ fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
             lease::holder(&stream, Leased::Node(A)).await?.is_none(),
             "A's lease outlived its shard's"
         );
-        let b = NodeJournal::start(stream.clone(), B).await?;
-        b.take(shard).await?;
+        let b = holding(&stream, B, shard).await?;
         append(&b, shard, Record::Epoch(100)).await?;
         // A wakes up and writes with the lease it had: the server refuses.
         let refused = late.await?;
@@ -205,21 +214,18 @@ fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
 
 #[test]
 fn a_later_start_of_a_node_fences_the_earlier_one() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let shard = ShardId(5);
-        let first = NodeJournal::start(stream.clone(), A).await?;
-        first.take(shard).await?;
+        let first = holding(&stream, A, shard).await?;
         append(&first, shard, Record::Epoch(1)).await?;
         // The first start stalls right before a write; meanwhile the node
         // restarts (or is started twice) while the first's leases live.
         first.stall_next_write(Duration::from_millis(500));
         let (on_durable, stalled) = outcome();
         first.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
-        let second = NodeJournal::start(stream.clone(), A).await?;
-        second.take(shard).await?;
+        let second = holding(&stream, A, shard).await?;
         append(&second, shard, Record::Epoch(10)).await?;
         // The stalled write goes with the lease the first start had: the
         // server refuses it, and the first start does not take the newer
@@ -242,13 +248,11 @@ fn a_later_start_of_a_node_fences_the_earlier_one() -> anyhow::Result<()> {
 
 #[test]
 fn a_renewal_whose_answer_was_lost_is_not_taken_for_a_loss() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let shard = ShardId(4);
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(shard).await?;
+        let a = holding(&stream, A, shard).await?;
         append(&a, shard, Record::Epoch(1)).await?;
         // A renewal of this very start landed, but its answer never came:
         // the stream holds a newer lease message than the writer knows.
@@ -279,13 +283,11 @@ fn a_renewal_whose_answer_was_lost_is_not_taken_for_a_loss() -> anyhow::Result<(
 
 #[test]
 fn a_node_that_lost_one_shard_keeps_writing_the_others() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let (kept, taken) = (ShardId(1), ShardId(2));
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(kept).await?;
+        let a = holding(&stream, A, kept).await?;
         a.take(taken).await?;
         append(&a, kept, Record::Epoch(1)).await?;
         append(&a, taken, Record::Epoch(1)).await?;
@@ -313,13 +315,11 @@ fn a_node_that_lost_one_shard_keeps_writing_the_others() -> anyhow::Result<()> {
 
 #[test]
 fn callbacks_run_in_append_order_and_records_for_shards_not_held_are_refused() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let (held, not_held) = (ShardId(1), ShardId(9));
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(held).await?;
+        let a = holding(&stream, A, held).await?;
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut outcomes = Vec::new();
         for n in 0..300u64 {
@@ -353,14 +353,12 @@ fn callbacks_run_in_append_order_and_records_for_shards_not_held_are_refused() -
 #[test]
 fn a_flush_larger_than_a_message_is_cut_at_its_records_and_renewals_go_on_under_a_backlog(
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let options = JournalOptions { message_bytes_max: 512, ..options(&server) };
         let stream = JournalStream::connect(options).await?;
         let shard = ShardId(6);
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(shard).await?;
+        let a = holding(&stream, A, shard).await?;
         // One outbox flush of 500 records, about 7 KB: cut into messages.
         append(&a, shard, Record::Batch((1..=500).map(Record::Epoch).collect())).await?;
         anyhow::ensure!(stored(&stream, shard).await? == (1..=500).collect::<Vec<_>>());
@@ -417,13 +415,11 @@ fn options_that_cannot_keep_the_fence_are_refused() -> anyhow::Result<()> {
 
 #[test]
 fn an_unreadable_shard_lease_drops_the_shard_not_the_node() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let (kept, garbled) = (ShardId(1), ShardId(2));
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(kept).await?;
+        let a = holding(&stream, A, kept).await?;
         a.take(garbled).await?;
         let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
         js.publish(Leased::Shard(garbled).subject(), "not a holder".into()).await?.await?;
@@ -437,13 +433,11 @@ fn an_unreadable_shard_lease_drops_the_shard_not_the_node() -> anyhow::Result<()
 
 #[test]
 fn a_released_shard_is_taken_at_once_after_what_was_appended_before() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = NatsServer::start(&dir.path().join("nats"))?;
+    let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
         let shard = ShardId(8);
-        let a = NodeJournal::start(stream.clone(), A).await?;
-        a.take(shard).await?;
+        let a = holding(&stream, A, shard).await?;
         let mut before = Vec::new();
         for n in 1..=50u64 {
             let (on_durable, receiver) = outcome();
