@@ -39,7 +39,7 @@ use wallet_actors::{
 use wallet_cluster::events::{EventPublisher, EventQueue, PublisherOptions};
 use wallet_cluster::host::LedgerHost;
 use wallet_cluster::node::{NodeLedger, NodeOptions};
-use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
+use wallet_storage::{CheckpointEvery, EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
@@ -210,9 +210,17 @@ async fn open_host(
     let embedded = EmbeddedOptions { events, ..options(args) };
     Ok(match &args.journal_nats_url {
         Some(url) => {
-            let defaults = NodeOptions::new(NodeId(1), url.clone());
-            let options = NodeOptions { ledger: embedded.ledger, events: embedded.events, ..defaults };
-            LedgerHost::Node(NodeLedger::open(options).await.context("opening the node")?)
+            let defaults = NodeOptions::new(NodeId(1), url.clone(), dir);
+            let checkpoint =
+                CheckpointEvery { bytes: embedded.checkpoint_bytes, check_ms: embedded.checkpoint_check_ms };
+            let options = NodeOptions {
+                ledger: embedded.ledger,
+                events: embedded.events,
+                checkpoint,
+                snapshot_cache_bytes: embedded.snapshot_cache_bytes,
+                ..defaults
+            };
+            LedgerHost::Node(Box::new(NodeLedger::open(options).await.context("opening the node")?))
         }
         None => LedgerHost::Embedded(Box::new(
             EmbeddedLedger::open(dir, embedded).await.context("opening the ledger")?,

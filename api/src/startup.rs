@@ -312,9 +312,10 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
                 name: "nats_url",
                 reason: "a node keeps its journal on NATS JetStream: give --nats-url".into(),
             })?;
-            let mut options = NodeOptions { ledger, events: Some(feeds), ..NodeOptions::new(node, url) };
+            let defaults = NodeOptions::new(node, url, settings.data_dir.join("node"));
+            let mut options = NodeOptions { ledger, events: Some(feeds), ..defaults };
             options.journal.replicas = journal_replicas;
-            (LedgerHost::Node(NodeLedger::open(options).await?), Some(lock))
+            (LedgerHost::Node(Box::new(NodeLedger::open(options).await?)), Some(lock))
         }
     };
     let publisher = match (&settings.nats_url, events) {

@@ -15,7 +15,7 @@ pub enum LedgerHost {
     /// The embedded single node.
     Embedded(Box<EmbeddedLedger>),
     /// A node whose journal is on JetStream.
-    Node(NodeLedger),
+    Node(Box<NodeLedger>),
 }
 
 impl LedgerHost {
@@ -56,7 +56,7 @@ impl LedgerHost {
     pub async fn shutdown(self) {
         match self {
             LedgerHost::Embedded(embedded) => embedded.shutdown().await,
-            LedgerHost::Node(node) => node.shutdown().await,
+            LedgerHost::Node(node) => (*node).shutdown().await,
         }
     }
 }

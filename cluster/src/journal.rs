@@ -29,7 +29,7 @@ use async_nats::jetstream::{self, stream};
 use wallet_actors::ids::NodeId;
 
 pub use lease::{Holder, Lease, LeaseError, LeaseState, Leased};
-pub use read::{read_records, read_shard};
+pub use read::{read_records, read_records_until, read_shard, ReadAt};
 pub use writer::{JournalStats, NodeJournal};
 
 /// The stream holding every node's journal and every lease.

@@ -14,23 +14,34 @@
 //! journal that stopped (a write whose outcome is unknown, or fenced) is not
 //! mended: the process restarts.
 //!
+//! Snapshots are the embedded node's (sled and sorted runs), kept on the
+//! node's own disk ([`cache`]) at a stream sequence, taken by the same
+//! checkpoints in the background ([`wallet_storage::Checkpoints`] over the
+//! stream, [`log`]): a start replays the stream after its snapshot, and
+//! memory keeps only what changed since.
+//!
 //! Not yet here: shards spread over several nodes (placement decides, routing
-//! carries messages between nodes), snapshots (every start replays the whole
-//! stream, and memory holds every transfer).
+//! carries messages between nodes), and snapshots other nodes can read (a
+//! node taking the shards over replays the stream from its own snapshot, or
+//! whole).
 
+mod cache;
+mod log;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
-use wallet_actors::ports::{append_durable, Clock, EventSink, JournalError, Origin, Ports, SystemClock};
-use wallet_actors::record::Record;
-use wallet_actors::recovery::{CompletionError, Recovered, Recovery};
+use wallet_actors::ports::{Clock, EventSink, Journal, JournalError, Ports, SystemClock};
+use wallet_actors::recovery::CompletionError;
+use wallet_actors::registry::TransferRecord;
 use wallet_actors::shard::ReplayError;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
+use wallet_storage::{CheckpointEvery, CheckpointReport, Checkpoints, Replayed, StorageError};
 
-use crate::journal::{
-    meta, read_records, JournalOptions, JournalStream, LeaseError, NodeJournal, StreamError,
-};
+use self::log::{StreamLog, StreamReader};
+use crate::journal::{meta, JournalOptions, JournalStream, LeaseError, NodeJournal, StreamError};
 
 /// How to open a node's ledger.
 #[derive(Clone)]
@@ -48,11 +59,19 @@ pub struct NodeOptions {
     pub take_wait: Duration,
     /// Where durable history goes for ledger events, if anywhere.
     pub events: Option<Arc<dyn EventSink>>,
+    /// The node's own directory: its snapshots (`snapshots/`), locked
+    /// while it runs.
+    pub data_dir: PathBuf,
+    /// When checkpoints run.
+    pub checkpoint: CheckpointEvery,
+    /// sled's cache size.
+    pub snapshot_cache_bytes: u64,
 }
 
 impl NodeOptions {
-    /// Defaults for `node` on the server at `nats_url`.
-    pub fn new(node: NodeId, nats_url: impl Into<String>) -> NodeOptions {
+    /// Defaults for `node` on the server at `nats_url`, keeping its
+    /// snapshots in `data_dir`.
+    pub fn new(node: NodeId, nats_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> NodeOptions {
         let journal = JournalOptions::new(nats_url);
         let take_wait = journal.shard_lease_ttl * 2;
         NodeOptions {
@@ -62,6 +81,9 @@ impl NodeOptions {
             clock: Arc::new(SystemClock),
             take_wait,
             events: None,
+            data_dir: data_dir.into(),
+            checkpoint: CheckpointEvery { bytes: 64 << 20, check_ms: 500 },
+            snapshot_cache_bytes: 64 << 20,
         }
     }
 }
@@ -92,6 +114,32 @@ pub enum NodeError {
     /// The ledger did not start.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The node's snapshots could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Another node wrote the journal after this one read it (this node
+    /// lost a lease meanwhile): the shards in memory lack that record, so
+    /// no snapshot is taken of them.
+    #[error("message {sequence} on {subject} was written by another node after this one read the stream")]
+    ForeignWrite {
+        /// Its stream sequence.
+        sequence: u64,
+        /// Its journal subject.
+        subject: String,
+    },
+    /// The node's snapshot was taken further than the stream now goes:
+    /// the stream lost acknowledged messages. Delete `snapshots/` in the
+    /// node's directory to replay the stream as it is.
+    #[error(
+        "the node's snapshot was taken at stream sequence {snapshot_at}, but the stream ends at {last}: \
+         it lost acknowledged messages (delete the node's snapshots/ to start from the stream as it is)"
+    )]
+    StreamBehind {
+        /// Where the snapshot's replay starts.
+        snapshot_at: u64,
+        /// The stream's last sequence.
+        last: u64,
+    },
 }
 
 /// What opening read.
@@ -99,8 +147,10 @@ pub enum NodeError {
 pub struct NodeRecovery {
     /// Records replayed.
     pub records: u64,
-    /// The stream sequence of the last message read (0: none).
-    pub last_sequence: u64,
+    /// The stream sequence the replay started at (its snapshot's; 0: none).
+    pub replayed_from: u64,
+    /// Accounts read back from the snapshot.
+    pub snapshot_accounts: usize,
     /// Commits a crash left with legs unapplied, completed now.
     pub completed_commits: usize,
     /// How long it took, in milliseconds.
@@ -112,21 +162,22 @@ pub struct NodeLedger {
     /// The ledger.
     pub ledger: Ledger,
     journal: NodeJournal,
+    checkpoints: Checkpoints<StreamLog>,
+    _lock: wallet_storage::DataDirLock,
     /// What opening read.
     pub recovery: NodeRecovery,
-    stop_supervision: tokio::sync::watch::Sender<bool>,
-    supervision: tokio::task::JoinHandle<()>,
 }
 
 impl NodeLedger {
-    /// Takes every shard's lease, replays the journal stream, and serves.
+    /// Takes every shard's lease, replays the journal stream after the
+    /// node's snapshot, and serves.
     pub async fn open(options: NodeOptions) -> Result<NodeLedger, NodeError> {
         let started = Instant::now();
-        let shard_count = options.ledger.shard_count;
+        let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = JournalStream::connect(options.journal.clone()).await?;
-        meta::ensure_shard_count(&stream, shard_count).await?;
+        meta::ensure_shard_count(&stream, options.ledger.shard_count).await?;
         let journal = NodeJournal::start(stream.clone(), options.node).await?;
-        let (ledger, mut recovery) = match start(&options, &stream, &journal).await {
+        let (ledger, checkpoints, mut recovery) = match start(&options, stream, &journal).await {
             Ok(started) => started,
             Err(error) => {
                 // What was taken is let go, so that a node that gave up
@@ -137,16 +188,7 @@ impl NodeLedger {
         };
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(node = options.node.0, ?recovery, "node ledger recovered from the journal stream");
-        let (stop_supervision, stopped) = tokio::sync::watch::channel(false);
-        let rebuilding = (ledger.clone(), journal.clone(), options.take_wait);
-        let supervision = ledger.supervise(
-            move || {
-                let (ledger, journal, stream) = (rebuilding.0.clone(), rebuilding.1.clone(), stream.clone());
-                async move { rebuild(&ledger, &journal, &stream, shard_count, rebuilding.2).await }
-            },
-            stopped,
-        );
-        Ok(NodeLedger { ledger, journal, recovery, stop_supervision, supervision })
+        Ok(NodeLedger { ledger, journal, checkpoints, _lock: lock, recovery })
     }
 
     /// The node's journal.
@@ -154,33 +196,79 @@ impl NodeLedger {
         &self.journal
     }
 
-    /// Stops the shards (everything acknowledged is durable already), then
-    /// releases their leases after what they appended, so the next owner
-    /// waits out nothing.
+    /// Takes a checkpoint now.
+    pub async fn checkpoint(&self) -> Result<CheckpointReport, StorageError> {
+        self.checkpoints.run().await
+    }
+
+    /// Every transfer, in memory or in the snapshot's index (audits and
+    /// tests: reads them all).
+    pub fn all_transfers(&self) -> Result<Vec<TransferRecord>, StorageError> {
+        self.checkpoints.snapshots().all_transfers(&self.ledger)
+    }
+
+    /// Takes a last checkpoint, stops the shards (everything acknowledged
+    /// is durable already), then releases their leases after what they
+    /// appended, so the next owner waits out nothing.
     pub async fn shutdown(self) {
-        let _ = self.stop_supervision.send(true);
-        let _ = self.supervision.await;
+        self.stop(true).await;
+    }
+
+    /// As [`NodeLedger::shutdown`] without the last checkpoint: the next
+    /// start replays what a crash would leave it (tests).
+    pub async fn stop_without_checkpoint(self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(self, checkpoint: bool) {
+        self.checkpoints.stop(checkpoint).await;
         self.ledger.shutdown().await;
+        self.ledger.detach_storage();
         release_all(&self.journal).await;
         metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
     }
 }
 
-/// Takes every shard's lease, replays the stream and starts the shards.
+/// Takes every shard's lease, replays the stream after the node's
+/// snapshot, starts the shards and their checkpoints.
 async fn start(
     options: &NodeOptions,
-    stream: &JournalStream,
+    stream: JournalStream,
     journal: &NodeJournal,
-) -> Result<(Ledger, NodeRecovery), NodeError> {
+) -> Result<(Ledger, Checkpoints<StreamLog>, NodeRecovery), NodeError> {
     let shard_count = options.ledger.shard_count;
     take_every_shard(journal, shard_count, options.take_wait).await?;
     // Every shard's lease is held (fencing every earlier writer), so what
     // the stream holds now is all there is.
-    let (recovered, completions, recovery) = replay(stream, shard_count).await?;
-    let events = options.events.clone();
-    let ports = Ports { events, ..Ports::new(Arc::new(journal.clone()), options.clock.clone()) };
+    let snapshots =
+        cache::open(&options.data_dir, &stream, shard_count, options.snapshot_cache_bytes).await?;
+    let reader = StreamReader::new(stream, crate::journal::journal_subject(options.node));
+    let Replayed { recovered, completions, report, meta } = snapshots.replay(&reader, shard_count).await?;
+    let recovery = NodeRecovery {
+        records: report.journal.records,
+        replayed_from: meta.replay_from_segment,
+        snapshot_accounts: report.snapshot_accounts,
+        completed_commits: report.completed_commits,
+        elapsed_ms: 0,
+    };
+    let port: Arc<dyn Journal> = Arc::new(journal.clone());
+    let ports = Ports {
+        journal: port.clone(),
+        clock: options.clock.clone(),
+        stored: snapshots.stored(),
+        events: options.events.clone(),
+    };
     let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
-    Ok((ledger, recovery))
+    let log = StreamLog { reader, journal: journal.clone(), port, shard_count, take_wait: options.take_wait };
+    let checkpoints = Checkpoints::start(
+        ledger.clone(),
+        Arc::new(log),
+        snapshots,
+        meta,
+        options.events.clone(),
+        options.checkpoint,
+    );
+    Ok((ledger, checkpoints, recovery))
 }
 
 /// Most time releases take at shutdown: with NATS away each would wait for
@@ -202,7 +290,11 @@ async fn release_all(journal: &NodeJournal) {
 /// Takes the lease of every shard the journal does not hold (at open,
 /// all; after a renewal found some lost, those), waiting up to `wait` for
 /// leases another node holds (it died: they expire; it is alive: this fails).
-async fn take_every_shard(journal: &NodeJournal, shard_count: u16, wait: Duration) -> Result<(), LeaseError> {
+pub(crate) async fn take_every_shard(
+    journal: &NodeJournal,
+    shard_count: u16,
+    wait: Duration,
+) -> Result<(), LeaseError> {
     let deadline = Instant::now() + wait;
     let held = journal.shards();
     for shard in (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)) {
@@ -217,48 +309,5 @@ async fn take_every_shard(journal: &NodeJournal, shard_count: u16, wait: Duratio
         }
     }
     metrics::gauge!("wallet_shards_owned").set(journal.shards().len() as f64);
-    Ok(())
-}
-
-/// Reads every node's journal from the start of the stream into a recovery,
-/// in stream order, and completes the commits a crash interrupted.
-async fn replay(
-    stream: &JournalStream,
-    shard_count: u16,
-) -> Result<(Recovered, Vec<Record>, NodeRecovery), NodeError> {
-    let mut recovery = Recovery::new(shard_count);
-    let mut last_sequence = 0;
-    read_records(stream, 0, |sequence, _origin, record| {
-        last_sequence = sequence;
-        recovery.apply(record).map_err(|source| NodeError::Replay { sequence, source })
-    })
-    .await?;
-    let records = recovery.records();
-    let (recovered, completions) = recovery.finish().map_err(NodeError::Completion)?;
-    let report = NodeRecovery { records, last_sequence, completed_commits: completions.len(), elapsed_ms: 0 };
-    Ok((recovered, completions, report))
-}
-
-/// New shards on what the stream holds, after the old ones failed: once
-/// the barrier is acknowledged, everything they appended is on the stream
-/// (or the journal stopped, and only a restart can tell what is).
-async fn rebuild(
-    ledger: &Ledger,
-    journal: &NodeJournal,
-    stream: &JournalStream,
-    shard_count: u16,
-    take_wait: Duration,
-) -> Result<(), NodeError> {
-    let started = Instant::now();
-    ledger.halt().await;
-    // A shard whose lease a renewal found lost fails every write: it is
-    // taken again (once whoever took it lets it go) before the replay, or
-    // the shards are not rebuilt and the failure stands.
-    take_every_shard(journal, shard_count, take_wait).await?;
-    append_durable(journal, Origin::Node, Record::Batch(Vec::new())).await?;
-    let (recovered, completions, report) = replay(stream, shard_count).await?;
-    ledger.restart(recovered, completions).await?;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(elapsed_ms, records = report.records, "shards rebuilt from the journal stream");
     Ok(())
 }

@@ -1,24 +1,24 @@
-//! Checkpoints, and rebuilding the shards from durable state: what the
-//! embedded node does in the background while it serves. A checkpoint
-//! writes what the shards changed to the snapshot and retires the journal
-//! segments it covers; a rebuild reads the snapshot and the journal back
-//! exactly as a restart does ([`replay`]) and starts new shards on them.
+//! Checkpoints, and rebuilding the shards from durable state: what a node
+//! does in the background while it serves, written once for any journal
+//! ([`CheckpointLog`]: the embedded node's files, a node's stream). A
+//! checkpoint writes what the shards changed to the snapshot and retires
+//! the journal it covers; a rebuild reads the snapshot and the journal back
+//! exactly as a restart does ([`LocalSnapshots::replay`]) and starts new
+//! shards on them.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wallet_actors::ports::{append_durable, Journal, Origin, Stored};
+use wallet_actors::ports::{append_durable, EventSink, Origin};
 use wallet_actors::record::Record;
-use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::shard::HistoryEntry;
 use wallet_actors::{Ledger, LedgerError};
 
-use crate::embedded::RecoveryReport;
 use crate::faults::{at_point, points};
-use crate::journal::{read_journal_from, read_segments, segments, FileJournal, JournalStats};
-use crate::runs::{HistoryChunk, HistoryRuns, TransferRuns, HISTORY_CHUNK_ENTRIES_MAX};
+use crate::log::{CheckpointLog, JournalReader};
+use crate::runs::{HistoryChunk, HISTORY_CHUNK_ENTRIES_MAX};
 use crate::scan::SegmentScan;
-use crate::snapshot::{CheckpointMeta, SnapshotStore};
+use crate::snapshot::CheckpointMeta;
+use crate::snapshots::{LocalSnapshots, Replayed};
 use crate::StorageError;
 
 /// What one checkpoint did.
@@ -28,20 +28,23 @@ pub struct CheckpointReport {
     pub accounts: usize,
     /// Transfers moved to the on-disk index.
     pub transfers: usize,
-    /// Journal segments deleted.
+    /// Journal parts deleted (file segments; a node's stream keeps its messages).
     pub segments_deleted: usize,
     /// Commits still waiting for a shard.
     pub open_commits: usize,
 }
 
-fn journal_failed(error: wallet_actors::ports::JournalError) -> StorageError {
+pub(crate) fn journal_failed(error: wallet_actors::ports::JournalError) -> StorageError {
     tracing::error!(%error, "journal failed during a checkpoint");
     StorageError::Ledger(LedgerError::Unavailable)
 }
 
-pub(crate) fn spawn_checkpoints(
-    checkpointer: Checkpointer,
-    stats: Arc<JournalStats>,
+fn blocking_failed(_: tokio::task::JoinError) -> StorageError {
+    StorageError::Ledger(LedgerError::Unavailable)
+}
+
+pub(crate) fn spawn_checkpoints<L: CheckpointLog>(
+    checkpointer: Checkpointer<L>,
     every_bytes: u64,
     check_ms: u64,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -53,7 +56,7 @@ pub(crate) fn spawn_checkpoints(
                 _ = stopped.changed() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(check_ms.max(1))) => {}
             }
-            let bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = checkpointer.log.bytes_written();
             if bytes.saturating_sub(last_bytes) < every_bytes {
                 continue;
             }
@@ -68,10 +71,10 @@ pub(crate) fn spawn_checkpoints(
 /// Rebuilds the shards from the snapshot and the journal whenever they
 /// fail, until the ledger stops ([`wallet_actors::Ledger::supervise`]). A
 /// journal failure is not mended here: whether its last records are
-/// durable is unknown until the process restarts and reads the files; the
+/// durable is unknown until the process restarts and reads them back; the
 /// rebuild's barrier fails then, and it is retried with a growing pause.
-pub(crate) fn spawn_supervision(
-    checkpointer: Checkpointer,
+pub(crate) fn spawn_supervision<L: CheckpointLog>(
+    checkpointer: Checkpointer<L>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let ledger = checkpointer.ledger.clone();
@@ -100,93 +103,9 @@ fn history_chunks(captured: &[wallet_actors::shard::Captured]) -> Vec<HistoryChu
         .collect()
 }
 
-/// State read back from storage: the snapshot, then the journal after it.
-pub(crate) struct Replayed {
-    pub(crate) recovered: Recovered,
-    pub(crate) completions: Vec<Record>,
-    pub(crate) report: RecoveryReport,
-    pub(crate) meta: CheckpointMeta,
-}
-
-/// The ledger's view of what this node stores beyond the journal.
-pub(crate) fn stored(
-    snapshot: &SnapshotStore,
-    runs: &Arc<TransferRuns>,
-    history: &Arc<HistoryRuns>,
-) -> Stored {
-    Stored {
-        transfers: Some(runs.clone()),
-        history: Some(history.clone()),
-        decisions: Some(Arc::new(snapshot.clone())),
-        accounts: Some(Arc::new(snapshot.clone())),
-    }
-}
-
-/// Reads the snapshot's meta and holds, then replays the journal from the
-/// segment it names (accounts are read from the snapshot when named).
-pub(crate) fn replay(
-    snapshot: &SnapshotStore,
-    stored: &Stored,
-    journal_dir: &Path,
-    shard_count: u16,
-) -> Result<Replayed, StorageError> {
-    let loaded = snapshot.load()?;
-    let meta = loaded.meta.clone().unwrap_or_default();
-    let (holds, open_commits) = (loaded.holds, meta.open_commits.clone());
-    let mut recovery = Recovery::from_snapshot(shard_count, holds, open_commits, meta.commit_epoch, stored);
-    let marker = loaded.meta.as_ref().map(|meta| meta.replay_from_segment);
-    recovery.number_decisions(meta.next_decision_id, marker);
-    let summary = read_journal_from(journal_dir, meta.replay_from_segment, |record, at| {
-        recovery.apply(record).map_err(|source| StorageError::Replay {
-            path: at.path.to_path_buf(),
-            offset: at.offset,
-            source: Box::new(source),
-        })
-    })?;
-    let mut report = RecoveryReport {
-        journal: summary,
-        snapshot_accounts: recovery.activated() as usize,
-        checkpoint_markers_after_snapshot: recovery.checkpoint_markers_after_snapshot(),
-        leftover_segments: segments(journal_dir)?
-            .into_iter()
-            .filter(|&s| s < meta.replay_from_segment)
-            .count(),
-        ..RecoveryReport::default()
-    };
-    let (recovered, completions) = recovery.finish()?;
-    report.completed_commits = completions.len();
-    Ok(Replayed { recovered, completions, report, meta })
-}
-
-/// Reads the segments a checkpoint retires (from the meta in force up to
-/// `segment`) for the transfers they stored and the commits still waiting
-/// for a shard. Older segments a failed deletion left behind were retired
-/// by an earlier checkpoint, so they are skipped.
-fn scan_retired(
-    journal_dir: &Path,
-    previous: &CheckpointMeta,
-    segment: u64,
-    shard_count: u16,
-    runs: &Arc<TransferRuns>,
-) -> Result<
-    (Vec<wallet_actors::registry::TransferRecord>, Vec<wallet_actors::recovery::OpenCommit>),
-    StorageError,
-> {
-    let older: Vec<u64> = segments(journal_dir)?
-        .into_iter()
-        .filter(|&i| i >= previous.replay_from_segment && i < segment)
-        .collect();
-    let mut scan = SegmentScan::new(shard_count, previous.open_commits.clone(), runs.clone());
-    read_segments(journal_dir, &older, false, |record, _| {
-        scan.apply(record);
-        Ok(())
-    })?;
-    scan.finish()
-}
-
 /// Waits (at most [`EVENTS_WAIT_MS`]) until the events' feed is done with
 /// every entry it was handed so far.
-async fn wait_for_events(events: &dyn wallet_actors::ports::EventSink) {
+async fn wait_for_events(events: &dyn EventSink) {
     let (handed, _) = events.progress();
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EVENTS_WAIT_MS);
     loop {
@@ -209,17 +128,26 @@ async fn wait_for_events(events: &dyn wallet_actors::ports::EventSink) {
 }
 
 /// Everything a checkpoint needs; cheap to clone into a task.
-#[derive(Clone)]
-pub(crate) struct Checkpointer {
+pub(crate) struct Checkpointer<L> {
     pub(crate) ledger: Ledger,
-    pub(crate) journal: Arc<FileJournal>,
-    pub(crate) snapshot: SnapshotStore,
-    pub(crate) runs: Arc<TransferRuns>,
-    pub(crate) history: Arc<HistoryRuns>,
+    pub(crate) log: Arc<L>,
+    pub(crate) snapshots: LocalSnapshots,
     pub(crate) meta: Arc<tokio::sync::Mutex<CheckpointMeta>>,
-    pub(crate) journal_dir: PathBuf,
     pub(crate) shard_count: u16,
-    pub(crate) events: Option<Arc<dyn wallet_actors::ports::EventSink>>,
+    pub(crate) events: Option<Arc<dyn EventSink>>,
+}
+
+impl<L> Clone for Checkpointer<L> {
+    fn clone(&self) -> Self {
+        Checkpointer {
+            ledger: self.ledger.clone(),
+            log: self.log.clone(),
+            snapshots: self.snapshots.clone(),
+            meta: self.meta.clone(),
+            shard_count: self.shard_count,
+            events: self.events.clone(),
+        }
+    }
 }
 
 /// How long a checkpoint waits for the events publisher to publish what the
@@ -227,35 +155,32 @@ pub(crate) struct Checkpointer {
 /// "Ledger events", invariant 4).
 const EVENTS_WAIT_MS: u64 = 10_000;
 
-impl Checkpointer {
+impl<L: CheckpointLog> Checkpointer<L> {
     /// The checkpoint protocol (see `docs/ARCHITECTURE.md`, "Snapshots"):
-    /// 1. rotate the journal to a new segment `k`: every record already
-    ///    appended is in a segment before `k`;
+    /// 1. rotate the journal to a new position `k`: every record already
+    ///    appended is before `k`, or in what step 2 captures;
     /// 2. capture what every shard changed: it includes all those records;
     /// 3. append a checkpoint marker and wait until it is durable, so that
     ///    nothing captured is less durable than the journal;
-    /// 4. read the segments before `k` for the transfers they stored and the
+    /// 4. read the journal before `k` for the transfers it stored and the
     ///    commits still waiting for a shard;
     /// 5. write all of it to sled, meta last, and flush;
-    /// 6. delete the segments before `k`, and drop those transfers from memory.
+    /// 6. retire the journal before `k` (the file journal deletes its
+    ///    segments), and drop those transfers from memory.
     pub(crate) async fn run(&self) -> Result<CheckpointReport, StorageError> {
         let mut meta = self.meta.lock().await;
         let started = std::time::Instant::now();
-        let journal = self.journal.clone();
-        let segment = tokio::task::spawn_blocking(move || journal.rotate())
-            .await
-            .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
-            .map_err(journal_failed)?;
+        let position = self.log.rotate().await?;
         at_point(points::CHECKPOINT_ROTATED)?;
         let captured = self.ledger.capture().await?;
         at_point(points::CHECKPOINT_CAPTURED)?;
-        let marker = Record::Checkpoint { replay_from_segment: segment };
+        let marker = Record::Checkpoint { replay_from_segment: position };
         // Callbacks run in journal order, so when the marker's runs, the
         // decisions numbered are exactly those of the records before it:
         // this snapshot holds them, and replay numbers the rest from there.
         let (numbered, at_marker) = tokio::sync::oneshot::channel();
         let ledger = self.ledger.clone();
-        self.journal.append(
+        self.log.journal().append(
             Origin::Node,
             marker,
             Box::new(move |result| {
@@ -279,33 +204,29 @@ impl Checkpointer {
         };
         let decisions: Vec<_> =
             self.ledger.recent_decisions().into_iter().filter(|d| d.id < next_decision_id).collect();
-        let journal_dir = self.journal_dir.clone();
-        let snapshot = self.snapshot.clone();
-        let runs = self.runs.clone();
-        let history = self.history.clone();
-        let previous = meta.clone();
-        let commit_epoch = self.ledger.commit_epoch();
-        let shard_count = self.shard_count;
-        let (mut report, new_meta, transfers, deleted) = tokio::task::spawn_blocking(move || {
-            let (transfers, open_commits) =
-                scan_retired(&journal_dir, &previous, segment, shard_count, &runs)?;
-            let scanned_ms = started.elapsed().as_millis() as u64;
-            let new_meta = CheckpointMeta {
-                replay_from_segment: segment,
-                open_commits,
-                commit_epoch,
-                next_decision_id,
-                events_unsettled,
-            };
-            // The index first: until the meta names the new segment, the
+        let scan = SegmentScan::new(self.shard_count, meta.open_commits.clone(), self.snapshots.runs.clone());
+        let (transfers, open_commits) =
+            self.log.reader().scan(meta.replay_from_segment, position, scan).await?.finish()?;
+        let scanned_ms = started.elapsed().as_millis() as u64;
+        let new_meta = CheckpointMeta {
+            replay_from_segment: position,
+            open_commits,
+            commit_epoch: self.ledger.commit_epoch(),
+            next_decision_id,
+            events_unsettled,
+        };
+        let snapshots = self.snapshots.clone();
+        let (written, indexed) = (new_meta.clone(), transfers.clone());
+        let accounts = tokio::task::spawn_blocking(move || {
+            // The index first: until the meta names the new position, the
             // journal still has these transfers, so a crash in between only
             // makes the next checkpoint write them again (the newest wins).
-            runs.add(transfers.clone())?;
+            snapshots.runs.add(indexed)?;
             at_point(points::CHECKPOINT_INDEXED)?;
-            history.add(history_chunks(&captured))?;
+            snapshots.history.add(history_chunks(&captured))?;
             at_point(points::CHECKPOINT_HISTORY)?;
             let indexed_ms = started.elapsed().as_millis() as u64;
-            snapshot.write(&captured, &decisions, &new_meta)?;
+            snapshots.store.write(&captured, &decisions, &written)?;
             at_point(points::CHECKPOINT_SNAPSHOT)?;
             tracing::debug!(
                 scanned_ms,
@@ -313,31 +234,33 @@ impl Checkpointer {
                 written_ms = started.elapsed().as_millis() as u64,
                 "checkpoint written"
             );
-            // The new meta is durable: the checkpoint is in force from here,
-            // whether or not the old segments can be deleted now.
-            let deleted = FileJournal::delete_before(&journal_dir, segment)
-                .and_then(|deleted| at_point(points::CHECKPOINT_DONE).map(|()| deleted));
-            let report = CheckpointReport {
-                accounts: captured.iter().map(|c| c.accounts.len()).sum(),
-                transfers: transfers.len(),
-                segments_deleted: 0,
-                open_commits: new_meta.open_commits.len(),
-            };
-            Ok::<_, StorageError>((report, new_meta, transfers, deleted))
+            Ok::<_, StorageError>(captured.iter().map(|c| c.accounts.len()).sum())
         })
         .await
-        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        .map_err(blocking_failed)??;
+        // The new meta is durable: the checkpoint is in force from here,
+        // whether or not the old journal can be retired now.
+        let retired = self.log.retire_before(position).await.and_then(|deleted| {
+            at_point(points::CHECKPOINT_DONE)?;
+            Ok(deleted)
+        });
+        let mut report = CheckpointReport {
+            accounts,
+            transfers: transfers.len(),
+            segments_deleted: 0,
+            open_commits: new_meta.open_commits.len(),
+        };
         *meta = new_meta;
         self.ledger.registry().evict(&transfers);
         self.ledger.forget_flushed_history();
         self.ledger.forget_decisions_up_to(next_decision_id.saturating_sub(1));
         // Segments a failed deletion left are deleted by the next checkpoint
         // (it deletes every segment before its own), and neither its scan nor
-        // recovery reads them: both start at the meta's segment.
-        match deleted {
+        // recovery reads them: both start at the meta's position.
+        match retired {
             Ok(deleted) => report.segments_deleted = deleted,
             Err(error) => {
-                tracing::error!(%error, "the checkpoint is in force, but deleting the segments it retired failed");
+                tracing::error!(%error, "the checkpoint is in force, but retiring the journal it covers failed");
                 return Err(error);
             }
         }
@@ -346,30 +269,24 @@ impl Checkpointer {
         tracing::info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
         Ok(report)
     }
-}
 
-impl Checkpointer {
     /// Rebuilds every shard from durable state after one failed (see
     /// `docs/ARCHITECTURE.md`, "Supervision"): no checkpoint runs meanwhile;
     /// the failed generation is halted, so nothing more of it reaches the
-    /// journal; a barrier record makes everything it did write durable;
-    /// then the snapshot and the journal are read back exactly as at a
-    /// restart, and the new shards take over.
+    /// journal; the journal is made writable again (a node retakes shard
+    /// leases it lost); a barrier record makes everything the failed shards
+    /// did write durable; then the snapshot and the journal are read back
+    /// exactly as at a restart, and the new shards take over.
     async fn rebuild(&self) -> Result<(), StorageError> {
         let mut meta = self.meta.lock().await;
         let started = std::time::Instant::now();
         self.ledger.halt().await;
+        self.log.writable().await?;
         // An empty record: once durable, so is everything appended before.
-        append_durable(self.journal.as_ref(), Origin::Node, Record::Batch(Vec::new()))
+        append_durable(self.log.journal().as_ref(), Origin::Node, Record::Batch(Vec::new()))
             .await
             .map_err(journal_failed)?;
-        let (snapshot, journal_dir) = (self.snapshot.clone(), self.journal_dir.clone());
-        let stored = stored(&self.snapshot, &self.runs, &self.history);
-        let shard_count = self.shard_count;
-        let replayed =
-            tokio::task::spawn_blocking(move || replay(&snapshot, &stored, &journal_dir, shard_count))
-                .await
-                .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
+        let replayed = self.snapshots.replay(self.log.reader(), self.shard_count).await?;
         let Replayed { recovered, completions, report, meta: read_meta } = replayed;
         self.ledger.restart(recovered, completions).await?;
         *meta = read_meta;
@@ -381,7 +298,6 @@ impl Checkpointer {
         Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -392,6 +308,8 @@ mod tests {
     use wallet_actors::{AccountId, TransferId};
 
     use super::*;
+    use crate::runs::HistoryRuns;
+    use std::path::Path;
 
     /// A settlement account takes a leg of every deposit: millions of
     /// history entries in one checkpoint are written in chunks a frame can

@@ -20,14 +20,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wallet_actors::ports::{Clock, Ports, SystemClock};
-use wallet_actors::{Ledger, LedgerConfig, LedgerError, TransferStatus};
+use wallet_actors::{Ledger, LedgerConfig};
 
-use crate::checkpoint::{
-    replay, spawn_checkpoints, spawn_supervision, stored, CheckpointReport, Checkpointer, Replayed,
-};
+use crate::checkpoint::CheckpointReport;
 use crate::journal::{FileJournal, JournalOptions, JournalStats, ReadSummary};
-use crate::runs::{HistoryRuns, TransferRuns};
-use crate::snapshot::SnapshotStore;
+use crate::log::{FileJournalDir, FileLog};
+use crate::snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed};
 use crate::StorageError;
 
 /// How to open an embedded ledger.
@@ -75,14 +73,11 @@ pub struct EmbeddedLedger {
     /// The ledger.
     pub ledger: Ledger,
     journal: Arc<FileJournal>,
-    checkpointer: Checkpointer,
+    checkpoints: Checkpoints<FileLog>,
     _lock: DataDirLock,
     /// What recovery found when this ledger opened.
     pub recovery: RecoveryReport,
     data_dir: PathBuf,
-    stop_checkpoints: tokio::sync::watch::Sender<bool>,
-    checkpoints: tokio::task::JoinHandle<()>,
-    supervision: tokio::task::JoinHandle<()>,
 }
 
 /// What recovery found when a ledger opened: what it read, and the traces
@@ -123,107 +118,46 @@ impl EmbeddedLedger {
     ) -> Result<EmbeddedLedger, StorageError> {
         let started = std::time::Instant::now();
         let shard_count = check_meta(data_dir, options.ledger.shard_count)?;
-        let journal_dir = data_dir.join("journal");
-        let snapshot_dir = data_dir.join("snapshot");
-        let index_dir = data_dir.join("index");
-        let history_dir = data_dir.join("history");
-        let cache_bytes = options.snapshot_cache_bytes;
-        let replaying_dir = journal_dir.clone();
-        let (snapshot, runs, history, replayed) = tokio::task::spawn_blocking(move || {
-            let opening = std::time::Instant::now();
-            let store = SnapshotStore::open(&snapshot_dir, cache_bytes)?;
-            let opened_ms = opening.elapsed().as_millis() as u64;
-            let runs = Arc::new(TransferRuns::open(&index_dir)?);
-            let history = Arc::new(HistoryRuns::open(&history_dir)?);
-            tracing::debug!(opened_ms, index_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
-            let replayed = replay(&store, &stored(&store, &runs, &history), &replaying_dir, shard_count)?;
-            Ok::<_, StorageError>((store, runs, history, replayed))
-        })
-        .await
-        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))??;
-        let Replayed { recovered, completions, mut report, meta } = replayed;
-        report.leftover_runs = runs.removed_at_open() + history.removed_at_open();
+        let journal_dir = FileJournalDir(data_dir.join("journal"));
+        let opening = std::time::Instant::now();
+        let snapshots = LocalSnapshots::open(data_dir, options.snapshot_cache_bytes).await?;
+        tracing::debug!(opened_ms = opening.elapsed().as_millis() as u64, "snapshot opened");
+        let Replayed { recovered, completions, report, meta } =
+            snapshots.replay(&journal_dir, shard_count).await?;
         tracing::info!(replayed_ms = started.elapsed().as_millis() as u64, ?report, "recovered");
-        let journal = Arc::new(FileJournal::start(&journal_dir, options.journal.clone())?);
+        let journal = Arc::new(FileJournal::start(&journal_dir.0, options.journal.clone())?);
         let ports = Ports {
             journal: journal.clone(),
             clock: options.clock.clone(),
-            stored: stored(&snapshot, &runs, &history),
+            stored: snapshots.stored(),
             events: options.events.clone(),
         };
         let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
-        if let Some(events) = &options.events {
-            if !meta.events_unsettled.is_empty() {
-                tracing::info!(
-                    accounts = meta.events_unsettled.len(),
-                    "catching up events the last checkpoint left unpublished"
-                );
-                events.resume(meta.events_unsettled.clone());
-            }
-        }
-        let checkpointer = Checkpointer {
-            ledger: ledger.clone(),
-            journal: journal.clone(),
-            snapshot,
-            runs,
-            history,
-            meta: Arc::new(tokio::sync::Mutex::new(meta)),
-            journal_dir,
-            shard_count,
-            events: options.events.clone(),
-        };
-        let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
-        let supervision = spawn_supervision(checkpointer.clone(), stopped.clone());
-        let checkpoints = spawn_checkpoints(
-            checkpointer.clone(),
-            journal.stats(),
-            options.checkpoint_bytes,
-            options.checkpoint_check_ms,
-            stopped,
-        );
+        let log = Arc::new(FileLog { dir: journal_dir, journal: journal.clone() });
+        let every =
+            CheckpointEvery { bytes: options.checkpoint_bytes, check_ms: options.checkpoint_check_ms };
+        let checkpoints =
+            Checkpoints::start(ledger.clone(), log, snapshots, meta, options.events.clone(), every);
         Ok(EmbeddedLedger {
             ledger,
             journal,
-            checkpointer,
+            checkpoints,
             _lock: lock,
             recovery: report,
             data_dir: data_dir.to_path_buf(),
-            stop_checkpoints,
-            checkpoints,
-            supervision,
         })
     }
 
     /// Takes a checkpoint now: snapshot what changed, move older transfers
     /// to the on-disk index, and delete the journal segments it covers.
     pub async fn checkpoint(&self) -> Result<CheckpointReport, StorageError> {
-        self.checkpointer.run().await
+        self.checkpoints.run().await
     }
 
     /// Every transfer, in memory or in the on-disk index, with its current
     /// status (audits and tests: reads them all).
-    ///
-    /// Memory is read first: a checkpoint running meanwhile adds transfers
-    /// to the index before it drops them from memory, so each is in one
-    /// read or the other. (Index first, a transfer moved in between was in
-    /// neither.) Where both hold one, the later status wins: a status only
-    /// moves from pending to final, and either read may be the newer (a
-    /// hold resolved after the memory read reaches the index as resolved).
     pub fn all_transfers(&self) -> Result<Vec<wallet_actors::registry::TransferRecord>, StorageError> {
-        let in_memory = self.ledger.transfers();
-        let mut by_id: std::collections::BTreeMap<_, _> =
-            self.checkpointer.runs.all()?.into_iter().map(|r| (r.transfer.id, r)).collect();
-        for record in in_memory {
-            match by_id.get(&record.transfer.id) {
-                Some(stored)
-                    if record.status == TransferStatus::Pending
-                        && stored.status != TransferStatus::Pending => {}
-                _ => {
-                    by_id.insert(record.transfer.id, record);
-                }
-            }
-        }
-        Ok(by_id.into_values().collect())
+        self.checkpoints.snapshots().all_transfers(&self.ledger)
     }
 
     /// The journal's counters.
@@ -249,14 +183,7 @@ impl EmbeddedLedger {
     }
 
     async fn stop(self, checkpoint: bool) {
-        let _ = self.stop_checkpoints.send(true);
-        let _ = self.checkpoints.await;
-        let _ = self.supervision.await;
-        if checkpoint {
-            if let Err(error) = self.checkpointer.run().await {
-                tracing::warn!(%error, "final checkpoint failed; the journal still has everything");
-            }
-        }
+        self.checkpoints.stop(checkpoint).await;
         self.ledger.shutdown().await;
         self.ledger.detach_storage();
         let journal = self.journal.clone();

@@ -9,8 +9,12 @@
 //! - [`scan`]: what a checkpoint reads from the journal segments it retires.
 //! - [`embedded`]: the single-node ledger: recover from the data directory,
 //!   then serve.
-//! - `checkpoint`: what the embedded node does in the background: checkpoints,
-//!   and rebuilding the shards from durable state after a failure.
+//! - [`log`]: the journal as checkpoints and restarts see it (positions to
+//!   replay from), for the file journal here and a node's stream elsewhere.
+//! - [`snapshots`]: the snapshot and runs a node keeps on its disk, read back
+//!   at a start, and the checkpoints that keep them current.
+//! - `checkpoint`: the checkpoint protocol, and rebuilding the shards from
+//!   durable state after a failure.
 //! - [`runs`]: immutable sorted runs: the transfer index and account history.
 //! - [`faults`]: named points where tests make storage fail or stop.
 //! - [`users`]: the API's user store (`users.sled`): users, emails, owned
@@ -24,16 +28,20 @@ pub mod embedded;
 pub mod faults;
 pub mod frame;
 pub mod journal;
+pub mod log;
 pub mod runs;
 pub mod scan;
 pub mod segment;
 pub mod sessions;
 pub mod snapshot;
+pub mod snapshots;
 pub mod users;
 
 pub use checkpoint::CheckpointReport;
 pub use embedded::{DataDirLock, EmbeddedLedger, EmbeddedOptions, RecoveryReport};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
+pub use log::{CheckpointLog, JournalReader};
+pub use snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed};
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +131,10 @@ pub enum StorageError {
         /// What went wrong.
         source: Box<wallet_actors::shard::ReplayError>,
     },
+    /// A journal kept elsewhere (a node's stream on JetStream) could not
+    /// be read back, or a record in it does not replay.
+    #[error("journal: {0}")]
+    Journal(Box<dyn std::error::Error + Send + Sync>),
     /// A commit a crash interrupted could not be completed.
     #[error("recovery: {0}")]
     Completion(Box<wallet_actors::recovery::CompletionError>),

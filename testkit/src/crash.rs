@@ -14,7 +14,7 @@ use wallet_actors::{
 };
 use wallet_cluster::journal::JournalOptions as ClusterJournalOptions;
 use wallet_cluster::node::{NodeLedger, NodeOptions};
-use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
+use wallet_storage::{CheckpointEvery, EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
 use crate::{account, amount, pending, post, posted, tid, usd, user, void};
 
@@ -74,18 +74,23 @@ pub fn next_random(state: &mut u64) -> u64 {
 pub const NATS_URL_VAR: &str = "WALLET_CRASH_NATS_URL";
 
 /// The crash-test node (node 1, every shard) on the JetStream journal at
-/// `nats_url`, with holds expiring every `expiry_interval_ms`.
-pub async fn open_node(nats_url: &str, expiry_interval_ms: u64) -> anyhow::Result<NodeLedger> {
-    open_node_as(NodeId(1), nats_url, expiry_interval_ms).await
+/// `nats_url`, its snapshots in `dir`, with holds expiring every
+/// `expiry_interval_ms`.
+pub async fn open_node(dir: &Path, nats_url: &str, expiry_interval_ms: u64) -> anyhow::Result<NodeLedger> {
+    open_node_as(NodeId(1), dir, nats_url, expiry_interval_ms).await
 }
 
 /// As [`open_node`], as `node`.
 pub async fn open_node_as(
     node: NodeId,
+    dir: &Path,
     nats_url: &str,
     expiry_interval_ms: u64,
 ) -> anyhow::Result<NodeLedger> {
-    let defaults = NodeOptions::new(node, nats_url);
+    let defaults = NodeOptions::new(node, nats_url, dir);
+    // Checkpoints as often as the embedded crash node's, so kills land
+    // during them and starts replay from snapshots.
+    let embedded = options(expiry_interval_ms);
     let options = NodeOptions {
         // Short leases, as a test of a dead node's takeover wants.
         journal: ClusterJournalOptions {
@@ -95,8 +100,13 @@ pub async fn open_node_as(
             ack_timeout: Duration::from_millis(700),
             ..defaults.journal.clone()
         },
-        ledger: LedgerConfig { shard_count: SHARDS, expiry_interval_ms, ..LedgerConfig::default() },
+        ledger: embedded.ledger,
         take_wait: Duration::from_secs(10),
+        checkpoint: CheckpointEvery {
+            bytes: embedded.checkpoint_bytes,
+            check_ms: embedded.checkpoint_check_ms,
+        },
+        snapshot_cache_bytes: embedded.snapshot_cache_bytes,
         ..defaults
     };
     Ok(NodeLedger::open(options).await?)

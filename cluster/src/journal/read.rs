@@ -47,6 +47,16 @@ pub async fn read_shard(
     Ok(records)
 }
 
+/// Where a record was read: the stream sequence of the message holding it,
+/// and the journal subject it was written on (the writer's node).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAt<'a> {
+    /// The message's stream sequence.
+    pub sequence: u64,
+    /// Its subject, `wallet.journal.<node>`.
+    pub subject: &'a str,
+}
+
 /// Hands every record of every node's journal after stream sequence
 /// `after` to `each`, in stream order, with the sequence of the message
 /// holding it and its origin; stops at the first error.
@@ -55,20 +65,44 @@ pub async fn read_records<E: From<StreamError>>(
     after: u64,
     mut each: impl FnMut(u64, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
+    let mut each = |at: ReadAt<'_>, origin, record| each(at.sequence, origin, record);
     let last = stream.stream.get_info().await.map_err(nats_error)?.state.last_sequence;
+    read_windows(stream, after, last, &mut each).await?;
+    let mut next = after.max(last) + 1;
+    while let Some(message) = next_journal_message(stream, next).await? {
+        next = message.sequence + 1;
+        hand_over(&message, &mut each)?;
+    }
+    Ok(())
+}
+
+/// As [`read_records`], for the messages with sequences `after + 1..=last`
+/// only, each record with where it was read.
+pub async fn read_records_until<E: From<StreamError>>(
+    stream: &JournalStream,
+    after: u64,
+    last: u64,
+    mut each: impl FnMut(ReadAt<'_>, Origin, Record) -> Result<(), E>,
+) -> Result<(), E> {
+    read_windows(stream, after, last, &mut each).await
+}
+
+/// Hands over the records of the messages `after + 1..=last`, several
+/// windows read at once.
+async fn read_windows<E: From<StreamError>>(
+    stream: &JournalStream,
+    after: u64,
+    last: u64,
+    each: &mut impl FnMut(ReadAt<'_>, Origin, Record) -> Result<(), E>,
+) -> Result<(), E> {
     let windows = futures_util::stream::iter((after + 1..=last).step_by(WINDOW_SEQUENCES as usize))
         .map(|from| read_window(stream, from, (from + WINDOW_SEQUENCES - 1).min(last)))
         .buffered(WINDOWS_IN_FLIGHT);
     futures_util::pin_mut!(windows);
-    let mut next = after.max(last) + 1;
     while let Some(window) = windows.next().await {
         for message in window? {
-            hand_over(&message, &mut each)?;
+            hand_over(&message, each)?;
         }
-    }
-    while let Some(message) = next_journal_message(stream, next).await? {
-        next = message.sequence + 1;
-        hand_over(&message, &mut each)?;
     }
     Ok(())
 }
@@ -103,8 +137,9 @@ async fn next_journal_message(
 /// Decodes `message`'s frames and hands each record to `each`.
 fn hand_over<E: From<StreamError>>(
     message: &StreamMessage,
-    each: &mut impl FnMut(u64, Origin, Record) -> Result<(), E>,
+    each: &mut impl FnMut(ReadAt<'_>, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
+    let at = ReadAt { sequence: message.sequence, subject: &message.subject };
     let damaged = |reason: String| StreamError::Decode {
         subject: message.subject.to_string(),
         sequence: message.sequence,
@@ -114,7 +149,7 @@ fn hand_over<E: From<StreamError>>(
     loop {
         match decode_at::<(Origin, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
             Ok(Decoded::Frame((origin, record), end)) => {
-                each(message.sequence, origin, record)?;
+                each(at, origin, record)?;
                 offset = end;
             }
             Ok(Decoded::End) => return Ok(()),

@@ -53,6 +53,8 @@ pub struct JournalStats {
     pub messages: AtomicU64,
     /// Records acknowledged.
     pub records: AtomicU64,
+    /// Bytes of the messages acknowledged.
+    pub bytes: AtomicU64,
     /// Lease renewals acknowledged (one per renewal of all leases).
     pub renewals: AtomicU64,
     /// Shard leases found lost, and the node lease if it was.
@@ -430,6 +432,7 @@ impl Writer {
                 Ok(_) => {
                     self.stats.messages.fetch_add(1, Ordering::Relaxed);
                     self.stats.records.fetch_add(message.records, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
                     // The file journal's names: a write's records, and the
                     // time until they were durable (here the stream's
                     // acknowledgement, which with `sync_interval: always`

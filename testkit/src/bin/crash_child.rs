@@ -5,7 +5,7 @@
 //!
 //! `wallet-crash-child <data-dir> <run-number>`; with `WALLET_CRASH_NATS_URL`
 //! set it runs node 1's ledger on the JetStream journal there instead (the
-//! data directory is then unused).
+//! data directory then holds the node's snapshots).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         let (ledger, _open): (wallet_actors::Ledger, Box<dyn std::any::Any + Send>) =
             match std::env::var(crash::NATS_URL_VAR) {
                 Ok(url) => {
-                    let node = crash::open_node(&url, 100).await?;
+                    let node = crash::open_node(std::path::Path::new(&dir), &url, 100).await?;
                     (node.ledger.clone(), Box::new(node))
                 }
                 Err(_) => {

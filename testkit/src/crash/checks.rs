@@ -26,14 +26,13 @@ impl Books for EmbeddedLedger {
     }
 }
 
-/// A node's ledger keeps every transfer in memory (no snapshots yet).
 impl Books for NodeLedger {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
     fn all_transfers(&self) -> anyhow::Result<Vec<TransferRecord>> {
-        Ok(self.ledger.transfers())
+        Ok(NodeLedger::all_transfers(self)?)
     }
 }
 

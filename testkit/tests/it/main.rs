@@ -11,6 +11,7 @@ mod model;
 mod model_kill;
 mod nats;
 mod node_ledger;
+mod node_snapshots;
 mod placement;
 mod recovery;
 mod risk;

@@ -27,7 +27,8 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
     let mut rng = seed | 1;
     let (root, server) = nats()?;
     let url = server.url();
-    let dir = root.path().join("unused");
+    // Node 1's directory: the child's snapshots, which its next start reads.
+    let dir = root.path().join("node-1");
     let child = env!("CARGO_BIN_EXE_wallet-crash-child");
     let runtime = runtime()?;
     let mut acknowledged: BTreeMap<u128, TransferRequest> = BTreeMap::new();
@@ -44,7 +45,8 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
         // Now and then another node checks: it waits until the killed
         // node's leases expire, and takes the shards over.
         let checker = if run % 4 == 0 { NodeId(2) } else { NodeId(1) };
-        let recovery = runtime.block_on(verify(&url, checker, &acknowledged, run))?;
+        let checker_dir = root.path().join(format!("node-{}", checker.0));
+        let recovery = runtime.block_on(verify(&url, checker, &checker_dir, &acknowledged, run))?;
         completed_commits += recovery.completed_commits;
         println!("run {run}: killed after {delay_ms} ms, {recovery:?}");
     }
@@ -64,10 +66,11 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
 async fn verify(
     url: &str,
     node: NodeId,
+    dir: &std::path::Path,
     acknowledged: &BTreeMap<u128, TransferRequest>,
     run: u64,
 ) -> anyhow::Result<NodeRecovery> {
-    let node = crash::open_node_as(node, url, 3_600_000).await?;
+    let node = crash::open_node_as(node, dir, url, 3_600_000).await?;
     let recovery = node.recovery.clone();
     crash::check_books(&node, acknowledged).await.map_err(|e| e.context(format!("run {run}")))?;
     let accounts = node.ledger.accounts().await?;
@@ -79,10 +82,13 @@ async fn verify(
 
 #[test]
 fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
-    let (_root, server) = nats()?;
+    let (root, server) = nats()?;
     let url = server.url();
+    // Each start on its own disk: a later start of a node (on another
+    // machine, or after its disk was replaced) has no lock to stop it.
+    let disk = |name: &str| root.path().join(name);
     runtime()?.block_on(async {
-        let first = crash::open_node(&url, 3_600_000).await?;
+        let first = crash::open_node(&disk("first"), &url, 3_600_000).await?;
         crash::setup(&first.ledger).await?;
         let before = posted(1_000_001, 1, 2, 5);
         anyhow::ensure!(first.ledger.submit_one(before.clone()).await?.is_ok(), "the first start refused");
@@ -100,7 +106,7 @@ fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
                 async move { ledger.submit_one(late).await }
             });
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let second = crash::open_node(&url, 3_600_000).await?;
+            let second = crash::open_node(&disk("second"), &url, 3_600_000).await?;
             anyhow::ensure!(
                 second.ledger.transfer(tid(1_000_001)).is_some(),
                 "the later start lost a transfer"
@@ -116,7 +122,7 @@ fn a_superseded_start_of_a_node_stores_nothing_more() -> anyhow::Result<()> {
         // Nothing of it was stored: a third start does not have it, and
         // the id is still free.
         second.shutdown().await;
-        let third = crash::open_node(&url, 3_600_000).await?;
+        let third = crash::open_node(&disk("second"), &url, 3_600_000).await?;
         anyhow::ensure!(third.ledger.transfer(tid(1_000_002)).is_none(), "a fenced write was stored");
         anyhow::ensure!(third.ledger.submit_one(late).await?.is_ok(), "the id of a refused write is burned");
         let view = third.ledger.account(wallet_testkit::account(3)).await?;
@@ -133,11 +139,11 @@ fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
     use wallet_actors::ids::NodeId;
     use wallet_cluster::journal::StreamError;
     use wallet_cluster::node::{NodeError, NodeLedger, NodeOptions};
-    let (_root, server) = nats()?;
+    let (root, server) = nats()?;
     runtime()?.block_on(async {
-        let first = crash::open_node(&server.url(), 3_600_000).await?;
+        let first = crash::open_node(&root.path().join("first"), &server.url(), 3_600_000).await?;
         first.shutdown().await;
-        let defaults = NodeOptions::new(NodeId(2), server.url());
+        let defaults = NodeOptions::new(NodeId(2), server.url(), root.path().join("second"));
         let ledger =
             wallet_actors::LedgerConfig { shard_count: crash::SHARDS * 2, ..defaults.ledger.clone() };
         let refused = NodeLedger::open(NodeOptions { ledger, ..defaults }).await;
@@ -154,7 +160,7 @@ fn a_node_counting_shards_differently_is_refused() -> anyhow::Result<()> {
 fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() -> anyhow::Result<()> {
     let (root, server) = nats()?;
     let url = server.url();
-    let dir = root.path().join("unused");
+    let dir = root.path().join("child");
     let child = env!("CARGO_BIN_EXE_wallet-crash-child");
     let runtime = runtime()?;
     let mut acknowledged: BTreeMap<u128, TransferRequest> = BTreeMap::new();
@@ -165,7 +171,7 @@ fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() ->
         // A later start of the node opens while the child writes: once it
         // holds every lease the server refuses the child's writes, so
         // whatever the child acknowledged is in what the later start read.
-        let node = runtime.block_on(crash::open_node(&url, 3_600_000))?;
+        let node = runtime.block_on(crash::open_node(&root.path().join("later"), &url, 3_600_000))?;
         std::thread::sleep(Duration::from_millis(200));
         process.kill()?;
         let (_, acks) = process.acknowledged()?;
@@ -183,10 +189,10 @@ fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() ->
 #[test]
 fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Result<()> {
     use wallet_cluster::journal::Leased;
-    let (_root, server) = nats()?;
+    let (root, server) = nats()?;
     let url = server.url();
     runtime()?.block_on(async {
-        let node = crash::open_node(&url, 3_600_000).await?;
+        let node = crash::open_node(&root.path().join("node-1"), &url, 3_600_000).await?;
         crash::setup(&node.ledger).await?;
         // Another holder's lease message lands on one shard's subject, for
         // two seconds (an operator, a bug): the node's next renewal finds
