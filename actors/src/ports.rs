@@ -83,6 +83,12 @@ pub enum JournalError {
     /// one, may own the shard now, so the record was refused, not written.
     #[error("journal write refused: this node no longer holds the lease it needs")]
     Fenced,
+    /// This node does not hold the lease of the record's shard (cluster
+    /// mode: a renewal found it lost, or it was never taken), while its
+    /// journal goes on for its other shards: the record was refused, not
+    /// written, and the shard serves again once its lease is taken back.
+    #[error("journal write refused: this node does not hold the shard's lease")]
+    NotHeld,
 }
 
 /// Whose record it is. A shard's records go under that shard's lease in

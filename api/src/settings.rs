@@ -141,6 +141,11 @@ impl Cli {
             };
             let (in_root, in_serve) = (known(Some(&command)), known(serve_command));
             let unknown = || ConfigError::UnknownKey { path: path.clone(), key: key.clone() };
+            // One file may serve `wallet node` and `wallet serve`: the
+            // node's own keys mean nothing to `serve`.
+            if !(in_root || in_serve) && known(command.find_subcommand("node")) {
+                continue;
+            }
             if long == "config" || !(in_root || in_serve) {
                 return Err(unknown());
             }
@@ -513,6 +518,10 @@ mod tests {
         let Command::Node(node) = cli.command else { panic!("not a node") };
         assert_eq!((node.node_id, node.journal_replicas, node.settings.shards), (Some(3), 3, 8));
         assert_eq!(node.settings.nats_url.as_deref(), Some("nats://x:4222"));
+        // The same file serves `wallet serve`, which has no use for the
+        // node's keys.
+        let cli = Cli::load(["wallet", "--config", config.as_str(), "serve"])?;
+        assert_eq!(cli.command.into_settings().shards, 8);
         Ok(())
     }
 

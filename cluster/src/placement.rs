@@ -106,7 +106,7 @@ pub async fn balance(
                     moves.taken.push(shard);
                 }
                 Err(LeaseError::Held { .. } | LeaseError::Changed { .. }) => {}
-                Err(LeaseError::TooMany | LeaseError::Fenced) => break,
+                Err(LeaseError::TooMany | LeaseError::Fenced | LeaseError::Stopped { .. }) => break,
                 Err(LeaseError::Stream(error)) => return Err(error),
             }
         }

@@ -212,9 +212,11 @@ impl Ledger {
     /// Whether the process must restart to serve again: a journal write
     /// failed, and whether its records are durable only the files can say
     /// (an fsync that failed may have lost pages the page cache still
-    /// shows), so no rebuild in the process is trusted.
+    /// shows), so no rebuild in the process is trusted. A record refused
+    /// for a shard lease this node does not hold is not such a failure:
+    /// nothing was written, and the rebuild takes the lease back.
     pub fn needs_restart(&self) -> bool {
-        matches!(self.failure(), Some(Failure::Journal(_)))
+        matches!(self.failure(), Some(Failure::Journal(error)) if error != crate::ports::JournalError::NotHeld)
     }
 
     /// Whether the shards serve (false between a failure and its rebuild).

@@ -94,6 +94,13 @@ pub enum LeaseError {
     /// nothing more.
     #[error("this node lost its lease")]
     Fenced,
+    /// The node's journal stopped (a write's outcome is unknown): it takes
+    /// and renews nothing more, and the node must restart.
+    #[error("the node's journal stopped ({reason}); the node must restart")]
+    Stopped {
+        /// Why it stopped.
+        reason: wallet_actors::ports::JournalError,
+    },
     /// The node holds as many shards as one renewal batch takes
     /// ([`super::writer::SHARDS_PER_NODE_MAX`]).
     #[error("this node holds as many shards as it can renew at once")]

@@ -60,7 +60,7 @@ impl Callback {
     pub(crate) fn answer(self, outcome: Result<(), JournalError>) {
         let result = match (self.refused, outcome) {
             (Some(error), _) => Err(error),
-            (None, Err(JournalError::Fenced)) if self.continues => {
+            (None, Err(JournalError::Fenced | JournalError::NotHeld)) if self.continues => {
                 Err(JournalError::Io { kind: std::io::ErrorKind::Other })
             }
             (None, outcome) => outcome,

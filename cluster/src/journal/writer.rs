@@ -337,7 +337,11 @@ impl Writer {
                         let error = JournalError::Io { kind: std::io::ErrorKind::Other };
                         self.refuse(message, on_durable, error, false)
                     }
-                    (Ok(_), false) => self.refuse(message, on_durable, JournalError::Fenced, false),
+                    // A stopped journal holds no shard: its reason, not the lease's.
+                    (Ok(_), false) => {
+                        let error = self.failed.unwrap_or(JournalError::NotHeld);
+                        self.refuse(message, on_durable, error, false)
+                    }
                     (Ok(frames), true) => {
                         return self.add_record(message, origin, frames, on_durable, continues)
                     }

@@ -188,6 +188,8 @@ fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() ->
 
 #[test]
 fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Result<()> {
+    use wallet_actors::ports::JournalError;
+    use wallet_actors::Failure;
     use wallet_cluster::journal::Leased;
     let (root, server) = nats()?;
     let url = server.url();
@@ -211,6 +213,14 @@ fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Res
         for n in 1..=5 {
             let _ = node.ledger.submit_one(posted(2_000_000 + n, 1, 2, 1)).await;
         }
+        // Nothing was written for the shard: the failure is mended in
+        // process, so the node does not ask to be restarted meanwhile.
+        let failure = node.ledger.failure();
+        anyhow::ensure!(
+            matches!(failure, Some(Failure::Journal(JournalError::NotHeld))),
+            "the shards failed with {failure:?}"
+        );
+        anyhow::ensure!(!node.ledger.needs_restart(), "a lost shard lease asks for a restart");
         wallet_testkit::eventually("the node holds every shard again", Duration::from_secs(20), || async {
             Ok(node.journal().shards().len() == usize::from(crash::SHARDS))
         })

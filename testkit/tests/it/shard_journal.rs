@@ -298,7 +298,7 @@ fn a_node_that_lost_one_shard_keeps_writing_the_others() -> anyhow::Result<()> {
         let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
         js.publish(Leased::Shard(taken).subject(), "2/1".into()).await?.await?;
         until("A drops the lost shard", || a.shards() == vec![kept]).await?;
-        anyhow::ensure!(append(&a, taken, Record::Epoch(2)).await == Err(JournalError::Fenced));
+        anyhow::ensure!(append(&a, taken, Record::Epoch(2)).await == Err(JournalError::NotHeld));
         append(&a, kept, Record::Epoch(2)).await?;
         // Its own lease and the kept shard's go on being renewed.
         let renewals = a.stats();
@@ -339,7 +339,7 @@ fn callbacks_run_in_append_order_and_records_for_shards_not_held_are_refused() -
         for (n, receiver) in outcomes {
             // A barrier covers the node's own records: one for a shard it
             // does not hold was never its to write, and fails alone.
-            let expected = if n % 10 == 3 { Err(JournalError::Fenced) } else { Ok(()) };
+            let expected = if n % 10 == 3 { Err(JournalError::NotHeld) } else { Ok(()) };
             anyhow::ensure!(receiver.await? == expected, "record {n}");
         }
         let order = order.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
@@ -426,7 +426,7 @@ fn an_unreadable_shard_lease_drops_the_shard_not_the_node() -> anyhow::Result<()
         until("A drops the garbled shard", || a.shards() == vec![kept]).await?;
         append(&a, kept, Record::Epoch(1)).await?;
         anyhow::ensure!(!a.fenced());
-        anyhow::ensure!(append(&a, garbled, Record::Epoch(1)).await == Err(JournalError::Fenced));
+        anyhow::ensure!(append(&a, garbled, Record::Epoch(1)).await == Err(JournalError::NotHeld));
         Ok(())
     })
 }
@@ -458,7 +458,7 @@ fn a_released_shard_is_taken_at_once_after_what_was_appended_before() -> anyhow:
             records.len() == 50 && records.iter().all(|(at, _)| *at < released),
             "stored after the release"
         );
-        anyhow::ensure!(append(&a, shard, Record::Epoch(51)).await == Err(JournalError::Fenced));
+        anyhow::ensure!(append(&a, shard, Record::Epoch(51)).await == Err(JournalError::NotHeld));
         // No lease to wait out: B takes the shard at once.
         let b = NodeJournal::start(stream.clone(), B).await?;
         let started = Instant::now();

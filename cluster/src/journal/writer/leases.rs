@@ -99,6 +99,9 @@ impl Writer {
         for _attempt in 0..2 {
             let mut leases: Vec<Lease> = {
                 let held = self.held();
+                if let Some(reason) = self.failed.filter(|reason| *reason != JournalError::Fenced) {
+                    return Err(LeaseError::Stopped { reason });
+                }
                 let Some(node) = held.node.filter(|_| self.failed.is_none()) else {
                     return Err(LeaseError::Fenced);
                 };
@@ -179,7 +182,9 @@ impl Writer {
                     );
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("wallet_leases_lost_total").increment(1);
-                    self.held().shards.remove(&shard);
+                    let mut held = self.held();
+                    held.shards.remove(&shard);
+                    metrics::gauge!("wallet_shards_owned").set(held.shards.len() as f64);
                 }
             }
         }
