@@ -3,14 +3,16 @@
 //! records may sit in the journals of several nodes (it moved), so every
 //! node's journal after the position is read, in stream order.
 //!
-//! Every read is answered by the stream's leader (a replica that lags
-//! would end it early): the stream is cut into windows of sequences, each
-//! read in order with "the next journal message from here" gets (the server
-//! skips the lease messages in between, which outnumber journal messages on
-//! an idle node), several windows at once; then the tail after the last
-//! window is read until there is no more, in case the stream's last sequence
-//! came from a replica that lags.
+//! Up to the stream's last sequence as read at the start, an ordered
+//! consumer filtered on the journal subjects streams the messages (the
+//! server skips the lease messages in between, which outnumber journal
+//! messages on an idle node); then the tail after it is read with "the next
+//! journal message from here" gets, each answered by the stream's leader,
+//! until there is no more, in case the stream's last sequence came from a
+//! replica that lags. (With a replicated stream, whether the consumer's
+//! server may lag the leader is not checked yet: tested on one server.)
 
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
@@ -20,13 +22,6 @@ use wallet_actors::record::{Record, RECORD_FORMAT_VERSION};
 use wallet_storage::frame::{decode_at, Decoded};
 
 use super::{nats_error, JournalStream, StreamError, JOURNAL_SUBJECTS};
-
-/// Sequences one window covers.
-const WINDOW_SEQUENCES: u64 = 256;
-
-/// Windows read at once (a window holds at most [`WINDOW_SEQUENCES`]
-/// messages of up to `message_bytes_max`).
-const WINDOWS_IN_FLIGHT: usize = 16;
 
 /// The records of `shard` in messages after stream sequence `after`, each
 /// with the sequence of the message holding it. Read from the stream's
@@ -71,7 +66,7 @@ pub async fn read_records<E: From<StreamError>>(
     let mut next = after.max(last) + 1;
     while let Some(message) = next_journal_message(stream, next).await? {
         next = message.sequence + 1;
-        hand_over(&message, &mut each)?;
+        hand_over(message.sequence, &message.subject, &message.payload, &mut each)?;
     }
     Ok(())
 }
@@ -87,38 +82,42 @@ pub async fn read_records_until<E: From<StreamError>>(
     read_windows(stream, after, last, &mut each).await
 }
 
-/// Hands over the records of the messages `after + 1..=last`, several
-/// windows read at once.
+/// Hands over the records of the journal messages `after + 1..=last`, in
+/// order, streamed by an ordered consumer (the server sends them in
+/// batches, payloads as stored, where a get per message cost a request and
+/// a base64 JSON answer each).
 async fn read_windows<E: From<StreamError>>(
     stream: &JournalStream,
     after: u64,
     last: u64,
     each: &mut impl FnMut(ReadAt<'_>, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
-    let windows = futures_util::stream::iter((after + 1..=last).step_by(WINDOW_SEQUENCES as usize))
-        .map(|from| read_window(stream, from, (from + WINDOW_SEQUENCES - 1).min(last)))
-        .buffered(WINDOWS_IN_FLIGHT);
-    futures_util::pin_mut!(windows);
-    while let Some(window) = windows.next().await {
-        for message in window? {
-            hand_over(&message, each)?;
+    if last <= after {
+        return Ok(());
+    }
+    let config = pull::OrderedConfig {
+        filter_subject: JOURNAL_SUBJECTS.to_string(),
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+        ..Default::default()
+    };
+    let mut consumer = stream.stream.create_consumer(config).await.map_err(nats_error)?;
+    if consumer.info().await.map_err(nats_error)?.num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(nats_error)?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(nats_error)?;
+        let info = message.info().map_err(nats_error)?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        if sequence > last {
+            break;
+        }
+        hand_over(sequence, &message.subject, &message.payload, each)?;
+        if sequence == last || pending == 0 {
+            break;
         }
     }
     Ok(())
-}
-
-/// The journal messages with sequences `from..=to`, in order.
-async fn read_window(stream: &JournalStream, from: u64, to: u64) -> Result<Vec<StreamMessage>, StreamError> {
-    let mut messages = Vec::new();
-    let mut next = from;
-    while let Some(message) = next_journal_message(stream, next).await? {
-        if message.sequence > to {
-            break;
-        }
-        next = message.sequence + 1;
-        messages.push(message);
-    }
-    Ok(messages)
 }
 
 /// The first journal message at `from` or after, from the stream's leader.
@@ -136,18 +135,16 @@ async fn next_journal_message(
 
 /// Decodes `message`'s frames and hands each record to `each`.
 fn hand_over<E: From<StreamError>>(
-    message: &StreamMessage,
+    sequence: u64,
+    subject: &str,
+    payload: &[u8],
     each: &mut impl FnMut(ReadAt<'_>, Origin, Record) -> Result<(), E>,
 ) -> Result<(), E> {
-    let at = ReadAt { sequence: message.sequence, subject: &message.subject };
-    let damaged = |reason: String| StreamError::Decode {
-        subject: message.subject.to_string(),
-        sequence: message.sequence,
-        reason,
-    };
+    let at = ReadAt { sequence, subject };
+    let damaged = |reason: String| StreamError::Decode { subject: subject.to_string(), sequence, reason };
     let mut offset = 0;
     loop {
-        match decode_at::<(Origin, Record)>(&message.payload, offset, RECORD_FORMAT_VERSION) {
+        match decode_at::<(Origin, Record)>(payload, offset, RECORD_FORMAT_VERSION) {
             Ok(Decoded::Frame((origin, record), end)) => {
                 each(at, origin, record)?;
                 offset = end;
