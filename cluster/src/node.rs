@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
-use wallet_actors::ports::{Clock, EventSink, Journal, JournalError, Ports, SystemClock};
+use wallet_actors::ports::{Clock, EventSink, JournalError, SystemClock};
 use wallet_actors::recovery::CompletionError;
 use wallet_actors::registry::TransferRecord;
 use wallet_actors::shard::ReplayError;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
-use wallet_storage::{CheckpointEvery, CheckpointReport, Checkpoints, Replayed, StorageError};
+use wallet_storage::{CheckpointEvery, CheckpointReport, Checkpoints, Replayed, Serving, StorageError};
 
 use self::log::{StreamLog, StreamReader};
 use crate::journal::{meta, JournalOptions, JournalStream, LeaseError, NodeJournal, StreamError};
@@ -222,8 +222,6 @@ impl NodeLedger {
 
     async fn stop(self, checkpoint: bool) {
         self.checkpoints.stop(checkpoint).await;
-        self.ledger.shutdown().await;
-        self.ledger.detach_storage();
         release_all(&self.journal).await;
         metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
     }
@@ -251,23 +249,16 @@ async fn start(
         completed_commits: report.completed_commits,
         elapsed_ms: 0,
     };
-    let port: Arc<dyn Journal> = Arc::new(journal.clone());
-    let ports = Ports {
-        journal: port.clone(),
+    let journal = Arc::new(journal.clone());
+    let log = Arc::new(StreamLog { reader, journal, shard_count, take_wait: options.take_wait });
+    let serving = Serving {
+        config: options.ledger.clone(),
         clock: options.clock.clone(),
-        stored: snapshots.stored(),
         events: options.events.clone(),
+        every: options.checkpoint,
     };
-    let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
-    let log = StreamLog { reader, journal: journal.clone(), port, shard_count, take_wait: options.take_wait };
-    let checkpoints = Checkpoints::start(
-        ledger.clone(),
-        Arc::new(log),
-        snapshots,
-        meta,
-        options.events.clone(),
-        options.checkpoint,
-    );
+    let (ledger, checkpoints) =
+        Checkpoints::start_ledger(log, snapshots, recovered, completions, meta, serving).await?;
     Ok((ledger, checkpoints, recovery))
 }
 

@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wallet_actors::ports::{Clock, Ports, SystemClock};
+use wallet_actors::ports::{Clock, SystemClock};
 use wallet_actors::{Ledger, LedgerConfig};
 
 use crate::checkpoint::CheckpointReport;
 use crate::journal::{FileJournal, JournalOptions, JournalStats, ReadSummary};
 use crate::log::{FileJournalDir, FileLog};
-use crate::snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed};
+use crate::snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed, Serving};
 use crate::StorageError;
 
 /// How to open an embedded ledger.
@@ -126,18 +126,15 @@ impl EmbeddedLedger {
             snapshots.replay(&journal_dir, shard_count).await?;
         tracing::info!(replayed_ms = started.elapsed().as_millis() as u64, ?report, "recovered");
         let journal = Arc::new(FileJournal::start(&journal_dir.0, options.journal.clone())?);
-        let ports = Ports {
-            journal: journal.clone(),
-            clock: options.clock.clone(),
-            stored: snapshots.stored(),
-            events: options.events.clone(),
-        };
-        let ledger = Ledger::start(recovered, completions, ports, options.ledger.clone()).await?;
         let log = Arc::new(FileLog { dir: journal_dir, journal: journal.clone() });
-        let every =
-            CheckpointEvery { bytes: options.checkpoint_bytes, check_ms: options.checkpoint_check_ms };
-        let checkpoints =
-            Checkpoints::start(ledger.clone(), log, snapshots, meta, options.events.clone(), every);
+        let serving = Serving {
+            config: options.ledger,
+            clock: options.clock,
+            events: options.events,
+            every: CheckpointEvery { bytes: options.checkpoint_bytes, check_ms: options.checkpoint_check_ms },
+        };
+        let (ledger, checkpoints) =
+            Checkpoints::start_ledger(log, snapshots, recovered, completions, meta, serving).await?;
         Ok(EmbeddedLedger {
             ledger,
             journal,
@@ -184,8 +181,6 @@ impl EmbeddedLedger {
 
     async fn stop(self, checkpoint: bool) {
         self.checkpoints.stop(checkpoint).await;
-        self.ledger.shutdown().await;
-        self.ledger.detach_storage();
         let journal = self.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     }

@@ -41,7 +41,7 @@ pub use checkpoint::CheckpointReport;
 pub use embedded::{DataDirLock, EmbeddedLedger, EmbeddedOptions, RecoveryReport};
 pub use journal::{FileJournal, JournalOptions, JournalStats};
 pub use log::{CheckpointLog, JournalReader};
-pub use snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed};
+pub use snapshots::{CheckpointEvery, Checkpoints, LocalSnapshots, Replayed, Serving};
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]

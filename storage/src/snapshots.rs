@@ -12,11 +12,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use wallet_actors::ports::{EventSink, Stored};
+use wallet_actors::ports::{Clock, EventSink, Ports, Stored};
 use wallet_actors::record::Record;
 use wallet_actors::recovery::{Recovered, Recovery};
 use wallet_actors::registry::TransferRecord;
-use wallet_actors::{Ledger, LedgerError, TransferStatus};
+use wallet_actors::{Ledger, LedgerConfig, LedgerError, TransferStatus};
 
 use crate::checkpoint::{spawn_checkpoints, spawn_supervision, CheckpointReport, Checkpointer};
 use crate::embedded::RecoveryReport;
@@ -151,11 +151,45 @@ pub struct Checkpoints<L> {
     supervision: tokio::task::JoinHandle<()>,
 }
 
+/// What a ledger starts with besides its storage.
+pub struct Serving {
+    /// The ledger's settings.
+    pub config: LedgerConfig,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+    /// Where durable history goes for ledger events, if anywhere.
+    pub events: Option<Arc<dyn EventSink>>,
+    /// When checkpoints run.
+    pub every: CheckpointEvery,
+}
+
 impl<L: CheckpointLog> Checkpoints<L> {
+    /// Starts the ledger on what `snapshots` replayed (`recovered`,
+    /// `completions`, `meta`), writing through `log`, and its checkpoints.
+    pub async fn start_ledger(
+        log: Arc<L>,
+        snapshots: LocalSnapshots,
+        recovered: Recovered,
+        completions: Vec<Record>,
+        meta: CheckpointMeta,
+        serving: Serving,
+    ) -> Result<(Ledger, Checkpoints<L>), LedgerError> {
+        let ports = Ports {
+            journal: log.journal(),
+            clock: serving.clock,
+            stored: snapshots.stored(),
+            events: serving.events.clone(),
+        };
+        let ledger = Ledger::start(recovered, completions, ports, serving.config).await?;
+        let checkpoints =
+            Checkpoints::start(ledger.clone(), log, snapshots, meta, serving.events, serving.every);
+        Ok((ledger, checkpoints))
+    }
+
     /// Starts them for `ledger`, started on what `snapshots` replayed
     /// (`meta`); hands the events' feed the accounts the last checkpoint
     /// left unpublished.
-    pub fn start(
+    fn start(
         ledger: Ledger,
         log: Arc<L>,
         snapshots: LocalSnapshots,
@@ -197,8 +231,10 @@ impl<L: CheckpointLog> Checkpoints<L> {
         &self.checkpointer.snapshots
     }
 
-    /// Stops checkpoints and supervision (waiting for one running), then
-    /// takes a last checkpoint if asked, so the next start replays little.
+    /// Stops checkpoints and supervision (waiting for one running), takes
+    /// a last checkpoint if asked (so the next start replays little), then
+    /// stops the ledger's shards and lets go of the storage they read, so
+    /// it can close. Everything acknowledged is durable already.
     pub async fn stop(self, last_checkpoint: bool) {
         let _ = self.stop.send(true);
         let _ = self.checkpoints.await;
@@ -208,5 +244,8 @@ impl<L: CheckpointLog> Checkpoints<L> {
                 tracing::warn!(%error, "last checkpoint failed; the journal still has everything");
             }
         }
+        let ledger = &self.checkpointer.ledger;
+        ledger.shutdown().await;
+        ledger.detach_storage();
     }
 }

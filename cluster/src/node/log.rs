@@ -102,8 +102,7 @@ impl JournalReader for StreamReader {
 /// The node's journal, as its checkpoints see it.
 pub(crate) struct StreamLog {
     pub(crate) reader: StreamReader,
-    pub(crate) journal: NodeJournal,
-    pub(crate) port: Arc<dyn Journal>,
+    pub(crate) journal: Arc<NodeJournal>,
     pub(crate) shard_count: u16,
     pub(crate) take_wait: Duration,
 }
@@ -116,7 +115,7 @@ impl CheckpointLog for StreamLog {
     }
 
     fn journal(&self) -> Arc<dyn Journal> {
-        self.port.clone()
+        self.journal.clone()
     }
 
     fn bytes_written(&self) -> u64 {

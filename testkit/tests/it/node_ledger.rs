@@ -186,11 +186,31 @@ fn a_start_that_supersedes_a_node_under_load_has_everything_it_acknowledged() ->
     Ok(())
 }
 
+/// Puts another holder's lease message on the lease subject of account 1's
+/// shard, living `ttl_s` seconds (an operator, a bug), and waits until
+/// `node`'s next renewal finds the shard lost; returns the shard.
+pub(crate) async fn take_a_shard_lease_from(
+    node: &wallet_cluster::node::NodeLedger,
+    url: &str,
+    ttl_s: u64,
+) -> anyhow::Result<wallet_actors::ids::ShardId> {
+    let lost = wallet_testkit::account(1).shard(crash::SHARDS);
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-TTL", ttl_s.to_string().as_str());
+    let subject = wallet_cluster::journal::Leased::Shard(lost).subject();
+    js.publish_with_headers(subject, headers, "9/1".into()).await?.await?;
+    wallet_testkit::eventually("the node drops the shard", Duration::from_secs(5), || async {
+        Ok(!node.journal().shards().contains(&lost))
+    })
+    .await?;
+    Ok(lost)
+}
+
 #[test]
 fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Result<()> {
     use wallet_actors::ports::JournalError;
     use wallet_actors::Failure;
-    use wallet_cluster::journal::Leased;
     let (root, server) = nats()?;
     let url = server.url();
     runtime()?.block_on(async {
@@ -199,15 +219,7 @@ fn a_node_that_lost_a_shard_lease_takes_it_back_once_it_is_free() -> anyhow::Res
         // Another holder's lease message lands on one shard's subject, for
         // two seconds (an operator, a bug): the node's next renewal finds
         // the shard lost, and its writes for it are refused.
-        let lost = wallet_testkit::account(1).shard(crash::SHARDS);
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-TTL", "2");
-        js.publish_with_headers(Leased::Shard(lost).subject(), headers, "2/1".into()).await?.await?;
-        wallet_testkit::eventually("the node drops the shard", Duration::from_secs(5), || async {
-            Ok(!node.journal().shards().contains(&lost))
-        })
-        .await?;
+        take_a_shard_lease_from(&node, &url, 2).await?;
         // Its shards fail at the next write of that shard; the rebuild takes
         // the lease back once it is free (the other holder never renews).
         for n in 1..=5 {

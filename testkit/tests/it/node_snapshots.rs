@@ -12,10 +12,11 @@ use wallet_actors::ids::NodeId;
 use wallet_actors::ports::{append_durable, Origin};
 use wallet_actors::record::Record;
 use wallet_actors::TransferRequest;
-use wallet_cluster::journal::{JournalStream, Leased, NodeJournal};
+use wallet_cluster::journal::{JournalStream, NodeJournal};
 use wallet_testkit::nats::NatsServer;
 use wallet_testkit::{crash, posted, tid};
 
+use crate::node_ledger::take_a_shard_lease_from;
 use crate::shard_journal::{nats, options, runtime};
 
 /// Transfers submitted before the checkpoint.
@@ -124,15 +125,7 @@ fn a_node_another_node_wrote_behind_takes_no_snapshot() -> anyhow::Result<()> {
         // Node 1 loses one shard's lease (another holder's lease message
         // lands on it for a second), and node 2 takes the shard and writes
         // it: node 1's shards in memory lack that record from then on.
-        let lost = wallet_testkit::account(1).shard(crash::SHARDS);
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-TTL", "1");
-        js.publish_with_headers(Leased::Shard(lost).subject(), headers, "3/1".into()).await?.await?;
-        wallet_testkit::eventually("node 1 drops the shard", Duration::from_secs(5), || async {
-            Ok(!node.journal().shards().contains(&lost))
-        })
-        .await?;
+        let lost = take_a_shard_lease_from(&node, &url, 1).await?;
         let other = NodeJournal::start(JournalStream::connect(options(&server)).await?, NodeId(2)).await?;
         wallet_testkit::eventually("node 2 takes the shard", Duration::from_secs(10), || async {
             Ok(other.take(lost).await.is_ok())
