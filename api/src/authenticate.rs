@@ -44,7 +44,7 @@ pub async fn caller_from_headers(headers: &HeaderMap, state: &AppState) -> Resul
         return Caller::enabled(user);
     }
     let verified = state.tokens.verify(token)?;
-    let user = state.users.get(verified.user_id).map_err(|error| {
+    let user = state.users.get(verified.user_id).await.map_err(|error| {
         tracing::error!(%error, "reading a user failed");
         ApiError::Internal
     })?;
@@ -97,7 +97,7 @@ async fn external_user(
     claims: ExternalClaims,
 ) -> Result<StoredUser, ApiError> {
     let id = external.user_id(&claims.sub);
-    if let Some(user) = state.users.get(id)? {
+    if let Some(user) = state.users.get(id).await? {
         return Ok(user);
     }
     let email = claims.email.as_deref().and_then(|e| Email::parse(e).ok()).map(|e| e.as_str().to_string());

@@ -58,7 +58,7 @@ pub async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Optio
         Some(password) => Some(Password::parse(password.expose().to_string()).map_err(AdminError::Setting)?),
         None => None,
     };
-    match state.users.by_email(email.as_str())? {
+    match state.users.by_email(email.as_str()).await? {
         Some(user) if user.role != Role::Admin => {
             Err(AdminError::NotAnAdmin { email: email.as_str().to_string() })
         }
@@ -90,7 +90,12 @@ pub async fn ensure_admin(state: &AppState, settings: &Settings) -> Result<Optio
                 disabled: false,
                 session_epoch: 0,
             };
-            state.users.create(&user).await?;
+            match state.users.create(&user).await {
+                Ok(()) => {}
+                // Another node of the cluster made it at the same moment: that one it is.
+                Err(UserStoreError::EmailTaken) => return Box::pin(ensure_admin(state, settings)).await,
+                Err(error) => return Err(error.into()),
+            }
             state.users.set_meta(ADMIN_ID_KEY, user.id.as_bytes()).await?;
             tracing::info!(user = %user.id, email = %user.email, "administrator created");
             Ok(generated)

@@ -149,6 +149,27 @@ pub async fn remove(state: &AppState, id: Uuid) -> Result<(), ApiError> {
     install(state).await
 }
 
+/// In cluster mode, hands the rules to this node's ledger again whenever
+/// they change, on any node (a rule made through another node is in force
+/// here a few milliseconds later); stops when the node stops.
+pub fn follow_shared_rules(state: &AppState) {
+    let Some(mut changes) = state.users.rule_changes() else { return };
+    let state = state.clone();
+    let mut stopping = state.stopping.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+            }
+            let _changing = state.rule_changes.lock().await;
+            if let Err(error) = install(&state).await {
+                tracing::warn!(%error, "risk rules changed on another node could not be put in force here");
+            }
+        }
+    });
+}
+
 /// At start, before serving: checks every stored and configured rule,
 /// creates each configured rule whose name no stored rule has, and hands
 /// them all to the ledger. A rule that does not parse stops the start

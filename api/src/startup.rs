@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use wallet_actors::ports::EventSink;
 use wallet_actors::LedgerConfig;
+use wallet_cluster::directory::{DirectoryOptions, SharedDirectory};
 use wallet_cluster::events::{
     EventFeeds, EventPublisher, EventQueue, LiveEvents, LiveOptions, PublisherOptions,
 };
@@ -120,9 +120,8 @@ impl Application {
         // running start).
         private_directory(&settings.data_dir)?;
         let lock = DataDirLock::take(&settings.data_dir)?;
-        let users_path: PathBuf = settings.data_dir.join(wallet_storage::users::FILE_NAME);
-        let users = UserStore::open(&users_path)?;
-        let tokens = tokens(&settings, &users).await?;
+        let users = open_users(&settings, &mode).await?;
+        let tokens = tokens(&settings, &users, &mode).await?;
         let hashes_max = settings.password_hashes_max.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             |max| max as usize,
@@ -164,6 +163,7 @@ impl Application {
         let generated_admin_password = ensure_admin(&state, &settings).await?;
         // Before serving: no transfer may pass unchecked by a stored rule.
         crate::risk::start(&state, &settings.risk_rules).await?;
+        crate::risk::follow_shared_rules(&state);
 
         let limits = Limits {
             body_limit_bytes: settings.body_limit_bytes,
@@ -308,10 +308,7 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
             (LedgerHost::Embedded(Box::new(embedded)), None)
         }
         Mode::Node { node, journal_replicas } => {
-            let url = settings.nats_url.clone().ok_or_else(|| StartupError::Setting {
-                name: "nats_url",
-                reason: "a node keeps its journal on NATS JetStream: give --nats-url".into(),
-            })?;
+            let url = node_nats_url(settings)?;
             let defaults = NodeOptions::new(node, url, settings.data_dir.join("node"));
             let mut options = NodeOptions { ledger, events: Some(feeds), ..defaults };
             options.journal.replicas = journal_replicas;
@@ -330,8 +327,35 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
     Ok(Opened { host, publisher, live, lock })
 }
 
-/// The token issuer: the configured secrets, or one generated and kept.
-async fn tokens(settings: &Settings, users: &UserStore) -> Result<Tokens, StartupError> {
+/// The NATS server a node needs.
+fn node_nats_url(settings: &Settings) -> Result<String, StartupError> {
+    settings.nats_url.clone().ok_or_else(|| StartupError::Setting {
+        name: "nats_url",
+        reason: "a node keeps its journal on NATS JetStream: give --nats-url".into(),
+    })
+}
+
+/// The user store: `users.sled` in the data directory for the embedded
+/// node; for a node, the directory every node shares on JetStream.
+async fn open_users(settings: &Settings, mode: &Mode) -> Result<UserStore, StartupError> {
+    match mode {
+        Mode::Embedded => Ok(UserStore::open(&settings.data_dir.join(wallet_storage::users::FILE_NAME))?),
+        Mode::Node { journal_replicas, .. } => {
+            let mut options = DirectoryOptions::new(node_nats_url(settings)?);
+            options.replicas = *journal_replicas;
+            Ok(UserStore::over(SharedDirectory::open(options).await?))
+        }
+    }
+}
+
+/// The `meta` key of the token signing secret the nodes of a cluster share
+/// when none is configured.
+const SHARED_SECRET_KEY: &str = "shared_jwt_secret";
+
+/// The token issuer: the configured secrets, or one generated and kept (in
+/// the data directory; for a node, in the shared directory, so a token one
+/// node issued is good on every node).
+async fn tokens(settings: &Settings, users: &UserStore, mode: &Mode) -> Result<Tokens, StartupError> {
     let configured = |name: &'static str, secret: &Secret| {
         if secret.expose().len() < SECRET_LEN_MIN {
             return Err(StartupError::Setting {
@@ -343,7 +367,13 @@ async fn tokens(settings: &Settings, users: &UserStore) -> Result<Tokens, Startu
     };
     let current = match &settings.jwt_secret {
         Some(secret) => configured("jwt_secret", secret)?,
-        None => SigningKey::new(&generated_secret(&settings.data_dir, users).await?),
+        None => match mode {
+            Mode::Embedded => SigningKey::new(&generated_secret(&settings.data_dir, users).await?),
+            Mode::Node { .. } => {
+                let made = crate::random::random_token(32);
+                SigningKey::new(&users.set_meta_once(SHARED_SECRET_KEY, made.as_bytes()).await?)
+            }
+        },
     };
     let previous =
         settings.jwt_previous_secret.as_ref().map(|s| configured("jwt_previous_secret", s)).transpose()?;

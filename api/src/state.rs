@@ -155,7 +155,7 @@ impl AppState {
         not_found: Rejection,
     ) -> Result<Account, ApiError> {
         // Not in the caller's own index: no shard is asked (see `caller_owns`).
-        if !caller.is_admin() && !self.users.owns(caller.id(), uuid::Uuid::from_u128(id.get()))? {
+        if !caller.is_admin() && !self.users.owns(caller.id(), uuid::Uuid::from_u128(id.get())).await? {
             return Err(ApiError::Rejected(not_found));
         }
         let view = self.ledger.account(id).await?.ok_or(ApiError::Rejected(not_found))?;
@@ -202,7 +202,7 @@ impl AppState {
     /// cannot turn into as many shard reads. A named one is confirmed by the
     /// ledger (the index may name an account whose opening never happened).
     pub async fn caller_owns(&self, caller: &Caller, id: AccountId) -> Result<bool, ApiError> {
-        if !self.users.owns(caller.id(), uuid::Uuid::from_u128(id.get()))? {
+        if !self.users.owns(caller.id(), uuid::Uuid::from_u128(id.get())).await? {
             metrics::counter!("wallet_ownership_checks_total", "answered_by" => "index").increment(1);
             return Ok(false);
         }

@@ -1,5 +1,7 @@
 //! # wallet-cluster
 //! wallet on NATS JetStream:
+//! - [`directory`]: the user store every node shares (users, sessions,
+//!   the account directory, risk rules), on JetStream;
 //! - [`events`]: the publisher that puts every durable change to an account
 //!   on the stream `WALLET_EVENTS` exactly once, in order
 //!   (`docs/ARCHITECTURE.md`, "Ledger events");
@@ -12,6 +14,7 @@
 //!   holding every shard, for now);
 //! - [`host`]: either ledger, embedded or node, to whatever runs above it.
 
+pub mod directory;
 pub mod events;
 pub mod host;
 pub mod journal;

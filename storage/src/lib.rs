@@ -35,6 +35,7 @@ pub mod segment;
 pub mod sessions;
 pub mod snapshot;
 pub mod snapshots;
+pub mod tables;
 pub mod users;
 
 pub use checkpoint::CheckpointReport;

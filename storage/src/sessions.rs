@@ -7,11 +7,14 @@
 //! API's (`wallet-api`'s `sessions`), which changes a session only if it is
 //! still as it read it ([`SessionStore::replace`], [`SessionStore::end`]).
 //!
-//! Every write is flushed before it returns.
+//! Every write is durable before it returns.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::tables::{Change, Expect, Stored, Table, Tables, Written};
 use crate::users::UserStoreError;
 
 /// A session as stored.
@@ -35,11 +38,12 @@ pub struct SessionRecord {
 
 /// A session as read: changed only if it is still what was read, compared
 /// by its stored bytes (a record written before `session_epoch` existed
-/// would encode differently once decoded).
+/// would encode differently once decoded), or its revision in a shared
+/// directory.
 #[derive(Clone, Debug)]
 pub struct Session {
     key: [u8; 32],
-    stored: sled::IVec,
+    stored: Stored,
     /// What it holds.
     pub record: SessionRecord,
 }
@@ -47,8 +51,7 @@ pub struct Session {
 /// The sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    tables: Arc<dyn Tables>,
 }
 
 fn encode(record: &SessionRecord) -> Result<Vec<u8>, UserStoreError> {
@@ -67,21 +70,32 @@ fn key(user: Uuid, session: Uuid) -> [u8; 32] {
 }
 
 impl SessionStore {
-    /// The sessions in `db`'s `sessions` tree.
-    pub(crate) fn open(db: &sled::Db) -> Result<SessionStore, UserStoreError> {
-        Ok(SessionStore { tree: db.open_tree("sessions")?, db: db.clone() })
+    /// The sessions in `tables`' sessions table.
+    pub(crate) fn over(tables: Arc<dyn Tables>) -> SessionStore {
+        SessionStore { tables }
     }
 
-    async fn flush(&self) -> Result<(), UserStoreError> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// Session `session` of `user`, if there is one.
-    pub fn get(&self, user: Uuid, session: Uuid) -> Result<Option<Session>, UserStoreError> {
+    /// Session `session` of `user`, if there is one: as this node sees it,
+    /// or, when it sees none, after catching up (a login on another node a
+    /// moment ago).
+    pub async fn get(&self, user: Uuid, session: Uuid) -> Result<Option<Session>, UserStoreError> {
         let key = key(user, session);
-        let Some(stored) = self.tree.get(key)? else { return Ok(None) };
-        Ok(Some(Session { key, record: decode(&stored)?, stored }))
+        self.tables.current().await?;
+        let stored = match self.tables.get(Table::Sessions, &key)? {
+            Some(stored) => stored,
+            None => {
+                self.tables.catch_up().await?;
+                let Some(stored) = self.tables.get(Table::Sessions, &key)? else { return Ok(None) };
+                stored
+            }
+        };
+        Ok(Some(Session { key, record: decode(&stored.bytes)?, stored }))
+    }
+
+    /// Returns once reads show every write acknowledged anywhere before the
+    /// call (a refresh on another node a moment ago).
+    pub async fn catch_up(&self) -> Result<(), UserStoreError> {
+        self.tables.catch_up().await
     }
 
     /// Adds session `session` of `user`, after dropping the user's sessions
@@ -95,73 +109,71 @@ impl SessionStore {
         now_ms: u64,
         sessions_max: usize,
     ) -> Result<(), UserStoreError> {
-        self.prune(user, now_ms, sessions_max)?;
-        self.tree.insert(key(user, session), encode(record)?)?;
-        self.flush().await
+        let mut changes = self.prune(user, now_ms, sessions_max)?;
+        changes.push(Change::put(Table::Sessions, key(user, session), encode(record)?));
+        self.tables.write(changes).await?;
+        Ok(())
     }
 
     /// Replaces `session` with `next` if it is still as read; false when
     /// another write changed or removed it first.
     pub async fn replace(&self, session: &Session, next: &SessionRecord) -> Result<bool, UserStoreError> {
-        match self.tree.compare_and_swap(session.key, Some(&session.stored), Some(encode(next)?))? {
-            Ok(()) => {
-                self.flush().await?;
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        }
+        let change = Change::put(Table::Sessions, session.key, encode(next)?);
+        let written =
+            self.tables.write(vec![change.expecting(Expect::Still(session.stored.clone()))]).await?;
+        Ok(written == Written::Done)
     }
 
     /// Ends `session` if it is still as read: a concurrent change is its
     /// writer's to judge.
     pub async fn end(&self, session: &Session) -> Result<(), UserStoreError> {
-        let _ = self.tree.compare_and_swap(session.key, Some(&session.stored), None as Option<&[u8]>)?;
-        self.flush().await
+        let change =
+            Change::delete(Table::Sessions, session.key).expecting(Expect::Still(session.stored.clone()));
+        self.tables.write(vec![change]).await?;
+        Ok(())
     }
 
     /// Removes `session`, whatever it holds now.
     pub async fn remove(&self, session: &Session) -> Result<(), UserStoreError> {
-        self.tree.remove(session.key)?;
-        self.flush().await
+        self.tables.write(vec![Change::delete(Table::Sessions, session.key)]).await?;
+        Ok(())
     }
 
     /// Ends every session of `user`; returns how many there were.
     pub async fn end_all(&self, user: Uuid) -> Result<usize, UserStoreError> {
-        let mut ended = 0;
-        for entry in self.tree.scan_prefix(user.as_bytes()) {
-            let (key, _) = entry?;
-            if self.tree.remove(key)?.is_some() {
-                ended += 1;
-            }
+        // Every session started anywhere before this call.
+        self.tables.catch_up().await?;
+        let sessions = self.tables.scan(Table::Sessions, user.as_bytes(), b"", usize::MAX)?;
+        let ended = sessions.len();
+        if ended > 0 {
+            let changes = sessions.into_iter().map(|(key, _)| Change::delete(Table::Sessions, key)).collect();
+            self.tables.write(changes).await?;
         }
-        self.flush().await?;
         Ok(ended)
     }
 
     /// How many sessions `user` holds, expired ones included.
-    pub fn count(&self, user: Uuid) -> usize {
-        self.tree.scan_prefix(user.as_bytes()).count()
+    pub fn count(&self, user: Uuid) -> Result<usize, UserStoreError> {
+        Ok(self.tables.scan(Table::Sessions, user.as_bytes(), b"", usize::MAX)?.len())
     }
 
-    /// Drops `user`'s sessions expired at `now_ms`, then their oldest until
-    /// one more fits within `sessions_max`.
-    fn prune(&self, user: Uuid, now_ms: u64, sessions_max: usize) -> Result<(), UserStoreError> {
+    /// Deletions of `user`'s sessions expired at `now_ms`, then of their
+    /// oldest until one more fits within `sessions_max`.
+    fn prune(&self, user: Uuid, now_ms: u64, sessions_max: usize) -> Result<Vec<Change>, UserStoreError> {
+        let mut changes = Vec::new();
         let mut live = Vec::new();
-        for entry in self.tree.scan_prefix(user.as_bytes()) {
-            let (key, value) = entry?;
-            let record = decode(&value)?;
+        for (key, stored) in self.tables.scan(Table::Sessions, user.as_bytes(), b"", usize::MAX)? {
+            let record = decode(&stored.bytes)?;
             if now_ms >= record.expires_at_ms.min(record.refresh_expires_at_ms) {
-                self.tree.remove(key)?;
+                changes.push(Change::delete(Table::Sessions, key));
             } else {
                 live.push((record.started_at_ms, key));
             }
         }
         live.sort();
         let excess = (live.len() + 1).saturating_sub(sessions_max);
-        for (_, key) in live.into_iter().take(excess) {
-            self.tree.remove(key)?;
-        }
-        Ok(())
+        changes.extend(live.into_iter().take(excess).map(|(_, key)| Change::delete(Table::Sessions, key)));
+        Ok(changes)
     }
 }
 
@@ -187,12 +199,12 @@ mod tests {
         let sessions = store.sessions();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         sessions.add(user, session, &record(0, "a"), 0, 4).await?;
-        let read = sessions.get(user, session)?.ok_or_else(|| anyhow::anyhow!("not stored"))?;
+        let read = sessions.get(user, session).await?.ok_or_else(|| anyhow::anyhow!("not stored"))?;
         assert_eq!(read.record, record(0, "a"));
         assert!(sessions.replace(&read, &record(0, "b")).await?);
         assert!(!sessions.replace(&read, &record(0, "c")).await?, "changed since it was read");
         sessions.end(&read).await?;
-        let now = sessions.get(user, session)?.map(|s| s.record);
+        let now = sessions.get(user, session).await?.map(|s| s.record);
         assert_eq!(now, Some(record(0, "b")), "ending what changed since is the changer's to judge");
         Ok(())
     }
@@ -203,8 +215,12 @@ mod tests {
         let store = UserStore::open(&dir.path().join("users.sled"))?;
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let old = br#"{"started_at_ms":1,"expires_at_ms":9,"refresh_expires_at_ms":5,"secret_hash":"ab"}"#;
-        store.sessions().tree.insert(key(user, session), &old[..])?;
-        let read = store.sessions().get(user, session)?.ok_or_else(|| anyhow::anyhow!("not read"))?;
+        store
+            .sessions()
+            .tables
+            .write(vec![Change::put(Table::Sessions, key(user, session), &old[..])])
+            .await?;
+        let read = store.sessions().get(user, session).await?.ok_or_else(|| anyhow::anyhow!("not read"))?;
         assert_eq!(read.record.session_epoch, 0);
         assert!(store.sessions().replace(&read, &read.record).await?);
         Ok(())
@@ -224,14 +240,14 @@ mod tests {
             sessions.add(user, session, &record(started, "x"), started, 3).await?;
             kept.push(session);
         }
-        assert_eq!(sessions.count(user), 3);
-        assert!(sessions.get(user, expired)?.is_none(), "expired at 60");
-        assert!(sessions.get(user, kept[0])?.is_some());
+        assert_eq!(sessions.count(user)?, 3);
+        assert!(sessions.get(user, expired).await?.is_none(), "expired at 60");
+        assert!(sessions.get(user, kept[0]).await?.is_some());
         let last = Uuid::new_v4();
         sessions.add(user, last, &record(90, "x"), 90, 3).await?;
-        assert!(sessions.get(user, kept[0])?.is_none(), "the oldest went");
+        assert!(sessions.get(user, kept[0]).await?.is_none(), "the oldest went");
         assert_eq!(sessions.end_all(user).await?, 3);
-        assert_eq!(sessions.count(user), 0);
+        assert_eq!(sessions.count(user)?, 0);
         Ok(())
     }
 }

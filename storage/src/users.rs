@@ -21,13 +21,13 @@
 //! made it is answered.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use uuid::Uuid;
 
 use crate::sessions::SessionStore;
+use crate::tables::{Change, Expect, SledTables, Stored, Table, Tables, Written};
 
 /// The store's directory in the data directory.
 pub const FILE_NAME: &str = "users.sled";
@@ -50,18 +50,10 @@ pub enum UserStoreError {
     /// The email belongs to another user.
     #[error("email already registered")]
     EmailTaken,
-    /// A lock of the store was poisoned by a panic while held.
-    #[error("user store: a lock was poisoned")]
-    Poisoned,
-}
-
-impl From<TransactionError<UserStoreError>> for UserStoreError {
-    fn from(error: TransactionError<UserStoreError>) -> Self {
-        match error {
-            TransactionError::Abort(error) => error,
-            TransactionError::Storage(error) => UserStoreError::Sled(error),
-        }
-    }
+    /// A shared directory cannot be reached, or did not answer in time
+    /// (a write's outcome is then unknown: it may be stored).
+    #[error("user store: {0}")]
+    Unavailable(String),
 }
 
 /// What a user may do.
@@ -164,16 +156,20 @@ pub enum StoredRuleAction {
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct UserStore {
-    db: sled::Db,
-    users: sled::Tree,
-    emails: sled::Tree,
+    tables: Arc<dyn Tables>,
     sessions: SessionStore,
-    /// Held from counting a user's accounts to adding one, so that
-    /// concurrent openings cannot pass a cap together.
-    opening: std::sync::Arc<std::sync::Mutex<()>>,
-    owned_accounts: sled::Tree,
-    meta: sled::Tree,
-    risk_rules: sled::Tree,
+    /// Held from counting a user's accounts to adding one: sled compares
+    /// an unchanged record by its bytes, so the record's condition alone
+    /// cannot tell two openings in one process apart.
+    opening: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Conflicts a write that must happen retries through before it gives up
+/// (each retry catches up first, so only a key changing that often needs more).
+const ATTEMPTS_MAX: usize = 16;
+
+fn too_busy(what: &str) -> UserStoreError {
+    UserStoreError::Unavailable(format!("{what}: the key kept changing under {ATTEMPTS_MAX} attempts"))
 }
 
 fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, UserStoreError> {
@@ -184,44 +180,64 @@ fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Resul
     serde_json::from_slice(bytes).map_err(|_| UserStoreError::Decode { what })
 }
 
+fn owned_key(user: Uuid, account: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32);
+    key.extend_from_slice(user.as_bytes());
+    key.extend_from_slice(account.as_bytes());
+    key
+}
+
 impl UserStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the embedded node's store at `path`.
     pub fn open(path: &Path) -> Result<UserStore, UserStoreError> {
-        let db = crate::snapshot::open_sled(&sled::Config::new().path(path))?;
-        // Refresh tokens of versions before sessions: they are refused (their
-        // holders log in again), so nothing should keep their hashes.
-        db.drop_tree("refresh_tokens")?;
-        Ok(UserStore {
-            users: db.open_tree("users")?,
-            emails: db.open_tree("emails")?,
-            sessions: SessionStore::open(&db)?,
-            opening: std::sync::Arc::default(),
-            owned_accounts: db.open_tree("owned_accounts")?,
-            meta: db.open_tree("meta")?,
-            risk_rules: db.open_tree("risk_rules")?,
-            db,
-        })
+        Ok(UserStore::over(Arc::new(SledTables::open(path)?)))
+    }
+
+    /// The store over `tables` (a shared directory in cluster mode).
+    pub fn over(tables: Arc<dyn Tables>) -> UserStore {
+        UserStore { sessions: SessionStore::over(tables.clone()), tables, opening: Arc::default() }
+    }
+
+    /// A counter that moves when another node changes the risk rules.
+    pub fn rule_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.tables.changes(Table::RiskRules)
     }
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), UserStoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.tables.flush().await
+    }
+
+    /// Returns once reads show every write acknowledged anywhere before the
+    /// call (in cluster mode another node's writes reach this node's reads a
+    /// few milliseconds later).
+    pub async fn catch_up(&self) -> Result<(), UserStoreError> {
+        self.tables.catch_up().await
+    }
+
+    /// Reads `key`; when it is not there, catches up and reads again: a
+    /// user made, or an account opened, on another node a moment ago is
+    /// found.
+    async fn get_fresh(&self, table: Table, key: &[u8]) -> Result<Option<Stored>, UserStoreError> {
+        self.tables.current().await?;
+        if let Some(found) = self.tables.get(table, key)? {
+            return Ok(Some(found));
+        }
+        self.tables.catch_up().await?;
+        self.tables.get(table, key)
     }
 
     /// Adds a user whose email is not taken.
     pub async fn create(&self, user: &StoredUser) -> Result<(), UserStoreError> {
-        let value = encode(user, "user")?;
-        let id = *user.id.as_bytes();
-        (&self.users, &self.emails).transaction(|(users, emails)| {
-            if emails.get(user.email.as_bytes())?.is_some() {
-                return Err(ConflictableTransactionError::Abort(UserStoreError::EmailTaken));
-            }
-            emails.insert(user.email.as_bytes(), &id[..])?;
-            users.insert(&id[..], value.clone())?;
-            Ok(())
-        })?;
-        self.flush().await
+        let id = user.id.as_bytes().to_vec();
+        let changes = vec![
+            Change::put(Table::Emails, user.email.as_bytes(), id.clone()).expecting(Expect::Absent),
+            Change::put(Table::Users, id, encode(user, "user")?).expecting(Expect::Absent),
+        ];
+        match self.tables.write(changes).await? {
+            Written::Done => Ok(()),
+            Written::Conflict => Err(UserStoreError::EmailTaken),
+        }
     }
 
     /// Adds a user of an external issuer, unless one with its id exists
@@ -229,45 +245,39 @@ impl UserStore {
     /// with a password.
     pub async fn create_external(&self, user: &StoredUser) -> Result<StoredUser, UserStoreError> {
         let value = encode(user, "user")?;
-        match self.users.compare_and_swap(user.id.as_bytes(), None as Option<&[u8]>, Some(value))? {
-            Ok(()) => {
-                self.flush().await?;
-                Ok(user.clone())
+        for _ in 0..ATTEMPTS_MAX {
+            let change = Change::put(Table::Users, user.id.as_bytes(), value.clone());
+            if self.tables.write(vec![change.expecting(Expect::Absent)]).await? == Written::Done {
+                return Ok(user.clone());
             }
-            Err(existing) => match existing.current {
-                Some(bytes) => decode(&bytes, "user"),
-                None => Ok(user.clone()),
-            },
+            // There, unless this node's copy had not seen it deleted: then again.
+            if let Some(stored) = self.get_fresh(Table::Users, user.id.as_bytes()).await? {
+                return decode(&stored.bytes, "user");
+            }
         }
+        Err(too_busy("adding an external user"))
     }
 
-    /// A user by id.
-    pub fn get(&self, id: Uuid) -> Result<Option<StoredUser>, UserStoreError> {
-        self.users.get(id.as_bytes())?.map(|bytes| decode(&bytes, "user")).transpose()
+    /// A user by id (made on another node a moment ago too).
+    pub async fn get(&self, id: Uuid) -> Result<Option<StoredUser>, UserStoreError> {
+        let stored = self.get_fresh(Table::Users, id.as_bytes()).await?;
+        stored.map(|stored| decode(&stored.bytes, "user")).transpose()
     }
 
-    /// A user by normalised email.
-    pub fn by_email(&self, email: &str) -> Result<Option<StoredUser>, UserStoreError> {
-        let Some(id) = self.emails.get(email.as_bytes())? else { return Ok(None) };
-        let id = Uuid::from_slice(&id).map_err(|_| UserStoreError::Decode { what: "email index" })?;
-        self.get(id)
+    /// A user by normalised email (made on another node a moment ago too).
+    pub async fn by_email(&self, email: &str) -> Result<Option<StoredUser>, UserStoreError> {
+        let Some(id) = self.get_fresh(Table::Emails, email.as_bytes()).await? else { return Ok(None) };
+        let id = Uuid::from_slice(&id.bytes).map_err(|_| UserStoreError::Decode { what: "email index" })?;
+        self.get(id).await
     }
 
     /// Users in id order, after `after`, at most `limit`.
     pub fn list(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<StoredUser>, UserStoreError> {
-        let start = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
-        let mut found = Vec::new();
-        for entry in self.users.range(start..) {
-            let (key, value) = entry?;
-            if after.is_some_and(|a| key.as_ref() == a.as_bytes()) {
-                continue;
-            }
-            found.push(decode(&value, "user")?);
-            if found.len() >= limit.min(LIST_LIMIT_MAX) {
-                break;
-            }
-        }
-        Ok(found)
+        let limit = limit.min(LIST_LIMIT_MAX);
+        // id ++ 0 sorts right after id and before any later id.
+        let from = after.map(|a| [a.as_bytes().as_slice(), &[0]].concat()).unwrap_or_default();
+        let found = self.tables.scan(Table::Users, b"", &from, limit)?;
+        found.iter().map(|(_, stored)| decode(&stored.bytes, "user")).collect()
     }
 
     /// The sessions ([`crate::sessions`]).
@@ -284,13 +294,13 @@ impl UserStore {
         change: impl Fn(&mut StoredUser),
     ) -> Result<Option<StoredUser>, UserStoreError> {
         loop {
-            let Some(current) = self.users.get(id.as_bytes())? else { return Ok(None) };
-            let mut user: StoredUser = decode(&current, "user")?;
+            let Some(current) = self.get_fresh(Table::Users, id.as_bytes()).await? else { return Ok(None) };
+            let mut user: StoredUser = decode(&current.bytes, "user")?;
             change(&mut user);
-            let next = encode(&user, "user")?;
-            if self.users.compare_and_swap(id.as_bytes(), Some(current), Some(next))?.is_ok() {
-                self.flush().await?;
-                return Ok(Some(user));
+            let next = Change::put(Table::Users, id.as_bytes(), encode(&user, "user")?);
+            match self.tables.write(vec![next.expecting(Expect::Still(current))]).await? {
+                Written::Done => return Ok(Some(user)),
+                Written::Conflict => self.tables.catch_up().await?,
             }
         }
     }
@@ -311,128 +321,149 @@ impl UserStore {
     /// Whether `user`'s index names `account` (an index entry may name an
     /// account whose opening never happened, or, after an admin's opening of
     /// unknown outcome, another's account: confirm with the ledger).
-    pub fn owns(&self, user: Uuid, account: Uuid) -> Result<bool, UserStoreError> {
-        let mut key = Vec::with_capacity(32);
-        key.extend_from_slice(user.as_bytes());
-        key.extend_from_slice(account.as_bytes());
-        Ok(self.owned_accounts.contains_key(key)?)
+    pub async fn owns(&self, user: Uuid, account: Uuid) -> Result<bool, UserStoreError> {
+        Ok(self.get_fresh(Table::OwnedAccounts, &owned_key(user, account)).await?.is_some())
     }
 
     /// Records that `user` owns `account` (before the ledger opens it, so a
     /// crash in between leaves an index entry with no account, which listing skips).
     pub async fn add_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
-        let mut key = Vec::with_capacity(32);
-        key.extend_from_slice(user.as_bytes());
-        key.extend_from_slice(account.as_bytes());
-        self.owned_accounts.insert(key, Vec::<u8>::new())?;
-        self.flush().await
+        self.tables.write(vec![Change::put(Table::OwnedAccounts, owned_key(user, account), [])]).await?;
+        Ok(())
     }
 
     /// Records that `user` owns `account`, as [`UserStore::add_owned`] does,
     /// unless the user's index already names `accounts_max` accounts;
     /// returns whether it was recorded.
+    ///
+    /// The user's record is written again, unchanged, on the condition that
+    /// it still is as read, in the same write: two openings racing (on any
+    /// nodes) cannot both count below the cap, since the second one's
+    /// condition fails and it counts again.
     pub async fn add_owned_capped(
         &self,
         user: Uuid,
         account: Uuid,
         accounts_max: usize,
     ) -> Result<bool, UserStoreError> {
-        {
-            let _opening = self.opening.lock().map_err(|_| UserStoreError::Poisoned)?;
-            if self.owned_accounts.scan_prefix(user.as_bytes()).keys().take(accounts_max).count()
-                >= accounts_max
-            {
+        let _opening = self.opening.lock().await;
+        loop {
+            let guard = self.get_fresh(Table::Users, user.as_bytes()).await?;
+            let counted = self.tables.scan(Table::OwnedAccounts, user.as_bytes(), b"", accounts_max)?.len();
+            if counted >= accounts_max {
                 return Ok(false);
             }
-            let mut key = Vec::with_capacity(32);
-            key.extend_from_slice(user.as_bytes());
-            key.extend_from_slice(account.as_bytes());
-            self.owned_accounts.insert(key, Vec::<u8>::new())?;
+            let mut changes = vec![Change::put(Table::OwnedAccounts, owned_key(user, account), [])];
+            if let Some(guard) = guard {
+                let same = Change::put(Table::Users, user.as_bytes(), guard.bytes.clone());
+                changes.push(same.expecting(Expect::Still(guard)));
+            }
+            match self.tables.write(changes).await? {
+                Written::Done => return Ok(true),
+                Written::Conflict => self.tables.catch_up().await?,
+            }
         }
-        self.flush().await?;
-        Ok(true)
     }
 
     /// Forgets an index entry whose account was not opened for `user`.
     pub async fn remove_owned(&self, user: Uuid, account: Uuid) -> Result<(), UserStoreError> {
-        let mut key = Vec::with_capacity(32);
-        key.extend_from_slice(user.as_bytes());
-        key.extend_from_slice(account.as_bytes());
-        self.owned_accounts.remove(key)?;
-        self.flush().await
+        self.tables.write(vec![Change::delete(Table::OwnedAccounts, owned_key(user, account))]).await?;
+        Ok(())
     }
 
     /// Accounts `user` owns, in id order, after `after`, at most `limit`.
     /// The scan starts at the cursor, not at the user's first account.
     pub fn owned(&self, user: Uuid, after: Option<Uuid>, limit: usize) -> Result<Vec<Uuid>, UserStoreError> {
-        let mut start = user.as_bytes().to_vec();
+        let mut from = user.as_bytes().to_vec();
         if let Some(after) = after {
             // user ++ after ++ 0 sorts right after user ++ after and before any later key.
-            start.extend_from_slice(after.as_bytes());
-            start.push(0);
+            from.extend_from_slice(after.as_bytes());
+            from.push(0);
         }
-        let mut found = Vec::new();
-        for entry in self.owned_accounts.range(start..) {
-            let (key, _) = entry?;
-            if !key.starts_with(user.as_bytes()) {
-                break;
-            }
-            let account = key
-                .get(16..)
-                .and_then(|id| Uuid::from_slice(id).ok())
-                .ok_or(UserStoreError::Decode { what: "account index" })?;
-            found.push(account);
-            if found.len() >= limit.min(LIST_LIMIT_MAX) {
-                break;
-            }
-        }
-        Ok(found)
+        let found =
+            self.tables.scan(Table::OwnedAccounts, user.as_bytes(), &from, limit.min(LIST_LIMIT_MAX))?;
+        found
+            .iter()
+            .map(|(key, _)| {
+                key.get(16..)
+                    .and_then(|id| Uuid::from_slice(id).ok())
+                    .ok_or(UserStoreError::Decode { what: "account index" })
+            })
+            .collect()
     }
 
     /// Every stored risk rule, in id order. Their number is bounded by the
     /// API, which checks it when one is added.
     pub fn rules(&self) -> Result<Vec<StoredRule>, UserStoreError> {
-        self.risk_rules.iter().values().map(|value| decode(&value?, "risk rule")).collect()
+        let found = self.tables.scan(Table::RiskRules, b"", b"", usize::MAX)?;
+        found.iter().map(|(_, stored)| decode(&stored.bytes, "risk rule")).collect()
     }
 
     /// How many risk rules are stored.
     pub fn rule_count(&self) -> usize {
-        self.risk_rules.len()
+        self.tables.len(Table::RiskRules)
     }
 
     /// A risk rule by id.
     pub fn rule(&self, id: Uuid) -> Result<Option<StoredRule>, UserStoreError> {
-        self.risk_rules.get(id.as_bytes())?.map(|bytes| decode(&bytes, "risk rule")).transpose()
+        let stored = self.tables.get(Table::RiskRules, id.as_bytes())?;
+        stored.map(|stored| decode(&stored.bytes, "risk rule")).transpose()
     }
 
     /// Adds or replaces a risk rule.
     pub async fn put_rule(&self, rule: &StoredRule) -> Result<(), UserStoreError> {
-        self.risk_rules.insert(rule.id.as_bytes(), encode(rule, "risk rule")?)?;
-        self.flush().await
+        let change = Change::put(Table::RiskRules, rule.id.as_bytes(), encode(rule, "risk rule")?);
+        self.tables.write(vec![change]).await?;
+        Ok(())
     }
 
     /// Removes a risk rule; false when there was none.
     pub async fn remove_rule(&self, id: Uuid) -> Result<bool, UserStoreError> {
-        let removed = self.risk_rules.remove(id.as_bytes())?.is_some();
-        self.flush().await?;
-        Ok(removed)
+        for _ in 0..ATTEMPTS_MAX {
+            let Some(stored) = self.get_fresh(Table::RiskRules, id.as_bytes()).await? else {
+                return Ok(false);
+            };
+            let change = Change::delete(Table::RiskRules, id.as_bytes()).expecting(Expect::Still(stored));
+            if self.tables.write(vec![change]).await? == Written::Done {
+                return Ok(true);
+            }
+            // Replaced meanwhile (here or on another node): it still exists.
+            self.tables.catch_up().await?;
+        }
+        Err(too_busy("removing a risk rule"))
     }
 
-    /// A value kept in the `meta` tree.
+    /// A value kept in the `meta` table.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, UserStoreError> {
-        Ok(self.meta.get(key)?.map(|value| value.to_vec()))
+        Ok(self.tables.get(Table::Meta, key.as_bytes())?.map(|stored| stored.bytes))
     }
 
-    /// Sets a value in the `meta` tree.
+    /// Sets a value in the `meta` table.
     pub async fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), UserStoreError> {
-        self.meta.insert(key, value)?;
-        self.flush().await
+        self.tables.write(vec![Change::put(Table::Meta, key.as_bytes(), value)]).await?;
+        Ok(())
     }
 
-    /// Removes a value from the `meta` tree.
+    /// Sets a value in the `meta` table unless one is there (set by any
+    /// node); returns the value kept.
+    pub async fn set_meta_once(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, UserStoreError> {
+        for _ in 0..ATTEMPTS_MAX {
+            let change = Change::put(Table::Meta, key.as_bytes(), value).expecting(Expect::Absent);
+            if self.tables.write(vec![change]).await? == Written::Done {
+                return Ok(value.to_vec());
+            }
+            // There, unless this node's copy had not seen it deleted: then again.
+            if let Some(kept) = self.get_fresh(Table::Meta, key.as_bytes()).await? {
+                return Ok(kept.bytes);
+            }
+        }
+        Err(too_busy("setting a value once"))
+    }
+
+    /// Removes a value from the `meta` table.
     pub async fn remove_meta(&self, key: &str) -> Result<(), UserStoreError> {
-        if self.meta.remove(key)?.is_some() {
-            self.flush().await?;
+        if self.tables.get(Table::Meta, key.as_bytes())?.is_some() {
+            self.tables.write(vec![Change::delete(Table::Meta, key.as_bytes())]).await?;
         }
         Ok(())
     }
@@ -480,11 +511,35 @@ mod tests {
             assert_eq!(store.owned(ada.id, None, 10)?, all);
             assert_eq!(store.owned(ada.id, Some(all[0]), 1)?, vec![all[1]]);
             assert_eq!(store.owned(ada.id, Some(high), 10)?, Vec::<Uuid>::new());
-            assert!(store.owns(ada.id, account)? && !store.owns(next_user, account)?);
+            assert!(store.owns(ada.id, account).await? && !store.owns(next_user, account).await?);
         }
         let store = UserStore::open(&path)?;
-        assert_eq!(store.by_email("ada@example.com")?, Some(ada.clone()));
+        assert_eq!(store.by_email("ada@example.com").await?, Some(ada.clone()));
         assert_eq!(store.list(None, 10)?, vec![ada]);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openings_racing_in_one_process_stay_within_the_cap() -> anyhow::Result<()> {
+        const CAP: usize = 5;
+        let dir = tempfile::tempdir()?;
+        let store = UserStore::open(&dir.path().join("users.sled"))?;
+        for round in 0..8 {
+            let ada = user(&format!("ada{round}@example.com"));
+            store.create(&ada).await?;
+            let openings: Vec<_> = (0..32)
+                .map(|_| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.add_owned_capped(ada.id, Uuid::new_v4(), CAP).await })
+                })
+                .collect();
+            let mut recorded = 0;
+            for opening in openings {
+                recorded += usize::from(opening.await??);
+            }
+            assert_eq!(recorded, CAP, "round {round}");
+            assert_eq!(store.owned(ada.id, None, 100)?.len(), CAP);
+        }
         Ok(())
     }
 

@@ -57,7 +57,7 @@ pub async fn create_account(
     let owner = match &body.user_id {
         Some(text) => {
             let owner = parse_uuid("user_id", text)?;
-            if state.users.get(owner)?.is_none() {
+            if state.users.get(owner).await?.is_none() {
                 return Err(ApiError::NotFound { code: "user_not_found", what: "user" });
             }
             owner

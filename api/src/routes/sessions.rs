@@ -70,7 +70,7 @@ pub async fn token(
     // a malformed one, so those are not counted).
     let attempt = email.as_ref().map(|email| state.login_throttle.begin(email.as_str())).transpose()?;
     let user = match &email {
-        Some(email) => state.users.by_email(email.as_str())?,
+        Some(email) => state.users.by_email(email.as_str()).await?,
         None => None,
     };
     // An unknown email is checked against a decoy hash, so both take as long.
@@ -120,7 +120,7 @@ pub async fn refresh(
     // Read before the token is spent: a session ended after this read
     // (logout, password change) also moves the user's session epoch on,
     // which revokes the access token issued below.
-    let user = state.users.get(user_id)?.ok_or_else(invalid_refresh_token)?;
+    let user = state.users.get(user_id).await?.ok_or_else(invalid_refresh_token)?;
     let policy = state.tokens.session_policy();
     match crate::sessions::refresh(sessions, &body.refresh_token, user.session_epoch, now_ms(), policy)
         .await?

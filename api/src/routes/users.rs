@@ -51,7 +51,7 @@ pub async fn create_user(
     ApiJson(body): ApiJson<NewUserBody>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let NewUser { email, name, password } = NewUser::try_from(body)?;
-    if state.users.by_email(email.as_str())?.is_some() {
+    if state.users.by_email(email.as_str()).await?.is_some() {
         return Err(UserStoreError::EmailTaken.into());
     }
     let user = StoredUser {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{failed_start, Server};
+use crate::helpers::{failed_start, stored_users, Server};
 
 const ADMIN_PASSWORD: &str = "admin-password-1";
 
@@ -75,7 +75,7 @@ async fn a_user_who_signed_up_with_the_admin_email_is_not_promoted() -> anyhow::
     stop(server)?;
 
     // The administrator's id was recorded when it was made.
-    let users = wallet_storage::users::UserStore::open(&dir.path().join(wallet_storage::users::FILE_NAME))?;
+    let (users, _nats) = stored_users(dir.path()).await?;
     let recorded = users.meta(wallet_api::bootstrap::ADMIN_ID_KEY)?.context("no admin id recorded")?;
     assert_eq!(uuid::Uuid::from_slice(&recorded)?.to_string(), admin["id"].as_str().unwrap_or_default());
     Ok(())

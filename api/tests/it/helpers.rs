@@ -41,6 +41,22 @@ pub fn node_mode() -> bool {
     std::env::var("WALLET_TEST_NODE").is_ok_and(|value| value == "1")
 }
 
+/// The user store of the stopped server whose data directory is `dir`:
+/// `users.sled` there, or in node mode the shared directory on the NATS
+/// store the server used (started again here; keep it while reading).
+pub async fn stored_users(
+    dir: &std::path::Path,
+) -> anyhow::Result<(wallet_storage::users::UserStore, Option<wallet_testkit::nats::NatsServer>)> {
+    if !node_mode() {
+        let path = dir.join(wallet_storage::users::FILE_NAME);
+        return Ok((wallet_storage::users::UserStore::open(&path)?, None));
+    }
+    let nats = wallet_testkit::nats::NatsServer::start(&dir.join("nats"))?;
+    let options = wallet_cluster::directory::DirectoryOptions::new(nats.url());
+    let directory = wallet_cluster::directory::SharedDirectory::open(options).await?;
+    Ok((wallet_storage::users::UserStore::over(directory), Some(nats)))
+}
+
 /// A response: status and JSON body (Null when the body is not JSON).
 pub struct Reply {
     pub status: StatusCode,
@@ -346,7 +362,8 @@ impl Server {
             Some(password) => command.env("WALLET_ADMIN_PASSWORD", password),
             None => command.env_remove("WALLET_ADMIN_PASSWORD"),
         };
-        let had_users = dir.join(wallet_storage::users::FILE_NAME).exists();
+        // A node keeps its users on NATS, its snapshots in `node/`.
+        let had_users = dir.join(wallet_storage::users::FILE_NAME).exists() || dir.join("node").exists();
         let mut child = command.spawn().context("starting wallet")?;
         let (lines_tx, lines) = mpsc::channel::<(Stream, String)>();
         let stderr = child.stderr.take().context("no stderr")?;

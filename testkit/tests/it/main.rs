@@ -16,5 +16,6 @@ mod placement;
 mod recovery;
 mod risk;
 mod shard_journal;
+mod shared_directory;
 mod sizes;
 mod supervision;
