@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 use wallet_actors::risk::{Rule, RuleId};
-use wallet_storage::users::StoredRule;
+use wallet_storage::users::{StoredRule, StoredRuleBody};
 
 use crate::domain::now_ms;
 use crate::error::ApiError;
@@ -133,9 +133,12 @@ pub async fn create(state: &AppState, body: RuleBody) -> Result<RuleEntry, ApiEr
 pub async fn replace(state: &AppState, id: Uuid, body: RuleBody) -> Result<RuleEntry, ApiError> {
     let rule = body.clone().into_rule(rule_id(id).map_err(|_| not_found())?)?;
     let _changing = state.rule_changes.lock().await;
-    let old = state.users.rule(id)?.ok_or_else(not_found)?;
-    let stored = StoredRule { id, created_at_ms: old.created_at_ms, rule: body.into() };
-    state.users.put_rule(&stored).await?;
+    let body = StoredRuleBody::from(body);
+    let stored = state
+        .users
+        .replace_rule(id, |old| StoredRule { id, created_at_ms: old.created_at_ms, rule: body.clone() })
+        .await?
+        .ok_or_else(not_found)?;
     install(state).await?;
     Ok(RuleEntry { rule, created_at_ms: stored.created_at_ms })
 }
@@ -154,6 +157,9 @@ pub async fn remove(state: &AppState, id: Uuid) -> Result<(), ApiError> {
 /// here a few milliseconds later); stops when the node stops.
 pub fn follow_shared_rules(state: &AppState) {
     let Some(mut changes) = state.users.rule_changes() else { return };
+    // A change the copy took between `start`'s read and this subscription
+    // has not moved the counter for it: install once more at once.
+    changes.mark_changed();
     let state = state.clone();
     let mut stopping = state.stopping.subscribe();
     tokio::spawn(async move {
@@ -162,9 +168,14 @@ pub fn follow_shared_rules(state: &AppState) {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = stopping.wait_for(|stopping| *stopping) => return,
             }
-            let _changing = state.rule_changes.lock().await;
-            if let Err(error) = install(&state).await {
-                tracing::warn!(%error, "risk rules changed on another node could not be put in force here");
+            let installed = {
+                let _changing = state.rule_changes.lock().await;
+                install(&state).await
+            };
+            if let Err(error) = installed {
+                tracing::warn!(%error, "risk rules changed on another node are not in force here yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                changes.mark_changed();
             }
         }
     });

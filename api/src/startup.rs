@@ -131,6 +131,9 @@ impl Application {
                 .await
                 .map_err(|e| StartupError::Setting { name: "password_memory_kib", reason: e.to_string() })?;
         let rates = rate_layers(&settings)?;
+        // Before the ledger opens: what it reports while opening (a node's
+        // shards owned) would be lost without a recorder.
+        let metrics = prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds));
         let Opened { host, publisher, live, lock } = open_ledger(&settings, mode, lock).await?;
         let login_throttle = LoginThrottle::new(ThrottlePolicy {
             failures_before_delay: settings.login_failures_before_delay,
@@ -148,7 +151,7 @@ impl Application {
                     settings.user_in_flight_max.unwrap_or(settings.in_flight_max / 4),
                 ),
             },
-            prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds)),
+            metrics,
             host.file_journal_stats(),
         )
         .with_live_events(live, Duration::from_millis(settings.events_heartbeat_ms))

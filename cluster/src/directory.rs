@@ -82,8 +82,9 @@ impl DirectoryOptions {
 }
 
 /// The last answer about the stream's last sequence: when it was asked, and
-/// what it said.
-type Probe = Option<(Instant, u64)>;
+/// what it said (a failure too: callers queued behind a request that
+/// failed share its failure rather than each wait out their own).
+type Probe = Option<(Instant, Result<u64, String>)>;
 
 /// The shared directory as [`Tables`]. Dropping it stops its copy's feed.
 pub struct SharedDirectory {
@@ -199,22 +200,36 @@ impl SharedDirectory {
     /// it was asked.
     async fn last_sequence(&self, called: Instant) -> Result<(Instant, u64), UserStoreError> {
         let mut probe = self.probe.lock().await;
-        if let Some((asked, last)) = *probe {
-            if asked >= called {
-                return Ok((asked, last));
+        if let Some((asked, answer)) = probe.as_ref() {
+            if *asked > called {
+                let last =
+                    answer.clone().map_err(|e| unavailable("reading the stream's last sequence", e))?;
+                return Ok((*asked, last));
             }
         }
         let asked = Instant::now();
-        let info = tokio::time::timeout(self.options.ack_timeout, self.stream.get_info())
-            .await
-            .map_err(|_| unavailable("reading the stream's last sequence", "timed out"))?
-            .map_err(|e| unavailable("reading the stream's last sequence", e))?;
-        *probe = Some((asked, info.state.last_sequence));
-        Ok((asked, info.state.last_sequence))
+        let answer = match tokio::time::timeout(self.options.ack_timeout, self.stream.get_info()).await {
+            Ok(Ok(info)) => Ok(info.state.last_sequence),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        };
+        if answer.is_ok() {
+            metrics::histogram!("wallet_directory_round_trip_seconds").record(asked.elapsed().as_secs_f64());
+        }
+        *probe = Some((asked, answer.clone()));
+        let last = answer.map_err(|e| unavailable("reading the stream's last sequence", e))?;
+        Ok((asked, last))
     }
 
     async fn catch_up_now(&self) -> Result<(), UserStoreError> {
         let (asked, last) = self.last_sequence(Instant::now()).await?;
+        let applied = *self.applied.borrow();
+        if last < applied {
+            // The stream was made anew (deleted, or restored from an older
+            // backup): this copy holds what it no longer does.
+            tracing::error!(last, applied, "shared directory: the stream went back; restart this node");
+            return Err(unavailable("the stream", format!("went back from sequence {applied} to {last}")));
+        }
         self.wait_applied(last).await?;
         let mut confirmed = self.confirmed.lock().unwrap_or_else(PoisonError::into_inner);
         *confirmed = (*confirmed).max(Some(asked));
@@ -226,6 +241,7 @@ impl SharedDirectory {
         if confirmed.is_some_and(|at| at.elapsed() < STALE_AFTER) {
             return Ok(());
         }
+        metrics::counter!("wallet_directory_stale_reads_total").increment(1);
         self.catch_up_now().await
     }
 
@@ -259,19 +275,26 @@ impl SharedDirectory {
         if changes.is_empty() {
             return Ok(Written::Done);
         }
-        let _batch = match changes.len() {
+        let batch = match changes.len() {
             1 => None,
             _ => Some(self.batches.acquire().await.map_err(|e| unavailable("writing", e))?),
         };
         let messages = changes.into_iter().map(|change| self.message(change)).collect();
-        match publish_on(&self.client, &self.js, self.options.ack_timeout, messages).await {
-            Ok(ack) => {
-                self.wait_applied(ack.sequence).await?;
-                Ok(Written::Done)
-            }
+        let published = publish_on(&self.client, &self.js, self.options.ack_timeout, messages).await;
+        // The server's batch is closed once it answered.
+        drop(batch);
+        let outcome = match published {
+            Ok(ack) => self.wait_applied(ack.sequence).await.map(|()| Written::Done),
             Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(Written::Conflict),
             Err(error) => Err(unavailable("writing", error)),
-        }
+        };
+        let label = match &outcome {
+            Ok(Written::Done) => "done",
+            Ok(Written::Conflict) => "conflict",
+            Err(_) => "failed",
+        };
+        metrics::counter!("wallet_directory_writes_total", "outcome" => label).increment(1);
+        outcome
     }
 }
 

@@ -128,6 +128,10 @@ pub fn spawn(
             match balance(&stream, &journal, options.shard_count).await {
                 Ok(moves) if moves != Moves::default() => {
                     tracing::info!(taken = ?moves.taken, released = ?moves.released, "shards moved");
+                    metrics::counter!("wallet_shard_handovers_total", "direction" => "taken")
+                        .increment(moves.taken.len() as u64);
+                    metrics::counter!("wallet_shard_handovers_total", "direction" => "released")
+                        .increment(moves.released.len() as u64);
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot place shards now"),

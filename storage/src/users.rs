@@ -417,6 +417,28 @@ impl UserStore {
         Ok(())
     }
 
+    /// Replaces risk rule `id` by `change` of it, as it is now (a rule
+    /// removed meanwhile, on any node, is not made again); `None` when there
+    /// is no such rule.
+    pub async fn replace_rule(
+        &self,
+        id: Uuid,
+        change: impl Fn(&StoredRule) -> StoredRule,
+    ) -> Result<Option<StoredRule>, UserStoreError> {
+        for _ in 0..ATTEMPTS_MAX {
+            let Some(stored) = self.get_fresh(Table::RiskRules, id.as_bytes()).await? else {
+                return Ok(None);
+            };
+            let next = change(&decode(&stored.bytes, "risk rule")?);
+            let write = Change::put(Table::RiskRules, id.as_bytes(), encode(&next, "risk rule")?);
+            if self.tables.write(vec![write.expecting(Expect::Still(stored))]).await? == Written::Done {
+                return Ok(Some(next));
+            }
+            self.tables.catch_up().await?;
+        }
+        Err(too_busy("replacing a risk rule"))
+    }
+
     /// Removes a risk rule; false when there was none.
     pub async fn remove_rule(&self, id: Uuid) -> Result<bool, UserStoreError> {
         for _ in 0..ATTEMPTS_MAX {

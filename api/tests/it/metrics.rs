@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::Server;
+use crate::helpers::{node_mode, Server};
 
 const METHODS: [&str; 10] =
     ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"];
@@ -89,5 +89,26 @@ async fn idle_series_are_forgotten() -> anyhow::Result<()> {
     // What the process itself counts stays, at zero if nothing happened.
     assert!(text.contains("wallet_shard_rebuilds_total 0"), "{text}");
     assert!(text.contains("wallet_journal_records_total"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_its_leases_and_its_shared_directory() -> anyhow::Result<()> {
+    if !node_mode() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with(dir.path(), Some("admin-password-1"), &[])?;
+    // Leases are renewed every 500 ms.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let text = scrape(&server.base).await?;
+    for metric in [
+        "wallet_shards_owned 4",
+        "wallet_lease_renewals_total",
+        "wallet_directory_round_trip_seconds_count",
+        "wallet_directory_writes_total{outcome=\"done\"}",
+    ] {
+        anyhow::ensure!(text.lines().any(|line| line.starts_with(metric)), "no {metric} in:\n{text}");
+    }
     Ok(())
 }

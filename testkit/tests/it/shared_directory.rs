@@ -95,6 +95,11 @@ fn what_one_node_writes_the_others_read_at_once() -> anyhow::Result<()> {
         anyhow::ensure!(two.remove_rule(rule.id).await?, "the rule is not there on the other node");
         one.catch_up().await?;
         anyhow::ensure!(one.rules()?.is_empty(), "a removed rule is still there");
+        let replaced = one.replace_rule(rule.id, Clone::clone).await?;
+        anyhow::ensure!(
+            replaced.is_none() && two.rules()?.is_empty(),
+            "a replacement made a removed rule again"
+        );
 
         // Settings made once: the first node's value is every node's.
         let first = one.set_meta_once("secret", b"first").await?;
