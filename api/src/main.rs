@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
             let id = node
                 .node_id
                 .context("wallet node needs --node-id (or WALLET_NODE_ID, or node_id in the file)")?;
-            (node.settings, Mode::Node { node: NodeId(id), journal_replicas: node.journal_replicas })
+            let mode = Mode::Node {
+                node: NodeId(id),
+                journal_replicas: node.journal_replicas,
+                standby: node.standby,
+            };
+            (node.settings, mode)
         }
     };
     run(settings, mode).await

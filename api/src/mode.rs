@@ -13,5 +13,7 @@ pub enum Mode {
         node: NodeId,
         /// Replicas of the journal stream.
         journal_replicas: usize,
+        /// Waits for the shards however long another node holds them.
+        standby: bool,
     },
 }

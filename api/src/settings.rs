@@ -192,7 +192,9 @@ pub enum Command {
     /// required): the ledger and the HTTP API in one process, every record
     /// stored on the stream before it is acknowledged, a restart replaying
     /// it. For now one node holds every shard (a second one waits for the
-    /// first's leases); users, sessions and keys stay in `--data-dir`.
+    /// first's leases, or with `--standby` until they are free); users,
+    /// sessions, rules and a generated signing secret are shared by every
+    /// node, on the same server.
     #[command(after_long_help = CONFIG_HELP)]
     Node(NodeSettings),
 }
@@ -226,6 +228,12 @@ pub struct NodeSettings {
     /// three-server NATS cluster). A stream that has more keeps them.
     #[arg(long, env = "WALLET_JOURNAL_REPLICAS", default_value_t = 1)]
     pub journal_replicas: usize,
+    /// Waits as long as it takes for the shards another node holds, and
+    /// serves once that node is gone (its leases expire 3 s after it dies):
+    /// a standby. Without it a start gives up after 6 s.
+    #[arg(long, env = "WALLET_STANDBY", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub standby: bool,
     /// The settings `serve` takes.
     #[command(flatten)]
     pub settings: Settings,
@@ -512,11 +520,12 @@ mod tests {
     fn a_node_takes_its_id_and_settings_from_the_file_too() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("wallet.toml");
-        std::fs::write(&path, "node_id = 3\njournal_replicas = 3\nshards = 8\n")?;
+        std::fs::write(&path, "node_id = 3\njournal_replicas = 3\nstandby = true\nshards = 8\n")?;
         let config = path.to_string_lossy().to_string();
         let cli = Cli::load(["wallet", "--config", config.as_str(), "node", "--nats-url", "nats://x:4222"])?;
         let Command::Node(node) = cli.command else { panic!("not a node") };
         assert_eq!((node.node_id, node.journal_replicas, node.settings.shards), (Some(3), 3, 8));
+        assert!(node.standby);
         assert_eq!(node.settings.nats_url.as_deref(), Some("nats://x:4222"));
         // The same file serves `wallet serve`, which has no use for the
         // node's keys.

@@ -310,11 +310,14 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
             let embedded = EmbeddedLedger::open_locked(&settings.data_dir, options, lock).await?;
             (LedgerHost::Embedded(Box::new(embedded)), None)
         }
-        Mode::Node { node, journal_replicas } => {
+        Mode::Node { node, journal_replicas, standby } => {
             let url = node_nats_url(settings)?;
             let defaults = NodeOptions::new(node, url, settings.data_dir.join("node"));
             let mut options = NodeOptions { ledger, events: Some(feeds), ..defaults };
             options.journal.replicas = journal_replicas;
+            if standby {
+                options.take_wait = Duration::MAX;
+            }
             (LedgerHost::Node(Box::new(NodeLedger::open(options).await?)), Some(lock))
         }
     };

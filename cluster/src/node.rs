@@ -286,13 +286,30 @@ pub(crate) async fn take_every_shard(
     shard_count: u16,
     wait: Duration,
 ) -> Result<(), LeaseError> {
-    let deadline = Instant::now() + wait;
+    // No deadline: a standby waits however long another node holds them.
+    let deadline = Instant::now().checked_add(wait);
     let held = journal.shards();
+    let mut said = false;
     for shard in (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)) {
         loop {
             match journal.take(shard).await {
                 Ok(_) => break,
-                Err(LeaseError::Held { .. } | LeaseError::Changed { .. }) if Instant::now() < deadline => {
+                Err(LeaseError::Held { by, .. })
+                    if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
+                {
+                    if !said {
+                        tracing::info!(
+                            shard = shard.0,
+                            holder = by.0,
+                            "waiting for shards another node holds"
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(LeaseError::Changed { .. })
+                    if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(error),

@@ -170,3 +170,53 @@ async fn account_with_deposit(
     anyhow::ensure!(reply.status() == StatusCode::CREATED, "depositing: {}", reply.status());
     Ok((account, deposit_id))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_node_takes_over_when_the_active_one_dies_and_honours_its_tokens() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats = wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?;
+    let url = nats.url();
+    let (data_1, data_2) = (dir.path().join("node-1"), dir.path().join("node-2"));
+    let active =
+        Server::start_with(&data_1, Some("admin-password-1"), &["--node-id", "1", "--nats-url", &url])?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let admin = token(&client, &active.base, "admin@wallet.local", "admin-password-1").await?;
+    let (account, deposit_id) = account_with_deposit(&client, &active.base, &admin, "5").await?;
+
+    let standby = {
+        let (url, data_2) = (url.clone(), data_2.clone());
+        std::thread::spawn(move || {
+            Server::start_with(
+                &data_2,
+                Some("admin-password-1"),
+                &["--node-id", "2", "--nats-url", &url, "--standby"],
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    anyhow::ensure!(!standby.is_finished(), "the standby served while the active node held the shards");
+    account_with_deposit(&client, &active.base, &admin, "7")
+        .await
+        .context("the active node was disturbed")?;
+
+    active.signal("-KILL")?;
+    let killed = Instant::now();
+    let standby = standby.join().map_err(|_| anyhow::anyhow!("the standby's start panicked"))??;
+    let took_over = killed.elapsed();
+    eprintln!("the standby served {took_over:?} after the active node was killed");
+    // Leases of 2 s (node) and 3 s (shards), then a replay of the stream.
+    anyhow::ensure!(took_over < Duration::from_secs(20), "took {took_over:?}");
+
+    // The token node 1 issued works on node 2, and node 1's books are there.
+    let read =
+        client.get(format!("{}/v1/accounts/{account}", standby.base)).bearer_auth(&admin).send().await?;
+    anyhow::ensure!(read.status() == StatusCode::OK, "{}", read.status());
+    let body: serde_json::Value = read.json().await?;
+    anyhow::ensure!(body["balance"]["available"] == "5", "{body}");
+    let read =
+        client.get(format!("{}/v1/transfers/{deposit_id}", standby.base)).bearer_auth(&admin).send().await?;
+    anyhow::ensure!(read.status() == StatusCode::OK, "{}", read.status());
+    account_with_deposit(&client, &standby.base, &admin, "9").await.context("the standby does not serve")?;
+    drop((standby, nats));
+    Ok(())
+}

@@ -114,7 +114,7 @@ impl TestApp {
                 false => Some(wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?),
             };
             let node = wallet_actors::ids::NodeId(1);
-            (wallet_api::Mode::Node { node, journal_replicas: 1 }, nats)
+            (wallet_api::Mode::Node { node, journal_replicas: 1, standby: false }, nats)
         } else {
             (wallet_api::Mode::Embedded, None)
         };
