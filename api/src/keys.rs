@@ -7,7 +7,8 @@
 //! refresh tokens, which are not signed, outlive any rotation).
 //!
 //! Without a configured secret, one is generated at the first start and
-//! kept in `<data-dir>/jwt_secret`, created with mode 0600 (written to a
+//! kept in `<data-dir>/jwt_secret` (by the embedded node; the nodes of a
+//! cluster share one in their shared directory), created with mode 0600 (written to a
 //! temporary file of that mode, synced, renamed); a file found with wider
 //! permissions is narrowed, with a warning. The data directory itself is
 //! made 0700: the user store in it holds password hashes. Versions before

@@ -315,9 +315,7 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
             let defaults = NodeOptions::new(node, url, settings.data_dir.join("node"));
             let mut options = NodeOptions { ledger, events: Some(feeds), ..defaults };
             options.journal.replicas = journal_replicas;
-            if standby {
-                options.take_wait = Duration::MAX;
-            }
+            options.standby = standby;
             (LedgerHost::Node(Box::new(NodeLedger::open(options).await?)), Some(lock))
         }
     };

@@ -27,6 +27,7 @@
 
 mod cache;
 mod log;
+mod standby;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub struct NodeOptions {
     /// How long opening waits for shard leases another node still holds (a
     /// node that died: its leases expire); past it, opening fails.
     pub take_wait: Duration,
+    /// Waits before opening until no other node holds a shard and no
+    /// other start of this node runs, however long that takes ([`standby`]).
+    pub standby: bool,
     /// Where durable history goes for ledger events, if anywhere.
     pub events: Option<Arc<dyn EventSink>>,
     /// The node's own directory: its snapshots (`snapshots/`), locked
@@ -80,6 +84,7 @@ impl NodeOptions {
             ledger: LedgerConfig::default(),
             clock: Arc::new(SystemClock),
             take_wait,
+            standby: false,
             events: None,
             data_dir: data_dir.into(),
             checkpoint: CheckpointEvery { bytes: 64 << 20, check_ms: 500 },
@@ -176,6 +181,9 @@ impl NodeLedger {
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = JournalStream::connect(options.journal.clone()).await?;
         meta::ensure_shard_count(&stream, options.ledger.shard_count).await?;
+        if options.standby {
+            standby::wait(&stream, options.node, options.ledger.shard_count).await;
+        }
         let journal = NodeJournal::start(stream.clone(), options.node).await?;
         let (ledger, checkpoints, mut recovery) = match start(&options, stream, &journal).await {
             Ok(started) => started,
@@ -286,30 +294,13 @@ pub(crate) async fn take_every_shard(
     shard_count: u16,
     wait: Duration,
 ) -> Result<(), LeaseError> {
-    // No deadline: a standby waits however long another node holds them.
-    let deadline = Instant::now().checked_add(wait);
+    let deadline = Instant::now() + wait;
     let held = journal.shards();
-    let mut said = false;
     for shard in (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)) {
         loop {
             match journal.take(shard).await {
                 Ok(_) => break,
-                Err(LeaseError::Held { by, .. })
-                    if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
-                {
-                    if !said {
-                        tracing::info!(
-                            shard = shard.0,
-                            holder = by.0,
-                            "waiting for shards another node holds"
-                        );
-                        said = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(LeaseError::Changed { .. })
-                    if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
-                {
+                Err(LeaseError::Held { .. } | LeaseError::Changed { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(error),

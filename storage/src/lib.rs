@@ -17,8 +17,10 @@
 //!   durable state after a failure.
 //! - [`runs`]: immutable sorted runs: the transfer index and account history.
 //! - [`faults`]: named points where tests make storage fail or stop.
-//! - [`users`]: the API's user store (`users.sled`): users, emails, owned
-//!   accounts, risk rules as written, settings kept across restarts.
+//! - [`users`]: the API's user store: users, emails, owned accounts, risk
+//!   rules as written, settings kept across restarts.
+//! - [`tables`]: the tables it is written against (`users.sled` here, a
+//!   shared directory in cluster mode).
 //! - [`sessions`]: refresh-token sessions as the user store keeps them.
 
 use std::path::{Path, PathBuf};

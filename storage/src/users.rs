@@ -1,8 +1,9 @@
 //! The API's user store: users, their credentials, their sessions, which
-//! accounts each user owns, and risk rules, in `<data-dir>/users.sled`
-//! ([`FILE_NAME`]).
+//! accounts each user owns, and risk rules, over [`crate::tables`]: in
+//! `<data-dir>/users.sled` ([`FILE_NAME`]) for the embedded node, in the
+//! directory every node shares in cluster mode.
 //!
-//! Trees:
+//! Tables (sled trees in `users.sled`):
 //! - `users`: user UUID (16 bytes) -> [`StoredUser`] as JSON;
 //! - `emails`: normalised email -> user UUID, so an email is taken once;
 //! - `sessions`: user UUID ++ session UUID -> [`crate::sessions::SessionRecord`]

@@ -1,0 +1,52 @@
+//! A standby's wait (`wallet node --standby`): before it starts its journal,
+//! a standby waits until no other start of its node id runs and no other
+//! node holds any shard, so it never takes some shards and then waits for
+//! the rest (a live node that lost one shard's lease would never get it
+//! back), never supersedes a running start of its own id, and never shows
+//! as a live node while it waits.
+
+use std::time::Duration;
+
+use wallet_actors::ids::{NodeId, ShardId};
+
+use crate::journal::lease::{self, Leased};
+use crate::journal::{JournalStream, StreamError};
+
+/// How often a standby reads the leases (while the active node lives, two
+/// reads each time: its node lease and the first shard's).
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether `node` may start now: its own lease is free (a start of it that
+/// died has let it expire) and every shard is free or held by an earlier
+/// start of `node`, which a later start takes back at once.
+async fn free_for(stream: &JournalStream, node: NodeId, shard_count: u16) -> Result<bool, StreamError> {
+    if lease::holder(stream, Leased::Node(node)).await?.is_some() {
+        return Ok(false);
+    }
+    for shard in (0..shard_count).map(ShardId) {
+        if lease::holder(stream, Leased::Shard(shard)).await?.is_some_and(|(holder, _)| holder.node != node) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Returns once `node` may start; NATS errors meanwhile are waited out.
+pub(super) async fn wait(stream: &JournalStream, node: NodeId, shard_count: u16) {
+    let mut said = false;
+    loop {
+        match free_for(stream, node, shard_count).await {
+            Ok(true) => return,
+            Ok(false) if !said => {
+                tracing::info!(
+                    node = node.0,
+                    "standing by: another start holds the shards or this node's id"
+                );
+                said = true;
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "standing by: cannot read the leases now"),
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
