@@ -154,6 +154,7 @@ impl Application {
             metrics,
             host.file_journal_stats(),
         )
+        .with_journal_check(host.journal_check())
         .with_live_events(live, Duration::from_millis(settings.events_heartbeat_ms))
         .with_account_rules(AccountRules {
             allowed_assets: AllowedAssets::new(&settings.assets),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use wallet_actors::{Account, AccountId, Asset, Ledger, Rejection, UserId};
 use wallet_cluster::events::{LiveEvents, LiveOptions};
+use wallet_cluster::host::JournalCheck;
 use wallet_storage::users::{UserStore, UserStoreError};
 use wallet_storage::JournalStats;
 
@@ -64,6 +65,8 @@ pub struct AppState {
     /// Owners of accounts seen so far. An account's owner never changes, so
     /// this saves a shard round trip per transfer.
     owners: Arc<Mutex<HashMap<AccountId, UserId>>>,
+    /// A node's journal stopped without a failed write (fenced while paused).
+    journal_check: Option<JournalCheck>,
 }
 
 /// What accounts users may open.
@@ -119,7 +122,21 @@ impl AppState {
             rule_changes: Arc::default(),
             settled_assets: Arc::default(),
             owners: Arc::default(),
+            journal_check: None,
         }
+    }
+
+    /// Asks `check` too whether the process must restart ([`AppState::needs_restart`]).
+    pub fn with_journal_check(mut self, check: Option<JournalCheck>) -> AppState {
+        self.journal_check = check;
+        self
+    }
+
+    /// Whether the process can serve again only after a restart: a journal
+    /// write failed, or a node's journal was fenced (another start or node
+    /// took its lease while it was paused; its shards are someone else's).
+    pub fn needs_restart(&self) -> bool {
+        self.ledger.needs_restart() || self.journal_check.as_ref().is_some_and(|stopped| stopped())
     }
 
     /// Opens accounts under `rules`.

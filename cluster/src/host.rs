@@ -10,6 +10,9 @@ use wallet_storage::{EmbeddedLedger, JournalStats};
 
 use crate::node::NodeLedger;
 
+/// Says whether a ledger's journal stopped ([`LedgerHost::journal_check`]).
+pub type JournalCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// An open ledger and the storage under it.
 pub enum LedgerHost {
     /// The embedded single node.
@@ -47,6 +50,20 @@ impl LedgerHost {
             LedgerHost::Node(node) => {
                 let stats = node.journal().stats();
                 (stats.records.load(Ordering::Relaxed), stats.messages.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Whether the journal stopped without a failed write telling the
+    /// ledger (a node fenced by a renewal: another start or node took its
+    /// lease while it was paused): it stores nothing more, so it must not
+    /// go on answering as if it held the shards.
+    pub fn journal_check(&self) -> Option<JournalCheck> {
+        match self {
+            LedgerHost::Embedded(_) => None,
+            LedgerHost::Node(node) => {
+                let journal = node.journal().clone();
+                Some(Arc::new(move || journal.stopped()))
             }
         }
     }

@@ -19,7 +19,9 @@ use crate::state::AppState;
 /// After a failed journal write it cannot (see `Ledger::needs_restart`):
 /// then 503, so that an orchestrator's liveness probe restarts it and the
 /// restart recovers from what is on disk. A crashed shard does not count:
-/// it is rebuilt in the process (`/readyz` says 503 meanwhile).
+/// it is rebuilt in the process (`/readyz` says 503 meanwhile). Nor can a
+/// node whose journal was fenced (paused past its leases, another node
+/// serves its shards now): 503 too.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -32,7 +34,7 @@ use crate::state::AppState;
     ),
 )]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.ledger.needs_restart() {
+    if state.needs_restart() {
         return Err(ApiError::Unavailable);
     }
     Ok(Json(json!({ "status": "ok" })))
@@ -53,7 +55,7 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     // Between a shard's crash and its rebuild the ledger refuses work.
-    if !state.is_ready() || !state.ledger.is_serving() {
+    if !state.is_ready() || !state.ledger.is_serving() || state.needs_restart() {
         return Err(ApiError::Unavailable);
     }
     let probe = Asset::new("USD", 2).map_err(|_| ApiError::Internal)?;

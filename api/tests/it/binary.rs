@@ -223,3 +223,42 @@ async fn a_standby_node_takes_over_when_the_active_one_dies_and_honours_its_toke
     drop((standby, nats));
     Ok(())
 }
+
+/// A node paused (SIGSTOP) past its leases, while a standby took over,
+/// finds itself fenced at its first renewal once resumed and says it needs
+/// a restart (it stores nothing more; its shards are the standby's), even
+/// though no write of its failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_leases_asks_for_a_restart_once_resumed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats = wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?;
+    let url = nats.url();
+    let paused = Server::start_with(
+        &dir.path().join("node-1"),
+        Some("admin-password-1"),
+        &["--node-id", "1", "--nats-url", &url],
+    )?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let health = |base: &str, path: &str| {
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move { anyhow::Ok(client.get(url).send().await?.status()) }
+    };
+    anyhow::ensure!(health(&paused.base, "/healthz").await? == StatusCode::OK);
+    paused.signal("-STOP")?;
+    // Serves once the paused node's leases expired.
+    let standby = Server::start_with(
+        &dir.path().join("node-2"),
+        Some("admin-password-1"),
+        &["--node-id", "2", "--nats-url", &url, "--standby"],
+    )?;
+    paused.signal("-CONT")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&paused.base, "/healthz").await? != StatusCode::SERVICE_UNAVAILABLE {
+        anyhow::ensure!(Instant::now() < deadline, "the resumed node still says it is healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(health(&paused.base, "/readyz").await? == StatusCode::SERVICE_UNAVAILABLE);
+    anyhow::ensure!(health(&standby.base, "/readyz").await? == StatusCode::OK);
+    drop((paused, standby, nats));
+    Ok(())
+}
