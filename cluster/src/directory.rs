@@ -336,6 +336,10 @@ impl Tables for SharedDirectory {
         Box::pin(self.write_now(changes))
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn catch_up(&self) -> TablesFuture<'_, ()> {
         Box::pin(self.catch_up_now())
     }

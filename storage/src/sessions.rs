@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::tables::{Change, Expect, Stored, Table, Tables, Written};
+use crate::tables::{get_fresh, Change, Expect, Stored, Table, Tables, Written};
 use crate::users::UserStoreError;
 
 /// A session as stored.
@@ -80,14 +80,8 @@ impl SessionStore {
     /// moment ago).
     pub async fn get(&self, user: Uuid, session: Uuid) -> Result<Option<Session>, UserStoreError> {
         let key = key(user, session);
-        self.tables.current().await?;
-        let stored = match self.tables.get(Table::Sessions, &key)? {
-            Some(stored) => stored,
-            None => {
-                self.tables.catch_up().await?;
-                let Some(stored) = self.tables.get(Table::Sessions, &key)? else { return Ok(None) };
-                stored
-            }
+        let Some(stored) = get_fresh(self.tables.as_ref(), Table::Sessions, &key).await? else {
+            return Ok(None);
         };
         Ok(Some(Session { key, record: decode(&stored.bytes)?, stored }))
     }

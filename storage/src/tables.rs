@@ -152,6 +152,10 @@ pub trait Tables: Send + Sync {
     /// Applies `changes` together if every condition holds, durably.
     fn write(&self, changes: Vec<Change>) -> TablesFuture<'_, Written>;
 
+    /// Whether other processes write these tables (then local reads may lag
+    /// their writes, and [`Tables::current`] and [`Tables::catch_up`] wait).
+    fn shared(&self) -> bool;
+
     /// Returns once local reads show every write acknowledged before the call.
     fn catch_up(&self) -> TablesFuture<'_, ()>;
 
@@ -167,6 +171,25 @@ pub trait Tables: Send + Sync {
     /// Makes every write so far durable (writes already are when they
     /// answer; a store that buffers anything flushes it here).
     fn flush(&self) -> TablesFuture<'_, ()>;
+}
+
+/// Reads `key` from local state no older than [`Tables::current`] allows;
+/// when it is not there, catches up and reads again: a user made, a login,
+/// or an account opened on another node a moment ago is found.
+pub async fn get_fresh(
+    tables: &dyn Tables,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<Stored>, UserStoreError> {
+    if !tables.shared() {
+        return tables.get(table, key);
+    }
+    tables.current().await?;
+    if let Some(found) = tables.get(table, key)? {
+        return Ok(Some(found));
+    }
+    tables.catch_up().await?;
+    tables.get(table, key)
 }
 
 /// The tables as sled trees of one database (`<data-dir>/users.sled`).
@@ -254,6 +277,10 @@ impl Tables for SledTables {
             self.db.flush_async().await?;
             Ok(Written::Done)
         })
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 
     fn catch_up(&self) -> TablesFuture<'_, ()> {

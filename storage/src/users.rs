@@ -21,6 +21,7 @@
 //! Every write is flushed before it returns, so before the request that
 //! made it is answered.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::sessions::SessionStore;
-use crate::tables::{Change, Expect, SledTables, Stored, Table, Tables, Written};
+use crate::tables::{self, Change, Expect, SledTables, Stored, Table, Tables, Written};
 
 /// The store's directory in the data directory.
 pub const FILE_NAME: &str = "users.sled";
@@ -216,16 +217,29 @@ impl UserStore {
         self.tables.catch_up().await
     }
 
-    /// Reads `key`; when it is not there, catches up and reads again: a
-    /// user made, or an account opened, on another node a moment ago is
-    /// found.
+    /// [`tables::get_fresh`] on this store's tables.
     async fn get_fresh(&self, table: Table, key: &[u8]) -> Result<Option<Stored>, UserStoreError> {
-        self.tables.current().await?;
-        if let Some(found) = self.tables.get(table, key)? {
-            return Ok(Some(found));
+        tables::get_fresh(self.tables.as_ref(), table, key).await
+    }
+
+    /// Runs `attempt` until it ends (`Some`), catching up after each
+    /// conflict (`None`: a condition failed on what this node read), at most
+    /// [`ATTEMPTS_MAX`] times; `what` names the write for the error.
+    async fn until_written<T, Attempt>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut() -> Attempt,
+    ) -> Result<T, UserStoreError>
+    where
+        Attempt: Future<Output = Result<Option<T>, UserStoreError>>,
+    {
+        for _ in 0..ATTEMPTS_MAX {
+            if let Some(done) = attempt().await? {
+                return Ok(done);
+            }
+            self.tables.catch_up().await?;
         }
-        self.tables.catch_up().await?;
-        self.tables.get(table, key)
+        Err(too_busy(what))
     }
 
     /// Adds a user whose email is not taken.
@@ -245,18 +259,17 @@ impl UserStore {
     /// (then returns that one). Its email is not indexed: it never logs in
     /// with a password.
     pub async fn create_external(&self, user: &StoredUser) -> Result<StoredUser, UserStoreError> {
-        let value = encode(user, "user")?;
-        for _ in 0..ATTEMPTS_MAX {
+        let value = &encode(user, "user")?;
+        self.until_written("adding an external user", || async move {
             let change = Change::put(Table::Users, user.id.as_bytes(), value.clone());
             if self.tables.write(vec![change.expecting(Expect::Absent)]).await? == Written::Done {
-                return Ok(user.clone());
+                return Ok(Some(user.clone()));
             }
             // There, unless this node's copy had not seen it deleted: then again.
-            if let Some(stored) = self.get_fresh(Table::Users, user.id.as_bytes()).await? {
-                return decode(&stored.bytes, "user");
-            }
-        }
-        Err(too_busy("adding an external user"))
+            let stored = self.get_fresh(Table::Users, user.id.as_bytes()).await?;
+            stored.map(|stored| decode(&stored.bytes, "user")).transpose()
+        })
+        .await
     }
 
     /// A user by id (made on another node a moment ago too).
@@ -294,16 +307,18 @@ impl UserStore {
         id: Uuid,
         change: impl Fn(&mut StoredUser),
     ) -> Result<Option<StoredUser>, UserStoreError> {
-        loop {
-            let Some(current) = self.get_fresh(Table::Users, id.as_bytes()).await? else { return Ok(None) };
+        let change = &change;
+        self.until_written("changing a user", || async move {
+            let Some(current) = self.get_fresh(Table::Users, id.as_bytes()).await? else {
+                return Ok(Some(None));
+            };
             let mut user: StoredUser = decode(&current.bytes, "user")?;
             change(&mut user);
             let next = Change::put(Table::Users, id.as_bytes(), encode(&user, "user")?);
-            match self.tables.write(vec![next.expecting(Expect::Still(current))]).await? {
-                Written::Done => return Ok(Some(user)),
-                Written::Conflict => self.tables.catch_up().await?,
-            }
-        }
+            let written = self.tables.write(vec![next.expecting(Expect::Still(current))]).await?;
+            Ok((written == Written::Done).then_some(Some(user)))
+        })
+        .await
     }
 
     /// Ends every session of `user`: their refresh tokens stop working, and
@@ -348,22 +363,20 @@ impl UserStore {
         accounts_max: usize,
     ) -> Result<bool, UserStoreError> {
         let _opening = self.opening.lock().await;
-        loop {
+        self.until_written("opening an account under a cap", || async move {
             let guard = self.get_fresh(Table::Users, user.as_bytes()).await?;
             let counted = self.tables.scan(Table::OwnedAccounts, user.as_bytes(), b"", accounts_max)?.len();
             if counted >= accounts_max {
-                return Ok(false);
+                return Ok(Some(false));
             }
             let mut changes = vec![Change::put(Table::OwnedAccounts, owned_key(user, account), [])];
             if let Some(guard) = guard {
                 let same = Change::put(Table::Users, user.as_bytes(), guard.bytes.clone());
                 changes.push(same.expecting(Expect::Still(guard)));
             }
-            match self.tables.write(changes).await? {
-                Written::Done => return Ok(true),
-                Written::Conflict => self.tables.catch_up().await?,
-            }
-        }
+            Ok((self.tables.write(changes).await? == Written::Done).then_some(true))
+        })
+        .await
     }
 
     /// Forgets an index entry whose account was not opened for `user`.
@@ -426,34 +439,30 @@ impl UserStore {
         id: Uuid,
         change: impl Fn(&StoredRule) -> StoredRule,
     ) -> Result<Option<StoredRule>, UserStoreError> {
-        for _ in 0..ATTEMPTS_MAX {
+        let change = &change;
+        self.until_written("replacing a risk rule", || async move {
             let Some(stored) = self.get_fresh(Table::RiskRules, id.as_bytes()).await? else {
-                return Ok(None);
+                return Ok(Some(None));
             };
             let next = change(&decode(&stored.bytes, "risk rule")?);
             let write = Change::put(Table::RiskRules, id.as_bytes(), encode(&next, "risk rule")?);
-            if self.tables.write(vec![write.expecting(Expect::Still(stored))]).await? == Written::Done {
-                return Ok(Some(next));
-            }
-            self.tables.catch_up().await?;
-        }
-        Err(too_busy("replacing a risk rule"))
+            let written = self.tables.write(vec![write.expecting(Expect::Still(stored))]).await?;
+            Ok((written == Written::Done).then_some(Some(next)))
+        })
+        .await
     }
 
     /// Removes a risk rule; false when there was none.
     pub async fn remove_rule(&self, id: Uuid) -> Result<bool, UserStoreError> {
-        for _ in 0..ATTEMPTS_MAX {
+        // A conflict: replaced meanwhile (here or on another node), it still exists.
+        self.until_written("removing a risk rule", || async move {
             let Some(stored) = self.get_fresh(Table::RiskRules, id.as_bytes()).await? else {
-                return Ok(false);
+                return Ok(Some(false));
             };
             let change = Change::delete(Table::RiskRules, id.as_bytes()).expecting(Expect::Still(stored));
-            if self.tables.write(vec![change]).await? == Written::Done {
-                return Ok(true);
-            }
-            // Replaced meanwhile (here or on another node): it still exists.
-            self.tables.catch_up().await?;
-        }
-        Err(too_busy("removing a risk rule"))
+            Ok((self.tables.write(vec![change]).await? == Written::Done).then_some(true))
+        })
+        .await
     }
 
     /// A value kept in the `meta` table.
@@ -470,17 +479,15 @@ impl UserStore {
     /// Sets a value in the `meta` table unless one is there (set by any
     /// node); returns the value kept.
     pub async fn set_meta_once(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, UserStoreError> {
-        for _ in 0..ATTEMPTS_MAX {
+        self.until_written("setting a value once", || async move {
             let change = Change::put(Table::Meta, key.as_bytes(), value).expecting(Expect::Absent);
             if self.tables.write(vec![change]).await? == Written::Done {
-                return Ok(value.to_vec());
+                return Ok(Some(value.to_vec()));
             }
             // There, unless this node's copy had not seen it deleted: then again.
-            if let Some(kept) = self.get_fresh(Table::Meta, key.as_bytes()).await? {
-                return Ok(kept.bytes);
-            }
-        }
-        Err(too_busy("setting a value once"))
+            Ok(self.get_fresh(Table::Meta, key.as_bytes()).await?.map(|kept| kept.bytes))
+        })
+        .await
     }
 
     /// Removes a value from the `meta` table.
