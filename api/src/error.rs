@@ -122,6 +122,9 @@ pub enum ApiError {
     /// Storage failed or the service is stopping; the outcome may be unknown.
     #[error("the service is unavailable; the outcome is unknown, retry with the same id")]
     Unavailable,
+    /// A standby that waits for the shards (`wallet node --standby`); nothing was attempted.
+    #[error("this node is standing by for another; send requests to the active node")]
+    StandingBy,
     /// No answer in time; the outcome may be unknown.
     #[error("timed out; the outcome is unknown, retry with the same id")]
     Timeout,
@@ -243,6 +246,7 @@ impl ApiError {
             ApiError::LoginThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "login_throttled"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::StandingBy => (StatusCode::SERVICE_UNAVAILABLE, "standing_by"),
             ApiError::HashingBusy => (StatusCode::SERVICE_UNAVAILABLE, "hashing_busy"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -300,7 +304,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized { .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded | ApiError::HashingBusy => {
+            ApiError::Overloaded | ApiError::HashingBusy | ApiError::StandingBy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::RateLimited { retry_after_seconds }

@@ -53,6 +53,7 @@ pub mod routes;
 pub mod serve;
 pub mod sessions;
 pub mod settings;
+pub mod standing_by;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

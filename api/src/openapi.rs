@@ -163,8 +163,9 @@ const UNAVAILABLE: ErrorAnswer = ErrorAnswer {
     name: "Unavailable",
     description: "Storage failed, or the service is stopping or rebuilding (unavailable); the outcome \
         of a write is unknown: retry it with the same id. Or too many password checks at once \
-        (hashing_busy, with `Retry-After`): nothing was attempted.",
-    header: Some(("Retry-After", "Seconds to wait before retrying (with hashing_busy).")),
+        (hashing_busy, with `Retry-After`), or a standby node waits for the shards (standing_by, \
+        with `Retry-After`): nothing was attempted.",
+    header: Some(("Retry-After", "Seconds to wait before retrying (with hashing_busy and standing_by).")),
 };
 const TIMEOUT: ErrorAnswer = ErrorAnswer {
     status: 504,
@@ -288,6 +289,7 @@ mod tests {
             ApiError::Overloaded,
             ApiError::Internal,
             ApiError::Unavailable,
+            ApiError::StandingBy,
             ApiError::Timeout,
         ];
         for error in errors {

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use wallet_actors::ports::EventSink;
 use wallet_actors::LedgerConfig;
@@ -37,6 +38,7 @@ use crate::risk::RuleStartError;
 use crate::routes::{router, Limits};
 use crate::serve::{serve, ConnectionLimits};
 use crate::settings::Settings;
+use crate::standing_by;
 use crate::state::{AccountRules, AppState, Throttles};
 use crate::telemetry::prometheus;
 
@@ -134,7 +136,8 @@ impl Application {
         // Before the ledger opens: what it reports while opening (a node's
         // shards owned) would be lost without a recorder.
         let metrics = prometheus(Duration::from_secs(settings.metrics_idle_timeout_seconds));
-        let Opened { host, publisher, live, lock } = open_ledger(&settings, mode, lock).await?;
+        let (listener, opened) = open_ledger_on(listener, &settings, mode, lock, &metrics).await?;
+        let Opened { host, publisher, live, lock } = opened;
         let login_throttle = LoginThrottle::new(ThrottlePolicy {
             failures_before_delay: settings.login_failures_before_delay,
             delay_max: Duration::from_secs(settings.login_delay_max_seconds),
@@ -187,10 +190,7 @@ impl Application {
             generated_admin_password,
             admin_email: settings.admin_email.clone(),
             shutdown_grace,
-            connection_limits: ConnectionLimits {
-                connections_max: settings.connections_max as usize,
-                header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
-            },
+            connection_limits: connection_limits(&settings),
         })
     }
 
@@ -330,6 +330,34 @@ async fn open_ledger(settings: &Settings, mode: Mode, lock: DataDirLock) -> Resu
         _ => None,
     };
     Ok(Opened { host, publisher, live, lock })
+}
+
+/// Opens the ledger as [`open_ledger`] does; a standby, which waits there
+/// for as long as the active node lives, answers health checks and refuses
+/// other requests on `listener` meanwhile ([`crate::standing_by`]).
+async fn open_ledger_on(
+    listener: TcpListener,
+    settings: &Settings,
+    mode: Mode,
+    lock: DataDirLock,
+    metrics: &PrometheusHandle,
+) -> Result<(TcpListener, Opened), StartupError> {
+    if !matches!(mode, Mode::Node { standby: true, .. }) {
+        return Ok((listener, open_ledger(settings, mode, lock).await?));
+    }
+    let opening = open_ledger(settings, mode, lock);
+    let (listener, opened) =
+        standing_by::while_opening(listener, metrics.clone(), connection_limits(settings), opening)
+            .await
+            .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
+    Ok((listener, opened?))
+}
+
+fn connection_limits(settings: &Settings) -> ConnectionLimits {
+    ConnectionLimits {
+        connections_max: settings.connections_max as usize,
+        header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+    }
 }
 
 /// The NATS server a node needs.

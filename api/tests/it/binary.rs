@@ -183,32 +183,42 @@ async fn a_standby_node_takes_over_when_the_active_one_dies_and_honours_its_toke
     let admin = token(&client, &active.base, "admin@wallet.local", "admin-password-1").await?;
     let (account, deposit_id) = account_with_deposit(&client, &active.base, &admin, "5").await?;
 
-    let standby = {
-        let (url, data_2) = (url.clone(), data_2.clone());
-        std::thread::spawn(move || {
-            Server::start_with(
-                &data_2,
-                Some("admin-password-1"),
-                &["--node-id", "2", "--nats-url", &url, "--standby"],
-            )
-        })
+    // While it waits it says it is alive but not ready, and refuses the
+    // API at once (a load balancer's probe keeps it out meanwhile).
+    let standby = Server::start_until(
+        &data_2,
+        Some("admin-password-1"),
+        &["--node-id", "2", "--nats-url", &url, "--standby"],
+        "standing by",
+    )?;
+    let status = |path: &str| {
+        let (client, url, admin) = (client.clone(), format!("{}{path}", standby.base), admin.clone());
+        async move { anyhow::Ok(client.get(url).bearer_auth(admin).send().await?) }
     };
     tokio::time::sleep(Duration::from_secs(4)).await;
-    if standby.is_finished() {
-        let early = standby.join().map_err(|_| anyhow::anyhow!("the standby's start panicked"))?;
-        anyhow::bail!("the standby did not wait: {:?}", early.map(|server| server.base.clone()));
-    }
+    anyhow::ensure!(status("/healthz").await?.status() == StatusCode::OK, "a standby is not alive");
+    anyhow::ensure!(
+        status("/readyz").await?.status() == StatusCode::SERVICE_UNAVAILABLE,
+        "the standby did not wait"
+    );
+    let refused = status(&format!("/v1/accounts/{account}")).await?;
+    anyhow::ensure!(refused.headers().contains_key("retry-after"), "no Retry-After");
+    let refused: serde_json::Value = refused.json().await?;
+    anyhow::ensure!(refused["code"] == "standing_by", "{refused}");
+    anyhow::ensure!(status("/metrics").await?.status() == StatusCode::OK);
     account_with_deposit(&client, &active.base, &admin, "7")
         .await
         .context("the active node was disturbed")?;
 
     active.signal("-KILL")?;
     let killed = Instant::now();
-    let standby = standby.join().map_err(|_| anyhow::anyhow!("the standby's start panicked"))??;
+    // Leases of 2 s (node) and 3 s (shards), then a replay of the stream.
+    while status("/readyz").await?.status() != StatusCode::OK {
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(20), "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let took_over = killed.elapsed();
     eprintln!("the standby served {took_over:?} after the active node was killed");
-    // Leases of 2 s (node) and 3 s (shards), then a replay of the stream.
-    anyhow::ensure!(took_over < Duration::from_secs(20), "took {took_over:?}");
 
     // The token node 1 issued works on node 2, and node 1's books are there.
     let read =

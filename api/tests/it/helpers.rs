@@ -346,6 +346,17 @@ impl Server {
         admin_password: Option<&str>,
         extra: &[&str],
     ) -> anyhow::Result<Server> {
+        Server::start_until(dir, admin_password, extra, "serving")
+    }
+
+    /// Starts the binary on `dir` with extra flags and waits until it logs
+    /// `message` with its address ("serving", or "standing by" for a standby).
+    pub fn start_until(
+        dir: &std::path::Path,
+        admin_password: Option<&str>,
+        extra: &[&str],
+        message: &str,
+    ) -> anyhow::Result<Server> {
         let (mode, nats) = mode_args(dir, extra)?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_wallet"));
         command
@@ -392,7 +403,7 @@ impl Server {
                     password_line = Some(line.clone());
                 }
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if event["message"] == "serving" {
+                    if event["message"] == message {
                         address = event["address"].as_str().map(str::to_string);
                     }
                 }
