@@ -181,17 +181,24 @@ impl NodeLedger {
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = JournalStream::connect(options.journal.clone()).await?;
         meta::ensure_shard_count(&stream, options.ledger.shard_count).await?;
-        if options.standby {
-            standby::wait(&stream, options.node, options.ledger.shard_count).await;
-        }
-        let journal = NodeJournal::start(stream.clone(), options.node).await?;
-        let (ledger, checkpoints, mut recovery) = match start(&options, stream, &journal).await {
-            Ok(started) => started,
-            Err(error) => {
-                // What was taken is let go, so that a node that gave up
-                // does not keep others waiting for leases it will not use.
-                release_all(&journal).await;
-                return Err(error);
+        let (journal, (ledger, checkpoints, mut recovery)) = loop {
+            if options.standby {
+                standby::wait(&stream, options.node, options.ledger.shard_count).await;
+            }
+            let journal = NodeJournal::start(stream.clone(), options.node).await?;
+            match start(&options, stream.clone(), &journal).await {
+                Ok(started) => break (journal, started),
+                Err(error) => {
+                    // What was taken is let go, so that a node that gave up
+                    // does not keep others waiting for leases it will not use.
+                    release_all(&journal).await;
+                    if !(options.standby && standby::lost_the_race(&error)) {
+                        return Err(error);
+                    }
+                    // Dropped, the journal stops renewing this start's node
+                    // lease, which expires; then the wait can end again.
+                    tracing::info!(%error, "another standby took the shards first; standing by again");
+                }
             }
         };
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;

@@ -425,6 +425,11 @@ impl Server {
         Ok(Server { child, base: format!("http://{address}"), password, password_line, _nats: nats })
     }
 
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
         anyhow::ensure!(status.success(), "kill {signal} failed");

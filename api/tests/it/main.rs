@@ -12,6 +12,7 @@ mod event_books;
 mod event_schemas;
 mod event_stream;
 mod events;
+mod failover;
 mod hashing;
 mod helpers;
 mod hygiene;

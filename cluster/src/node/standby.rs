@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use wallet_actors::ids::{NodeId, ShardId};
 
-use crate::journal::lease::{self, Leased};
+use crate::journal::lease::{self, LeaseError, Leased};
 use crate::journal::{JournalStream, StreamError};
+use crate::node::NodeError;
 
 /// How often a standby reads the leases (while the active node lives, two
 /// reads each time: its node lease and the first shard's).
@@ -49,4 +50,12 @@ pub(super) async fn wait(stream: &JournalStream, node: NodeId, shard_count: u16)
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// Whether a standby's start failed because another standby, done waiting
+/// at the same moment, took the shards first: it stands by again rather
+/// than exit (each failover would cost a standby otherwise). Shards are
+/// taken in order from the first, so the one that took it takes them all.
+pub(super) fn lost_the_race(error: &NodeError) -> bool {
+    matches!(error, NodeError::Lease(LeaseError::Held { .. } | LeaseError::Changed { .. }))
 }
