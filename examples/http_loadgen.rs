@@ -15,6 +15,11 @@
 //! base URL, the token and the accounts as Lua to FILE, prints
 //! `{"ready":true,"base":...}`, and serves for S seconds, so that an
 //! external client (`scripts/http_bench` runs wrk) sends the load.
+//!
+//! With `--target URL` it starts nothing and drives a running server
+//! instead (`scripts/cluster_bench` points it at a `wallet node`), signed
+//! in as `--admin-email` with `$WALLET_ADMIN_PASSWORD`; give that server
+//! rate limits high enough for one client.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -52,6 +57,34 @@ struct Args {
     /// Where `--serve-for-s` writes the setup for wrk's Lua script.
     #[arg(long)]
     wrk_setup: Option<std::path::PathBuf>,
+    /// Drive this running server (its base URL) rather than one in process.
+    #[arg(long)]
+    target: Option<String>,
+    /// The administrator to sign in as with `--target`.
+    #[arg(long, default_value = "admin@wallet.local")]
+    admin_email: String,
+}
+
+/// The task of a server started here.
+type Serving = tokio::task::JoinHandle<Result<(), wallet_api::StartupError>>;
+
+/// The server load goes to: started here, or running elsewhere.
+struct Target {
+    base: String,
+    email: String,
+    password: String,
+    /// Stops the server started here, and its task.
+    local: Option<(tokio::sync::oneshot::Sender<()>, Serving)>,
+}
+
+impl Target {
+    async fn stop(self) -> anyhow::Result<()> {
+        if let Some((stop, server)) = self.local {
+            let _ = stop.send(());
+            server.await??;
+        }
+        Ok(())
+    }
 }
 
 const ADMIN_EMAIL: &str = "admin@loadgen.example";
@@ -165,9 +198,8 @@ async fn client_loop(
     anyhow::Ok((histogram, ok, failed))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data_dir = dir.path().to_string_lossy().to_string();
+async fn start_local(args: &Args, dir: &std::path::Path) -> anyhow::Result<Target> {
+    let data_dir = dir.to_string_lossy().to_string();
     let shards = args.shards.to_string();
     let settings = Settings::from_args([
         "--data-dir",
@@ -201,9 +233,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
+    Ok(Target {
+        base,
+        email: ADMIN_EMAIL.to_string(),
+        password: ADMIN_PASSWORD.to_string(),
+        local: Some((stop, server)),
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let target = match &args.target {
+        Some(base) => Target {
+            base: base.trim_end_matches('/').to_string(),
+            email: args.admin_email.clone(),
+            password: std::env::var("WALLET_ADMIN_PASSWORD")
+                .context("--target needs $WALLET_ADMIN_PASSWORD")?,
+            local: None,
+        },
+        None => start_local(&args, dir.path()).await?,
+    };
+    let base = target.base.clone();
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build()?;
 
-    let login = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD});
+    let login = json!({"email": target.email, "password": target.password});
     let token: Value = client.post(format!("{base}/v1/auth/token")).json(&login).send().await?.json().await?;
     let token = Arc::new(token["access_token"].as_str().context("no token")?.to_string());
 
@@ -229,9 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&path, lua)?;
         println!("{}", json!({"ready": true, "base": base}));
         tokio::time::sleep(Duration::from_secs(serve_s)).await;
-        let _ = stop.send(());
-        server.await??;
-        return Ok(());
+        return target.stop().await;
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
@@ -251,8 +302,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await??;
+    target.stop().await?;
     println!(
         "{}",
         json!({

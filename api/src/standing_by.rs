@@ -57,20 +57,17 @@ pub async fn while_opening<T>(
         tracing::info!(%address, "standing by");
     }
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<()>();
-    let standing_by = serve(copy, router(metrics), limits, async move {
+    // A task of its own: health checks are answered while the opening
+    // replays, however long it holds its task.
+    let mut standing_by = tokio::spawn(serve(copy, router(metrics), limits, async move {
         let _ = opened_rx.await;
-    });
-    let opened = async move {
-        let opened = opening.await;
-        let _ = opened_tx.send(());
-        opened
-    };
-    let mut standing_by = std::pin::pin!(standing_by);
+    }));
     let opened = tokio::select! {
-        opened = opened => opened,
-        // It stops only once told to, which the other branch does.
-        () = &mut standing_by => return Err(io::Error::other("the standing-by server stopped early")),
+        opened = opening => opened,
+        // It stops only once told to; a panic in it ends the start.
+        _ = &mut standing_by => return Err(io::Error::other("the standing-by server stopped early")),
     };
+    let _ = opened_tx.send(());
     // The copy stops accepting at once; then its open connections get a
     // moment to finish.
     let _ = tokio::time::timeout(HAND_OVER_GRACE, standing_by).await;

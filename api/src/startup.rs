@@ -79,6 +79,10 @@ pub enum StartupError {
         /// The error.
         source: std::io::Error,
     },
+    /// A standby could not answer health checks while it waited (no
+    /// descriptor for a copy of its socket, or that server stopped).
+    #[error("answering health checks while standing by: {0}")]
+    StandingBy(std::io::Error),
 }
 
 /// A built, bound, not yet serving application.
@@ -349,7 +353,7 @@ async fn open_ledger_on(
     let (listener, opened) =
         standing_by::while_opening(listener, metrics.clone(), connection_limits(settings), opening)
             .await
-            .map_err(|source| StartupError::Bind { address: settings.listen, source })?;
+            .map_err(StartupError::StandingBy)?;
     Ok((listener, opened?))
 }
 

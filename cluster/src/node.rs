@@ -250,7 +250,10 @@ async fn start(
     journal: &NodeJournal,
 ) -> Result<(Ledger, Checkpoints<StreamLog>, NodeRecovery), NodeError> {
     let shard_count = options.ledger.shard_count;
-    take_every_shard(journal, shard_count, options.take_wait).await?;
+    // A shard held when a standby's wait just found them all free is
+    // another standby's, taking them all: no use waiting for it.
+    let take_wait = if options.standby { Duration::ZERO } else { options.take_wait };
+    take_every_shard(journal, shard_count, take_wait).await?;
     // Every shard's lease is held (fencing every earlier writer), so what
     // the stream holds now is all there is.
     let snapshots =

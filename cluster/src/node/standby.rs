@@ -52,10 +52,15 @@ pub(super) async fn wait(stream: &JournalStream, node: NodeId, shard_count: u16)
     }
 }
 
-/// Whether a standby's start failed because another standby, done waiting
-/// at the same moment, took the shards first: it stands by again rather
-/// than exit (each failover would cost a standby otherwise). Shards are
-/// taken in order from the first, so the one that took it takes them all.
+/// Whether a standby's start failed taking the shards because another
+/// standby, done waiting at the same moment, took them first (shards are
+/// taken in order from the first, so the one that took it takes them all),
+/// or because a take's outcome is unknown (NATS slow or away; such a lease
+/// expires, and the next wait counts it as this node's own): it stands by
+/// again rather than exit, which would cost a standby at each failover.
 pub(super) fn lost_the_race(error: &NodeError) -> bool {
-    matches!(error, NodeError::Lease(LeaseError::Held { .. } | LeaseError::Changed { .. }))
+    matches!(
+        error,
+        NodeError::Lease(LeaseError::Held { .. } | LeaseError::Changed { .. } | LeaseError::Stream(_))
+    )
 }
