@@ -142,16 +142,29 @@ pub async fn stream_events(url: &str) -> anyhow::Result<Vec<LedgerEvent>> {
 }
 
 /// Every message in the stream as the JSON it was sent as (no field dropped
-/// or defaulted by a Rust type), in stream order.
+/// or defaulted by a Rust type), in stream order, read by an ordered
+/// consumer (a failover test's stream holds hundreds of thousands).
 pub async fn stream_json(url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    use futures_util::StreamExt;
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("WALLET_EVENTS").await?;
     let last = stream.get_info().await?.state.last_sequence;
     let mut events = Vec::new();
-    for sequence in 1..=last {
-        let message = stream.direct_get(sequence).await?;
+    if last == 0 {
+        return Ok(events);
+    }
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
+        anyhow::ensure!(sequence == events.len() as u64 + 1, "stream message {sequence} out of order");
         events.push(serde_json::from_slice(&message.payload)?);
+        if sequence == last {
+            break;
+        }
     }
     Ok(events)
 }

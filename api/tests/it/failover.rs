@@ -2,7 +2,8 @@
 //! real `wallet node --standby` processes on one real nats-server: a
 //! standby takes over each time (and one that lost the race to another
 //! stands by again), no transfer that got a 2xx is lost or applied twice,
-//! every refused one changed nothing, and the books balance.
+//! every refused one changed nothing, the books balance, and the ledger
+//! events on the same server hold every change once, in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::event_books::{self, Books};
 use crate::helpers::{login, Server};
 
 const NODES: usize = 3;
@@ -233,7 +235,11 @@ async fn killing_the_serving_node_again_and_again_loses_and_repeats_nothing() ->
     for (index, node) in nodes.iter_mut().enumerate() {
         anyhow::ensure!(node.running()?, "node {} exited", index + 1);
     }
-    check_books(&client, &base, &admin, &accounts, &sent).await
+    check_books(&client, &base, &admin, &accounts, &sent).await?;
+    // Events, whichever node published them, across four failovers: each
+    // account's once each, in order, up to what the API says.
+    let books = Books { client, base, user: admin, accounts: accounts.to_vec() };
+    event_books::wait_until_published(&url, &books).await
 }
 
 /// Every transfer whose outcome a client never learnt is looked up; then
