@@ -8,6 +8,7 @@ mod auth;
 mod binary;
 mod bootstrap;
 mod business_limits;
+mod cluster_load;
 mod event_books;
 mod event_schemas;
 mod event_stream;
