@@ -185,7 +185,17 @@ impl NodeLedger {
             if options.standby {
                 standby::wait(&stream, options.node, options.ledger.shard_count).await;
             }
-            let journal = NodeJournal::start(stream.clone(), options.node).await?;
+            let journal = match NodeJournal::start(stream.clone(), options.node).await {
+                Ok(journal) => journal,
+                Err(error) => {
+                    let error = NodeError::from(error);
+                    if !(options.standby && standby::lost_the_race(&error)) {
+                        return Err(error);
+                    }
+                    tracing::info!(%error, "the node lease was not taken; standing by again");
+                    continue;
+                }
+            };
             match start(&options, stream.clone(), &journal).await {
                 Ok(started) => break (journal, started),
                 Err(error) => {

@@ -3,7 +3,7 @@
 //! sending transfers over HTTP to whichever node serves (the same id until
 //! an answer says what became of it), and the checks at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
+use wallet_actors::events::{EventSide, LedgerEvent};
 
 use crate::event_books::{self, Books};
 use crate::helpers::{login, Server};
@@ -28,10 +29,12 @@ const ADMIN_PASSWORD: &str = "admin-password-1";
 enum Outcome {
     /// 200 or 201: applied.
     Applied,
-    /// A 4xx: refused, nothing changed.
+    /// 422: refused (insufficient funds), nothing changed.
     Refused,
     /// No definitive answer before the load stopped.
     Unknown,
+    /// A 4xx a good request should never get.
+    Unexpected(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -102,13 +105,12 @@ async fn send(
                 .await;
             match reply.map(|reply| reply.status()) {
                 Ok(StatusCode::OK | StatusCode::CREATED) => return Outcome::Applied,
+                // Insufficient funds: the only refusal this load meets.
+                Ok(StatusCode::UNPROCESSABLE_ENTITY) => return Outcome::Refused,
                 // 409 in_flight: an earlier attempt still runs; 429: later.
-                Ok(status)
-                    if status.is_client_error()
-                        && ![StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS].contains(&status) =>
-                {
-                    return Outcome::Refused
-                }
+                Ok(StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS) => {}
+                // A node answering 400, 401 or 404 to a good request is a bug.
+                Ok(status) if status.is_client_error() => return Outcome::Unexpected(status.as_u16()),
                 // A standby, a node going down, a time-out: the outcome is
                 // unknown until an answer with the same id says.
                 _ => {}
@@ -179,6 +181,8 @@ pub struct Cluster {
     accounts: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<HashMap<Uuid, Sent>>>,
+    /// Restarts of nodes that asked for one.
+    pub restarts: usize,
 }
 
 impl Cluster {
@@ -203,12 +207,29 @@ impl Cluster {
                 tokio::spawn(client_loop(client, bases, admin, accounts.clone(), stop.clone()))
             })
             .collect();
-        Ok(Cluster { dir, nats, url, nodes, bases, client, admin, accounts, stop, clients })
+        Ok(Cluster { dir, nats, url, nodes, bases, client, admin, accounts, stop, clients, restarts: 0 })
     }
 
-    /// The node that serves, once one does.
-    pub async fn serving(&self) -> anyhow::Result<usize> {
-        serving(&self.client, &self.bases, Duration::from_secs(30)).await
+    /// The node that serves, once one does (within `within`); meanwhile a
+    /// node that asks for a restart (`/healthz` 503: its journal stopped)
+    /// gets one, as an orchestrator's liveness probe would give it.
+    pub async fn serving(&mut self, within: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            for index in 0..NODES {
+                let base = bases_now(&self.bases)[index].clone();
+                if needs_restart(&self.client, &base).await {
+                    eprintln!("node {} asks for a restart", index + 1);
+                    self.restarts += 1;
+                    self.restart(index)?;
+                }
+            }
+            if let Ok(index) = serving(&self.client, &self.bases, Duration::ZERO).await {
+                return Ok(index);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no node serves after {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Kills node `index` (if it runs) and starts it again as a standby.
@@ -250,22 +271,32 @@ impl Cluster {
             );
             transfer.outcome = learnt.await.context("an outcome stayed unknown for 60 s")?;
         }
-        // Every node is up: two stand by, one serves (none exited on losing a race).
-        let now = self.serving().await?;
-        let base = bases_now(&self.bases)[now].clone();
+        // Every node is up: one serves, the others stand by (none exited
+        // on losing a race, none left asking for a restart).
+        let now = self.serving(Duration::from_secs(60)).await?;
+        eprintln!("{} restarts of nodes that asked for one", self.restarts);
+        let bases = bases_now(&self.bases);
         for (index, node) in self.nodes.iter_mut().enumerate() {
             anyhow::ensure!(node.running()?, "node {} exited", index + 1);
+            let health = self.client.get(format!("{}/healthz", bases[index])).send().await?;
+            let health: serde_json::Value = health.json().await?;
+            let expected = if index == now { "ok" } else { "standing_by" };
+            anyhow::ensure!(health["status"] == expected, "node {}: {health}", index + 1);
         }
-        check_books(&self.client, &base, &self.admin, &self.accounts, &sent).await?;
+        let base = bases[now].clone();
+        let stored = check_books(&self.client, &base, &self.admin, &self.accounts, &sent).await?;
         // Events, whichever node published them: each account's once
-        // each, in order, up to what the API says.
+        // each, in order, up to what the API says, and telling what the
+        // stored transfers did.
         let books = Books {
             client: self.client.clone(),
             base,
             user: self.admin.clone(),
             accounts: self.accounts.to_vec(),
         };
-        event_books::wait_until_published(&self.url, &books).await
+        event_books::wait_until_published(&self.url, &books).await?;
+        let events = event_books::stream_events(&self.url).await?;
+        check_events(&events, &self.accounts, &sent, &stored)
     }
 }
 
@@ -277,7 +308,7 @@ async fn check_books(
     admin: &str,
     accounts: &[String],
     sent: &HashMap<Uuid, Sent>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<HashSet<Uuid>> {
     // Looked up 16 at a time: a run applies tens of thousands.
     let lookups = futures_util::stream::iter(sent.iter().map(|(id, transfer)| async move {
         let found = client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(admin).send().await?;
@@ -290,15 +321,18 @@ async fn check_books(
     let looked_up: Vec<_> = lookups.buffer_unordered(16).collect().await;
     let mut expected = [FUNDING; ACCOUNTS];
     let (mut applied, mut refused) = (0, 0);
+    let mut stored_ids = HashSet::new();
     for looked_up in looked_up {
         let (id, transfer, stored) = looked_up?;
         match transfer.outcome {
             Outcome::Applied => anyhow::ensure!(stored, "acknowledged transfer {id} is missing"),
             Outcome::Refused => anyhow::ensure!(!stored, "refused transfer {id} was stored"),
             Outcome::Unknown => anyhow::bail!("transfer {id}: outcome still unknown"),
+            Outcome::Unexpected(status) => anyhow::bail!("transfer {id} was answered {status}"),
         }
         if stored {
             applied += 1;
+            stored_ids.insert(id);
             expected[transfer.from] -= transfer.amount;
             expected[transfer.to] += transfer.amount;
         } else if transfer.outcome == Outcome::Refused {
@@ -319,5 +353,54 @@ async fn check_books(
     }
     let total: i64 = expected.iter().sum();
     anyhow::ensure!(total == FUNDING * ACCOUNTS as i64, "the books do not balance: {total}");
+    Ok(stored_ids)
+}
+
+/// Each account's events tell what happened to it: every transfer event
+/// moves `available` by its amount from the event before (no hold is used
+/// here), and the transfers they name are the stored ones that touch the
+/// account, once each, and its funding deposit.
+fn check_events(
+    events: &[LedgerEvent],
+    accounts: &[String],
+    sent: &HashMap<Uuid, Sent>,
+    stored: &HashSet<Uuid>,
+) -> anyhow::Result<()> {
+    for (index, account) in accounts.iter().enumerate() {
+        let mut available = 0i64;
+        let mut named = HashSet::new();
+        for event in events.iter().filter(|event| &event.account_id == account) {
+            if let (Some(id), Some(side), Some(amount)) = (&event.transfer_id, &event.side, &event.amount) {
+                let amount: i64 = amount.parse()?;
+                available += if *side == EventSide::Debit { -amount } else { amount };
+                anyhow::ensure!(
+                    named.insert(id.clone()),
+                    "account {account}: transfer {id} twice in its events"
+                );
+            }
+            let shown: i64 = event.balance.available.parse()?;
+            anyhow::ensure!(
+                shown == available,
+                "account {account}, event {}: balance {shown} where its events sum to {available}",
+                event.sequence
+            );
+        }
+        let touching: HashSet<String> = sent
+            .iter()
+            .filter(|(id, transfer)| stored.contains(id) && (transfer.from == index || transfer.to == index))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let missing = touching.difference(&named).count();
+        anyhow::ensure!(missing == 0, "account {account}: {missing} stored transfers have no event");
+        let others: Vec<&String> = named.difference(&touching).collect();
+        anyhow::ensure!(others.len() == 1, "account {account}: events of transfers never stored: {others:?}");
+    }
     Ok(())
+}
+
+/// Whether the node at `base` answers `/healthz` 503: it cannot serve
+/// again without a restart.
+async fn needs_restart(client: &reqwest::Client, base: &str) -> bool {
+    let probe = client.get(format!("{base}/healthz")).timeout(Duration::from_secs(2)).send().await;
+    probe.is_ok_and(|reply| reply.status() == StatusCode::SERVICE_UNAVAILABLE)
 }

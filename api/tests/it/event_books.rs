@@ -157,15 +157,20 @@ pub async fn stream_json(url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let consumer =
         stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await?;
     let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
-        anyhow::ensure!(sequence == events.len() as u64 + 1, "stream message {sequence} out of order");
-        events.push(serde_json::from_slice(&message.payload)?);
-        if sequence == last {
-            break;
+    let read = async {
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
+            anyhow::ensure!(sequence == events.len() as u64 + 1, "a gap in the stream before {sequence}");
+            events.push(serde_json::from_slice(&message.payload)?);
+            if sequence >= last {
+                break;
+            }
         }
-    }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.context("reading the stream took 60 s")??;
+    anyhow::ensure!(events.len() as u64 == last, "read {} of {last} events", events.len());
     Ok(events)
 }
 
