@@ -185,30 +185,14 @@ impl NodeLedger {
             if options.standby {
                 standby::wait(&stream, options.node, options.ledger.shard_count).await;
             }
-            let journal = match NodeJournal::start(stream.clone(), options.node).await {
-                Ok(journal) => journal,
-                Err(error) => {
-                    let error = NodeError::from(error);
-                    if !(options.standby && standby::lost_the_race(&error)) {
-                        return Err(error);
-                    }
-                    tracing::info!(%error, "the node lease was not taken; standing by again");
-                    continue;
+            match start_journal_and_ledger(&options, &stream).await {
+                Ok(opened) => break opened,
+                // Its journal dropped, this start's node lease expires;
+                // then the wait can end again.
+                Err(error) if options.standby && standby::lost_the_race(&error) => {
+                    tracing::info!(%error, "another start took the leases first; standing by again");
                 }
-            };
-            match start(&options, stream.clone(), &journal).await {
-                Ok(started) => break (journal, started),
-                Err(error) => {
-                    // What was taken is let go, so that a node that gave up
-                    // does not keep others waiting for leases it will not use.
-                    release_all(&journal).await;
-                    if !(options.standby && standby::lost_the_race(&error)) {
-                        return Err(error);
-                    }
-                    // Dropped, the journal stops renewing this start's node
-                    // lease, which expires; then the wait can end again.
-                    tracing::info!(%error, "another standby took the shards first; standing by again");
-                }
+                Err(error) => return Err(error),
             }
         };
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -249,6 +233,23 @@ impl NodeLedger {
         self.checkpoints.stop(checkpoint).await;
         release_all(&self.journal).await;
         metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
+    }
+}
+
+/// Starts the node's journal, then [`start`]; when that fails, what was
+/// taken is let go, so that a node that gave up does not keep others
+/// waiting for leases it will not use.
+async fn start_journal_and_ledger(
+    options: &NodeOptions,
+    stream: &JournalStream,
+) -> Result<(NodeJournal, (Ledger, Checkpoints<StreamLog>, NodeRecovery)), NodeError> {
+    let journal = NodeJournal::start(stream.clone(), options.node).await?;
+    match start(options, stream.clone(), &journal).await {
+        Ok(started) => Ok((journal, started)),
+        Err(error) => {
+            release_all(&journal).await;
+            Err(error)
+        }
     }
 }
 

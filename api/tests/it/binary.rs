@@ -7,7 +7,7 @@ use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{failed_start, login as token, Server};
+use crate::helpers::{account_with_deposit, failed_start, login as token, Server};
 
 /// SIGTERM stops the binary cleanly (exit 0), and what it acknowledged is
 /// there when it starts again on the same directory.
@@ -145,30 +145,6 @@ async fn a_second_node_start_on_the_same_directory_leaves_the_first_serving() ->
     account_with_deposit(&client, &base, &admin, "5").await.context("the running node was fenced")?;
     drop(server);
     Ok(())
-}
-
-/// Opens a EUR account as `admin` and deposits `amount` into it; returns
-/// the account's id and the deposit's.
-async fn account_with_deposit(
-    client: &reqwest::Client,
-    base: &str,
-    admin: &str,
-    amount: &str,
-) -> anyhow::Result<(String, String)> {
-    let reply = client
-        .post(format!("{base}/v1/accounts"))
-        .bearer_auth(admin)
-        .json(&json!({"asset": "EUR"}))
-        .send()
-        .await?;
-    anyhow::ensure!(reply.status() == StatusCode::CREATED, "opening an account: {}", reply.status());
-    let account =
-        reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
-    let deposit_id = uuid::Uuid::new_v4().to_string();
-    let deposit = json!({"id": deposit_id, "account_id": account, "amount": amount});
-    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(admin).json(&deposit).send().await?;
-    anyhow::ensure!(reply.status() == StatusCode::CREATED, "depositing: {}", reply.status());
-    Ok((account, deposit_id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

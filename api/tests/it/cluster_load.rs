@@ -16,7 +16,7 @@ use uuid::Uuid;
 use wallet_actors::events::{EventSide, LedgerEvent};
 
 use crate::event_books::{self, Books};
-use crate::helpers::{login, Server};
+use crate::helpers::{account_with_deposit, login, Server};
 
 pub const NODES: usize = 3;
 const ACCOUNTS: usize = 8;
@@ -151,18 +151,7 @@ async fn client_loop(
 async fn open_accounts(client: &reqwest::Client, base: &str, admin: &str) -> anyhow::Result<Vec<String>> {
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
-        let opened = client
-            .post(format!("{base}/v1/accounts"))
-            .bearer_auth(admin)
-            .json(&json!({"asset": "EUR"}))
-            .send()
-            .await?;
-        anyhow::ensure!(opened.status() == StatusCode::CREATED, "opening: {}", opened.status());
-        let account = opened.json::<serde_json::Value>().await?["id"].as_str().context("no id")?.to_string();
-        let deposit = json!({"id": Uuid::new_v4(), "account_id": account, "amount": FUNDING.to_string()});
-        let funded =
-            client.post(format!("{base}/v1/deposits")).bearer_auth(admin).json(&deposit).send().await?;
-        anyhow::ensure!(funded.status() == StatusCode::CREATED, "depositing: {}", funded.status());
+        let (account, _) = account_with_deposit(client, base, admin, &FUNDING.to_string()).await?;
         accounts.push(account);
     }
     Ok(accounts)

@@ -514,3 +514,27 @@ impl Drop for Server {
         }
     }
 }
+
+/// Opens a EUR account as `admin` and deposits `amount` into it; returns
+/// the account's id and the deposit's.
+pub async fn account_with_deposit(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    amount: &str,
+) -> anyhow::Result<(String, String)> {
+    let reply = client
+        .post(format!("{base}/v1/accounts"))
+        .bearer_auth(admin)
+        .json(&json!({"asset": "EUR"}))
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status() == StatusCode::CREATED, "opening an account: {}", reply.status());
+    let account =
+        reply.json::<serde_json::Value>().await?["id"].as_str().context("no account id")?.to_string();
+    let deposit_id = uuid::Uuid::new_v4().to_string();
+    let deposit = json!({"id": deposit_id, "account_id": account, "amount": amount});
+    let reply = client.post(format!("{base}/v1/deposits")).bearer_auth(admin).json(&deposit).send().await?;
+    anyhow::ensure!(reply.status() == StatusCode::CREATED, "depositing: {}", reply.status());
+    Ok((account, deposit_id))
+}
