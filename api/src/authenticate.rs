@@ -44,10 +44,8 @@ pub async fn caller_from_headers(headers: &HeaderMap, state: &AppState) -> Resul
         return Caller::enabled(user);
     }
     let verified = state.tokens.verify(token)?;
-    let user = state.users.get(verified.user_id).await.map_err(|error| {
-        tracing::error!(%error, "reading a user failed");
-        ApiError::Internal
-    })?;
+    // A directory out of reach is `unavailable` (503, retry), as elsewhere.
+    let user = state.users.get(verified.user_id).await?;
     let user = user.ok_or(ApiError::Unauthorized {
         code: "invalid_token",
         detail: "the access token's user does not exist",

@@ -132,6 +132,28 @@ async fn after_a_journal_failure_healthz_asks_for_a_restart() -> anyhow::Result<
     Ok(())
 }
 
+/// A node that cannot reach the directory it shares with the others (NATS
+/// away) answers an authenticated request 503 `unavailable`, to be retried,
+/// as it answers a transfer: not 500, which says the request itself broke
+/// something.
+#[tokio::test]
+async fn a_node_whose_directory_is_out_of_reach_answers_unavailable() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn().await?;
+    let (_, token) = app.user("kim").await?;
+    let Some(nats) = app.nats_mut() else { return Ok(()) };
+    nats.kill()?;
+    // Past the time a node answers from its copy without confirming it.
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let reply = app.get("/v1/users/me", Some(&token)).await?;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{}",
+        reply.body
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn logins_are_rate_limited() -> anyhow::Result<()> {
     // The helper logs the admin in once, leaving two.
