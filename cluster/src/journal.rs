@@ -138,6 +138,9 @@ fn stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// How long the server remembers a message id (JetStream's default).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// Bytes of a message's `max_payload` left for its headers.
 const HEADER_ROOM_BYTES: usize = 4096;
 
@@ -205,6 +208,9 @@ impl JournalStream {
             num_replicas: replicas,
             allow_atomic_publish: true,
             allow_message_ttl: true,
+            // A write asked again with its id is stored once within it:
+            // far longer than a writer asks (`node_lease_ttl`).
+            duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
         js.create_or_update_stream(config).await.map_err(nats_error)?;

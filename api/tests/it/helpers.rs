@@ -106,6 +106,11 @@ impl TestApp {
 
     /// Starts on `dir` with extra flags.
     pub async fn spawn_with(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestApp> {
+        // The server's warnings and errors, shown with a failed test's output
+        // (`RUST_LOG` for more).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let mut flags = extra.to_vec();
         let (mode, nats) = if node_mode() {
             // A test that runs its own server for events keeps the journal there too.

@@ -16,10 +16,18 @@
 //!   node is fenced; this and every later record fails with
 //!   [`JournalError::Fenced`] (a renewal of this start whose answer was
 //!   lost is told apart by reading the lease, and the write goes again);
-//! - anything else (time-out, lost connection): the message may or may not
-//!   be stored, so its records fail, and so does every later one, as a file
-//!   journal does after a failed write: only reading the stream back tells
-//!   what is durable.
+//! - no answer in time, or a lost connection: the message may or may not be
+//!   stored. Every message carries a `Nats-Msg-Id` of its own, so the
+//!   writer asks again with the same id (renewing the leases when due
+//!   meanwhile): the server stores it once, whether or not the first try
+//!   got there, and the answer to a later try settles the outcome (a server
+//!   that stalled for a second, a reconnect). Nothing later is sent
+//!   meanwhile, so order is kept. Past [`JournalOptions::node_lease_ttl`]
+//!   of asking (the node's lease is most likely gone by then) its records
+//!   fail, and so does every later one, as a file journal does after a
+//!   failed write: only reading the stream back tells what is durable.
+//!
+//! [`JournalOptions::node_lease_ttl`]: super::JournalOptions::node_lease_ttl
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +53,10 @@ use super::{journal_subject, JournalStream};
 /// which takes at most 1,000 messages (the server's default), one of them
 /// the node's own lease.
 pub const SHARDS_PER_NODE_MAX: usize = 999;
+
+/// How long the writer waits before it asks again about a write whose
+/// outcome is unknown (a lost connection fails at once).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the writer did, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -152,6 +164,7 @@ impl NodeJournal {
             held: held.clone(),
             failed: None,
             next_renewal: Instant::now() + stream_renew_every,
+            writes: 0,
             stats: stats.clone(),
             #[cfg(feature = "fault-injection")]
             stall: None,
@@ -256,6 +269,8 @@ struct Writer {
     failed: Option<JournalError>,
     /// When the leases are renewed next, whether or not writes are queued.
     next_renewal: Instant,
+    /// Messages written so far: with the holder, each one's `Nats-Msg-Id`.
+    writes: u64,
     stats: Arc<JournalStats>,
     #[cfg(feature = "fault-injection")]
     stall: Option<std::time::Duration>,
@@ -418,6 +433,9 @@ impl Writer {
             }
         }
         let payload = Bytes::from(message.bytes);
+        self.writes += 1;
+        let id = format!("{}-{:x}-{}", self.holder.node.0, self.holder.incarnation, self.writes);
+        let first_sent = Instant::now();
         let outcome = loop {
             if payload.is_empty() {
                 break self.failed.map_or(Ok(()), Err);
@@ -426,14 +444,9 @@ impl Writer {
             let (Some(node_lease), None) = (node_lease, self.failed) else {
                 break Err(self.failed.unwrap_or(JournalError::Fenced));
             };
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Expected-Last-Subject-Sequence", node_lease.sequence.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", node_lease.of.subject().as_str());
-            let subject = journal_subject(self.holder.node);
-            let outgoing = Outgoing { subject, headers, payload: payload.clone() };
             let sent = Instant::now();
-            match publish(&self.stream, vec![outgoing]).await.map_err(|error| error.kind()) {
-                Ok(_) => {
+            match self.publish(&payload, &id, node_lease).await {
+                Ok(()) => {
                     self.stats.messages.fetch_add(1, Ordering::Relaxed);
                     self.stats.records.fetch_add(message.records, Ordering::Relaxed);
                     self.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
@@ -447,6 +460,16 @@ impl Writer {
                 }
                 // Fenced, unless it was a renewal of ours whose answer was lost.
                 Err(PublishErrorKind::WrongLastSequence) => self.check_node_lease(node_lease).await,
+                Err(kind @ (PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe))
+                    if first_sent.elapsed() < self.stream.options.node_lease_ttl =>
+                {
+                    tracing::warn!(?kind, "a journal write's outcome is unknown; asking again with its id");
+                    metrics::counter!("wallet_journal_write_retries_total").increment(1);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    if Instant::now() >= self.next_renewal {
+                        let _ = self.renew(None).await;
+                    }
+                }
                 Err(kind) => {
                     tracing::error!(?kind, "a journal write's outcome is unknown; the journal stops");
                     let kind = match kind {
@@ -460,6 +483,17 @@ impl Writer {
         for callback in message.callbacks {
             callback.answer(outcome);
         }
+    }
+
+    /// Publishes `payload` once as message `id`, fenced by `node_lease`.
+    async fn publish(&self, payload: &Bytes, id: &str, node_lease: Lease) -> Result<(), PublishErrorKind> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        headers.insert("Nats-Expected-Last-Subject-Sequence", node_lease.sequence.to_string().as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", node_lease.of.subject().as_str());
+        let subject = journal_subject(self.holder.node);
+        let outgoing = Outgoing { subject, headers, payload: payload.clone() };
+        publish(&self.stream, vec![outgoing]).await.map(drop).map_err(|error| error.kind())
     }
 }
 

@@ -7,6 +7,7 @@ mod crash;
 mod crash_points;
 mod damage;
 mod guarantees;
+mod journal_stall;
 mod model;
 mod model_kill;
 mod nats;
