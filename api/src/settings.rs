@@ -406,7 +406,9 @@ pub struct Settings {
     #[arg(long, env = "WALLET_PASSWORD_ITERATIONS", default_value_t = 2, hide = true)]
     pub password_iterations: u32,
     /// NATS server to publish ledger events to (`nats://host:port`, stream
-    /// `WALLET_EVENTS`); without it nothing is published.
+    /// `WALLET_EVENTS`), or several separated by commas (the members of one
+    /// NATS cluster); without it nothing is published. A node keeps its
+    /// journal and shared directory there too.
     #[arg(long, env = "WALLET_NATS_URL")]
     pub nats_url: Option<String>,
     /// Replicas of the events stream (3 with a three-server NATS cluster).

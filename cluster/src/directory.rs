@@ -132,7 +132,7 @@ impl SharedDirectory {
                     }
                 }
             })
-            .connect(&options.nats_url)
+            .connect(crate::nats_servers(&options.nats_url))
             .await
             .map_err(|e| unavailable("connecting", e))?;
         let js = jetstream::new(client.clone());

@@ -179,7 +179,7 @@ impl JournalStream {
         }
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
-            .connect(&options.nats_url)
+            .connect(crate::nats_servers(&options.nats_url))
             .await
             .map_err(nats_error)?;
         let js = jetstream::new(client.clone());

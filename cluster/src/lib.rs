@@ -20,3 +20,19 @@ pub mod host;
 pub mod journal;
 pub mod node;
 pub mod placement;
+
+/// The servers a NATS URL setting names: one URL, or several separated by
+/// commas (members of one NATS cluster: the client connects to any that
+/// answers, and moves to another when its server goes away).
+pub fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|server| !server.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nats_url_names_one_server_or_several() {
+        assert_eq!(super::nats_servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(super::nats_servers("nats://a:1, nats://b:2,"), ["nats://a:1", "nats://b:2"]);
+    }
+}

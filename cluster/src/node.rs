@@ -179,8 +179,7 @@ impl NodeLedger {
     pub async fn open(options: NodeOptions) -> Result<NodeLedger, NodeError> {
         let started = Instant::now();
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
-        let stream = JournalStream::connect(options.journal.clone()).await?;
-        meta::ensure_shard_count(&stream, options.ledger.shard_count).await?;
+        let stream = connect_checked(&options).await?;
         let (journal, (ledger, checkpoints, mut recovery)) = loop {
             if options.standby {
                 standby::wait(&stream, options.node, options.ledger.shard_count).await;
@@ -189,8 +188,8 @@ impl NodeLedger {
                 Ok(opened) => break opened,
                 // Its journal dropped, this start's node lease expires;
                 // then the wait can end again.
-                Err(error) if options.standby && standby::lost_the_race(&error) => {
-                    tracing::info!(%error, "another start took the leases first; standing by again");
+                Err(error) if options.standby && standby::may_stand_by_again(&error) => {
+                    tracing::warn!(%error, "the start failed; standing by again");
                 }
                 Err(error) => return Err(error),
             }
@@ -233,6 +232,26 @@ impl NodeLedger {
         self.checkpoints.stop(checkpoint).await;
         release_all(&self.journal).await;
         metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
+    }
+}
+
+/// Connects to the journal stream and checks its fixed settings; a standby
+/// waits out NATS errors meanwhile (a NATS cluster electing a leader), as
+/// it waits for the shards.
+async fn connect_checked(options: &NodeOptions) -> Result<JournalStream, NodeError> {
+    loop {
+        let connected = async {
+            let stream = JournalStream::connect(options.journal.clone()).await?;
+            meta::ensure_shard_count(&stream, options.ledger.shard_count).await?;
+            Ok::<_, NodeError>(stream)
+        };
+        match connected.await {
+            Err(error) if options.standby && standby::may_stand_by_again(&error) => {
+                tracing::warn!(%error, "standing by: cannot reach the journal stream now");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            connected => return connected,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //!   written apart from the engine, that property tests compare against.
 //! - [`model_child`]: the model test's engine in a child process it can kill.
 //! - [`nats`]: a real nats-server (the pinned one, `nats.conf`) on a free port.
+//! - [`nats_cluster`]: real nats-servers routed into one NATS cluster.
 //! - [`postgres`]: a throwaway PostgreSQL cluster on a free port.
 //! - helpers here: ids, assets and requests in one line each, and opening a
 //!   ledger in a temporary directory.
@@ -13,6 +14,7 @@ pub mod crash;
 pub mod model;
 pub mod model_child;
 pub mod nats;
+pub mod nats_cluster;
 pub mod postgres;
 
 use std::path::Path;

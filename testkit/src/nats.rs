@@ -27,12 +27,19 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(last.trim()))
 }
 
+/// A loopback port nobody listens on now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A running nats-server.
 pub struct NatsServer {
     binary: PathBuf,
     port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// Flags after the usual ones (a cluster member's name and routes).
+    args: Vec<String>,
     process: Option<Child>,
 }
 
@@ -40,11 +47,16 @@ impl NatsServer {
     /// Starts a server whose JetStream store is `store` (created if
     /// missing) on a free port, and waits until it accepts clients.
     pub fn start(store: &Path) -> anyhow::Result<NatsServer> {
+        NatsServer::start_with(store, Vec::new())
+    }
+
+    /// [`NatsServer::start`] with `args` after the usual flags.
+    pub fn start_with(store: &Path, args: Vec<String>) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let log = store.with_extension("log");
-        let mut server =
-            NatsServer { binary: server_binary()?, port, store: store.to_path_buf(), log, process: None };
+        let binary = server_binary()?;
+        let mut server = NatsServer { binary, port, store: store.to_path_buf(), log, args, process: None };
         server.restart()?;
         Ok(server)
     }
@@ -60,6 +72,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

@@ -17,6 +17,7 @@ use wallet_actors::events::{EventSide, LedgerEvent};
 
 use crate::event_books::{self, Books};
 use crate::helpers::{account_with_deposit, login, Server};
+use wallet_testkit::nats_cluster::NatsCluster;
 
 pub const NODES: usize = 3;
 const ACCOUNTS: usize = 8;
@@ -54,16 +55,36 @@ pub fn bases_now(bases: &Bases) -> Vec<String> {
     bases.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-fn start_node(root: &std::path::Path, id: usize, url: &str) -> anyhow::Result<Server> {
+fn start_node(root: &std::path::Path, id: usize, nats: &NatsCluster) -> anyhow::Result<Server> {
     let id = id.to_string();
+    let url = nats.urls();
+    // As many copies of each stream as there are servers.
+    let replicas = nats.servers.len().to_string();
     // One client address and one user send all the load.
     let unlimited = ["--rate-limit-per-second", "--user-rate-limit-per-second"]
         .into_iter()
         .chain(["--rate-limit-burst", "--user-rate-limit-burst"])
         .flat_map(|flag| [flag, "100000"]);
-    let mut flags = vec!["--node-id", &id, "--nats-url", url, "--standby"];
+    let mut flags = vec!["--node-id", &id, "--nats-url", &url, "--standby"];
+    flags.extend(["--journal-replicas", &replicas, "--events-replicas", &replicas]);
     flags.extend(unlimited);
     Server::start_until(&root.join(format!("node-{id}")), Some(ADMIN_PASSWORD), &flags, "standing by")
+}
+
+/// [`start_node`], again after a start that exits (NATS away, or a NATS
+/// cluster electing a leader, when it reads its shared directory), as an
+/// orchestrator restarts a process that exited; at most 60 s.
+fn start_again(root: &std::path::Path, id: usize, nats: &NatsCluster) -> anyhow::Result<Server> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match start_node(root, id, nats) {
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("node {id} did not start ({error}); starting it again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            started => return started,
+        }
+    }
 }
 
 async fn ready(client: &reqwest::Client, base: &str) -> bool {
@@ -157,11 +178,11 @@ async fn open_accounts(client: &reqwest::Client, base: &str, admin: &str) -> any
     Ok(accounts)
 }
 
-/// Three standbys on one nats-server, funded accounts, and clients that
-/// send transfers to whichever node serves.
+/// Three standbys on one nats-server or a NATS cluster, funded accounts,
+/// and clients that send transfers to whichever node serves.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub nats: wallet_testkit::nats::NatsServer,
+    pub nats: NatsCluster,
     pub url: String,
     pub nodes: Vec<Server>,
     pub bases: Bases,
@@ -175,13 +196,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start() -> anyhow::Result<Cluster> {
+    /// The nodes on `nats_servers` NATS servers (one: a plain server;
+    /// three: a NATS cluster, streams with three replicas).
+    pub async fn start(nats_servers: usize) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        let nats = wallet_testkit::nats::NatsServer::start(&dir.path().join("nats"))?;
-        let url = nats.url();
+        let nats = NatsCluster::start(dir.path(), nats_servers)?;
+        let url = nats.urls();
         let mut nodes = Vec::new();
         for id in 1..=NODES {
-            nodes.push(start_node(dir.path(), id, &url)?);
+            nodes.push(start_node(dir.path(), id, &nats)?);
         }
         let bases: Bases = Arc::new(Mutex::new(nodes.iter().map(|node| node.base.clone()).collect()));
         let client = reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(1)).build()?;
@@ -229,7 +252,7 @@ impl Cluster {
                 self.nodes[index].signal("-KILL")?;
                 self.nodes[index].wait()?;
             }
-            self.nodes[index] = start_node(self.dir.path(), index + 1, &self.url)?;
+            self.nodes[index] = start_again(self.dir.path(), index + 1, &self.nats)?;
             anyhow::Ok(())
         })?;
         self.bases.lock().unwrap_or_else(PoisonError::into_inner)[index] = self.nodes[index].base.clone();

@@ -146,7 +146,7 @@ pub async fn stream_events(url: &str) -> anyhow::Result<Vec<LedgerEvent>> {
 /// consumer (a failover test's stream holds hundreds of thousands).
 pub async fn stream_json(url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     use futures_util::StreamExt;
-    let client = async_nats::connect(url).await?;
+    let client = async_nats::connect(wallet_cluster::nats_servers(url)).await?;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("WALLET_EVENTS").await?;
     let last = stream.get_info().await?.state.last_sequence;
@@ -197,12 +197,20 @@ pub fn check_order(events: &[LedgerEvent]) -> anyhow::Result<BTreeMap<String, &L
 }
 
 /// Waits until the stream holds each account's events in order, once each,
-/// up to the API's sequence and balance.
+/// up to the API's sequence and balance (reading again after a failed read).
 pub async fn wait_until_published(url: &str, books: &Books) -> anyhow::Result<()> {
     let api = books.read().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let events = stream_events(url).await?;
+        // A NATS cluster that just lost a server may time a read out.
+        let events = match stream_events(url).await {
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("reading the events failed ({error}); reading them again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            read => read?,
+        };
         let last = check_order(&events)?;
         let published: BTreeMap<String, (u64, String)> = api
             .keys()

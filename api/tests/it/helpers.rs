@@ -427,6 +427,11 @@ impl Server {
             let _ = child.kill();
             anyhow::bail!("the server did not log its address");
         };
+        // `WALLET_TEST_SERVER_LOGS=1`: what it logs from now on, on the test's stderr.
+        if std::env::var("WALLET_TEST_SERVER_LOGS").is_ok_and(|value| value == "1") {
+            let name = address.clone();
+            std::thread::spawn(move || lines.iter().for_each(|(_, line)| eprintln!("[{name}] {line}")));
+        }
         Ok(Server { child, base: format!("http://{address}"), password, password_line, _nats: nats })
     }
 

@@ -158,7 +158,7 @@ impl Run {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .retry_on_initial_connect()
-            .connect(&self.options.nats_url)
+            .connect(crate::nats_servers(&self.options.nats_url))
             .await?;
         let js = jetstream::new(client.clone());
         let config = stream::Config {

@@ -424,6 +424,7 @@ impl Writer {
     /// acknowledged, refused, or its outcome is unknown; then answers its
     /// callbacks in order.
     async fn write(&mut self, message: Message) {
+        use PublishErrorKind::{BrokenPipe, StreamNotFound, TimedOut};
         // A stall waits for a write that stores something (an empty one,
         // a barrier alone, would spend it for nothing).
         #[cfg(feature = "fault-injection")]
@@ -460,7 +461,9 @@ impl Writer {
                 }
                 // Fenced, unless it was a renewal of ours whose answer was lost.
                 Err(PublishErrorKind::WrongLastSequence) => self.check_node_lease(node_lease).await,
-                Err(kind @ (PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe))
+                // "No stream": no responders while a NATS cluster elects the
+                // stream's leader.
+                Err(kind @ (TimedOut | BrokenPipe | StreamNotFound))
                     if first_sent.elapsed() < self.stream.options.node_lease_ttl =>
                 {
                     tracing::warn!(?kind, "a journal write's outcome is unknown; asking again with its id");
@@ -473,7 +476,7 @@ impl Writer {
                 Err(kind) => {
                     tracing::error!(?kind, "a journal write's outcome is unknown; the journal stops");
                     let kind = match kind {
-                        PublishErrorKind::TimedOut => std::io::ErrorKind::TimedOut,
+                        TimedOut => std::io::ErrorKind::TimedOut,
                         _ => std::io::ErrorKind::BrokenPipe,
                     };
                     self.stop(JournalError::Io { kind });

@@ -12,6 +12,7 @@ use wallet_actors::ids::{NodeId, ShardId};
 use crate::journal::lease::{self, LeaseError, Leased};
 use crate::journal::{JournalStream, StreamError};
 use crate::node::NodeError;
+use wallet_storage::StorageError;
 
 /// How often a standby reads the leases (while the active node lives, two
 /// reads each time: its node lease and the first shard's).
@@ -52,15 +53,30 @@ pub(super) async fn wait(stream: &JournalStream, node: NodeId, shard_count: u16)
     }
 }
 
-/// Whether a standby's start failed taking the shards because another
-/// standby, done waiting at the same moment, took them first (shards are
-/// taken in order from the first, so the one that took it takes them all),
-/// or because a take's outcome is unknown (NATS slow or away; such a lease
-/// expires, and the next wait counts it as this node's own): it stands by
-/// again rather than exit, which would cost a standby at each failover.
-pub(super) fn lost_the_race(error: &NodeError) -> bool {
-    matches!(
-        error,
-        NodeError::Lease(LeaseError::Held { .. } | LeaseError::Changed { .. } | LeaseError::Stream(_))
-    )
+/// Whether a standby whose start failed stands by again rather than exit
+/// (which would cost a standby at each failover): another standby, done
+/// waiting at the same moment, took the shards first (shards are taken in
+/// order from the first, so the one that took it takes them all); or NATS
+/// was slow or away while it took leases, read the stream or wrote its first
+/// records (a NATS cluster electing a stream's leader), so a take's or a
+/// write's outcome is unknown: its leases expire, and the next wait counts
+/// them as this node's own. A record that does not replay, a stream behind
+/// the snapshot or a local disk that fails still ends the process.
+pub(super) fn may_stand_by_again(error: &NodeError) -> bool {
+    match error {
+        NodeError::Lease(LeaseError::Stream(stream)) | NodeError::Stream(stream) => {
+            matches!(stream, StreamError::Nats(_))
+        }
+        NodeError::Lease(
+            LeaseError::Held { .. }
+            | LeaseError::Changed { .. }
+            | LeaseError::Fenced
+            | LeaseError::Stopped { .. },
+        )
+        | NodeError::Journal(_) => true,
+        NodeError::Storage(StorageError::Journal(inner)) => {
+            inner.downcast_ref::<NodeError>().is_some_and(may_stand_by_again)
+        }
+        _ => false,
+    }
 }
