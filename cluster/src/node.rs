@@ -235,10 +235,16 @@ impl NodeLedger {
     }
 }
 
+/// How long a standby waits out NATS errors while it connects: an election
+/// takes seconds; an error that lasts longer (a setting the server refuses,
+/// credentials) ends the process, where an orchestrator shows it.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Connects to the journal stream and checks its fixed settings; a standby
 /// waits out NATS errors meanwhile (a NATS cluster electing a leader), as
-/// it waits for the shards.
+/// it waits for the shards, for at most [`CONNECT_PATIENCE`].
 async fn connect_checked(options: &NodeOptions) -> Result<JournalStream, NodeError> {
+    let deadline = Instant::now() + CONNECT_PATIENCE;
     loop {
         let connected = async {
             let stream = JournalStream::connect(options.journal.clone()).await?;
@@ -246,7 +252,9 @@ async fn connect_checked(options: &NodeOptions) -> Result<JournalStream, NodeErr
             Ok::<_, NodeError>(stream)
         };
         match connected.await {
-            Err(error) if options.standby && standby::may_stand_by_again(&error) => {
+            Err(error)
+                if options.standby && standby::may_stand_by_again(&error) && Instant::now() < deadline =>
+            {
                 tracing::warn!(%error, "standing by: cannot reach the journal stream now");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

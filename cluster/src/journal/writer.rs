@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use wallet_actors::ids::{NodeId, ShardId};
@@ -71,6 +72,8 @@ pub struct JournalStats {
     pub renewals: AtomicU64,
     /// Shard leases found lost, and the node lease if it was.
     pub leases_lost: AtomicU64,
+    /// Tries of a write asked again after its outcome was unknown.
+    pub retries: AtomicU64,
 }
 
 enum Command {
@@ -87,6 +90,25 @@ enum Command {
     Release(ShardId, oneshot::Sender<()>),
     #[cfg(feature = "fault-injection")]
     StallNextWrite(std::time::Duration),
+}
+
+/// What one try of a journal write came to.
+enum Tried {
+    /// Acknowledged (the first try's, if this was asked again).
+    Stored,
+    /// Refused: the node lease's subject does not end where this start
+    /// thinks (fenced, or a renewal of ours whose answer was lost).
+    WrongLease,
+    /// Stored or not: asking again with the same id settles it.
+    Unknown(PublishErrorKind),
+    /// An error that asking again does not settle.
+    Failed(PublishErrorKind),
+}
+
+/// The JetStream error code an answer carried, if it carried one.
+fn jetstream_code(error: &async_nats::jetstream::context::PublishError) -> Option<ErrorCode> {
+    let source = std::error::Error::source(error)?;
+    source.downcast_ref::<async_nats::jetstream::Error>().map(async_nats::jetstream::Error::error_code)
 }
 
 /// What gathering a command leaves to do.
@@ -424,7 +446,6 @@ impl Writer {
     /// acknowledged, refused, or its outcome is unknown; then answers its
     /// callbacks in order.
     async fn write(&mut self, message: Message) {
-        use PublishErrorKind::{BrokenPipe, StreamNotFound, TimedOut};
         // A stall waits for a write that stores something (an empty one,
         // a barrier alone, would spend it for nothing).
         #[cfg(feature = "fault-injection")]
@@ -434,69 +455,95 @@ impl Writer {
             }
         }
         let payload = Bytes::from(message.bytes);
-        self.writes += 1;
-        let id = format!("{}-{:x}-{}", self.holder.node.0, self.holder.incarnation, self.writes);
-        let first_sent = Instant::now();
-        let outcome = loop {
-            if payload.is_empty() {
-                break self.failed.map_or(Ok(()), Err);
-            }
-            let node_lease = self.held().node;
-            let (Some(node_lease), None) = (node_lease, self.failed) else {
-                break Err(self.failed.unwrap_or(JournalError::Fenced));
-            };
-            let sent = Instant::now();
-            match self.publish(&payload, &id, node_lease).await {
-                Ok(()) => {
-                    self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    self.stats.records.fetch_add(message.records, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                    // The file journal's names: a write's records, and the
-                    // time until they were durable (here the stream's
-                    // acknowledgement, which with `sync_interval: always`
-                    // follows the server's fsync).
-                    metrics::histogram!("wallet_journal_batch_records").record(message.records as f64);
-                    metrics::histogram!("wallet_journal_fsync_seconds").record(sent.elapsed().as_secs_f64());
-                    break Ok(());
-                }
-                // Fenced, unless it was a renewal of ours whose answer was lost.
-                Err(PublishErrorKind::WrongLastSequence) => self.check_node_lease(node_lease).await,
-                // "No stream": no responders while a NATS cluster elects the
-                // stream's leader.
-                Err(kind @ (TimedOut | BrokenPipe | StreamNotFound))
-                    if first_sent.elapsed() < self.stream.options.node_lease_ttl =>
-                {
-                    tracing::warn!(?kind, "a journal write's outcome is unknown; asking again with its id");
-                    metrics::counter!("wallet_journal_write_retries_total").increment(1);
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    if Instant::now() >= self.next_renewal {
-                        let _ = self.renew(None).await;
-                    }
-                }
-                Err(kind) => {
-                    tracing::error!(?kind, "a journal write's outcome is unknown; the journal stops");
-                    let kind = match kind {
-                        TimedOut => std::io::ErrorKind::TimedOut,
-                        _ => std::io::ErrorKind::BrokenPipe,
-                    };
-                    self.stop(JournalError::Io { kind });
-                }
-            }
+        let outcome = match payload.is_empty() {
+            true => self.failed.map_or(Ok(()), Err),
+            false => self.store(&payload, message.records).await,
         };
         for callback in message.callbacks {
             callback.answer(outcome);
         }
     }
 
+    /// Publishes `payload` (a message of `records` records) under an id of
+    /// its own until an answer settles whether it is stored: asked again
+    /// while the outcome is unknown, for at most a node lease.
+    async fn store(&mut self, payload: &Bytes, records: u64) -> Result<(), JournalError> {
+        self.writes += 1;
+        let id = format!("{}-{:x}-{}", self.holder.node.0, self.holder.incarnation, self.writes);
+        let first_sent = Instant::now();
+        let mut asked_again = false;
+        loop {
+            // Due renewals go first, also while a write is asked again.
+            if asked_again && Instant::now() >= self.next_renewal {
+                let _ = self.renew(None).await;
+            }
+            let node_lease = self.held().node;
+            let (Some(node_lease), None) = (node_lease, self.failed) else {
+                return Err(match self.failed.unwrap_or(JournalError::Fenced) {
+                    // An earlier try may be stored: not "refused".
+                    JournalError::Fenced if asked_again => {
+                        JournalError::Io { kind: std::io::ErrorKind::Other }
+                    }
+                    error => error,
+                });
+            };
+            let sent = Instant::now();
+            match self.publish(payload, &id, node_lease).await {
+                Tried::Stored => {
+                    self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    self.stats.records.fetch_add(records, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    // The file journal's names: a write's records, and the
+                    // time until they were durable (here the stream's
+                    // acknowledgement, which with `sync_interval: always`
+                    // follows the server's fsync).
+                    metrics::histogram!("wallet_journal_batch_records").record(records as f64);
+                    metrics::histogram!("wallet_journal_fsync_seconds").record(sent.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                // Fenced, unless it was a renewal of ours whose answer was lost.
+                Tried::WrongLease => self.check_node_lease(node_lease).await,
+                Tried::Unknown(kind) if first_sent.elapsed() < self.stream.options.node_lease_ttl => {
+                    tracing::warn!(?kind, "a journal write's outcome is unknown; asking again with its id");
+                    metrics::counter!("wallet_journal_write_retries_total").increment(1);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    asked_again = true;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Tried::Unknown(kind) | Tried::Failed(kind) => {
+                    tracing::error!(?kind, "a journal write's outcome is unknown; the journal stops");
+                    let kind = match kind {
+                        PublishErrorKind::TimedOut => std::io::ErrorKind::TimedOut,
+                        _ => std::io::ErrorKind::BrokenPipe,
+                    };
+                    self.stop(JournalError::Io { kind });
+                }
+            }
+        }
+    }
+
     /// Publishes `payload` once as message `id`, fenced by `node_lease`.
-    async fn publish(&self, payload: &Bytes, id: &str, node_lease: Lease) -> Result<(), PublishErrorKind> {
+    async fn publish(&self, payload: &Bytes, id: &str, node_lease: Lease) -> Tried {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         headers.insert("Nats-Expected-Last-Subject-Sequence", node_lease.sequence.to_string().as_str());
         headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", node_lease.of.subject().as_str());
         let subject = journal_subject(self.holder.node);
         let outgoing = Outgoing { subject, headers, payload: payload.clone() };
-        publish(&self.stream, vec![outgoing]).await.map(drop).map_err(|error| error.kind())
+        let Err(error) = publish(&self.stream, vec![outgoing]).await else { return Tried::Stored };
+        match error.kind() {
+            PublishErrorKind::WrongLastSequence => Tried::WrongLease,
+            // "No stream": no responders while a NATS cluster elects the
+            // stream's leader.
+            kind @ (PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::StreamNotFound) => Tried::Unknown(kind),
+            // A replicated stream still settling an earlier try of this id.
+            kind if jetstream_code(&error) == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) => {
+                Tried::Unknown(kind)
+            }
+            kind => Tried::Failed(kind),
+        }
     }
 }
 

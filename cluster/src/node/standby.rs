@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use wallet_actors::ids::{NodeId, ShardId};
+use wallet_actors::ports::JournalError;
 
 use crate::journal::lease::{self, LeaseError, Leased};
 use crate::journal::{JournalStream, StreamError};
@@ -72,8 +73,11 @@ pub(super) fn may_stand_by_again(error: &NodeError) -> bool {
             | LeaseError::Changed { .. }
             | LeaseError::Fenced
             | LeaseError::Stopped { .. },
-        )
-        | NodeError::Journal(_) => true,
+        ) => true,
+        // A record the server cannot take fails the same way every time.
+        NodeError::Journal(error) => {
+            !matches!(error, JournalError::Io { kind: std::io::ErrorKind::InvalidData })
+        }
         NodeError::Storage(StorageError::Journal(inner)) => {
             inner.downcast_ref::<NodeError>().is_some_and(may_stand_by_again)
         }

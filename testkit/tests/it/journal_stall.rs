@@ -74,6 +74,9 @@ fn a_server_stalled_past_the_ack_timeout_within_the_lease_stores_each_write_once
             stall.await??;
         }
         anyhow::ensure!(!journal.stopped(), "the journal stopped");
+        // The stall caught a write: this tested the asking again.
+        let retries = journal.stats().retries.load(std::sync::atomic::Ordering::Relaxed);
+        anyhow::ensure!(retries > 0, "no write was asked again");
         let stored: Vec<u64> = read_shard(&stream, SHARD, 0)
             .await?
             .into_iter()
