@@ -27,6 +27,11 @@ use wallet_actors::{
 };
 use wallet_storage::{EmbeddedLedger, EmbeddedOptions, JournalOptions};
 
+/// A loopback port nobody listens on now (a server about to start takes it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// USD with 2 decimals.
 pub fn usd() -> Asset {
     Asset::new("USD", 2).unwrap_or_else(|_| unreachable!())

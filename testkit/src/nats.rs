@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::free_port;
+
 /// The repository's root (where `nats.conf` and `scripts/` are).
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,11 +27,6 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     let text = String::from_utf8(output.stdout)?;
     let last = text.lines().last().ok_or_else(|| anyhow::anyhow!("scripts/install-nats printed nothing"))?;
     Ok(PathBuf::from(last.trim()))
-}
-
-/// A loopback port nobody listens on now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A running nats-server.
@@ -122,6 +119,14 @@ impl NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the running server: a stall.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow::anyhow!("the server does not run"))?;
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
     }
 
     /// SIGKILL (nothing flushed that `sync_interval: always` did not already sync).

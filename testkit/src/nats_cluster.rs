@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::nats::{free_port, NatsServer};
+use crate::free_port;
+use crate::nats::NatsServer;
 
 /// How long a new cluster may take to elect its JetStream meta leader.
 const FORMING_WAIT: Duration = Duration::from_secs(30);

@@ -69,7 +69,7 @@ impl Postgres {
         }
         let data = dir.join("data");
         let log = dir.join("server.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port()?;
         let mut cluster = Postgres { bin, data, log, port, as_root, running: false };
         let initdb = cluster
             .command("initdb")

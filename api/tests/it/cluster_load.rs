@@ -244,6 +244,18 @@ impl Cluster {
         }
     }
 
+    /// Kills -9 nats-server `victim` and starts it again 2 s later; returns
+    /// the node that serves then (a node that asks for a restart gets one)
+    /// and how long after the kill.
+    pub async fn kill_nats_server(&mut self, victim: usize) -> anyhow::Result<(usize, Duration)> {
+        self.nats.servers[victim].kill()?;
+        let killed = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::block_in_place(|| self.nats.servers[victim].restart())?;
+        let serving = self.serving(Duration::from_secs(60)).await?;
+        Ok((serving, killed.elapsed()))
+    }
+
     /// Kills node `index` (if it runs) and starts it again as a standby.
     pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
         // Processes block: not on a worker the clients need.

@@ -49,13 +49,8 @@ async fn killing_the_nats_server_under_load_loses_and_repeats_nothing() -> anyho
     let mut cluster = Cluster::start(1).await?;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        cluster.nats.servers[0].kill()?;
-        let killed = Instant::now();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        tokio::task::block_in_place(|| cluster.nats.servers[0].restart())?;
-        // A node that asks for a restart gets one.
-        let serving = cluster.serving(Duration::from_secs(60)).await?;
-        eprintln!("node {} serves {:?} after nats-server was killed", serving + 1, killed.elapsed());
+        let (serving, after) = cluster.kill_nats_server(0).await?;
+        eprintln!("node {} serves {after:?} after nats-server was killed", serving + 1);
     }
     cluster.finish().await
 }
@@ -76,17 +71,10 @@ async fn killing_one_of_three_nats_servers_under_load_loses_and_repeats_nothing(
         tokio::time::sleep(Duration::from_secs(5)).await;
         let leader = journal_leader(&cluster.url).await?;
         let victim = if round == 0 { leader } else { (leader + 1) % 3 };
-        cluster.nats.servers[victim].kill()?;
-        let killed = Instant::now();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        tokio::task::block_in_place(|| cluster.nats.servers[victim].restart())?;
-        let serving = cluster.serving(Duration::from_secs(60)).await?;
+        let (serving, after) = cluster.kill_nats_server(victim).await?;
+        let (node, server, led) = (serving + 1, victim + 1, victim == leader);
         eprintln!(
-            "node {} serves {:?} after nats-server {} (journal leader: {}) was killed",
-            serving + 1,
-            killed.elapsed(),
-            victim + 1,
-            victim == leader
+            "node {node} serves {after:?} after nats-server {server} (journal leader: {led}) was killed"
         );
     }
     cluster.finish().await

@@ -66,7 +66,7 @@ async fn append(journal: &NodeJournal, shard: ShardId, record: Record) -> Result
 
 /// The `Epoch` numbers stored for `shard`, in order (the tests write
 /// `Epoch` records as numbered markers).
-async fn stored(stream: &JournalStream, shard: ShardId) -> anyhow::Result<Vec<u64>> {
+pub(crate) async fn stored(stream: &JournalStream, shard: ShardId) -> anyhow::Result<Vec<u64>> {
     let records = read_shard(stream, shard, 0).await?;
     records
         .into_iter()
@@ -75,6 +75,34 @@ async fn stored(stream: &JournalStream, shard: ShardId) -> anyhow::Result<Vec<u6
             other => Err(anyhow::anyhow!("unexpected record {other:?}")),
         })
         .collect()
+}
+
+/// The outcome of each numbered record, as it comes.
+pub(crate) type Outcomes = tokio::sync::mpsc::UnboundedReceiver<(u64, Result<(), JournalError>)>;
+
+/// Appends `Epoch(1..=records)` for `shard` from a task of its own, as a
+/// shard under load does (a millisecond's pause every `pause_every`).
+pub(crate) fn append_numbered(
+    journal: &NodeJournal,
+    shard: ShardId,
+    records: u64,
+    pause_every: u64,
+) -> (tokio::task::JoinHandle<()>, Outcomes) {
+    let (sender, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let journal = journal.clone();
+    let appender = tokio::spawn(async move {
+        for n in 1..=records {
+            let sender = sender.clone();
+            let on_durable = Box::new(move |result| {
+                let _ = sender.send((n, result));
+            });
+            journal.append(Origin::Shard(shard), &Record::Epoch(n), on_durable);
+            if n % pause_every == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    (appender, outcomes)
 }
 
 /// Waits until nobody holds `of` (its lease expired).
@@ -482,22 +510,7 @@ fn a_killed_server_loses_no_acknowledged_record() -> anyhow::Result<()> {
         let stream = JournalStream::connect(options(&server)).await?;
         let journal = NodeJournal::start(stream.clone(), A).await?;
         journal.take(ShardId(3)).await?;
-        let (sender, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-        let appender = {
-            let journal = journal.clone();
-            tokio::spawn(async move {
-                for n in 1..=RECORDS {
-                    let sender = sender.clone();
-                    let on_durable = Box::new(move |result| {
-                        let _ = sender.send((n, result));
-                    });
-                    journal.append(Origin::Shard(ShardId(3)), &Record::Epoch(n), on_durable);
-                    if n % 100 == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            })
-        };
+        let (appender, mut outcomes) = append_numbered(&journal, ShardId(3), RECORDS, 100);
         // Kill the server once some records are acknowledged, mid-stream.
         let (mut acknowledged, mut answered) = (Vec::new(), 0u64);
         while let Some((n, result)) = outcomes.recv().await {
