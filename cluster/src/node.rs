@@ -20,14 +20,19 @@
 //! stream, [`log`]): a start replays the stream after its snapshot, and
 //! memory keeps only what changed since.
 //!
+//! Each checkpoint's snapshot is also published as an image any node can
+//! install ([`images`]): a node taking the shards over whose own snapshot
+//! is older installs the newest image and replays the stream after it.
+//!
 //! Not yet here: shards spread over several nodes (placement decides, routing
-//! carries messages between nodes), and snapshots other nodes can read (a
-//! node taking the shards over replays the stream from its own snapshot, or
-//! whole).
+//! carries messages between nodes).
 
 mod cache;
+mod images;
 mod log;
 mod standby;
+
+pub use images::BUCKET as SNAPSHOT_BUCKET;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +46,7 @@ use wallet_actors::shard::ReplayError;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 use wallet_storage::{CheckpointEvery, CheckpointReport, Checkpoints, Replayed, Serving, StorageError};
 
+use self::images::Images;
 use self::log::{StreamLog, StreamReader};
 use crate::journal::{meta, JournalOptions, JournalStream, LeaseError, NodeJournal, StreamError};
 
@@ -158,6 +164,9 @@ pub struct NodeRecovery {
     pub snapshot_accounts: usize,
     /// Commits a crash left with legs unapplied, completed now.
     pub completed_commits: usize,
+    /// The position of the image installed in place of the node's own
+    /// snapshot (newer than it), if one was.
+    pub installed_image: Option<u64>,
     /// How long it took, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -294,8 +303,23 @@ async fn start(
     take_every_shard(journal, shard_count, take_wait).await?;
     // Every shard's lease is held (fencing every earlier writer), so what
     // the stream holds now is all there is.
-    let snapshots =
-        cache::open(&options.data_dir, &stream, shard_count, options.snapshot_cache_bytes).await?;
+    let images = match Images::open(&stream, shard_count, &options.data_dir, options.snapshot_cache_bytes)
+        .await
+    {
+        Ok(images) => Some(images),
+        Err(error) => {
+            tracing::warn!(%error, "no snapshot images: other nodes replay more of the stream to take over");
+            None
+        }
+    };
+    let (snapshots, installed_image) = images::open_snapshots(
+        images.as_ref(),
+        &options.data_dir,
+        &stream,
+        shard_count,
+        options.snapshot_cache_bytes,
+    )
+    .await?;
     let reader = StreamReader::new(stream, crate::journal::journal_subject(options.node));
     let Replayed { recovered, completions, report, meta } = snapshots.replay(&reader, shard_count).await?;
     let recovery = NodeRecovery {
@@ -303,10 +327,18 @@ async fn start(
         replayed_from: meta.replay_from_segment,
         snapshot_accounts: report.snapshot_accounts,
         completed_commits: report.completed_commits,
+        installed_image,
         elapsed_ms: 0,
     };
     let journal = Arc::new(journal.clone());
-    let log = Arc::new(StreamLog { reader, journal, shard_count, take_wait: options.take_wait });
+    let log = Arc::new(StreamLog {
+        reader,
+        journal,
+        shard_count,
+        take_wait: options.take_wait,
+        images,
+        snapshots: snapshots.clone(),
+    });
     let serving = Serving {
         config: options.ledger.clone(),
         clock: options.clock.clone(),

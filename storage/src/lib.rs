@@ -29,6 +29,7 @@ mod checkpoint;
 pub mod embedded;
 pub mod faults;
 pub mod frame;
+pub mod image;
 pub mod journal;
 pub mod log;
 pub mod runs;

@@ -367,6 +367,17 @@ impl<R: RunRecord> Runs<R> {
         Ok(None)
     }
 
+    /// The files of the runs in force, oldest first, then the manifest
+    /// listing them (none before the first run).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let manifest = self.dir.join("MANIFEST");
+        let mut files: Vec<PathBuf> = self.current().iter().map(|run| run.path.clone()).collect();
+        if manifest.exists() {
+            files.push(manifest);
+        }
+        files
+    }
+
     /// Number of runs and records in them (records counted once per run).
     pub fn stats(&self) -> (usize, u64) {
         let runs = self.current();

@@ -166,6 +166,43 @@ impl SnapshotStore {
         std::path::PathBuf::from("snapshot")
     }
 
+    /// Every tree, by name: what an image exports and imports
+    /// ([`crate::image`]).
+    pub(crate) fn trees(&self) -> [(&'static str, &sled::Tree); 8] {
+        [
+            ("accounts", &self.accounts),
+            ("holds", &self.holds),
+            ("user_windows", &self.user_windows),
+            ("decisions", &self.decisions),
+            ("decisions_by_account", &self.decisions_by_account),
+            ("meta", &self.meta),
+            ("open_commits", &self.open_commits),
+            ("events_unsettled", &self.events_unsettled),
+        ]
+    }
+
+    /// Makes everything written durable.
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        let path = self.path();
+        self.db.flush().map_err(sled_error(&path))?;
+        Ok(())
+    }
+
+    /// The meta's position alone, without its open commits.
+    pub(crate) fn load_meta(&self) -> Result<Option<CheckpointMeta>, StorageError> {
+        let path = self.path();
+        let Some(value) = self.meta.get("checkpoint").map_err(sled_error(&path))? else {
+            return Ok(None);
+        };
+        let stored: StoredMeta = frame::decode_one(&value, SNAPSHOT_FORMAT_VERSION)?;
+        Ok(Some(CheckpointMeta {
+            replay_from_segment: stored.replay_from_segment,
+            commit_epoch: stored.commit_epoch,
+            next_decision_id: stored.next_decision_id,
+            ..CheckpointMeta::default()
+        }))
+    }
+
     /// Reads what recovery needs up front: open holds and the meta.
     /// Accounts are read one by one when first named
     /// ([`wallet_actors::ports::AccountSource`]). Any value that fails its

@@ -49,14 +49,16 @@ impl LocalSnapshots {
     /// Opens (creating) the snapshot and runs under `dir`.
     pub async fn open(dir: &Path, cache_bytes: u64) -> Result<LocalSnapshots, StorageError> {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let store = SnapshotStore::open(&dir.join("snapshot"), cache_bytes)?;
-            let runs = Arc::new(TransferRuns::open(&dir.join("index"))?);
-            let history = Arc::new(HistoryRuns::open(&dir.join("history"))?);
-            Ok(LocalSnapshots { store, runs, history })
-        })
-        .await
-        .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
+        tokio::task::spawn_blocking(move || LocalSnapshots::open_blocking(&dir, cache_bytes))
+            .await
+            .map_err(|_| StorageError::Ledger(LedgerError::Unavailable))?
+    }
+
+    pub(crate) fn open_blocking(dir: &Path, cache_bytes: u64) -> Result<LocalSnapshots, StorageError> {
+        let store = SnapshotStore::open(&dir.join("snapshot"), cache_bytes)?;
+        let runs = Arc::new(TransferRuns::open(&dir.join("index"))?);
+        let history = Arc::new(HistoryRuns::open(&dir.join("history"))?);
+        Ok(LocalSnapshots { store, runs, history })
     }
 
     /// The ledger's view of what is stored here.

@@ -3,9 +3,9 @@
 //! sequence `p` holds every record in the messages before `p`; a start
 //! replays the messages from `p` on, whichever node wrote them.
 //!
-//! The stream is never cut here: another node taking the shards over
-//! reads it whole until snapshots any node can read exist
-//! (`docs/ARCHITECTURE.md`, "Cluster mode: a node's snapshots").
+//! The stream is never cut here: each checkpoint's snapshot is published
+//! as an image other nodes install ([`super::images`]), but a node whose
+//! image is missing or damaged still finds everything in the stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,8 +16,9 @@ use wallet_actors::recovery::Recovery;
 use wallet_storage::journal::ReadSummary;
 use wallet_storage::log::{CheckpointLog, JournalReader};
 use wallet_storage::scan::SegmentScan;
-use wallet_storage::StorageError;
+use wallet_storage::{LocalSnapshots, StorageError};
 
+use super::images::Images;
 use super::{take_every_shard, NodeError};
 use crate::journal::{nats_error, read_records, read_records_until, JournalStream, NodeJournal};
 
@@ -105,6 +106,10 @@ pub(crate) struct StreamLog {
     pub(crate) journal: Arc<NodeJournal>,
     pub(crate) shard_count: u16,
     pub(crate) take_wait: Duration,
+    /// Where each checkpoint's snapshot is published for other nodes.
+    pub(crate) images: Option<Images>,
+    /// The snapshots the checkpoints write.
+    pub(crate) snapshots: LocalSnapshots,
 }
 
 impl CheckpointLog for StreamLog {
@@ -131,7 +136,16 @@ impl CheckpointLog for StreamLog {
         Ok(info.state.last_sequence + 1)
     }
 
-    async fn retire_before(&self, _position: u64) -> Result<usize, StorageError> {
+    /// Retires nothing (the stream stays whole); publishes the snapshot
+    /// that just came in force for other nodes. Its failure fails nothing:
+    /// other nodes start from an older image, or replay more of the stream.
+    async fn retire_before(&self, position: u64) -> Result<usize, StorageError> {
+        if let Some(images) = &self.images {
+            if let Err(error) = images.publish(&self.snapshots, position).await {
+                metrics::counter!("wallet_snapshot_image_failures_total").increment(1);
+                tracing::warn!(%error, position, "the snapshot image could not be published");
+            }
+        }
         Ok(0)
     }
 

@@ -1,7 +1,8 @@
 //! A node's snapshots (`wallet_cluster::node`, "Cluster mode: a node's
 //! ledger" in docs/ARCHITECTURE.md): a start replays only the stream after
 //! the node's snapshot, memory lets go of what a checkpoint wrote, another
-//! node with no snapshot of its own still finds everything in the stream,
+//! node with no snapshot of its own installs the image the first published
+//! (or, when it cannot read that whole, finds everything in the stream),
 //! snapshots taken from another stream are never read, and a node another
 //! node wrote behind takes no snapshot.
 
@@ -62,7 +63,7 @@ fn a_node_restarts_from_its_snapshot_and_another_node_from_the_stream() -> anyho
         let node = crash::open_node(&disk_1, &url, 3_600_000).await?;
         let recovery = node.recovery.clone();
         anyhow::ensure!(
-            recovery.replayed_from > 0,
+            recovery.replayed_from > 0 && recovery.installed_image.is_none(),
             "the restart did not start from its snapshot: {recovery:?}"
         );
         anyhow::ensure!(
@@ -74,10 +75,55 @@ fn a_node_restarts_from_its_snapshot_and_another_node_from_the_stream() -> anyho
         transfer(&node.ledger, 3_000_000, 10, &mut acknowledged).await?;
         node.stop_without_checkpoint().await;
 
-        // Another node has no snapshot: it reads the stream whole, node 1's
-        // checkpoint markers included.
+        // Another node has no snapshot: it installs node 1's image, and
+        // replays the tail after it, node 1's checkpoint markers included.
         let other = crash::open_node_as(NodeId(2), &disk_2, &url, 3_600_000).await?;
-        anyhow::ensure!(other.recovery.replayed_from == 0, "node 2 had no snapshot: {:?}", other.recovery);
+        anyhow::ensure!(
+            other.recovery.installed_image == Some(recovery.replayed_from)
+                && other.recovery.replayed_from == recovery.replayed_from
+                && other.recovery.records < BEFORE as u64 / 2,
+            "node 2 did not start from node 1's image: {:?}",
+            other.recovery
+        );
+        crash::check_books(&other, &acknowledged).await?;
+        // A transfer the image's index holds is known there: sent again, it
+        // is answered as before and moves nothing.
+        let again = acknowledged.get(&1_000_000).cloned().ok_or_else(|| anyhow::anyhow!("no transfer"))?;
+        anyhow::ensure!(other.ledger.submit_one(again).await?.is_ok(), "the image's transfer was refused");
+        crash::check_books(&other, &acknowledged).await?;
+        other.shutdown().await;
+        Ok(())
+    })
+}
+
+/// An image that cannot be read whole (a file of it deleted from the
+/// bucket) is passed over: the node replays the stream whole instead.
+#[test]
+fn a_node_passes_over_an_image_it_cannot_read_whole() -> anyhow::Result<()> {
+    let (root, server) = nats()?;
+    let url = server.url();
+    runtime()?.block_on(async {
+        let mut acknowledged = BTreeMap::new();
+        let node = crash::open_node(&root.path().join("node-1"), &url, 3_600_000).await?;
+        crash::setup(&node.ledger).await?;
+        transfer(&node.ledger, 1_000_000, BEFORE, &mut acknowledged).await?;
+        node.checkpoint().await?;
+        node.stop_without_checkpoint().await;
+        let bucket = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?)
+            .get_object_store(wallet_cluster::node::SNAPSHOT_BUCKET)
+            .await?;
+        let objects: Vec<_> = futures_util::TryStreamExt::try_collect(bucket.list().await?).await?;
+        let file = objects
+            .iter()
+            .find(|o| o.name.starts_with("file/") && o.size > 0)
+            .ok_or_else(|| anyhow::anyhow!("no image file in the bucket: {objects:?}"))?;
+        bucket.delete(file.name.as_str()).await?;
+        let other = crash::open_node_as(NodeId(2), &root.path().join("node-2"), &url, 3_600_000).await?;
+        anyhow::ensure!(
+            other.recovery.installed_image.is_none() && other.recovery.replayed_from == 0,
+            "node 2 started from an image it could not read whole: {:?}",
+            other.recovery
+        );
         crash::check_books(&other, &acknowledged).await?;
         other.shutdown().await;
         Ok(())
