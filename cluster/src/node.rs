@@ -189,11 +189,12 @@ impl NodeLedger {
         let started = Instant::now();
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = connect_checked(&options).await?;
+        let images = open_images(&options, &stream).await;
         let (journal, (ledger, checkpoints, mut recovery)) = loop {
             if options.standby {
-                standby::wait(&stream, options.node, options.ledger.shard_count).await;
+                stand_by(&options, &stream, images.as_ref()).await;
             }
-            match start_journal_and_ledger(&options, &stream).await {
+            match start_journal_and_ledger(&options, &stream, images.as_ref()).await {
                 Ok(opened) => break opened,
                 // Its journal dropped, this start's node lease expires;
                 // then the wait can end again.
@@ -272,15 +273,46 @@ async fn connect_checked(options: &NodeOptions) -> Result<JournalStream, NodeErr
     }
 }
 
+/// The bucket of snapshot images, if it can be opened: without it the node
+/// serves, and a node taking over replays more of the stream.
+async fn open_images(options: &NodeOptions, stream: &JournalStream) -> Option<Images> {
+    let opened =
+        Images::open(stream, options.ledger.shard_count, &options.data_dir, options.snapshot_cache_bytes)
+            .await;
+    opened
+        .inspect_err(|error| {
+            tracing::warn!(%error, "no snapshot images: a node taking over replays more of the stream");
+        })
+        .ok()
+}
+
+/// A standby's wait ([`standby::wait`]), installing each newer snapshot
+/// image meanwhile ([`images::prefetch`]), so that its takeover replays
+/// only what came after the newest one.
+async fn stand_by(options: &NodeOptions, stream: &JournalStream, images: Option<&Images>) {
+    let (done, waited) = tokio::sync::watch::channel(false);
+    let wait = async {
+        standby::wait(stream, options.node, options.ledger.shard_count).await;
+        let _ = done.send(true);
+    };
+    match images {
+        Some(images) => {
+            tokio::join!(wait, images::prefetch(images, stream, waited));
+        }
+        None => wait.await,
+    }
+}
+
 /// Starts the node's journal, then [`start`]; when that fails, what was
 /// taken is let go, so that a node that gave up does not keep others
 /// waiting for leases it will not use.
 async fn start_journal_and_ledger(
     options: &NodeOptions,
     stream: &JournalStream,
+    images: Option<&Images>,
 ) -> Result<(NodeJournal, (Ledger, Checkpoints<StreamLog>, NodeRecovery)), NodeError> {
     let journal = NodeJournal::start(stream.clone(), options.node).await?;
-    match start(options, stream.clone(), &journal).await {
+    match start(options, stream.clone(), &journal, images).await {
         Ok(started) => Ok((journal, started)),
         Err(error) => {
             release_all(&journal).await;
@@ -295,6 +327,7 @@ async fn start(
     options: &NodeOptions,
     stream: JournalStream,
     journal: &NodeJournal,
+    images: Option<&Images>,
 ) -> Result<(Ledger, Checkpoints<StreamLog>, NodeRecovery), NodeError> {
     let shard_count = options.ledger.shard_count;
     // A shard held when a standby's wait just found them all free is
@@ -303,23 +336,9 @@ async fn start(
     take_every_shard(journal, shard_count, take_wait).await?;
     // Every shard's lease is held (fencing every earlier writer), so what
     // the stream holds now is all there is.
-    let images = match Images::open(&stream, shard_count, &options.data_dir, options.snapshot_cache_bytes)
-        .await
-    {
-        Ok(images) => Some(images),
-        Err(error) => {
-            tracing::warn!(%error, "no snapshot images: other nodes replay more of the stream to take over");
-            None
-        }
-    };
-    let (snapshots, installed_image) = images::open_snapshots(
-        images.as_ref(),
-        &options.data_dir,
-        &stream,
-        shard_count,
-        options.snapshot_cache_bytes,
-    )
-    .await?;
+    let (snapshots, installed_image) =
+        images::open_snapshots(images, &options.data_dir, &stream, shard_count, options.snapshot_cache_bytes)
+            .await?;
     let reader = StreamReader::new(stream, crate::journal::journal_subject(options.node));
     let Replayed { recovered, completions, report, meta } = snapshots.replay(&reader, shard_count).await?;
     let recovery = NodeRecovery {
@@ -336,7 +355,7 @@ async fn start(
         journal,
         shard_count,
         take_wait: options.take_wait,
-        images,
+        images: images.cloned(),
         snapshots: snapshots.clone(),
     });
     let serving = Serving {

@@ -107,10 +107,19 @@ impl LocalSnapshots {
     }
 }
 
+/// What an import made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Imported {
+    /// Entries written.
+    pub entries: u64,
+    /// The position of the checkpoint the state is of (0: none).
+    pub position: u64,
+}
+
 /// Makes a new sled snapshot at `snapshot_dir` (which must not exist yet)
 /// holding what `from` exports, and flushes it. A file that is cut, holds a
 /// tree this build does not know, or fails a checksum is an error.
-pub fn import_state(from: &Path, snapshot_dir: &Path, cache_bytes: u64) -> Result<u64, StorageError> {
+pub fn import_state(from: &Path, snapshot_dir: &Path, cache_bytes: u64) -> Result<Imported, StorageError> {
     let mut input = BufReader::new(File::open(from).map_err(|e| StorageError::io(from, e))?);
     let store = SnapshotStore::open(snapshot_dir, cache_bytes)?;
     let trees = store.trees();
@@ -139,7 +148,8 @@ pub fn import_state(from: &Path, snapshot_dir: &Path, cache_bytes: u64) -> Resul
         }
     }
     store.flush()?;
-    Ok(imported)
+    let position = store.load_meta()?.map_or(0, |meta| meta.replay_from_segment);
+    Ok(Imported { entries: imported, position })
 }
 
 /// Reads the next frame of an exported state, and its length.
@@ -179,7 +189,7 @@ mod tests {
         let exported = dir.path().join("state");
         let count = snapshots.export_state(&exported)?;
         let imported = import_state(&exported, &dir.path().join("b"), 1 << 20)?;
-        assert_eq!(imported, count);
+        assert_eq!(imported.entries, count);
         let copy = SnapshotStore::open(&dir.path().join("b"), 1 << 20)?;
         for ((name, tree), (_, copied)) in trees.iter().zip(copy.trees().iter()) {
             let read = |tree: &sled::Tree| tree.iter().filter_map(Result::ok).collect::<Vec<_>>();

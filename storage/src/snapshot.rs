@@ -188,7 +188,8 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// The meta's position alone, without its open commits.
+    /// The meta without its open commits and the accounts it left
+    /// unpublished: its position and counters.
     pub(crate) fn load_meta(&self) -> Result<Option<CheckpointMeta>, StorageError> {
         let path = self.path();
         let Some(value) = self.meta.get("checkpoint").map_err(sled_error(&path))? else {

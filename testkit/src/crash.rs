@@ -87,11 +87,16 @@ pub async fn open_node_as(
     nats_url: &str,
     expiry_interval_ms: u64,
 ) -> anyhow::Result<NodeLedger> {
+    Ok(NodeLedger::open(node_options(node, dir, nats_url, expiry_interval_ms)).await?)
+}
+
+/// The options [`open_node_as`] opens `node` with.
+pub fn node_options(node: NodeId, dir: &Path, nats_url: &str, expiry_interval_ms: u64) -> NodeOptions {
     let defaults = NodeOptions::new(node, nats_url, dir);
     // Checkpoints as often as the embedded crash node's, so kills land
     // during them and starts replay from snapshots.
     let embedded = options(expiry_interval_ms);
-    let options = NodeOptions {
+    NodeOptions {
         // Short leases, as a test of a dead node's takeover wants.
         journal: ClusterJournalOptions {
             node_lease_ttl: Duration::from_secs(1),
@@ -108,8 +113,7 @@ pub async fn open_node_as(
         },
         snapshot_cache_bytes: embedded.snapshot_cache_bytes,
         ..defaults
-    };
-    Ok(NodeLedger::open(options).await?)
+    }
 }
 
 fn options(expiry_interval_ms: u64) -> EmbeddedOptions {

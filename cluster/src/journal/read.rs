@@ -133,6 +133,61 @@ async fn next_journal_message(
     }
 }
 
+/// How many of a node's journal messages from a checkpoint's position on
+/// are looked at for its marker: the checkpoint appends it right after it
+/// captured the shards, a few group commits after the position.
+const MARKER_SEARCH: usize = 1_024;
+
+/// The sequence of the message on `subject` holding the checkpoint marker
+/// naming `position`, among that node's first messages from `position` on.
+pub(crate) async fn find_checkpoint_marker(
+    stream: &JournalStream,
+    subject: &str,
+    position: u64,
+) -> Result<Option<u64>, StreamError> {
+    let mut from = position;
+    for _ in 0..MARKER_SEARCH {
+        let request = stream.stream.raw_message_builder().next_by_subject(subject).sequence(from);
+        let message = match request.send().await {
+            Ok(message) => message,
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(error) => return Err(nats_error(error)),
+        };
+        if holds_marker(&message.payload, position) {
+            return Ok(Some(message.sequence));
+        }
+        from = message.sequence + 1;
+    }
+    Ok(None)
+}
+
+/// Whether the message at `sequence` is on `subject` and holds the
+/// checkpoint marker naming `position`: the stream is the one the marker's
+/// checkpoint was taken from, not one that lost messages and was written
+/// again since.
+pub(crate) async fn is_checkpoint_marker(
+    stream: &JournalStream,
+    subject: &str,
+    sequence: u64,
+    position: u64,
+) -> Result<bool, StreamError> {
+    match stream.stream.raw_message_builder().sequence(sequence).send().await {
+        Ok(message) => Ok(message.subject.as_str() == subject && holds_marker(&message.payload, position)),
+        Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(error) => Err(nats_error(error)),
+    }
+}
+
+fn holds_marker(payload: &[u8], position: u64) -> bool {
+    let mut found = false;
+    let _ = hand_over::<StreamError>(0, "", payload, &mut |_, origin, record| {
+        found |= origin == Origin::Node
+            && matches!(record, Record::Checkpoint { replay_from_segment } if replay_from_segment == position);
+        Ok(())
+    });
+    found
+}
+
 /// Decodes `message`'s frames and hands each record to `each`.
 fn hand_over<E: From<StreamError>>(
     sequence: u64,

@@ -17,8 +17,8 @@ use crate::journal::JournalStream;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Taken {
     /// The journal stream's creation time, in nanoseconds since the Unix epoch.
-    stream_created_ns: String,
-    shard_count: u16,
+    pub(crate) stream_created_ns: String,
+    pub(crate) shard_count: u16,
 }
 
 impl Taken {
@@ -123,6 +123,18 @@ fn finish_replacing(dir: &Path) -> Result<(), StorageError> {
 /// Where an image is downloaded before it replaces the node's snapshots.
 pub(crate) fn incoming(dir: &Path) -> std::path::PathBuf {
     dir.join(INCOMING)
+}
+
+/// Syncs `snapshots` and the directories in it, so the files made there
+/// stay named after a crash.
+pub(crate) fn sync_dirs(snapshots: &Path) -> Result<(), StorageError> {
+    for entry in fs::read_dir(snapshots).map_err(|e| StorageError::io(snapshots, e))? {
+        let path = entry.map_err(|e| StorageError::io(snapshots, e))?.path();
+        if path.is_dir() {
+            sync_dir(&path)?;
+        }
+    }
+    sync_dir(snapshots)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

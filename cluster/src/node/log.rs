@@ -141,7 +141,8 @@ impl CheckpointLog for StreamLog {
     /// other nodes start from an older image, or replay more of the stream.
     async fn retire_before(&self, position: u64) -> Result<usize, StorageError> {
         if let Some(images) = &self.images {
-            if let Err(error) = images.publish(&self.snapshots, position).await {
+            let (stream, subject) = (&self.reader.stream, self.reader.own_subject.as_str());
+            if let Err(error) = images.publish(&self.snapshots, position, stream, subject).await {
                 metrics::counter!("wallet_snapshot_image_failures_total").increment(1);
                 tracing::warn!(%error, position, "the snapshot image could not be published");
             }

@@ -32,7 +32,7 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
     let child = env!("CARGO_BIN_EXE_wallet-crash-child");
     let runtime = runtime()?;
     let mut acknowledged: BTreeMap<u128, TransferRequest> = BTreeMap::new();
-    let (mut loaded_runs, mut completed_commits) = (0, 0);
+    let (mut loaded_runs, mut completed_commits, mut images_installed) = (0, 0, 0);
     for run in 1..=KILLS {
         let mut process = crash::spawn_child(child, &dir, run, &[(crash::NATS_URL_VAR, &url)])?;
         process.wait_ready(Duration::from_secs(60))?;
@@ -48,13 +48,17 @@ fn a_node_ledger_keeps_every_acknowledged_transfer_across_kill_9() -> anyhow::Re
         let checker_dir = root.path().join(format!("node-{}", checker.0));
         let recovery = runtime.block_on(verify(&url, checker, &checker_dir, &acknowledged, run))?;
         completed_commits += recovery.completed_commits;
+        images_installed += u64::from(recovery.installed_image.is_some());
         println!("run {run}: killed after {delay_ms} ms, {recovery:?}");
     }
     println!(
         "{KILLS} kills: {loaded_runs} under load, {completed_commits} commits completed at a restart, {} \
-         transfers acknowledged",
+         transfers acknowledged, {images_installed} starts from another node's snapshot image",
         acknowledged.len()
     );
+    // Node 2 takes over from the images the killed child published (and
+    // node 1 from those node 2 published at its shutdown).
+    anyhow::ensure!(images_installed > 0, "no start installed a snapshot image");
     anyhow::ensure!(loaded_runs >= KILLS / 2, "only {loaded_runs} of {KILLS} runs were killed under load");
     anyhow::ensure!(acknowledged.len() > 1_000, "only {} transfers acknowledged", acknowledged.len());
     Ok(())

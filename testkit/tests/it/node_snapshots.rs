@@ -14,6 +14,7 @@ use wallet_actors::ports::{append_durable, Origin};
 use wallet_actors::record::Record;
 use wallet_actors::TransferRequest;
 use wallet_cluster::journal::{JournalStream, NodeJournal};
+use wallet_cluster::node::{NodeLedger, NodeOptions};
 use wallet_testkit::nats::NatsServer;
 use wallet_testkit::{crash, posted, tid};
 
@@ -96,15 +97,74 @@ fn a_node_restarts_from_its_snapshot_and_another_node_from_the_stream() -> anyho
     })
 }
 
-/// An image that cannot be read whole (a file of it deleted from the
-/// bucket) is passed over: the node replays the stream whole instead.
+/// A standby installs each newer image while it waits, so its takeover
+/// replays only the stream after the newest one and downloads nothing.
 #[test]
-fn a_node_passes_over_an_image_it_cannot_read_whole() -> anyhow::Result<()> {
+fn a_standby_installs_images_while_it_waits() -> anyhow::Result<()> {
     let (root, server) = nats()?;
     let url = server.url();
     runtime()?.block_on(async {
         let mut acknowledged = BTreeMap::new();
-        let node = crash::open_node(&root.path().join("node-1"), &url, 3_600_000).await?;
+        // Checkpoints only when asked, so the one image is the one the
+        // standby installs while it waits.
+        let mut options = crash::node_options(NodeId(1), &root.path().join("node-1"), &url, 3_600_000);
+        options.checkpoint.bytes = u64::MAX;
+        let node = NodeLedger::open(options).await?;
+        crash::setup(&node.ledger).await?;
+        let standby_dir = root.path().join("node-2");
+        let options =
+            NodeOptions { standby: true, ..crash::node_options(NodeId(2), &standby_dir, &url, 3_600_000) };
+        let standby = tokio::spawn(NodeLedger::open(options));
+        transfer(&node.ledger, 1_000_000, BEFORE, &mut acknowledged).await?;
+        node.checkpoint().await?;
+        let shipped = standby_dir.join("snapshots").join("shipped.json");
+        wallet_testkit::eventually("the standby installs the image", Duration::from_secs(10), || async {
+            Ok(shipped.exists())
+        })
+        .await?;
+        transfer(&node.ledger, 2_000_000, 10, &mut acknowledged).await?;
+        node.stop_without_checkpoint().await;
+        let standby = tokio::time::timeout(Duration::from_secs(30), standby).await???;
+        let recovery = standby.recovery.clone();
+        anyhow::ensure!(
+            recovery.installed_image.is_none()
+                && recovery.replayed_from > 0
+                && recovery.records < BEFORE as u64 / 2,
+            "the standby did not start from the image it installed while waiting: {recovery:?}"
+        );
+        crash::check_books(&standby, &acknowledged).await?;
+        standby.shutdown().await;
+        Ok(())
+    })
+}
+
+/// An image that cannot be read whole (a file of it deleted from the
+/// bucket), or whose checkpoint marker is not where it says in the stream
+/// (the stream lost messages and was written again since), is passed over:
+/// the node replays the stream whole instead.
+#[test]
+fn a_node_passes_over_an_image_it_cannot_read_whole() -> anyhow::Result<()> {
+    passes_over(Damage::FileDeleted)
+}
+
+#[test]
+fn a_node_passes_over_an_image_whose_marker_is_not_in_the_stream() -> anyhow::Result<()> {
+    passes_over(Damage::MarkerElsewhere)
+}
+
+enum Damage {
+    FileDeleted,
+    MarkerElsewhere,
+}
+
+fn passes_over(damage: Damage) -> anyhow::Result<()> {
+    let (root, server) = nats()?;
+    let url = server.url();
+    runtime()?.block_on(async {
+        let mut acknowledged = BTreeMap::new();
+        let mut options = crash::node_options(NodeId(1), &root.path().join("node-1"), &url, 3_600_000);
+        options.checkpoint.bytes = u64::MAX;
+        let node = NodeLedger::open(options).await?;
         crash::setup(&node.ledger).await?;
         transfer(&node.ledger, 1_000_000, BEFORE, &mut acknowledged).await?;
         node.checkpoint().await?;
@@ -113,15 +173,29 @@ fn a_node_passes_over_an_image_it_cannot_read_whole() -> anyhow::Result<()> {
             .get_object_store(wallet_cluster::node::SNAPSHOT_BUCKET)
             .await?;
         let objects: Vec<_> = futures_util::TryStreamExt::try_collect(bucket.list().await?).await?;
-        let file = objects
-            .iter()
-            .find(|o| o.name.starts_with("file/") && o.size > 0)
-            .ok_or_else(|| anyhow::anyhow!("no image file in the bucket: {objects:?}"))?;
-        bucket.delete(file.name.as_str()).await?;
+        let named = |prefix: &str| {
+            objects
+                .iter()
+                .find(|o| o.name.starts_with(prefix) && o.size > 0)
+                .map(|o| o.name.clone())
+                .ok_or_else(|| anyhow::anyhow!("no {prefix} object in the bucket: {objects:?}"))
+        };
+        match damage {
+            Damage::FileDeleted => bucket.delete(named("file/")?.as_str()).await?,
+            Damage::MarkerElsewhere => {
+                let name = named("image/")?;
+                let mut bytes = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut bucket.get(name.as_str()).await?, &mut bytes)
+                    .await?;
+                let mut image: serde_json::Value = serde_json::from_slice(&bytes)?;
+                image["marker"] = serde_json::json!(1);
+                bucket.put(name.as_str(), &mut serde_json::to_vec(&image)?.as_slice()).await?;
+            }
+        }
         let other = crash::open_node_as(NodeId(2), &root.path().join("node-2"), &url, 3_600_000).await?;
         anyhow::ensure!(
             other.recovery.installed_image.is_none() && other.recovery.replayed_from == 0,
-            "node 2 started from an image it could not read whole: {:?}",
+            "node 2 started from a damaged image: {:?}",
             other.recovery
         );
         crash::check_books(&other, &acknowledged).await?;
