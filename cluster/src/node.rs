@@ -46,7 +46,7 @@ use wallet_actors::shard::ReplayError;
 use wallet_actors::{Ledger, LedgerConfig, LedgerError};
 use wallet_storage::{CheckpointEvery, CheckpointReport, Checkpoints, Replayed, Serving, StorageError};
 
-use self::images::Images;
+use self::images::{Images, Uploader};
 use self::log::{StreamLog, StreamReader};
 use crate::journal::{meta, JournalOptions, JournalStream, LeaseError, NodeJournal, StreamError};
 
@@ -177,6 +177,8 @@ pub struct NodeLedger {
     pub ledger: Ledger,
     journal: NodeJournal,
     checkpoints: Checkpoints<StreamLog>,
+    /// Publishes the checkpoints' snapshot images.
+    uploader: Option<Uploader>,
     _lock: wallet_storage::DataDirLock,
     /// What opening read.
     pub recovery: NodeRecovery,
@@ -190,7 +192,7 @@ impl NodeLedger {
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = connect_checked(&options).await?;
         let images = open_images(&options, &stream).await;
-        let (journal, (ledger, checkpoints, mut recovery)) = loop {
+        let (journal, Started { ledger, checkpoints, mut recovery, uploader }) = loop {
             if options.standby {
                 stand_by(&options, &stream, images.as_ref()).await;
             }
@@ -206,7 +208,7 @@ impl NodeLedger {
         };
         recovery.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(node = options.node.0, ?recovery, "node ledger recovered from the journal stream");
-        Ok(NodeLedger { ledger, journal, checkpoints, _lock: lock, recovery })
+        Ok(NodeLedger { ledger, journal, checkpoints, uploader, _lock: lock, recovery })
     }
 
     /// The node's journal.
@@ -240,9 +242,24 @@ impl NodeLedger {
 
     async fn stop(self, checkpoint: bool) {
         self.checkpoints.stop(checkpoint).await;
+        if let Some(uploader) = &self.uploader {
+            uploader.finish(LAST_IMAGE_WAIT).await;
+        }
         release_all(&self.journal).await;
         metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
     }
+}
+
+/// How long a shutdown waits for the last checkpoint's image to be
+/// published (the next start, on any node, starts from it).
+const LAST_IMAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// A started ledger and what runs beside it.
+struct Started {
+    ledger: Ledger,
+    checkpoints: Checkpoints<StreamLog>,
+    recovery: NodeRecovery,
+    uploader: Option<Uploader>,
 }
 
 /// How long a standby waits out NATS errors while it connects: an election
@@ -310,7 +327,7 @@ async fn start_journal_and_ledger(
     options: &NodeOptions,
     stream: &JournalStream,
     images: Option<&Images>,
-) -> Result<(NodeJournal, (Ledger, Checkpoints<StreamLog>, NodeRecovery)), NodeError> {
+) -> Result<(NodeJournal, Started), NodeError> {
     let journal = NodeJournal::start(stream.clone(), options.node).await?;
     match start(options, stream.clone(), &journal, images).await {
         Ok(started) => Ok((journal, started)),
@@ -328,7 +345,7 @@ async fn start(
     stream: JournalStream,
     journal: &NodeJournal,
     images: Option<&Images>,
-) -> Result<(Ledger, Checkpoints<StreamLog>, NodeRecovery), NodeError> {
+) -> Result<Started, NodeError> {
     let shard_count = options.ledger.shard_count;
     // A shard held when a standby's wait just found them all free is
     // another standby's, taking them all: no use waiting for it.
@@ -339,7 +356,9 @@ async fn start(
     let (snapshots, installed_image) =
         images::open_snapshots(images, &options.data_dir, &stream, shard_count, options.snapshot_cache_bytes)
             .await?;
-    let reader = StreamReader::new(stream, crate::journal::journal_subject(options.node));
+    let subject = crate::journal::journal_subject(options.node);
+    let uploader = images.map(|images| Uploader::start(images.clone(), stream.clone(), subject.clone()));
+    let reader = StreamReader::new(stream, subject);
     let Replayed { recovered, completions, report, meta } = snapshots.replay(&reader, shard_count).await?;
     let recovery = NodeRecovery {
         records: report.journal.records,
@@ -355,7 +374,7 @@ async fn start(
         journal,
         shard_count,
         take_wait: options.take_wait,
-        images: images.cloned(),
+        publishing: images.cloned().zip(uploader.clone()),
         snapshots: snapshots.clone(),
     });
     let serving = Serving {
@@ -366,7 +385,7 @@ async fn start(
     };
     let (ledger, checkpoints) =
         Checkpoints::start_ledger(log, snapshots, recovered, completions, meta, serving).await?;
-    Ok((ledger, checkpoints, recovery))
+    Ok(Started { ledger, checkpoints, recovery, uploader })
 }
 
 /// Most time releases take at shutdown: with NATS away each would wait for

@@ -23,6 +23,7 @@
 
 mod install;
 mod publish;
+mod uploader;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use super::cache::{self, Taken};
 use crate::journal::JournalStream;
 
 pub(crate) use install::{open_snapshots, prefetch};
+pub(crate) use uploader::Uploader;
 
 /// The object store bucket holding the images.
 pub const BUCKET: &str = "WALLET_SNAPSHOTS";
@@ -52,6 +54,9 @@ const UNNAMED_FILE_AGE: Duration = Duration::from_secs(600);
 
 /// Beside the snapshots: which objects hold which of its run files.
 const SHIPPED: &str = "shipped.json";
+
+/// In the node's directory: images staged for publication.
+const STAGING: &str = "image-staging";
 
 /// An image's description, `image/<stream>/<position>`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,6 +161,11 @@ impl Images {
                 ImageError::Nats(format!("creating the bucket: {created}; opening it: {opened}"))
             })?,
         };
+        // Images a crash left staged: their checkpoints have newer ones.
+        let staging = dir.join(STAGING);
+        if tokio::fs::try_exists(&staging).await.unwrap_or(false) {
+            tokio::fs::remove_dir_all(&staging).await.map_err(io(&staging))?;
+        }
         Ok(Images { bucket, taken: Taken::of(stream, shard_count), dir: dir.to_path_buf(), cache_bytes })
     }
 

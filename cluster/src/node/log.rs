@@ -18,7 +18,7 @@ use wallet_storage::log::{CheckpointLog, JournalReader};
 use wallet_storage::scan::SegmentScan;
 use wallet_storage::{LocalSnapshots, StorageError};
 
-use super::images::Images;
+use super::images::{Images, Uploader};
 use super::{take_every_shard, NodeError};
 use crate::journal::{nats_error, read_records, read_records_until, JournalStream, NodeJournal};
 
@@ -106,8 +106,9 @@ pub(crate) struct StreamLog {
     pub(crate) journal: Arc<NodeJournal>,
     pub(crate) shard_count: u16,
     pub(crate) take_wait: Duration,
-    /// Where each checkpoint's snapshot is published for other nodes.
-    pub(crate) images: Option<Images>,
+    /// Where each checkpoint's snapshot is staged, and who publishes it
+    /// for other nodes.
+    pub(crate) publishing: Option<(Images, Uploader)>,
     /// The snapshots the checkpoints write.
     pub(crate) snapshots: LocalSnapshots,
 }
@@ -136,15 +137,18 @@ impl CheckpointLog for StreamLog {
         Ok(info.state.last_sequence + 1)
     }
 
-    /// Retires nothing (the stream stays whole); publishes the snapshot
-    /// that just came in force for other nodes. Its failure fails nothing:
-    /// other nodes start from an older image, or replay more of the stream.
+    /// Retires nothing (the stream stays whole); stages the snapshot that
+    /// just came in force as an image for other nodes, published in the
+    /// background. Its failure fails nothing: other nodes start from an
+    /// older image, or replay more of the stream.
     async fn retire_before(&self, position: u64) -> Result<usize, StorageError> {
-        if let Some(images) = &self.images {
-            let (stream, subject) = (&self.reader.stream, self.reader.own_subject.as_str());
-            if let Err(error) = images.publish(&self.snapshots, position, stream, subject).await {
-                metrics::counter!("wallet_snapshot_image_failures_total").increment(1);
-                tracing::warn!(%error, position, "the snapshot image could not be published");
+        if let Some((images, uploader)) = &self.publishing {
+            match images.stage(&self.snapshots, position).await {
+                Ok(staged) => uploader.hand(staged).await,
+                Err(error) => {
+                    metrics::counter!("wallet_snapshot_image_failures_total").increment(1);
+                    tracing::warn!(%error, position, "the snapshot image could not be staged");
+                }
             }
         }
         Ok(0)

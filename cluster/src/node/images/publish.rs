@@ -1,7 +1,7 @@
 //! Publishing a checkpoint's image, and deleting images no start needs.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use async_nats::jetstream::object_store::ObjectInfo;
@@ -11,38 +11,51 @@ use wallet_storage::{LocalSnapshots, StorageError};
 
 use super::{
     io, nats, random_u128, runs_of, Formats, Image, ImageError, Images, Shipped, FILE_PREFIX, IMAGES,
-    IMAGES_KEPT, SHIPPED, UNNAMED_FILE_AGE,
+    IMAGES_KEPT, SHIPPED, STAGING, UNNAMED_FILE_AGE,
 };
 use crate::journal::read::find_checkpoint_marker;
 use crate::journal::JournalStream;
 
 impl Images {
-    /// Publishes the image of `snapshots`, whose checkpoint at `position`
-    /// just came in force, its marker written on `subject` (this node's
-    /// journal); call only while no checkpoint runs. A failure leaves the
-    /// images as they were.
-    pub(crate) async fn publish(
+    /// Stages the image of `snapshots`, whose checkpoint at `position` just
+    /// came in force, for [`Images::publish`]: the state exported and the
+    /// runs in force linked into a directory of its own, so that later
+    /// checkpoints may write and merge meanwhile. Call only while no
+    /// checkpoint runs. Local work only: no NATS request.
+    pub(crate) async fn stage(
         &self,
         snapshots: &LocalSnapshots,
         position: u64,
+    ) -> Result<Staged, ImageError> {
+        let dir = self.dir.join(STAGING).join(position.to_string());
+        let (exporting, staging) = (snapshots.clone(), dir.clone());
+        let files = tokio::task::spawn_blocking(move || stage_files(&exporting, &staging))
+            .await
+            .map_err(|_| ImageError::Nats("staging the image stopped".to_string()))??;
+        Ok(Staged { position, dir, files })
+    }
+
+    /// Publishes `staged`, its checkpoint's marker written on `subject`
+    /// (this node's journal), then deletes what no start needs. A failure
+    /// leaves the images as they were. The staged files are deleted either
+    /// way.
+    pub(crate) async fn publish(
+        &self,
+        staged: Staged,
         stream: &JournalStream,
         subject: &str,
     ) -> Result<(), ImageError> {
         let started = Instant::now();
-        let marker =
-            find_checkpoint_marker(stream, subject, position).await.map_err(nats)?.ok_or_else(|| {
-                ImageError::Invalid {
-                    name: self.image_name(position),
-                    why: "its checkpoint marker is not in the stream".to_string(),
-                }
-            })?;
-        let scratch = self.dir.join("image-export");
-        let files = export(snapshots, &scratch).await;
-        let published = match files {
-            Ok(files) => self.send_all(files, position, marker, subject).await,
-            Err(error) => Err(error),
+        let position = staged.position;
+        let published = match find_checkpoint_marker(stream, subject, position).await {
+            Ok(Some(marker)) => self.send_all(&staged.files, position, marker, subject).await,
+            Ok(None) => Err(ImageError::Invalid {
+                name: self.image_name(position),
+                why: "its checkpoint marker is not in the stream".to_string(),
+            }),
+            Err(error) => Err(nats(error)),
         };
-        let _ = tokio::fs::remove_file(&scratch).await;
+        staged.discard().await;
         let sent_bytes = published?;
         metrics::counter!("wallet_snapshot_images_published_total").increment(1);
         metrics::counter!("wallet_snapshot_image_bytes_sent_total").increment(sent_bytes);
@@ -63,7 +76,7 @@ impl Images {
     /// it; the bytes sent.
     async fn send_all(
         &self,
-        files: Vec<ImageFile>,
+        files: &[ImageFile],
         position: u64,
         marker: u64,
         subject: &str,
@@ -71,7 +84,7 @@ impl Images {
         let before = super::read_shipped(&self.snapshots_dir().join(SHIPPED)).await;
         let mut shipped = Vec::with_capacity(files.len());
         let mut sent_bytes = 0u64;
-        for file in &files {
+        for file in files {
             match self.already_shipped(&before, file).await {
                 Some(object) => shipped.push(object),
                 None => {
@@ -160,18 +173,44 @@ impl Images {
     }
 }
 
-/// Exports `snapshots`' state into `scratch` and lists the files of the
-/// image: the runs in force, their manifests, the state.
-async fn export(snapshots: &LocalSnapshots, scratch: &Path) -> Result<Vec<ImageFile>, ImageError> {
-    let (exporting, state) = (snapshots.clone(), scratch.to_path_buf());
-    let files = tokio::task::spawn_blocking(move || {
-        exporting.export_state(&state)?;
-        let bytes = std::fs::metadata(&state).map_err(|e| StorageError::io(&state, e))?.len();
-        let mut files = exporting.run_files()?;
-        files.push(ImageFile { relative: STATE_FILE.to_string(), path: state, bytes });
-        Ok::<_, StorageError>(files)
-    })
-    .await
-    .map_err(|_| ImageError::Nats("the export stopped".to_string()))??;
+/// An image staged for publication: its files, in a directory of its own.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    pub(crate) position: u64,
+    dir: PathBuf,
+    files: Vec<ImageFile>,
+}
+
+impl Staged {
+    /// Deletes its files (links: the runs stay where they are).
+    pub(crate) async fn discard(self) {
+        if let Err(error) = tokio::fs::remove_dir_all(&self.dir).await {
+            tracing::warn!(%error, dir = %self.dir.display(), "a staged snapshot image could not be deleted");
+        }
+    }
+}
+
+/// Exports `snapshots`' state into `dir` and links the runs in force there
+/// (hard links: a merge may delete a run; its link keeps it), copying the
+/// manifests (replaced by a rename, never written in place, so a link
+/// would do too; they are small).
+fn stage_files(snapshots: &LocalSnapshots, dir: &Path) -> Result<Vec<ImageFile>, StorageError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    }
+    let mut files = Vec::new();
+    for run in snapshots.run_files()? {
+        let path = dir.join(&run.relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StorageError::io(parent, e))?;
+        }
+        std::fs::hard_link(&run.path, &path).map_err(|e| StorageError::io(&path, e))?;
+        files.push(ImageFile { path, ..run });
+    }
+    let state = dir.join(STATE_FILE);
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    snapshots.export_state(&state)?;
+    let bytes = std::fs::metadata(&state).map_err(|e| StorageError::io(&state, e))?.len();
+    files.push(ImageFile { relative: STATE_FILE.to_string(), path: state, bytes });
     Ok(files)
 }
