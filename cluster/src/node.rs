@@ -191,9 +191,13 @@ impl NodeLedger {
         let started = Instant::now();
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = connect_checked(&options).await?;
-        let images = open_images(&options, &stream).await;
+        let mut images = open_images(&options, &stream).await;
         let (journal, Started { ledger, checkpoints, mut recovery, uploader }) = loop {
             if options.standby {
+                // Its first try may have met a NATS election.
+                if images.is_none() {
+                    images = open_images(&options, &stream).await;
+                }
                 stand_by(&options, &stream, images.as_ref()).await;
             }
             match start_journal_and_ledger(&options, &stream, images.as_ref()).await {
@@ -242,11 +246,12 @@ impl NodeLedger {
 
     async fn stop(self, checkpoint: bool) {
         self.checkpoints.stop(checkpoint).await;
+        // Publishing needs no lease: the next owner starts meanwhile.
+        release_all(&self.journal).await;
+        metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
         if let Some(uploader) = &self.uploader {
             uploader.finish(LAST_IMAGE_WAIT).await;
         }
-        release_all(&self.journal).await;
-        metrics::gauge!("wallet_shards_owned").set(self.journal.shards().len() as f64);
     }
 }
 

@@ -115,6 +115,8 @@ pub(crate) enum ImageError {
     Nats(String),
     #[error("reading {0} took too long")]
     TimedOut(String),
+    #[error("the standby's wait ended during the download")]
+    Cancelled,
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("image {name}: {why}")]

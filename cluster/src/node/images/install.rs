@@ -8,10 +8,14 @@ use futures_util::TryStreamExt;
 use wallet_storage::image::{import_state, STATE_FILE};
 use wallet_storage::{LocalSnapshots, StorageError};
 
-use super::{io, nats, read_deadline, runs_of, Formats, ImageError, Images, SHIPPED};
+use super::{io, nats, read_deadline, runs_of, Formats, ImageError, Images, Shipped, SHIPPED};
 use crate::journal::read::is_checkpoint_marker;
 use crate::journal::JournalStream;
 use crate::node::cache;
+
+/// What ends a standby's wait, which cuts its downloads short; none at a
+/// start.
+type Stop<'a> = Option<&'a tokio::sync::watch::Receiver<bool>>;
 
 /// How often a standby looks for a newer image while it waits.
 const PREFETCH_EVERY: Duration = Duration::from_secs(2);
@@ -41,7 +45,7 @@ pub(crate) async fn open_snapshots(
         }
     };
     close(snapshots).await;
-    let installed = images.install_first(candidates, local_position, stream).await;
+    let installed = images.install_first(candidates, local_position, stream, None).await;
     Ok((cache::open(dir, stream, shard_count, cache_bytes).await?, installed))
 }
 
@@ -65,7 +69,7 @@ pub(crate) async fn prefetch(
         if *stop.borrow() {
             return;
         }
-        if let Err(error) = images.fetch_newer(&mut local_position, stream).await {
+        if let Err(error) = images.fetch_newer(&mut local_position, stream, &stop).await {
             tracing::debug!(%error, "standing by: no newer snapshot image now");
         }
         tokio::select! {
@@ -108,6 +112,7 @@ impl Images {
         &self,
         local_position: &mut Option<u64>,
         stream: &JournalStream,
+        stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), ImageError> {
         let known = match *local_position {
             Some(position) => position,
@@ -122,7 +127,7 @@ impl Images {
             }
         };
         let candidates = self.newer_than(known, stream).await?;
-        if let Some(installed) = self.install_first(candidates, known, stream).await {
+        if let Some(installed) = self.install_first(candidates, known, stream, Some(stop)).await {
             *local_position = Some(installed);
         }
         Ok(())
@@ -136,10 +141,11 @@ impl Images {
         candidates: Vec<(u64, String)>,
         local_position: u64,
         stream: &JournalStream,
+        stop: Stop<'_>,
     ) -> Option<u64> {
         for (position, name) in candidates {
             let started = Instant::now();
-            match self.install(&name, stream).await {
+            match self.install(&name, stream, stop).await {
                 Ok(()) => {
                     metrics::counter!("wallet_snapshot_images_installed_total").increment(1);
                     tracing::info!(
@@ -150,6 +156,7 @@ impl Images {
                     );
                     return Some(position);
                 }
+                Err(ImageError::Cancelled) => return None,
                 Err(error) => tracing::warn!(%error, %name, "a snapshot image could not be installed"),
             }
         }
@@ -159,7 +166,7 @@ impl Images {
     /// Checks the image `name` against this stream and build, downloads it
     /// into `snapshots.incoming/`, checks what it holds, then puts it in
     /// place of `snapshots/`.
-    async fn install(&self, name: &str, stream: &JournalStream) -> Result<(), ImageError> {
+    async fn install(&self, name: &str, stream: &JournalStream, stop: Stop<'_>) -> Result<(), ImageError> {
         let image = self.read_image(name).await?;
         let invalid = |why: &str| ImageError::Invalid { name: name.to_string(), why: why.to_string() };
         if image.taken != self.taken {
@@ -178,13 +185,36 @@ impl Images {
         }
         let incoming = cache::incoming(&self.dir);
         let _ = tokio::fs::remove_dir_all(&incoming).await;
-        for file in &image.files {
-            let runs = file.relative.starts_with("index/") || file.relative.starts_with("history/");
-            let plain = Path::new(&file.relative).components().count() <= 2 && !file.relative.contains("..");
-            if !(file.relative == STATE_FILE || runs && plain) {
-                return Err(invalid("names a file that is not part of an image"));
+        // Runs the node has already (the same object, shipped or installed
+        // before) are linked, not downloaded again.
+        let local = super::read_shipped(&self.snapshots_dir().join(SHIPPED)).await;
+        let fetch = async {
+            for file in &image.files {
+                let runs = file.relative.starts_with("index/") || file.relative.starts_with("history/");
+                let plain =
+                    Path::new(&file.relative).components().count() <= 2 && !file.relative.contains("..");
+                if !(file.relative == STATE_FILE || runs && plain) {
+                    return Err(invalid("names a file that is not part of an image"));
+                }
+                let path = incoming.join(&file.relative);
+                if !local.contains(file) || !self.link_local(file, &path).await {
+                    self.download(&file.object, file.bytes, &path).await?;
+                }
             }
-            self.download(&file.object, file.bytes, &incoming.join(&file.relative)).await?;
+            Ok(())
+        };
+        // Only the downloads may be cut short (what they leave in
+        // `snapshots.incoming/` is deleted at the next open), never the
+        // import and the swap below.
+        match stop {
+            Some(stop) => {
+                let mut stop = stop.clone();
+                tokio::select! {
+                    fetched = fetch => fetched?,
+                    _ = stop.wait_for(|stopped| *stopped) => return Err(ImageError::Cancelled),
+                }
+            }
+            None => fetch.await?,
         }
         let (dir, taken, cache_bytes, position) =
             (self.dir.clone(), self.taken.clone(), self.cache_bytes, image.position);
@@ -207,6 +237,19 @@ impl Images {
         })
         .await
         .map_err(|_| ImageError::Nats("the install stopped".to_string()))?
+    }
+
+    /// Links the node's own copy of `file` (which its `shipped.json` names
+    /// with the same object) to `path`; whether it could.
+    async fn link_local(&self, file: &Shipped, path: &Path) -> bool {
+        let own = self.snapshots_dir().join(&file.relative);
+        let same_size = tokio::fs::metadata(&own).await.is_ok_and(|m| m.len() == file.bytes);
+        if let Some(parent) = path.parent() {
+            if tokio::fs::create_dir_all(parent).await.is_err() {
+                return false;
+            }
+        }
+        same_size && tokio::fs::hard_link(&own, path).await.is_ok()
     }
 
     /// Downloads `object` into `path`, synced; it must be `bytes` long (the

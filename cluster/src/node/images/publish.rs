@@ -29,10 +29,17 @@ impl Images {
     ) -> Result<Staged, ImageError> {
         let dir = self.dir.join(STAGING).join(position.to_string());
         let (exporting, staging) = (snapshots.clone(), dir.clone());
-        let files = tokio::task::spawn_blocking(move || stage_files(&exporting, &staging))
+        let staged = tokio::task::spawn_blocking(move || stage_files(&exporting, &staging))
             .await
-            .map_err(|_| ImageError::Nats("staging the image stopped".to_string()))??;
-        Ok(Staged { position, dir, files })
+            .map_err(|_| ImageError::Nats("staging the image stopped".to_string()));
+        match staged {
+            Ok(Ok(files)) => Ok(Staged { position, dir, files }),
+            Ok(Err(error)) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(error.into())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Publishes `staged`, its checkpoint's marker written on `subject`
@@ -190,10 +197,9 @@ impl Staged {
     }
 }
 
-/// Exports `snapshots`' state into `dir` and links the runs in force there
-/// (hard links: a merge may delete a run; its link keeps it), copying the
-/// manifests (replaced by a rename, never written in place, so a link
-/// would do too; they are small).
+/// Exports `snapshots`' state into `dir` and links the runs in force and
+/// their manifests there (hard links: a merge may delete a run, its link
+/// keeps it; a manifest is replaced by a rename, never written in place).
 fn stage_files(snapshots: &LocalSnapshots, dir: &Path) -> Result<Vec<ImageFile>, StorageError> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;

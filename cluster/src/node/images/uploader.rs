@@ -56,6 +56,9 @@ impl Uploader {
         let running = shared.clone();
         let task = tokio::spawn(async move {
             loop {
+                // Read before the take: an image handed over just before
+                // the stop is published too.
+                let stopping = running.stopping.load(std::sync::atomic::Ordering::SeqCst);
                 if let Some(staged) = running.take() {
                     let position = staged.position;
                     if let Err(error) = images.publish(staged, &stream, &subject).await {
@@ -64,7 +67,7 @@ impl Uploader {
                     }
                     continue;
                 }
-                if running.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                if stopping {
                     return;
                 }
                 running.wake.notified().await;
@@ -89,12 +92,19 @@ impl Uploader {
     pub(crate) async fn finish(&self, wait: Duration) {
         self.0.shared.stop();
         let task = self.0.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            if tokio::time::timeout(wait, task).await.is_err() {
+        if let Some(mut task) = task {
+            if tokio::time::timeout(wait, &mut task).await.is_err() {
+                // Not left running past the node's stop (its directory's
+                // lock goes with it): the publication is dropped.
+                task.abort();
+                let _ = task.await;
                 tracing::warn!(
-                    "the last snapshot image was not published in time; other nodes start from an older one"
+                    "the last snapshot image was not published in time and is dropped; other nodes start from an older one"
                 );
             }
+        }
+        if let Some(left) = self.0.shared.take() {
+            left.discard().await;
         }
     }
 }
