@@ -167,8 +167,15 @@ pub struct NodeRecovery {
     /// The position of the image installed in place of the node's own
     /// snapshot (newer than it), if one was.
     pub installed_image: Option<u64>,
-    /// How long it took, in milliseconds.
+    /// How long the start took, in milliseconds: from the end of a
+    /// standby's wait (a takeover's own time) or from the open.
     pub elapsed_ms: u64,
+    /// Of which taking every shard's lease.
+    pub leases_ms: u64,
+    /// Of which opening the snapshot (and installing a newer image).
+    pub snapshot_ms: u64,
+    /// Of which replaying the stream after it.
+    pub replay_ms: u64,
 }
 
 /// A running node's ledger and its journal.
@@ -188,7 +195,7 @@ impl NodeLedger {
     /// Takes every shard's lease, replays the journal stream after the
     /// node's snapshot, and serves.
     pub async fn open(options: NodeOptions) -> Result<NodeLedger, NodeError> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let lock = wallet_storage::DataDirLock::take(&options.data_dir)?;
         let stream = connect_checked(&options).await?;
         let mut images = open_images(&options, &stream).await;
@@ -199,6 +206,7 @@ impl NodeLedger {
                     images = open_images(&options, &stream).await;
                 }
                 stand_by(&options, &stream, images.as_ref()).await;
+                started = Instant::now();
             }
             match start_journal_and_ledger(&options, &stream, images.as_ref()).await {
                 Ok(opened) => break opened,
@@ -355,16 +363,21 @@ async fn start(
     // A shard held when a standby's wait just found them all free is
     // another standby's, taking them all: no use waiting for it.
     let take_wait = if options.standby { Duration::ZERO } else { options.take_wait };
+    let mut phase = Instant::now();
+    let mut lap = || std::mem::replace(&mut phase, Instant::now()).elapsed().as_millis() as u64;
     take_every_shard(journal, shard_count, take_wait).await?;
+    let leases_ms = lap();
     // Every shard's lease is held (fencing every earlier writer), so what
     // the stream holds now is all there is.
     let (snapshots, installed_image) =
         images::open_snapshots(images, &options.data_dir, &stream, shard_count, options.snapshot_cache_bytes)
             .await?;
+    let snapshot_ms = lap();
     let subject = crate::journal::journal_subject(options.node);
     let uploader = images.map(|images| Uploader::start(images.clone(), stream.clone(), subject.clone()));
     let reader = StreamReader::new(stream, subject);
     let Replayed { recovered, completions, report, meta } = snapshots.replay(&reader, shard_count).await?;
+    let replay_ms = lap();
     let recovery = NodeRecovery {
         records: report.journal.records,
         replayed_from: meta.replay_from_segment,
@@ -372,6 +385,9 @@ async fn start(
         completed_commits: report.completed_commits,
         installed_image,
         elapsed_ms: 0,
+        leases_ms,
+        snapshot_ms,
+        replay_ms,
     };
     let journal = Arc::new(journal.clone());
     let log = Arc::new(StreamLog {
@@ -410,8 +426,9 @@ async fn release_all(journal: &NodeJournal) {
 }
 
 /// Takes the lease of every shard the journal does not hold (at open,
-/// all; after a renewal found some lost, those), waiting up to `wait` for
-/// leases another node holds (it died: they expire; it is alive: this fails).
+/// all; after a renewal found some lost, those), all in one batch, waiting
+/// up to `wait` while another node holds some (it died: its node lease
+/// expires, which fences it; it is alive: this fails).
 pub(crate) async fn take_every_shard(
     journal: &NodeJournal,
     shard_count: u16,
@@ -419,15 +436,14 @@ pub(crate) async fn take_every_shard(
 ) -> Result<(), LeaseError> {
     let deadline = Instant::now() + wait;
     let held = journal.shards();
-    for shard in (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)) {
-        loop {
-            match journal.take(shard).await {
-                Ok(_) => break,
-                Err(LeaseError::Held { .. } | LeaseError::Changed { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => return Err(error),
+    let missing: Vec<ShardId> = (0..shard_count).map(ShardId).filter(|shard| !held.contains(shard)).collect();
+    while !missing.is_empty() {
+        match journal.take_all(missing.clone()).await {
+            Ok(_) => break,
+            Err(LeaseError::Held { .. } | LeaseError::Changed { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Err(error) => return Err(error),
         }
     }
     metrics::gauge!("wallet_shards_owned").set(journal.shards().len() as f64);

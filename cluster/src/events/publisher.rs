@@ -26,6 +26,9 @@ use crate::journal::batch::{publish_on, Outgoing};
 /// Reads of an account's last event in the stream in flight at once.
 const LAST_READS_AT_ONCE: usize = 64;
 
+/// Events rendered before the task lets the runtime's other tasks run.
+const RENDERED_BETWEEN_YIELDS: usize = 64;
+
 /// How the publisher reaches NATS and shapes the stream.
 #[derive(Clone, Debug)]
 pub struct PublisherOptions {
@@ -245,6 +248,11 @@ impl Run {
         }
         batch.last.insert(entry.account_id, entry.sequence);
         batch.events.push(super::render(&self.ledger, entry)?);
+        if batch.events.len().is_multiple_of(RENDERED_BETWEEN_YIELDS) {
+            // A batch takes milliseconds to render: the shards' tasks on
+            // the same worker must not wait for all of it.
+            tokio::task::yield_now().await;
+        }
         Ok(())
     }
 

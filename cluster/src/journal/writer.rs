@@ -29,7 +29,7 @@
 //!
 //! [`JournalOptions::node_lease_ttl`]: super::JournalOptions::node_lease_ttl
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -86,7 +86,7 @@ enum Command {
         continues: bool,
     },
     WhenDurable(OnDurable),
-    Take(ShardId, oneshot::Sender<Result<Lease, LeaseError>>),
+    Take(Vec<ShardId>, oneshot::Sender<Result<Vec<Lease>, LeaseError>>),
     Release(ShardId, oneshot::Sender<()>),
     #[cfg(feature = "fault-injection")]
     StallNextWrite(std::time::Duration),
@@ -148,10 +148,10 @@ fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
 
 /// Runs a lease take again while the lease changed under it: an earlier
 /// start of this node still renewing until it finds itself superseded.
-async fn with_retries<F, Fut>(mut take: F) -> Result<Lease, LeaseError>
+async fn with_retries<T, F, Fut>(mut take: F) -> Result<T, LeaseError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Lease, LeaseError>>,
+    Fut: std::future::Future<Output = Result<T, LeaseError>>,
 {
     const ATTEMPTS: u32 = 10;
     let mut attempt = 1;
@@ -187,6 +187,7 @@ impl NodeJournal {
             failed: None,
             next_renewal: Instant::now() + stream_renew_every,
             writes: 0,
+            fenced_starts: HashSet::new(),
             stats: stats.clone(),
             #[cfg(feature = "fault-injection")]
             stall: None,
@@ -195,14 +196,21 @@ impl NodeJournal {
         Ok(NodeJournal { sender, stats, held, holder })
     }
 
-    /// Takes `shard`'s lease (free, or held by an earlier start of this
-    /// node) together with a renewal of every lease the node holds, and
-    /// writes for it from then on.
+    /// Takes `shard`'s lease (free, held by an earlier start of this node,
+    /// or by a fenced start of another) together with a renewal of every
+    /// lease the node holds, and writes for it from then on.
     pub async fn take(&self, shard: ShardId) -> Result<Lease, LeaseError> {
+        let taken = self.take_all(vec![shard]).await?;
+        taken.into_iter().next().ok_or(LeaseError::Changed { of: Leased::Shard(shard) })
+    }
+
+    /// Takes the leases of `shards` as [`NodeJournal::take`] does, all in
+    /// one atomic batch: all of them, or none.
+    pub async fn take_all(&self, shards: Vec<ShardId>) -> Result<Vec<Lease>, LeaseError> {
         with_retries(|| async {
             let (reply, taken) = oneshot::channel();
             let closed = || LeaseError::Stream(super::StreamError::Nats("the journal writer stopped".into()));
-            self.sender.send(Command::Take(shard, reply)).map_err(|_| closed())?;
+            self.sender.send(Command::Take(shards.clone(), reply)).map_err(|_| closed())?;
             taken.await.map_err(|_| closed())?
         })
         .await
@@ -293,6 +301,8 @@ struct Writer {
     next_renewal: Instant,
     /// Messages written so far: with the holder, each one's `Nats-Msg-Id`.
     writes: u64,
+    /// Starts of other nodes found fenced (they never write again).
+    fenced_starts: HashSet<Holder>,
     stats: Arc<JournalStats>,
     #[cfg(feature = "fault-injection")]
     stall: Option<std::time::Duration>,
@@ -305,7 +315,7 @@ impl Writer {
         loop {
             // Due renewals go first, also while writes queue up back to back.
             if Instant::now() >= self.next_renewal {
-                let _ = self.renew(None).await;
+                let _ = self.renew(Vec::new()).await;
             }
             let first = match carried.take() {
                 Some(command) => command,
@@ -344,11 +354,11 @@ impl Writer {
         match command {
             // Leases change between writes only: what came first is written
             // first, and a due renewal is looked at right after.
-            Command::Take(shard, reply) => {
+            Command::Take(shards, reply) => {
                 if !message.is_empty() {
-                    return Next::Carry(Command::Take(shard, reply));
+                    return Next::Carry(Command::Take(shards, reply));
                 }
-                let _ = reply.send(self.take(shard).await);
+                let _ = reply.send(self.take(shards).await);
                 return Next::Stop;
             }
             Command::Release(shard, done) => {
@@ -475,7 +485,7 @@ impl Writer {
         loop {
             // Due renewals go first, also while a write is asked again.
             if asked_again && Instant::now() >= self.next_renewal {
-                let _ = self.renew(None).await;
+                let _ = self.renew(Vec::new()).await;
             }
             let node_lease = self.held().node;
             let (Some(node_lease), None) = (node_lease, self.failed) else {

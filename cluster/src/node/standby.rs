@@ -10,26 +10,36 @@ use std::time::Duration;
 use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::ports::JournalError;
 
-use crate::journal::lease::{self, LeaseError, Leased};
+use crate::journal::lease::{self, Holder, LeaseError, Leased};
 use crate::journal::{JournalStream, StreamError};
 use crate::node::NodeError;
 use wallet_storage::StorageError;
 
-/// How often a standby reads the leases (while the active node lives, two
-/// reads each time: its node lease and the first shard's).
+/// How often a standby reads the leases (while the active node lives,
+/// three reads each time: its own node lease, the first shard's, and its
+/// holder's node lease).
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether `node` may start now: its own lease is free (a start of it that
-/// died has let it expire) and every shard is free or held by an earlier
-/// start of `node`, which a later start takes back at once.
+/// died has let it expire) and every shard is free, held by an earlier
+/// start of `node` (which a later start takes back at once), or held by a
+/// fenced start of another node (its node lease expired: it can write
+/// nothing more, and its shard leases, living a second longer, need not be
+/// waited out).
 async fn free_for(stream: &JournalStream, node: NodeId, shard_count: u16) -> Result<bool, StreamError> {
     if lease::holder(stream, Leased::Node(node)).await?.is_some() {
         return Ok(false);
     }
+    let mut fenced: Vec<Holder> = Vec::new();
     for shard in (0..shard_count).map(ShardId) {
-        if lease::holder(stream, Leased::Shard(shard)).await?.is_some_and(|(holder, _)| holder.node != node) {
+        let Some((holder, _)) = lease::holder(stream, Leased::Shard(shard)).await? else { continue };
+        if holder.node == node || fenced.contains(&holder) {
+            continue;
+        }
+        if !lease::is_fenced(stream, holder).await? {
             return Ok(false);
         }
+        fenced.push(holder);
     }
     Ok(true)
 }

@@ -2,7 +2,8 @@
 //! against a real nats-server: records come back in order once
 //! acknowledged, one node at a time holds a shard, a node paused past its
 //! lease or superseded by a later start of itself stores nothing more (the
-//! server refuses its write), a renewal whose answer was lost is not taken
+//! server refuses its write), a shard whose holder is fenced is taken
+//! without waiting for its lease to expire, a renewal whose answer was lost is not taken
 //! for a loss, and a node that lost one shard's lease stops writing for that
 //! shard only.
 
@@ -167,14 +168,14 @@ fn one_node_takes_a_free_lease_and_renewal_keeps_it() -> anyhow::Result<()> {
     let (_dir, server) = nats()?;
     runtime()?.block_on(async {
         let stream = JournalStream::connect(options(&server)).await?;
-        // Two nodes race for ten shards, each from a task of its own: each
-        // shard gets exactly one owner.
-        for shard in (0..10).map(|n| Leased::Shard(ShardId(n))) {
-            let racers = [A, B].map(|node| {
-                let stream = stream.clone();
-                tokio::spawn(
-                    async move { lease::take(&stream, shard, Holder { node, incarnation: 1 }).await },
-                )
+        // Two live nodes race for ten shards, each from a task of its own:
+        // each shard gets exactly one owner.
+        let journal = NodeJournal::start(stream.clone(), A).await?;
+        let rival_journal = NodeJournal::start(stream.clone(), B).await?;
+        for shard in (0..10).map(ShardId) {
+            let racers = [&journal, &rival_journal].map(|racer| {
+                let racer = racer.clone();
+                tokio::spawn(async move { racer.take(shard).await })
             });
             let mut owners = Vec::new();
             for racer in racers {
@@ -185,12 +186,12 @@ fn one_node_takes_a_free_lease_and_renewal_keeps_it() -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!(owners.len() == 1, "{shard:?} got owners {owners:?}");
-            let (holder, _) =
-                lease::holder(&stream, shard).await?.ok_or_else(|| anyhow::anyhow!("no holder"))?;
+            let (holder, _) = lease::holder(&stream, Leased::Shard(shard))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no holder"))?;
             anyhow::ensure!(holder.node == owners[0], "the stream names another owner");
         }
         // A renews shard 20 (and itself) past twice their leases.
-        let journal = NodeJournal::start(stream.clone(), A).await?;
         journal.take(ShardId(20)).await?;
         let renewals = journal.stats();
         let at = Instant::now();
@@ -203,8 +204,6 @@ fn one_node_takes_a_free_lease_and_renewal_keeps_it() -> anyhow::Result<()> {
         );
         append(&journal, ShardId(20), Record::Epoch(1)).await?;
         anyhow::ensure!(renewals.renewals.load(std::sync::atomic::Ordering::Relaxed) >= 10);
-        // The raced shards' leases, never renewed, expire.
-        until_free(&stream, Leased::Shard(ShardId(0))).await?;
         Ok(())
     })
 }
@@ -235,6 +234,45 @@ fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
         anyhow::ensure!(a.fenced() && a.shards().is_empty(), "A still counts itself an owner");
         anyhow::ensure!(append(&a, shard, Record::Epoch(3)).await == Err(JournalError::Fenced));
         append(&b, shard, Record::Epoch(101)).await?;
+        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 100, 101]);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_shard_whose_holder_is_fenced_is_taken_before_its_lease_expires() -> anyhow::Result<()> {
+    let (_dir, server) = nats()?;
+    runtime()?.block_on(async {
+        // Shard leases outlive node leases by four seconds here, so the
+        // take below happens while A's shard lease surely still lives.
+        let options = JournalOptions { shard_lease_ttl: Duration::from_secs(5), ..options(&server) };
+        let stream = JournalStream::connect(options).await?;
+        let shard = ShardId(9);
+        let a = holding(&stream, A, shard).await?;
+        append(&a, shard, Record::Epoch(1)).await?;
+        // While A lives, its shard is A's.
+        let rival = NodeJournal::start(stream.clone(), B).await?;
+        anyhow::ensure!(
+            matches!(rival.take(shard).await, Err(LeaseError::Held { by: A, .. })),
+            "a live node's shard was taken"
+        );
+        // A stalls (a pause, a death) before a write, renewing nothing.
+        a.stall_next_write(Duration::from_secs(3));
+        let (on_durable, late) = outcome();
+        a.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
+        until_free(&stream, Leased::Node(A)).await?;
+        let (holder, _) = lease::holder(&stream, Leased::Shard(shard))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no holder"))?;
+        anyhow::ensure!(holder.node == A, "A's shard lease expired already: the test proves nothing");
+        anyhow::ensure!(lease::is_fenced(&stream, holder).await?);
+        // A's node lease is gone, so A is fenced: B takes the shard at once.
+        rival.take(shard).await?;
+        append(&rival, shard, Record::Epoch(100)).await?;
+        let refused = late.await?;
+        anyhow::ensure!(refused == Err(JournalError::Fenced), "the fenced node wrote: {refused:?}");
+        anyhow::ensure!(append(&a, shard, Record::Epoch(3)).await == Err(JournalError::Fenced));
+        append(&rival, shard, Record::Epoch(101)).await?;
         anyhow::ensure!(stored(&stream, shard).await? == vec![1, 100, 101]);
         Ok(())
     })

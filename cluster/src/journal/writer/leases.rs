@@ -74,25 +74,78 @@ impl Writer {
         }
     }
 
-    /// Takes `shard` in one atomic batch with a renewal of all held leases.
-    pub(super) async fn take(&mut self, shard: ShardId) -> Result<Lease, LeaseError> {
-        if let Some(lease) = self.held().shards.get(&shard).copied() {
-            return Ok(lease);
-        }
-        if self.held().shards.len() >= SHARDS_PER_NODE_MAX {
+    /// Takes the leases of `shards` (those not held yet) in one atomic
+    /// batch with a renewal of all held leases: all of them, or none (a
+    /// takeover costs one round trip, not one per shard). A shard held by a
+    /// live start of another node fails the take (`Held`); one held by a
+    /// fenced start is taken ([`lease::is_fenced`]).
+    pub(super) async fn take(&mut self, shards: Vec<ShardId>) -> Result<Vec<Lease>, LeaseError> {
+        let wanted: Vec<ShardId> = {
+            let held = self.held();
+            shards.iter().copied().filter(|shard| !held.shards.contains_key(shard)).collect()
+        };
+        if self.held().shards.len() + wanted.len() > SHARDS_PER_NODE_MAX {
             return Err(LeaseError::TooMany);
         }
-        let of = Leased::Shard(shard);
-        let expected = lease::expected_given(of, self.holder, self.read_state(of).await?)?;
-        self.renew(Some((shard, expected))).await?;
-        self.held().shards.get(&shard).copied().ok_or(LeaseError::Changed { of })
+        let mut new = Vec::with_capacity(wanted.len());
+        for (shard, state) in wanted.iter().copied().zip(self.read_states(&wanted).await?) {
+            let of = Leased::Shard(shard);
+            let fenced = match state {
+                LeaseState::Held { holder, .. } if holder.node != self.holder.node => {
+                    self.start_fenced(holder).await?
+                }
+                _ => false,
+            };
+            new.push((shard, lease::expected_given(of, self.holder, state, fenced)?));
+        }
+        if !new.is_empty() {
+            self.renew(new).await?;
+        }
+        let held = self.held();
+        shards
+            .into_iter()
+            .map(|shard| {
+                held.shards.get(&shard).copied().ok_or(LeaseError::Changed { of: Leased::Shard(shard) })
+            })
+            .collect()
     }
 
-    /// Renews the node lease and every shard lease (and takes `new`, a
-    /// shard and the sequence its lease subject must end with) in one
+    /// The lease states of `shards`, read a few at a time, all within one
+    /// `ack_timeout` (renewals wait meanwhile).
+    async fn read_states(&self, shards: &[ShardId]) -> Result<Vec<LeaseState>, StreamError> {
+        let reads = futures_util::stream::iter(shards.iter().copied())
+            .map(|shard| lease::state(&self.stream, Leased::Shard(shard)))
+            .buffered(READS_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        match tokio::time::timeout(self.stream.options.ack_timeout, reads).await {
+            Ok(reads) => reads.into_iter().collect(),
+            Err(_) => Err(StreamError::Nats("reading the shard leases timed out".into())),
+        }
+    }
+
+    /// Whether `start` (of another node) is fenced, remembered per start:
+    /// a fenced start never writes again, and one takeover asks about the
+    /// same start for every shard it held.
+    async fn start_fenced(&mut self, start: Holder) -> Result<bool, StreamError> {
+        if self.fenced_starts.contains(&start) {
+            return Ok(true);
+        }
+        let read = lease::is_fenced(&self.stream, start);
+        let fenced = match tokio::time::timeout(self.stream.options.ack_timeout, read).await {
+            Ok(fenced) => fenced?,
+            Err(_) => return Err(StreamError::Nats("reading a node lease timed out".into())),
+        };
+        if fenced {
+            self.fenced_starts.insert(start);
+        }
+        Ok(fenced)
+    }
+
+    /// Renews the node lease and every shard lease (and takes `new`,
+    /// shards and the sequences their lease subjects must end with) in one
     /// atomic batch. If the batch is refused, reads them to learn which were
     /// lost, drops those, and renews the rest once more (without `new`).
-    pub(super) async fn renew(&mut self, new: Option<(ShardId, u64)>) -> Result<(), LeaseError> {
+    pub(super) async fn renew(&mut self, new: Vec<(ShardId, u64)>) -> Result<(), LeaseError> {
         self.next_renewal = Instant::now() + self.stream.options.renew_every;
         let mut new = new;
         let mut refused = None;
@@ -107,9 +160,11 @@ impl Writer {
                 };
                 std::iter::once(node).chain(held.shards.values().copied()).collect()
             };
-            if let Some((shard, expected)) = new {
-                leases.push(Lease { of: Leased::Shard(shard), holder: self.holder, sequence: expected });
-            }
+            leases.extend(new.iter().map(|&(shard, expected)| Lease {
+                of: Leased::Shard(shard),
+                holder: self.holder,
+                sequence: expected,
+            }));
             let messages = leases.iter().map(|l| (l.of, l.holder, l.sequence)).collect();
             match lease::publish_leases(&self.stream, messages).await {
                 Ok(sequences) => {
@@ -126,8 +181,8 @@ impl Writer {
                     return Ok(());
                 }
                 Err(LeaseError::Changed { of }) => {
-                    self.find_lost(leases, new.map(|(shard, _)| shard)).await;
-                    new = None;
+                    let taking: Vec<ShardId> = new.drain(..).map(|(shard, _)| shard).collect();
+                    self.find_lost(leases, &taking).await;
                     refused = Some(LeaseError::Changed { of });
                 }
                 // Unknown outcome: the leases stay; a refused write or the
@@ -146,7 +201,7 @@ impl Writer {
     /// safe), adopts newer messages of this start, and fences the node if
     /// its own lease is lost. `taking` was not held yet: it is only read.
     /// The leases are read a few at a time, each within `ack_timeout`.
-    async fn find_lost(&mut self, leases: Vec<Lease>, taking: Option<ShardId>) {
+    async fn find_lost(&mut self, leases: Vec<Lease>, taking: &[ShardId]) {
         let this = &*self;
         let reads = futures_util::stream::iter(leases.iter().copied())
             .map(|mine| async move { (mine, this.read_holder(mine.of).await) })
@@ -171,7 +226,7 @@ impl Writer {
                 (Leased::Node(_), Err(error)) => {
                     tracing::warn!(%error, "cannot read the node lease; trying again at the next renewal");
                 }
-                (Leased::Shard(shard), _) if Some(shard) == taking => {}
+                (Leased::Shard(shard), _) if taking.contains(&shard) => {}
                 (Leased::Shard(shard), Ok(Some((_, sequence)))) if ours => {
                     self.held().shards.insert(shard, Lease { sequence, ..mine });
                 }
