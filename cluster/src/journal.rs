@@ -17,6 +17,7 @@
 //! - [`read`]: a shard's records in order.
 
 pub(crate) mod batch;
+pub mod fence;
 pub mod lease;
 mod message;
 pub mod meta;

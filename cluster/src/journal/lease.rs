@@ -113,7 +113,7 @@ pub enum LeaseError {
 
 /// The payload of a release: the lease is free, and whoever takes it next
 /// names this message's sequence as the condition.
-const RELEASED: &[u8] = b"released";
+pub(crate) const RELEASED: &[u8] = b"released";
 
 /// Where a lease stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,50 +200,25 @@ pub(crate) fn lease_message(stream: &JournalStream, of: Leased, holder: Holder, 
 }
 
 /// The sequence `holder` must name to take `of`: the last one on its
-/// subject (0 if empty) if nobody holds it, if the same node does (a later
+/// subject (0 if empty) if nobody holds it or the same node does (a later
 /// start of a node supersedes an earlier one, whose writes its own node
-/// lease then fences), or if its holder's start is fenced ([`is_fenced`]).
+/// lease then fences).
 pub(crate) async fn expected_for_take(
     stream: &JournalStream,
     of: Leased,
     holder: Holder,
 ) -> Result<u64, LeaseError> {
-    let current = state(stream, of).await?;
-    let fenced = match current {
-        LeaseState::Held { holder: current, .. } if current.node != holder.node => {
-            is_fenced(stream, current).await?
-        }
-        _ => false,
-    };
-    expected_given(of, holder, current, fenced)
+    expected_given(of, holder, state(stream, of).await?)
 }
 
-/// The sequence `holder` must name to take `of` as it stands in `state`;
-/// `holder_fenced`: whether the start holding it is fenced.
-pub(crate) fn expected_given(
-    of: Leased,
-    holder: Holder,
-    state: LeaseState,
-    holder_fenced: bool,
-) -> Result<u64, LeaseError> {
+/// The sequence `holder` must name to take `of` as it stands in `state`.
+pub(crate) fn expected_given(of: Leased, holder: Holder, state: LeaseState) -> Result<u64, LeaseError> {
     match state {
-        LeaseState::Held { holder: current, .. } if current.node != holder.node && !holder_fenced => {
+        LeaseState::Held { holder: current, .. } if current.node != holder.node => {
             Err(LeaseError::Held { of, by: current.node })
         }
         state => Ok(state.last_sequence()),
     }
-}
-
-/// Whether `start` is fenced: its node's lease subject does not end with a
-/// message of `start` (it expired, was released, or a later start of the
-/// node took it). The server then refuses every write and renewal `start`
-/// sends, for good: each names the sequence of its own node lease message
-/// as the subject's last, and sequences never come back. So its shards may
-/// be taken at once, without waiting for their leases, written with its
-/// node lease and living a second longer, to expire too.
-pub async fn is_fenced(stream: &JournalStream, start: Holder) -> Result<bool, StreamError> {
-    let node_lease = state(stream, Leased::Node(start.node)).await?;
-    Ok(!matches!(node_lease, LeaseState::Held { holder, .. } if holder == start))
 }
 
 /// Takes `of` for `holder` alone. A node's writer takes shard leases

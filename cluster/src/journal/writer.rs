@@ -29,7 +29,7 @@
 //!
 //! [`JournalOptions::node_lease_ttl`]: super::JournalOptions::node_lease_ttl
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -38,13 +38,15 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::ports::{Journal, JournalError, OnDurable, Origin};
 use wallet_actors::record::Record;
 
 use super::batch::{publish, Outgoing};
-use super::lease::{self, Holder, Lease, LeaseError, Leased};
+use super::fence;
+use super::lease::{self, Holder, Lease, LeaseError, LeaseState, Leased};
 
 mod leases;
 use super::message::{cut_within, encode_frames, Message};
@@ -54,6 +56,9 @@ use super::{journal_subject, JournalStream};
 /// which takes at most 1,000 messages (the server's default), one of them
 /// the node's own lease.
 pub const SHARDS_PER_NODE_MAX: usize = 999;
+
+/// Shard lease reads a take has in flight at once.
+const LEASE_READS_IN_FLIGHT: usize = 16;
 
 /// How long the writer waits before it asks again about a write whose
 /// outcome is unknown (a lost connection fails at once).
@@ -86,7 +91,9 @@ enum Command {
         continues: bool,
     },
     WhenDurable(OnDurable),
-    Take(Vec<ShardId>, oneshot::Sender<Result<Vec<Lease>, LeaseError>>),
+    /// The shards wanted, and those not held yet with the sequences their
+    /// lease subjects must end with.
+    Take(Vec<ShardId>, Vec<(ShardId, u64)>, oneshot::Sender<Result<Vec<Lease>, LeaseError>>),
     Release(ShardId, oneshot::Sender<()>),
     #[cfg(feature = "fault-injection")]
     StallNextWrite(std::time::Duration),
@@ -135,6 +142,7 @@ struct Held {
 /// A node's journal on JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeJournal {
+    stream: JournalStream,
     sender: mpsc::UnboundedSender<Command>,
     stats: Arc<JournalStats>,
     held: Arc<Mutex<Held>>,
@@ -181,19 +189,18 @@ impl NodeJournal {
         let held =
             Arc::new(Mutex::new(Held { node: Some(node_lease), shards: BTreeMap::new(), stopped: false }));
         let writer = Writer {
-            stream,
+            stream: stream.clone(),
             holder,
             held: held.clone(),
             failed: None,
             next_renewal: Instant::now() + stream_renew_every,
             writes: 0,
-            fenced_starts: HashSet::new(),
             stats: stats.clone(),
             #[cfg(feature = "fault-injection")]
             stall: None,
         };
         tokio::spawn(writer.run(receiver));
-        Ok(NodeJournal { sender, stats, held, holder })
+        Ok(NodeJournal { stream, sender, stats, held, holder })
     }
 
     /// Takes `shard`'s lease (free, held by an earlier start of this node,
@@ -205,15 +212,64 @@ impl NodeJournal {
     }
 
     /// Takes the leases of `shards` as [`NodeJournal::take`] does, all in
-    /// one atomic batch: all of them, or none.
+    /// one atomic batch: all of them, or none. The leases are read here,
+    /// not in the writer, whose renewals must not wait behind the reads.
     pub async fn take_all(&self, shards: Vec<ShardId>) -> Result<Vec<Lease>, LeaseError> {
         with_retries(|| async {
+            let new = self.to_take(&shards).await?;
             let (reply, taken) = oneshot::channel();
             let closed = || LeaseError::Stream(super::StreamError::Nats("the journal writer stopped".into()));
-            self.sender.send(Command::Take(shards.clone(), reply)).map_err(|_| closed())?;
+            self.sender.send(Command::Take(shards.clone(), new, reply)).map_err(|_| closed())?;
             taken.await.map_err(|_| closed())?
         })
         .await
+    }
+
+    /// The shards of `shards` not held yet, each with the sequence its
+    /// lease subject must end with for this start to take it: free,
+    /// released, held by an earlier start of this node, or by a start of
+    /// another node that is fenced for good ([`fence::fenced`]); `Held` if
+    /// another node's start may still write.
+    async fn to_take(&self, shards: &[ShardId]) -> Result<Vec<(ShardId, u64)>, LeaseError> {
+        let held = self.shards();
+        let mut wanted: Vec<ShardId> = shards.iter().copied().filter(|shard| !held.contains(shard)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if held.len() + wanted.len() > SHARDS_PER_NODE_MAX {
+            return Err(LeaseError::TooMany);
+        }
+        let reads = futures_util::stream::iter(wanted.iter().copied())
+            .map(|shard| lease::state(&self.stream, Leased::Shard(shard)))
+            .buffered(LEASE_READS_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        let rounds = 1 + wanted.len() / LEASE_READS_IN_FLIGHT;
+        let deadline = self.stream.options.ack_timeout * rounds as u32;
+        let states = tokio::time::timeout(deadline, reads)
+            .await
+            .map_err(|_| super::StreamError::Nats("reading the shard leases timed out".into()))?;
+        let mut fenced: HashMap<Holder, bool> = HashMap::new();
+        let mut new = Vec::with_capacity(wanted.len());
+        for (shard, state) in wanted.into_iter().zip(states) {
+            let of = Leased::Shard(shard);
+            match state? {
+                LeaseState::Held { holder, sequence } if holder.node != self.holder.node => {
+                    let gone = match fenced.get(&holder) {
+                        Some(gone) => *gone,
+                        None => {
+                            let gone = fence::fenced(&self.stream, holder, sequence).await?;
+                            fenced.insert(holder, gone);
+                            gone
+                        }
+                    };
+                    if !gone {
+                        return Err(LeaseError::Held { of, by: holder.node });
+                    }
+                    new.push((shard, sequence));
+                }
+                state => new.push((shard, state.last_sequence())),
+            }
+        }
+        Ok(new)
     }
 
     /// Stops writing and renewing for `shard` once what was appended
@@ -301,8 +357,6 @@ struct Writer {
     next_renewal: Instant,
     /// Messages written so far: with the holder, each one's `Nats-Msg-Id`.
     writes: u64,
-    /// Starts of other nodes found fenced (they never write again).
-    fenced_starts: HashSet<Holder>,
     stats: Arc<JournalStats>,
     #[cfg(feature = "fault-injection")]
     stall: Option<std::time::Duration>,
@@ -354,11 +408,11 @@ impl Writer {
         match command {
             // Leases change between writes only: what came first is written
             // first, and a due renewal is looked at right after.
-            Command::Take(shards, reply) => {
+            Command::Take(shards, new, reply) => {
                 if !message.is_empty() {
-                    return Next::Carry(Command::Take(shards, reply));
+                    return Next::Carry(Command::Take(shards, new, reply));
                 }
-                let _ = reply.send(self.take(shards).await);
+                let _ = reply.send(self.take(shards, new).await);
                 return Next::Stop;
             }
             Command::Release(shard, done) => {

@@ -74,29 +74,21 @@ impl Writer {
         }
     }
 
-    /// Takes the leases of `shards` (those not held yet) in one atomic
-    /// batch with a renewal of all held leases: all of them, or none (a
-    /// takeover costs one round trip, not one per shard). A shard held by a
-    /// live start of another node fails the take (`Held`); one held by a
-    /// fenced start is taken ([`lease::is_fenced`]).
-    pub(super) async fn take(&mut self, shards: Vec<ShardId>) -> Result<Vec<Lease>, LeaseError> {
-        let wanted: Vec<ShardId> = {
+    /// Takes `new` (shards and the sequences their lease subjects must end
+    /// with, read by the caller) in one atomic batch with a renewal of all
+    /// held leases, and answers the leases of `shards`: all of them, or
+    /// none (a takeover costs one round trip, not one per shard).
+    pub(super) async fn take(
+        &mut self,
+        shards: Vec<ShardId>,
+        new: Vec<(ShardId, u64)>,
+    ) -> Result<Vec<Lease>, LeaseError> {
+        let new: Vec<(ShardId, u64)> = {
             let held = self.held();
-            shards.iter().copied().filter(|shard| !held.shards.contains_key(shard)).collect()
+            new.into_iter().filter(|(shard, _)| !held.shards.contains_key(shard)).collect()
         };
-        if self.held().shards.len() + wanted.len() > SHARDS_PER_NODE_MAX {
+        if self.held().shards.len() + new.len() > SHARDS_PER_NODE_MAX {
             return Err(LeaseError::TooMany);
-        }
-        let mut new = Vec::with_capacity(wanted.len());
-        for (shard, state) in wanted.iter().copied().zip(self.read_states(&wanted).await?) {
-            let of = Leased::Shard(shard);
-            let fenced = match state {
-                LeaseState::Held { holder, .. } if holder.node != self.holder.node => {
-                    self.start_fenced(holder).await?
-                }
-                _ => false,
-            };
-            new.push((shard, lease::expected_given(of, self.holder, state, fenced)?));
         }
         if !new.is_empty() {
             self.renew(new).await?;
@@ -108,37 +100,6 @@ impl Writer {
                 held.shards.get(&shard).copied().ok_or(LeaseError::Changed { of: Leased::Shard(shard) })
             })
             .collect()
-    }
-
-    /// The lease states of `shards`, read a few at a time, all within one
-    /// `ack_timeout` (renewals wait meanwhile).
-    async fn read_states(&self, shards: &[ShardId]) -> Result<Vec<LeaseState>, StreamError> {
-        let reads = futures_util::stream::iter(shards.iter().copied())
-            .map(|shard| lease::state(&self.stream, Leased::Shard(shard)))
-            .buffered(READS_IN_FLIGHT)
-            .collect::<Vec<_>>();
-        match tokio::time::timeout(self.stream.options.ack_timeout, reads).await {
-            Ok(reads) => reads.into_iter().collect(),
-            Err(_) => Err(StreamError::Nats("reading the shard leases timed out".into())),
-        }
-    }
-
-    /// Whether `start` (of another node) is fenced, remembered per start:
-    /// a fenced start never writes again, and one takeover asks about the
-    /// same start for every shard it held.
-    async fn start_fenced(&mut self, start: Holder) -> Result<bool, StreamError> {
-        if self.fenced_starts.contains(&start) {
-            return Ok(true);
-        }
-        let read = lease::is_fenced(&self.stream, start);
-        let fenced = match tokio::time::timeout(self.stream.options.ack_timeout, read).await {
-            Ok(fenced) => fenced?,
-            Err(_) => return Err(StreamError::Nats("reading a node lease timed out".into())),
-        };
-        if fenced {
-            self.fenced_starts.insert(start);
-        }
-        Ok(fenced)
     }
 
     /// Renews the node lease and every shard lease (and takes `new`,
