@@ -81,10 +81,11 @@ impl DirectoryOptions {
     }
 }
 
-/// The last answer about the stream's last sequence: when it was asked, and
-/// what it said (a failure too: callers queued behind a request that
-/// failed share its failure rather than each wait out their own).
-type Probe = Option<(Instant, Result<u64, String>)>;
+/// The last answer about the stream's last sequence: when it was asked,
+/// what the copy had applied just before, and what it said (a failure too:
+/// callers queued behind a request that failed share its failure rather
+/// than each wait out their own).
+type Probe = Option<(Instant, u64, Result<u64, String>)>;
 
 /// The shared directory as [`Tables`]. Dropping it stops its copy's feed.
 pub struct SharedDirectory {
@@ -195,19 +196,21 @@ impl SharedDirectory {
         }
     }
 
-    /// The stream's last sequence, as asked after `called`: one request in
-    /// flight at a time, its answer shared by every caller that came before
-    /// it was asked.
-    async fn last_sequence(&self, called: Instant) -> Result<(Instant, u64), UserStoreError> {
+    /// The stream's last sequence, as asked after `called`, with what the
+    /// copy had applied just before it was asked: one request in flight at
+    /// a time, its answer shared by every caller that came before it was
+    /// asked.
+    async fn last_sequence(&self, called: Instant) -> Result<(Instant, u64, u64), UserStoreError> {
         let mut probe = self.probe.lock().await;
-        if let Some((asked, answer)) = probe.as_ref() {
+        if let Some((asked, applied_before, answer)) = probe.as_ref() {
             if *asked > called {
                 let last =
                     answer.clone().map_err(|e| unavailable("reading the stream's last sequence", e))?;
-                return Ok((*asked, last));
+                return Ok((*asked, *applied_before, last));
             }
         }
         let asked = Instant::now();
+        let applied_before = *self.applied.borrow();
         let answer = match tokio::time::timeout(self.options.ack_timeout, self.stream.get_info()).await {
             Ok(Ok(info)) => Ok(info.state.last_sequence),
             Ok(Err(error)) => Err(error.to_string()),
@@ -216,14 +219,17 @@ impl SharedDirectory {
         if answer.is_ok() {
             metrics::histogram!("wallet_directory_round_trip_seconds").record(asked.elapsed().as_secs_f64());
         }
-        *probe = Some((asked, answer.clone()));
+        *probe = Some((asked, applied_before, answer.clone()));
         let last = answer.map_err(|e| unavailable("reading the stream's last sequence", e))?;
-        Ok((asked, last))
+        Ok((asked, applied_before, last))
     }
 
     async fn catch_up_now(&self) -> Result<(), UserStoreError> {
-        let (asked, last) = self.last_sequence(Instant::now()).await?;
-        let applied = *self.applied.borrow();
+        let (asked, applied, last) = self.last_sequence(Instant::now()).await?;
+        // Compared with what the copy had applied before the question went
+        // out: every message applied by then was in the stream when the
+        // server answered, while those applied since (writes acknowledged
+        // while the answer was on its way) may not have been.
         if last < applied {
             // The stream was made anew (deleted, or restored from an older
             // backup): this copy holds what it no longer does.
