@@ -39,17 +39,24 @@ pub fn share(shard_count: u16, live: &BTreeSet<NodeId>, me: NodeId) -> usize {
     (base + usize::from(rank < usize::from(shard_count) % count)).min(SHARDS_PER_NODE_MAX)
 }
 
-/// The nodes whose lease is on the stream now.
+/// The nodes whose lease is on the stream now (a subject ended by an
+/// eviction, which never expires, is a dead node's).
 pub async fn live_nodes(stream: &JournalStream) -> Result<BTreeSet<NodeId>, StreamError> {
     let prefix = "wallet.lease.node.";
     let mut subjects = stream.stream.info_with_subjects(format!("{prefix}*")).await.map_err(nats_error)?;
-    let mut live = BTreeSet::new();
+    let mut named = BTreeSet::new();
     while let Some(entry) = subjects.next().await {
         let (subject, count) = entry.map_err(nats_error)?;
         if let Some(node) = subject.strip_prefix(prefix).and_then(|id| id.parse().ok()) {
             if count > 0 {
-                live.insert(NodeId(node));
+                named.insert(NodeId(node));
             }
+        }
+    }
+    let mut live = BTreeSet::new();
+    for node in named {
+        if lease::holder(stream, Leased::Node(node)).await?.is_some() {
+            live.insert(node);
         }
     }
     Ok(live)

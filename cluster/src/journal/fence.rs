@@ -14,7 +14,7 @@
 //! live) before it counts the start fenced, and one that has watched a
 //! start renew nothing for a whole node lease, while the server has not
 //! expired its message yet, may write the eviction too. docs/ARCHITECTURE.md,
-//! "Fencing", has the argument.
+//! "Fenced for good", has the argument.
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;

@@ -60,6 +60,15 @@ async fn free_for(
         }
         fenced.push(holder);
     }
+    // Free shards are taken on the condition that their subjects are
+    // empty, which an expiry on the leader alone may have made so: the
+    // starts this wait watched (the node that served, most likely their
+    // last holder) are fenced for good first.
+    for (start, sequence) in watched.starts().filter(|(start, _)| start.node != node) {
+        if fence::fence(stream, start, sequence).await? == Fence::Waiting {
+            return Ok(false);
+        }
+    }
     Ok(true)
 }
 
@@ -94,6 +103,11 @@ pub(super) struct Watched {
 }
 
 impl Watched {
+    /// The starts seen, each with its last node lease message seen.
+    fn starts(&self) -> impl Iterator<Item = (Holder, u64)> + '_ {
+        self.seen.values().map(|&(start, sequence, _)| (start, sequence))
+    }
+
     /// Whether `start`'s message at `sequence` was already its node's last
     /// when seen at least `ttl` before `now` (else it is noted as seen now).
     fn unrenewed_for(&mut self, start: Holder, sequence: u64, now: Instant, ttl: Duration) -> bool {

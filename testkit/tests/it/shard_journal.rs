@@ -321,8 +321,21 @@ fn an_evicted_start_is_fenced_and_a_renewing_one_cannot_be_evicted() -> anyhow::
         a.stall_next_write(Duration::from_secs(2));
         let (on_durable, late) = outcome();
         a.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
-        let (holder, last) = node_lease(stream.clone()).await?;
-        fence::evict(&stream, holder, last).await?;
+        // (A renewal sent just before the stall may land after the read:
+        // the eviction is refused then, and read again.)
+        let mut evicted = None;
+        for _ in 0..10 {
+            let (holder, last) = node_lease(stream.clone()).await?;
+            match fence::evict(&stream, holder, last).await {
+                Ok(()) => {
+                    evicted = Some(holder);
+                    break;
+                }
+                Err(LeaseError::Changed { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let holder = evicted.ok_or_else(|| anyhow::anyhow!("A's node lease was never evicted"))?;
         let (_, shard_sequence) = lease::holder(&stream, Leased::Shard(shard))
             .await?
             .ok_or_else(|| anyhow::anyhow!("no holder"))?;
