@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use super::batch::{publish, Outgoing};
 use super::lease::{self, Holder, LeaseError, LeaseState, Leased, RELEASED};
-use super::{nats_error, JournalStream, StreamError};
+use super::{nats_error, JournalStream};
 
 /// Where a start stands, as its node lease subject shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,19 +84,5 @@ pub async fn evict(stream: &JournalStream, start: Holder, last: u64) -> Result<(
         }
         Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Err(LeaseError::Changed { of }),
         Err(error) => Err(LeaseError::Stream(nats_error(error))),
-    }
-}
-
-/// [`fence`] for a caller that only needs to know whether the shard may be
-/// taken now.
-pub(crate) async fn fenced(
-    stream: &JournalStream,
-    start: Holder,
-    shard_sequence: u64,
-) -> Result<bool, StreamError> {
-    match fence(stream, start, shard_sequence).await {
-        Ok(found) => Ok(found == Fence::Fenced),
-        Err(LeaseError::Stream(error)) => Err(error),
-        Err(error) => Err(StreamError::Nats(error.to_string())),
     }
 }

@@ -45,7 +45,7 @@ use wallet_actors::ports::{Journal, JournalError, OnDurable, Origin};
 use wallet_actors::record::Record;
 
 use super::batch::{publish, Outgoing};
-use super::fence;
+use super::fence::{self, Fence};
 use super::lease::{self, Holder, Lease, LeaseError, LeaseState, Leased};
 
 mod leases;
@@ -228,7 +228,7 @@ impl NodeJournal {
     /// The shards of `shards` not held yet, each with the sequence its
     /// lease subject must end with for this start to take it: free,
     /// released, held by an earlier start of this node, or by a start of
-    /// another node that is fenced for good ([`fence::fenced`]); `Held` if
+    /// another node that is fenced for good ([`fence::fence`]); `Held` if
     /// another node's start may still write.
     async fn to_take(&self, shards: &[ShardId]) -> Result<Vec<(ShardId, u64)>, LeaseError> {
         let held = self.shards();
@@ -256,7 +256,7 @@ impl NodeJournal {
                     let gone = match fenced.get(&holder) {
                         Some(gone) => *gone,
                         None => {
-                            let gone = fence::fenced(&self.stream, holder, sequence).await?;
+                            let gone = fence::fence(&self.stream, holder, sequence).await? == Fence::Fenced;
                             fenced.insert(holder, gone);
                             gone
                         }
