@@ -29,14 +29,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify, Semaphore};
 use wallet_storage::tables::{Change, Expect, Stored, Table, Tables, TablesFuture, Written};
 use wallet_storage::users::UserStoreError;
 
-use crate::journal::batch::{publish_on, Outgoing};
+use crate::journal::batch::{condition_refused, publish_on, Outgoing};
 
 mod copy;
 
@@ -291,7 +290,7 @@ impl SharedDirectory {
         drop(batch);
         let outcome = match published {
             Ok(ack) => self.wait_applied(ack.sequence).await.map(|()| Written::Done),
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(Written::Conflict),
+            Err(error) if condition_refused(&error) => Ok(Written::Conflict),
             Err(error) => Err(unavailable("writing", error)),
         };
         let label = match &outcome {

@@ -11,6 +11,7 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
 
 use super::JournalStream;
@@ -33,6 +34,34 @@ pub(crate) fn process_nonce() -> u64 {
 fn next_batch_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{:x}-{}", process_nonce(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The JetStream error code an answer carried, if it carried one.
+pub(crate) fn jetstream_code(error: &PublishError) -> Option<ErrorCode> {
+    let source = std::error::Error::source(error)?;
+    source.downcast_ref::<async_nats::jetstream::Error>().map(async_nats::jetstream::Error::error_code)
+}
+
+/// Whether the server refused a conditional write because another write
+/// got there first: its condition did not hold (10071), or, on a replicated
+/// stream, another write on the subject it names was still in flight at
+/// the stream's leader (10164, "wrong last sequence" with no sequence; one
+/// server checks such writes in turn and answers the loser 10071). Nothing
+/// of it was stored; reading the subject again tells where it stands.
+pub(crate) fn condition_refused(error: &PublishError) -> bool {
+    error.kind() == PublishErrorKind::WrongLastSequence
+        || jetstream_code(error) == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+}
+
+/// Whether the server refused a conditional write without checking its
+/// condition against what is stored: 10164 (above), or a newly elected
+/// leader that cannot check yet (10163, "temporarily unavailable"). Nothing
+/// of it was stored, and it says nothing about the condition: the same
+/// write may be asked again.
+pub(crate) fn condition_unchecked(error: &PublishError) -> bool {
+    let code = jetstream_code(error);
+    code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+        || code == Some(ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY)
 }
 
 /// Publishes `messages` on the journal stream ([`publish_on`] with its

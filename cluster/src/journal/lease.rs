@@ -13,12 +13,11 @@
 //! Leases are read from the stream's leader, never a replica that may lag.
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use wallet_actors::ids::{NodeId, ShardId};
 
-use super::batch::{publish, Outgoing};
+use super::batch::{condition_refused, publish, Outgoing};
 use super::{nats_error, JournalStream, StreamError};
 
 /// What a lease is for.
@@ -254,9 +253,7 @@ pub(crate) async fn publish_leases(
                 })
             })
             .collect(),
-        Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-            Err(LeaseError::Changed { of: first })
-        }
+        Err(error) if condition_refused(&error) => Err(LeaseError::Changed { of: first }),
         Err(error) => Err(LeaseError::Stream(nats_error(error))),
     }
 }

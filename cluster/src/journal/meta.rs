@@ -4,11 +4,10 @@
 //! shards), as `meta.json` does in the embedded node's data directory.
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 
-use super::batch::{publish, Outgoing};
+use super::batch::{condition_refused, publish, Outgoing};
 use super::{nats_error, JournalStream, StreamError};
 
 /// The subject of the settings message (one, written once).
@@ -62,7 +61,7 @@ pub async fn ensure_shard_count(stream: &JournalStream, shard_count: u16) -> Res
         match publish(stream, vec![outgoing]).await {
             Ok(_) => return Ok(()),
             // Another start wrote first: read what it wrote.
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {}
+            Err(error) if condition_refused(&error) => {}
             Err(error) => return Err(nats_error(error)),
         }
     }

@@ -44,7 +44,7 @@ use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::ports::{Journal, JournalError, OnDurable, Origin};
 use wallet_actors::record::Record;
 
-use super::batch::{publish, Outgoing};
+use super::batch::{condition_unchecked, jetstream_code, publish, Outgoing};
 use super::fence::{self, Fence};
 use super::lease::{self, Holder, Lease, LeaseError, LeaseState, Leased};
 
@@ -112,12 +112,6 @@ enum Tried {
     Failed(PublishErrorKind),
 }
 
-/// The JetStream error code an answer carried, if it carried one.
-fn jetstream_code(error: &async_nats::jetstream::context::PublishError) -> Option<ErrorCode> {
-    let source = std::error::Error::source(error)?;
-    source.downcast_ref::<async_nats::jetstream::Error>().map(async_nats::jetstream::Error::error_code)
-}
-
 /// What gathering a command leaves to do.
 enum Next {
     /// Gather more into the same message.
@@ -182,6 +176,7 @@ impl NodeJournal {
     pub async fn start(stream: JournalStream, node: NodeId) -> Result<NodeJournal, LeaseError> {
         let incarnation = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
         let holder = Holder { node, incarnation };
+        fence::join(&stream, node).await?;
         let node_lease = with_retries(|| lease::take(&stream, Leased::Node(node), holder)).await?;
         let stream_renew_every = stream.options.renew_every;
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -247,11 +242,15 @@ impl NodeJournal {
         let states = tokio::time::timeout(deadline, reads)
             .await
             .map_err(|_| super::StreamError::Nats("reading the shard leases timed out".into()))?;
+        let states = states.into_iter().collect::<Result<Vec<LeaseState>, super::StreamError>>()?;
+        if states.contains(&LeaseState::Free) {
+            fence::evict_expired(&self.stream).await?;
+        }
         let mut fenced: HashMap<Holder, bool> = HashMap::new();
         let mut new = Vec::with_capacity(wanted.len());
         for (shard, state) in wanted.into_iter().zip(states) {
             let of = Leased::Shard(shard);
-            match state? {
+            match state {
                 LeaseState::Held { holder, sequence } if holder.node != self.holder.node => {
                     let gone = match fenced.get(&holder) {
                         Some(gone) => *gone,
@@ -597,6 +596,10 @@ impl Writer {
         let Err(error) = publish(&self.stream, vec![outgoing]).await else { return Tried::Stored };
         match error.kind() {
             PublishErrorKind::WrongLastSequence => Tried::WrongLease,
+            // Another node's conditional write on the node lease subject
+            // in flight (an eviction), or a new leader catching up: not
+            // stored, and not refused for the lease; asking again tells.
+            kind if condition_unchecked(&error) => Tried::Unknown(kind),
             // "No stream": no responders while a NATS cluster elects the
             // stream's leader.
             kind @ (PublishErrorKind::TimedOut

@@ -2,25 +2,22 @@
 //! against a real nats-server: records come back in order once
 //! acknowledged, one node at a time holds a shard, a node paused past its
 //! lease or superseded by a later start of itself stores nothing more (the
-//! server refuses its write), a shard whose holder is fenced is taken
-//! without waiting for its lease to expire, an evicted start is fenced, a
-//! renewal whose answer was lost is not taken
+//! server refuses its write), a renewal whose answer was lost is not taken
 //! for a loss, and a node that lost one shard's lease stops writing for that
-//! shard only.
+//! shard only. Fencing another node's start for good is in `fencing`.
 
 use std::time::{Duration, Instant};
 
 use wallet_actors::ids::{NodeId, ShardId};
 use wallet_actors::ports::{JournalError, Origin};
 use wallet_actors::record::Record;
-use wallet_cluster::journal::fence::{self, Fence};
 use wallet_cluster::journal::{
-    lease, read_shard, Holder, JournalOptions, JournalStream, LeaseError, LeaseState, Leased, NodeJournal,
+    lease, read_shard, Holder, JournalOptions, JournalStream, LeaseError, Leased, NodeJournal,
 };
 use wallet_testkit::nats::NatsServer;
 
-const A: NodeId = NodeId(1);
-const B: NodeId = NodeId(2);
+pub(crate) const A: NodeId = NodeId(1);
+pub(crate) const B: NodeId = NodeId(2);
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
@@ -34,7 +31,11 @@ pub(crate) fn nats() -> anyhow::Result<(tempfile::TempDir, NatsServer)> {
 }
 
 /// A start of `node`'s journal that holds `shard`'s lease.
-async fn holding(stream: &JournalStream, node: NodeId, shard: ShardId) -> anyhow::Result<NodeJournal> {
+pub(crate) async fn holding(
+    stream: &JournalStream,
+    node: NodeId,
+    shard: ShardId,
+) -> anyhow::Result<NodeJournal> {
     let journal = NodeJournal::start(stream.clone(), node).await?;
     journal.take(shard).await?;
     Ok(journal)
@@ -52,7 +53,8 @@ pub(crate) fn options(server: &NatsServer) -> JournalOptions {
 }
 
 /// A callback that sends its outcome.
-fn outcome() -> (wallet_actors::ports::OnDurable, tokio::sync::oneshot::Receiver<Result<(), JournalError>>) {
+pub(crate) fn outcome(
+) -> (wallet_actors::ports::OnDurable, tokio::sync::oneshot::Receiver<Result<(), JournalError>>) {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let on_durable = Box::new(move |result| {
         let _ = sender.send(result);
@@ -61,7 +63,11 @@ fn outcome() -> (wallet_actors::ports::OnDurable, tokio::sync::oneshot::Receiver
 }
 
 /// Appends `record` and waits for its outcome.
-async fn append(journal: &NodeJournal, shard: ShardId, record: Record) -> Result<(), JournalError> {
+pub(crate) async fn append(
+    journal: &NodeJournal,
+    shard: ShardId,
+    record: Record,
+) -> Result<(), JournalError> {
     let (on_durable, receiver) = outcome();
     journal.append(Origin::Shard(shard), &record, on_durable);
     receiver.await.unwrap_or(Err(JournalError::Closed))
@@ -109,7 +115,7 @@ pub(crate) fn append_numbered(
 }
 
 /// Waits until nobody holds `of` (its lease expired).
-async fn until_free(stream: &JournalStream, of: Leased) -> anyhow::Result<()> {
+pub(crate) async fn until_free(stream: &JournalStream, of: Leased) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while lease::holder(stream, of).await?.is_some() {
         anyhow::ensure!(Instant::now() < deadline, "the lease of {of:?} never expired");
@@ -119,7 +125,7 @@ async fn until_free(stream: &JournalStream, of: Leased) -> anyhow::Result<()> {
 }
 
 /// Waits until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
+pub(crate) async fn until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
         anyhow::ensure!(Instant::now() < deadline, "never: {what}");
@@ -237,139 +243,6 @@ fn a_node_paused_past_its_lease_stores_nothing_more() -> anyhow::Result<()> {
         anyhow::ensure!(append(&a, shard, Record::Epoch(3)).await == Err(JournalError::Fenced));
         append(&b, shard, Record::Epoch(101)).await?;
         anyhow::ensure!(stored(&stream, shard).await? == vec![1, 100, 101]);
-        Ok(())
-    })
-}
-
-#[test]
-fn a_shard_whose_holder_is_fenced_is_taken_before_its_lease_expires() -> anyhow::Result<()> {
-    let (_dir, server) = nats()?;
-    runtime()?.block_on(async {
-        // Shard leases outlive node leases by four seconds here, so the
-        // take below happens while A's shard lease surely still lives.
-        let options = JournalOptions { shard_lease_ttl: Duration::from_secs(5), ..options(&server) };
-        let stream = JournalStream::connect(options).await?;
-        let shard = ShardId(9);
-        let a = holding(&stream, A, shard).await?;
-        append(&a, shard, Record::Epoch(1)).await?;
-        // While A lives, its shard is A's.
-        let rival = NodeJournal::start(stream.clone(), B).await?;
-        anyhow::ensure!(
-            matches!(rival.take(shard).await, Err(LeaseError::Held { by: A, .. })),
-            "a live node's shard was taken"
-        );
-        // A stalls (a pause, a death) before a write, renewing nothing.
-        a.stall_next_write(Duration::from_secs(3));
-        let (on_durable, late) = outcome();
-        a.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
-        until_free(&stream, Leased::Node(A)).await?;
-        let (holder, _) = lease::holder(&stream, Leased::Shard(shard))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no holder"))?;
-        anyhow::ensure!(holder.node == A, "A's shard lease expired already: the test proves nothing");
-        // A's node lease is gone, so A is fenced: B evicts it (settling
-        // that on every replica) and takes the shard at once.
-        rival.take(shard).await?;
-        anyhow::ensure!(
-            matches!(lease::state(&stream, Leased::Node(A)).await?, LeaseState::Released { .. }),
-            "A's node lease was not evicted"
-        );
-        append(&rival, shard, Record::Epoch(100)).await?;
-        let refused = late.await?;
-        anyhow::ensure!(refused == Err(JournalError::Fenced), "the fenced node wrote: {refused:?}");
-        anyhow::ensure!(append(&a, shard, Record::Epoch(3)).await == Err(JournalError::Fenced));
-        append(&rival, shard, Record::Epoch(101)).await?;
-        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 100, 101]);
-        Ok(())
-    })
-}
-
-#[test]
-fn an_evicted_start_is_fenced_and_a_renewing_one_cannot_be_evicted() -> anyhow::Result<()> {
-    let (_dir, server) = nats()?;
-    runtime()?.block_on(async {
-        // Leases far longer than the test: only the eviction ends A's.
-        let options = JournalOptions {
-            node_lease_ttl: Duration::from_secs(30),
-            shard_lease_ttl: Duration::from_secs(31),
-            ..options(&server)
-        };
-        let stream = JournalStream::connect(options).await?;
-        let shard = ShardId(11);
-        let a = holding(&stream, A, shard).await?;
-        append(&a, shard, Record::Epoch(1)).await?;
-        let node_lease = |stream: JournalStream| async move {
-            lease::holder(&stream, Leased::Node(A)).await?.ok_or_else(|| anyhow::anyhow!("A holds no lease"))
-        };
-        // A renews: the message seen before is not the last any more, and
-        // an eviction naming it is refused.
-        let (holder, seen) = node_lease(stream.clone()).await?;
-        until("A renews", || a.node_lease().is_some_and(|lease| lease.sequence > seen)).await?;
-        anyhow::ensure!(
-            matches!(fence::evict(&stream, holder, seen).await, Err(LeaseError::Changed { .. })),
-            "a renewing start was evicted"
-        );
-        let (_, shard_sequence) = lease::holder(&stream, Leased::Shard(shard))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no holder"))?;
-        anyhow::ensure!(!a.fenced());
-        anyhow::ensure!(matches!(
-            fence::fence(&stream, holder, shard_sequence).await?,
-            Fence::Leasing { .. }
-        ));
-        // A stalls before a write; its last node lease message is evicted.
-        a.stall_next_write(Duration::from_secs(2));
-        let (on_durable, late) = outcome();
-        a.append(Origin::Shard(shard), &Record::Epoch(2), on_durable);
-        // (A renewal sent just before the stall may land after the read:
-        // the eviction is refused then, and read again.)
-        let mut evicted = None;
-        for _ in 0..10 {
-            let (holder, last) = node_lease(stream.clone()).await?;
-            match fence::evict(&stream, holder, last).await {
-                Ok(()) => {
-                    evicted = Some(holder);
-                    break;
-                }
-                Err(LeaseError::Changed { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        let holder = evicted.ok_or_else(|| anyhow::anyhow!("A's node lease was never evicted"))?;
-        let (_, shard_sequence) = lease::holder(&stream, Leased::Shard(shard))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no holder"))?;
-        anyhow::ensure!(fence::fence(&stream, holder, shard_sequence).await? == Fence::Fenced);
-        let b = holding(&stream, B, shard).await?;
-        append(&b, shard, Record::Epoch(100)).await?;
-        let refused = late.await?;
-        anyhow::ensure!(refused == Err(JournalError::Fenced), "the evicted start wrote: {refused:?}");
-        anyhow::ensure!(a.fenced());
-        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 100]);
-        Ok(())
-    })
-}
-
-#[test]
-fn the_shards_of_a_superseded_start_wait_for_the_later_start_of_its_node() -> anyhow::Result<()> {
-    let (_dir, server) = nats()?;
-    runtime()?.block_on(async {
-        let stream = JournalStream::connect(options(&server)).await?;
-        let shard = ShardId(12);
-        let first = holding(&stream, A, shard).await?;
-        append(&first, shard, Record::Epoch(1)).await?;
-        // A restarts: the later start holds A's node lease, the shard lease
-        // is still the earlier start's. Another node does not take it: the
-        // later start of A takes its shards back.
-        let second = NodeJournal::start(stream.clone(), A).await?;
-        let rival = NodeJournal::start(stream.clone(), B).await?;
-        anyhow::ensure!(
-            matches!(rival.take(shard).await, Err(LeaseError::Held { by: A, .. })),
-            "another node took a restarted node's shard"
-        );
-        second.take(shard).await?;
-        append(&second, shard, Record::Epoch(2)).await?;
-        anyhow::ensure!(stored(&stream, shard).await? == vec![1, 2]);
         Ok(())
     })
 }

@@ -18,7 +18,7 @@ async fn node(server: &NatsServer) -> anyhow::Result<UserStore> {
     Ok(UserStore::over(SharedDirectory::open(DirectoryOptions::new(server.url())).await?))
 }
 
-fn user(email: &str) -> StoredUser {
+pub(crate) fn user(email: &str) -> StoredUser {
     StoredUser {
         id: Uuid::new_v4(),
         email: email.to_string(),
