@@ -48,9 +48,30 @@ async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
             name.to_uppercase()
         );
     }
-    let app = Application::build_as(settings, mode)
-        .await
-        .with_context(|| format!("starting the node in {}", data_dir.display()))?;
+    // Listening from the first moment: a standby waits for its shards in
+    // the start, maybe for hours, and a rolling restart stops it there.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut stop_rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone: never stop for that.
+        if stop_rx.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let app = tokio::select! {
+        app = Application::build_as(settings, mode) => {
+            app.with_context(|| format!("starting the node in {}", data_dir.display()))?
+        }
+        () = stopped(stop_rx.clone()) => {
+            // Nothing of this start serves yet; what it took (a node's
+            // leases) expires, and what it wrote is recovered as after a crash.
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     if let Some(password) = app.generated_admin_password() {
         // Shown once (only its hash is stored), on stderr: stdout may
         // be kept where others read it.
@@ -60,7 +81,7 @@ async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
             app.admin_email()
         );
     }
-    app.run_until(shutdown_signal()).await.context("serving")?;
+    app.run_until(stopped(stop_rx)).await.context("serving")?;
     Ok(())
 }
 

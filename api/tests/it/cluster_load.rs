@@ -258,15 +258,32 @@ impl Cluster {
 
     /// Kills node `index` (if it runs) and starts it again as a standby.
     pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.stop(index, "-KILL")?;
+        self.start_again(index)
+    }
+
+    /// Stops node `index` with `signal` (if it runs) and waits until it
+    /// exited; after SIGTERM it must exit 0.
+    pub fn stop(&mut self, index: usize, signal: &str) -> anyhow::Result<()> {
         // Processes block: not on a worker the clients need.
         tokio::task::block_in_place(|| {
             if self.nodes[index].running()? {
-                self.nodes[index].signal("-KILL")?;
-                self.nodes[index].wait()?;
+                self.nodes[index].signal(signal)?;
+                let exit = self.nodes[index].wait()?;
+                anyhow::ensure!(
+                    signal != "-TERM" || exit.success(),
+                    "node {} stopped with {exit}",
+                    index + 1
+                );
             }
-            self.nodes[index] = start_again(self.dir.path(), index + 1, &self.nats)?;
             anyhow::Ok(())
-        })?;
+        })
+    }
+
+    /// Starts node `index` again as a standby.
+    pub fn start_again(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = tokio::task::block_in_place(|| start_again(self.dir.path(), index + 1, &self.nats))?;
+        self.nodes[index] = node;
         self.bases.lock().unwrap_or_else(PoisonError::into_inner)[index] = self.nodes[index].base.clone();
         Ok(())
     }

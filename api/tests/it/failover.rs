@@ -1,7 +1,7 @@
 //! Kill -9 under load, with three real `wallet node --standby` processes on
 //! one real nats-server: of the serving node, again and again (a standby
 //! takes over each time, and one that lost the race to another stands by
-//! again), and of the nats-server. Each time no transfer that got a 2xx is
+//! again), and of the nats-server; and a rolling restart of every node. Each time no transfer that got a 2xx is
 //! lost or applied twice, every refused one changed nothing, the books
 //! balance, and the ledger events on the same server hold every change
 //! once, in order.
@@ -34,6 +34,33 @@ async fn killing_the_serving_node_again_and_again_loses_and_repeats_nothing() ->
         cluster.restart(victim)?;
     }
     eprintln!("takeovers after kill -9: {takeovers:?}");
+    cluster.finish().await
+}
+
+/// A rolling restart under load, as an orchestrator rolls out a new
+/// version: each node in turn stopped with SIGTERM (it exits 0) and started
+/// again, the serving one included, which releases its leases on the way
+/// out so that a standby takes over without waiting for them to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
+    if node_mode() {
+        return Ok(());
+    }
+    let mut cluster = Cluster::start(1).await?;
+    let mut handovers = Vec::new();
+    for index in 0..cluster.nodes.len() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let serving = cluster.serving(Duration::from_secs(60)).await?;
+        let stopping = Instant::now();
+        cluster.stop(index, "-TERM")?;
+        if index == serving {
+            cluster.serving(Duration::from_secs(60)).await?;
+            handovers.push(stopping.elapsed());
+        }
+        cluster.start_again(index)?;
+    }
+    eprintln!("another node serves {handovers:?} after SIGTERM to the serving one");
+    anyhow::ensure!(cluster.restarts == 0, "a node asked for a restart during a rolling restart");
     cluster.finish().await
 }
 
