@@ -67,9 +67,12 @@ async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
         }
         () = stopped(stop_rx.clone()) => {
             // Nothing of this start serves yet; what it took (a node's
-            // leases) expires, and what it wrote is recovered as after a crash.
+            // leases) expires, and what it wrote is recovered as after a
+            // crash. Exit now: returning would wait for whatever blocking
+            // step of the start is under way (a replay, an image import),
+            // after the data directory's lock was dropped with the start.
             tracing::info!("stopped before serving");
-            return Ok(());
+            std::process::exit(0);
         }
     };
     if let Some(password) = app.generated_admin_password() {
